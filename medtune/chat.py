@@ -1,0 +1,77 @@
+"""Terminal chat: interactive multi-turn with streaming, or one-shot with ``--prompt``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from medtune.config import ChatConfig
+from medtune.generation import stream_chat
+from medtune.models import ModelError, adapter_base, load_model, load_tokenizer
+
+console = Console()
+HELP = "Commands: /reset clears the conversation, /exit quits."
+
+
+def load_chat_model(model: str | None, adapter: Path | None = None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` for inference: a model (dir, pack, .gguf, hub id) or base + adapter.
+
+    Raises:
+        ModelError: no model given and the adapter does not record its base, or loading fails.
+    """
+    base = model or (adapter_base(adapter) if adapter else None)
+    if base is None:
+        raise ModelError("no model given: pass --model (or an --adapter trained by medtune, which records its base)")
+    tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
+    tokenizer = load_tokenizer(str(tok_source), trust_remote_code)
+    return load_model(base, adapter=adapter, trust_remote_code=trust_remote_code).eval(), tokenizer
+
+
+def _start(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": system}] if system else []
+
+
+def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | None = None) -> list[dict]:
+    """Chat with a model; one-shot when ``prompt`` is given, else an interactive loop on ``stdin``.
+
+    Args:
+        cfg: chat config (model / adapter / system prompt / generation settings).
+        prompt: a single user message; the reply is printed and the function returns.
+        stdin: input stream for the interactive loop (default ``sys.stdin``).
+        out: console to print to (default stdout).
+
+    Returns:
+        The conversation as ``messages`` (system, user and assistant turns).
+    """
+    out = out or console
+    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)
+    messages = _start(cfg.system)
+
+    def answer(text: str) -> None:
+        messages.append({"role": "user", "content": text})
+        pieces = []
+        for piece in stream_chat(model, tokenizer, messages, cfg.generation):
+            pieces.append(piece)
+            out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        out.print()
+        messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    if prompt is not None:
+        answer(prompt)
+        return messages
+    stdin = stdin or sys.stdin
+    out.print(f"[bold]medtune chat[/] ({cfg.adapter or cfg.model}). {HELP}")
+    while True:
+        out.print("[bold cyan]you>[/] ", end="")
+        line = stdin.readline()
+        if not line or line.strip() == "/exit":
+            return messages
+        text = line.strip()
+        if text == "/reset":
+            messages = _start(cfg.system)
+            out.print("[dim](conversation cleared)[/]")
+        elif text:
+            out.print("[bold green]assistant>[/] ", end="")
+            answer(text)

@@ -1,0 +1,199 @@
+"""The ``medtune`` command line: one subcommand per library function, nothing else.
+
+| subcommand               | function                               |
+|--------------------------|----------------------------------------|
+| ``models list``          | :func:`medtune.models.pack_status`     |
+| ``models prepare NAME``  | :func:`medtune.models.prepare_pack`    |
+| ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`      |
+| ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`    |
+| ``chat [RECIPE]``        | :func:`medtune.chat.chat`              |
+| ``run RECIPE``           | :func:`medtune.run.run_recipe`         |
+
+Every stage command takes an optional YAML recipe and ``--set KEY=VALUE`` overrides
+(``--set train.learning_rate=2e-4``); field descriptions are listed in each ``--help``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medtune.config import ChatConfig, ConfigError, MergeConfig, Recipe, TrainConfig, field_help, load_recipe
+
+app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+models_app = typer.Typer(help="Offline model packs.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+RECIPE_ARG = typer.Argument(None, help="YAML recipe (optional; defaults are used without one).")
+SET_OPT = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable).")
+ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
+
+
+def _fields(*sections: tuple[type, str]) -> str:
+    return "Fields (use with --set):\n\n" + "\n\n".join(field_help(m, p) for m, p in sections)
+
+
+def friendly_errors(fn):
+    """Turn medtune's own errors into a one-paragraph message and exit code 2 (no traceback)."""
+    from medtune.merge import MergeError
+    from medtune.models import ModelError
+    from medtune.train.dataset import DataFileError
+    from medtune.train.sft import TrainError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ModelError, TrainError, MergeError, DataFileError, FileNotFoundError) as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _recipe(path: Optional[Path], sets: Optional[List[str]], extra: dict[str, object]) -> Recipe:
+    overrides = list(sets or []) + [f"{k}={v}" for k, v in extra.items() if v is not None]
+    return load_recipe(path, overrides)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List offline packs: installed?, converted to the cache?, size, licence."""
+    from medtune.models import PACKS, medtune_home, pack_status
+
+    table = Table(title=f"medtune model packs (cache: {medtune_home() / 'models'})")
+    for col in ("name", "installed", "cached", "GGUF size (GiB)", "licence", "description"):
+        table.add_column(col)
+    for pack in PACKS.values():
+        s = pack_status(pack)
+        table.add_row(s["name"], "yes" if s["installed"] else "no", "yes" if s["cached"] else "no",
+                      str(s["size_gib"]), s["licence"], s["description"])
+    Console().print(table)
+
+
+@models_app.command("prepare")
+@friendly_errors
+def models_prepare(name: str = typer.Argument(..., help="Pack name, see `medtune models list`.")) -> None:
+    """Check a pack's sha256 and convert it once to a cached safetensors model directory."""
+    from medtune.models import prepare_pack
+
+    Console().print(f"{name}: ready at {prepare_pack(name)}")
+
+
+@app.command(epilog=_fields((Recipe, "recipe"), (TrainConfig, "train")))
+@friendly_errors
+def train(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+          model: Optional[str] = typer.Option(None, help="Base model: pack name, directory, .gguf or hub id."),
+          train_file: Optional[Path] = typer.Option(None, help="Training data (JSONL/JSON)."),
+          output_dir: Optional[Path] = typer.Option(None, help="Where the adapter goes."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+          launcher: str = typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node)."),
+          config_file: Optional[str] = typer.Option(None, help="accelerate config: a path or a shipped name "
+                                                     "(ddp, fsdp, zero2, zero3, cpu2)."),
+          ) -> None:
+    """Fine-tune a model (LoRA, QLoRA or full) on Alpaca or messages data."""
+    if launcher == "accelerate":
+        raise typer.Exit(_launch_accelerate(config_file))
+    from medtune.train.sft import run_sft
+
+    r = _recipe(recipe, sets, {"model": model, "train.train_file": train_file, "train.output_dir": output_dir,
+                               "train.resume": "true" if resume else None})
+    cfg = r.train or TrainConfig()
+    run_sft(cfg, model=r.model, output_dir=r.output_dir / "adapter", seed=r.seed)
+
+
+def _launch_accelerate(config_file: Optional[str]) -> int:
+    """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config."""
+    if config_file is None:
+        raise ConfigError("--launcher accelerate needs --config-file (a path, or one of: ddp, fsdp, zero2, zero3, cpu2)")
+    path = Path(config_file)
+    if not path.is_file():
+        path = ACCELERATE_CONFIGS / f"{config_file}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"accelerate config not found: {config_file}")
+    args, skip = [], False
+    for a in sys.argv[sys.argv.index("train") + 1:]:
+        if skip:
+            skip = False
+        elif a in ("--launcher", "--config-file"):
+            skip = True
+        elif not a.startswith(("--launcher=", "--config-file=")):
+            args.append(a)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "medtune", "train", *args]
+    err.print("[bold]launching:[/] " + " ".join(cmd))
+    return subprocess.call(cmd, env={**os.environ, "MEDTUNE_LAUNCHED": "1"})
+
+
+@app.command(epilog=_fields((MergeConfig, "merge")))
+@friendly_errors
+def merge(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+          adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory."),
+          model: Optional[str] = typer.Option(None, help="Unquantized base model (default: recorded in the adapter)."),
+          output_dir: Optional[Path] = typer.Option(None, help="Merged model directory."),
+          ) -> None:
+    """Merge a LoRA adapter into its base and check adapter-vs-merged logit parity."""
+    from medtune.merge import merge_adapter
+
+    r = _recipe(recipe, sets, {"merge.adapter": adapter, "merge.model": model, "merge.output_dir": output_dir})
+    merge_adapter(r.merge or MergeConfig(), adapter=r.output_dir / "adapter", output_dir=r.output_dir / "merged")
+
+
+@app.command(epilog=_fields((ChatConfig, "chat")))
+@friendly_errors
+def chat(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+         model: Optional[str] = typer.Option(None, help="Model dir, pack, .gguf, hub id (or the base of --adapter)."),
+         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter to apply."),
+         prompt: Optional[str] = typer.Option(None, help="Answer this one message and exit (non-interactive)."),
+         system: Optional[str] = typer.Option(None, help="System prompt."),
+         temperature: Optional[float] = typer.Option(None, help="0 = greedy."),
+         top_p: Optional[float] = typer.Option(None),
+         max_new_tokens: Optional[int] = typer.Option(None),
+         repetition_penalty: Optional[float] = typer.Option(None),
+         ) -> None:
+    """Chat with a model: interactive (/reset, /exit) or one-shot with --prompt."""
+    from medtune.chat import chat as run_chat
+
+    r = _recipe(recipe, sets, {"chat.model": model, "chat.adapter": adapter, "chat.system": system,
+                               "chat.generation.temperature": temperature, "chat.generation.top_p": top_p,
+                               "chat.generation.max_new_tokens": max_new_tokens,
+                               "chat.generation.repetition_penalty": repetition_penalty})
+    cfg = r.chat or ChatConfig()
+    if cfg.model is None and cfg.adapter is None:
+        merged = r.output_dir / "merged"
+        cfg = cfg.model_copy(update={"model": str(merged) if recipe and merged.is_dir() else r.model})
+    run_chat(cfg, prompt=prompt)
+
+
+@app.command(epilog=_fields((Recipe, "recipe")))
+@friendly_errors
+def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[List[str]] = SET_OPT,
+        force: bool = typer.Option(False, "--force", help="Redo stages even when up to date."),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these stages (repeatable)."),
+        ) -> None:
+    """Run a recipe's stages in order (train -> merge -> samples), skipping up-to-date ones."""
+    from medtune.run import run_recipe
+
+    r = load_recipe(recipe, sets)
+    run_recipe(r, force=force, only=only)
+    merged = r.output_dir / "merged"
+    if merged.is_dir():
+        Console().print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
+                        f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

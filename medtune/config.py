@@ -1,0 +1,227 @@
+"""Typed configs for every stage, loaded from one YAML recipe with dotted CLI overrides.
+
+A recipe is a YAML mapping::
+
+    model: qwen2.5-coder-0.5b-instruct   # pack name, hub id, local dir or .gguf file
+    output_dir: runs/quickstart
+    seed: 42
+    train: {train_file: examples/medical_qa.jsonl, max_steps: 60}
+    merge: {}
+    samples: {prompts: ["What is hypertension?"]}
+
+Each stage section is validated by its own pydantic model; unknown keys and wrong types are
+errors that name the key. ``--set train.learning_rate=2e-4`` overrides any field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the file and key."""
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+
+
+class GenerationSettings(_Stage):
+    """Decoding settings shared by chat, samples and (later) serving."""
+
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Maximum number of generated tokens.")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty > 1 discourages repeated tokens.")
+    seed: int | None = Field(None, description="Random seed for sampling (None: not reseeded).")
+
+
+class TrainConfig(_Stage):
+    """Supervised fine-tuning (LoRA, QLoRA or full) with trl's SFTTrainer."""
+
+    model: str | None = Field(None, description="Base model; defaults to the recipe's `model`.")
+    train_file: Path = Field(Path("examples/medical_qa.jsonl"), description="Training data: JSONL/JSON in Alpaca (instruction/input/output) or messages form.")
+    validation_file: Path | None = Field(None, description="Optional validation data in the same forms; enables eval loss.")
+    validation_split_percentage: float = Field(0.0, ge=0.0, lt=50.0, description="Percent of train_file held out for eval loss when no validation_file is given.")
+    output_dir: Path | None = Field(None, description="Where the adapter, tokenizer and checkpoints go; defaults to <recipe output_dir>/adapter.")
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora; qlora (4-bit NF4 base, needs CUDA + bitsandbytes); or full fine-tuning.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get LoRA: 'all-linear' or a list such as [q_proj, v_proj].")
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name: linear, cosine, constant, constant_with_warmup ...")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps for linear warmup.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(1.0, gt=0.0, description="Epochs (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Total optimizer steps; -1 means use num_train_epochs.")
+    per_device_train_batch_size: int = Field(2, ge=1, description="Sequences per device per micro-batch.")
+    per_device_eval_batch_size: int = Field(2, ge=1, description="Sequences per device per eval batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed row).")
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="What to do with examples longer than max_seq_length (both are counted).")
+    packing: bool = Field(False, description="Pack several examples per row (best-fit decreasing) without cross-attention between them.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPU with bf16 support or recent CPU).")
+    fp16: bool = Field(False, description="float16 mixed precision (CUDA only).")
+    seed: int | None = Field(None, description="Random seed; defaults to the recipe's `seed`.")
+    logging_steps: int = Field(1, ge=1, description="Log loss, learning rate, tokens/s and peak memory every N steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
+    save_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps.")
+    save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
+    resume: bool = Field(False, description="Resume from the last checkpoint in output_dir.")
+    chat_template: Path | None = Field(None, description="Jinja chat template file, for models whose tokenizer has none.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (only when you trust it).")
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples (smoke runs).")
+
+
+class MergeConfig(_Stage):
+    """Merge a LoRA adapter into its unquantized base and check logit parity."""
+
+    model: str | None = Field(None, description="Base model; defaults to the one recorded in the adapter.")
+    adapter: Path | None = Field(None, description="Adapter directory; defaults to the train stage's output.")
+    output_dir: Path | None = Field(None, description="Merged model directory; defaults to <recipe output_dir>/merged.")
+    probe_prompt: str = Field("Briefly explain what hypertension is.", description="User message used for the logit parity check.")
+    tolerance: float = Field(1e-3, gt=0.0, description="Maximum allowed absolute logit difference (adapter vs merged).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+
+
+class SamplesConfig(_Stage):
+    """Answer a few prompts with the merged model and write them to samples.jsonl."""
+
+    prompts: list[str] = Field(default_factory=lambda: [
+        "What are the common symptoms of type 2 diabetes?",
+        "高血压患者在生活方式上应该注意什么？",
+        "천식 환자가 흡입기를 사용할 때 주의할 점은 무엇인가요?",
+    ], description="User prompts to answer.")
+    system: str | None = Field(None, description="Optional system prompt.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=96))
+
+
+class ChatConfig(_Stage):
+    """Interactive or one-shot chat."""
+
+    model: str | None = Field(None, description="Model: merged dir, pack, hub id, .gguf, or the base for --adapter.")
+    adapter: Path | None = Field(None, description="Optional LoRA adapter directory to apply on the model.")
+    system: str | None = Field(None, description="System prompt.")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+
+
+class Recipe(_Stage):
+    """A whole pipeline: shared settings plus one section per stage (absent = stage not run)."""
+
+    model: str = Field("qwen2.5-coder-0.5b-instruct", description="Base model for every stage.")
+    output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
+    seed: int = Field(42, description="Seed for every stage.")
+    train: TrainConfig | None = None
+    merge: MergeConfig | None = None
+    samples: SamplesConfig | None = None
+    chat: ChatConfig | None = None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``"train.learning_rate=2e-4"`` into ``(["train", "learning_rate"], "2e-4")``.
+
+    The value is parsed as YAML when that gives a list, mapping, bool, number or null; other
+    values stay strings and pydantic converts them to the field's type.
+
+    Raises:
+        ConfigError: if the item has no ``=`` or an empty key.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) or (value is None and raw.strip() not in ("null", "~", "")):
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with each ``KEY=VALUE`` override set at its dotted path."""
+    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = Recipe
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part))
+            ann = getattr(field, "annotation", None)
+            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if parent is None:
+                break
+        known = list(parent.model_fields) if parent else []
+        hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+        return f"{source}: unknown key {loc!r}{extra}"
+    return f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides.
+
+    Args:
+        path: YAML file; None starts from an empty recipe.
+        overrides: ``KEY=VALUE`` strings, e.g. ``["train.learning_rate=2e-4", "model=smollm2-135m-instruct"]``.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key or wrong type; the message names
+            the file and the dotted key.
+    """
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + --set"
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
+
+
+def field_help(model: type[BaseModel], prefix: str) -> str:
+    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped)."""
+    lines = ["\b"]
+    for name, f in model.model_fields.items():
+        default = f.default if f.default_factory is None else f.default_factory()
+        if isinstance(default, BaseModel):
+            lines.append(field_help(type(default), f"{prefix}.{name}").removeprefix("\b\n"))
+        elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
+            shown = str(default) if isinstance(default, Path) else repr(default)
+            lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""One generation code path for chat, samples, serving and the web UI.
+
+Prompts are rendered with the tokenizer's chat template (the same one used in training) and
+generation stops at any of the model's end-of-turn ids (the tokenizer's EOS plus the
+generation config's ``eos_token_id``), so a fine-tuned model stops where it was trained to.
+"""
+
+from __future__ import annotations
+
+from threading import Thread
+from typing import Iterator
+
+from medtune.config import GenerationSettings
+
+
+def render_prompt(tokenizer, messages: list[dict]):
+    """Token ids of ``messages`` rendered with the chat template plus the assistant generation prompt.
+
+    Returns:
+        LongTensor of shape ``(1, prompt_len)``.
+    """
+    import torch
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """All token ids that end a turn: tokenizer EOS plus generation-config EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    cfg_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
+    return sorted(ids)
+
+
+def generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict:
+    """Keyword arguments for ``model.generate``: greedy when temperature is 0."""
+    kw = dict(max_new_tokens=settings.max_new_tokens, repetition_penalty=settings.repetition_penalty,
+              eos_token_id=stop_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+    if settings.temperature > 0:
+        kw.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+    """Generate an assistant reply to ``messages``, yielding text pieces as they are produced.
+
+    Args:
+        model: a causal LM (plain or peft-wrapped), in eval mode.
+        tokenizer: its tokenizer with a chat template.
+        messages: ``[{"role", "content"}, ...]`` ending with a user turn.
+        settings: decoding settings (greedy when temperature is 0).
+
+    Yields:
+        Decoded text pieces; their concatenation is the whole reply without special tokens.
+    """
+    import torch
+    from transformers import TextIteratorStreamer
+
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    ids = render_prompt(tokenizer, messages).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kw = generate_kwargs(model, tokenizer, settings)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            with torch.no_grad():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kw)
+        except BaseException as e:  # surfaced in the caller's thread below
+            errors.append(e)
+            streamer.end()
+
+    thread = Thread(target=work, daemon=True)
+    thread.start()
+    yield from (piece for piece in streamer if piece)
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def chat_once(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> str:
+    """The whole assistant reply to ``messages`` as one string (see :func:`stream_chat`)."""
+    return "".join(stream_chat(model, tokenizer, messages, settings))

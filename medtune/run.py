@@ -1,0 +1,123 @@
+"""``medtune run RECIPE``: run a recipe's stages in order, each skipped when already up to date.
+
+Stages and their directories under the recipe's ``output_dir``:
+
+- ``train``   -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
+- ``merge``   -> ``merged/``   (merged safetensors model + tokenizer + generation config)
+- ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
+
+Every stage writes ``manifest.json`` (see :mod:`medtune.manifest`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from medtune.config import Recipe
+from medtune.manifest import fingerprint, is_up_to_date, tree_digests, write_manifest
+from medtune.models import PACKS
+
+console = Console(stderr=True)
+
+
+def model_identity(spec: str) -> dict:
+    """Digest of a model spec for manifests: pack sha256, local files, or the hub id itself."""
+    if spec in PACKS:
+        return {"pack": spec, "sha256": PACKS[spec].sha256}
+    path = Path(spec)
+    return {"path": str(path.resolve()), "files": tree_digests(path)} if path.exists() else {"hub_id": spec}
+
+
+def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.train.sft import run_sft
+
+    cfg = recipe.train.model_copy(update={"model": recipe.train.model or recipe.model, "output_dir": out,
+                                          "seed": recipe.train.seed if recipe.train.seed is not None else recipe.seed})
+    inputs = {"model": model_identity(cfg.model), "train_file": tree_digests(cfg.train_file)}
+    if cfg.validation_file:
+        inputs["validation_file"] = tree_digests(cfg.validation_file)
+    return cfg.model_dump(mode="json", exclude={"resume"}), inputs, lambda: run_sft(cfg)
+
+
+def _merge(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.merge import merge_adapter
+
+    adapter = recipe.merge.adapter or recipe.output_dir / "adapter"
+    cfg = recipe.merge.model_copy(update={"adapter": adapter, "output_dir": out})
+    inputs = {"adapter": tree_digests(adapter), "model": model_identity(cfg.model) if cfg.model else None}
+    return cfg.model_dump(mode="json"), inputs, lambda: merge_adapter(cfg)
+
+
+def write_samples(model_dir: Path, cfg, out: Path) -> dict:
+    """Answer ``cfg.prompts`` with the model in ``model_dir``; write ``out/samples.jsonl``."""
+    from medtune.chat import load_chat_model
+    from medtune.generation import chat_once
+
+    model, tokenizer = load_chat_model(str(model_dir))
+    rows = []
+    for prompt in cfg.prompts:
+        messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
+        t0 = time.time()
+        rows.append({"prompt": prompt, "answer": chat_once(model, tokenizer, messages, cfg.generation),
+                     "seconds": round(time.time() - t0, 1)})
+        console.print(f"[bold]Q:[/] {prompt}\n[bold]A:[/] {rows[-1]['answer']}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return {"samples": len(rows), "file": str(out / "samples.jsonl")}
+
+
+def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    model_dir = recipe.output_dir / "merged"
+    cfg = recipe.samples
+    return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out)
+
+
+STAGES = {"train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples)}
+
+
+def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:
+    """Run the recipe's stages in order; skip those whose config and inputs are unchanged.
+
+    Args:
+        recipe: the validated recipe.
+        force: redo every stage even when up to date.
+        only: restrict to these stage names.
+
+    Returns:
+        ``{stage: {"status": "ran"|"skipped", "dir", "wall_s", "summary"}}``.
+    """
+    results, t_all = {}, time.time()
+    for name, (subdir, build) in STAGES.items():
+        if getattr(recipe, name) is None or (only and name not in only):
+            continue
+        out = recipe.output_dir / subdir
+        config, inputs, run = build(recipe, out)
+        fp = fingerprint(config, inputs)
+        if not force and is_up_to_date(out, fp):
+            console.print(f"[dim]{name}: up to date ({out}), skipped; --force redoes it[/]")
+            results[name] = {"status": "skipped", "dir": str(out), "wall_s": 0.0}
+            continue
+        console.rule(f"[bold]{name}")
+        started = time.time()
+        summary = run()
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = write_manifest(out, name, config, inputs, fp, recipe.seed, started,
+                                  {k: v for k, v in summary.items() if k != "losses"})
+        results[name] = {"status": "ran", "dir": str(out), "wall_s": manifest["wall_s"], "summary": summary}
+    _print_summary(results, time.time() - t_all)
+    return results
+
+
+def _print_summary(results: dict, seconds: float) -> None:
+    table = Table(title=f"medtune run: {seconds:.0f} s")
+    for col in ("stage", "status", "time (s)", "output"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(name, r["status"], f"{r['wall_s']:.0f}", r["dir"])
+    console.print(table)

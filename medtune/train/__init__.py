@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: data preparation and the SFT run."""

@@ -1,0 +1,247 @@
+"""The SFT run: LoRA / QLoRA / full fine-tuning of any causal LM with trl's SFTTrainer + peft.
+
+medtune tokenizes the data itself (see :mod:`medtune.train.dataset`) so the loss covers
+assistant tokens only, including each turn's end-of-turn token, and hands trl a dataset with
+``input_ids`` and ``labels``. Packing uses trl's best-fit-decreasing packer with per-example
+position ids, so packed examples do not attend to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medtune.config import TrainConfig
+from medtune.models import ModelError, base_fingerprint, load_model, load_tokenizer
+from medtune.train.dataset import DataStats, build_sft_examples, write_rejects
+
+console = Console(stderr=True)
+
+
+class TrainError(RuntimeError):
+    """A training setup that cannot run here (e.g. QLoRA without CUDA); the message says why."""
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this process in GiB: CUDA max allocated on GPU, max RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def make_callback():
+    """A TrainerCallback that shows a rich progress bar and logs loss, lr, tokens/s and peak memory."""
+    from transformers import TrainerCallback
+
+    class RichLogCallback(TrainerCallback):
+        def __init__(self):
+            self.history: list[dict] = []
+            self.progress = None
+            self._t, self._tokens = time.time(), 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                         console=console)
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+            self._t = time.time()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.progress:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            now = time.time()
+            tokens = logs.get("num_tokens")
+            if tokens is not None and "loss" in logs:
+                logs["tokens_per_s"] = round((tokens - self._tokens) / max(now - self._t, 1e-9), 1)
+                self._tokens, self._t = tokens, now
+            logs["peak_mem_gib"] = round(peak_memory_gib(), 2)
+            logs["step"] = state.global_step
+            self.history.append(logs)
+            if self.progress and ("loss" in logs or "eval_loss" in logs):
+                keys = ("loss", "eval_loss", "learning_rate", "tokens_per_s", "peak_mem_gib")
+                line = "  ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
+                self.progress.console.print(f"step {state.global_step}: {line}")
+                self.progress.update(self.task, info=f"loss {logs.get('loss', logs.get('eval_loss', 0)):.3f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress:
+                self.progress.stop()
+
+    return RichLogCallback()
+
+
+def _quantization_config(cfg: TrainConfig):
+    import torch
+
+    if cfg.method != "qlora":
+        return None
+    if not torch.cuda.is_available():
+        raise TrainError("method=qlora needs a CUDA GPU (bitsandbytes 4-bit NF4); this machine has none. "
+                         "Use train.method=lora here, or run on a GPU machine.")
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TrainError("method=qlora needs bitsandbytes: pip install 'medtune[qlora]'") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def _lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    if cfg.method == "full":
+        return None
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+
+
+def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
+    """Tokenize train (and validation) data; save rejects; return ``(train, eval, stats)`` as HF Datasets.
+
+    Raises:
+        DataFileError: unreadable data file, or no usable record.
+    """
+    from datasets import Dataset
+
+    train, rejects, stats = build_sft_examples(cfg.train_file, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+    evals = None
+    if cfg.validation_file:
+        evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
+        rejects += ev_rejects
+    elif cfg.validation_split_percentage > 0:
+        import random
+
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(len(train) * cfg.validation_split_percentage / 100))
+        evals = [train[i] for i in order[:n_eval]]
+        train = [train[i] for i in sorted(order[n_eval:])]
+    if rejects:
+        write_rejects(rejects, output_dir / "rejects.jsonl")
+    return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
+
+
+def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir), seed=seed, data_seed=seed,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_seq_length, packing=cfg.packing,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=not torch.cuda.is_available(),
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if (has_eval and cfg.eval_steps) else "no", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        report_to="none", disable_tqdm=True, dataset_num_proc=None,
+    )
+
+
+def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
+    tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
+    return round(tokens[-1] / max(runtime_s, 1e-9), 1) if tokens else None
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, stats: DataStats, history: list[dict]) -> None:
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    (output_dir / "medtune_base.json").write_text(json.dumps(
+        {"model": model_spec, "method": cfg.method, "fingerprint": base_fingerprint(base.config)}, indent=2))
+    (output_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    (output_dir / "train_log.json").write_text(json.dumps({"data": {**stats.__dict__, "rejected": dict(stats.rejected)},
+                                                          "history": history}, indent=2, default=str))
+
+
+def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42) -> dict:
+    """Fine-tune ``cfg.model`` (or ``model``) on ``cfg.train_file`` and save the adapter or full model.
+
+    Args:
+        cfg: the train stage config.
+        model: base model when ``cfg.model`` is None (the recipe's model).
+        output_dir: where outputs go when ``cfg.output_dir`` is None.
+        seed: seed when ``cfg.seed`` is None.
+
+    Returns:
+        Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``,
+        ``eval_loss`` (or None), ``tokens_per_s`` (non-padding, whole run), ``peak_mem_gib``,
+        ``seconds``, ``examples``, ``rejected``.
+
+    Raises:
+        TrainError: impossible setup (QLoRA without CUDA, fp16 on CPU).
+        ModelError, DataFileError: unusable model or data, with the offending file/record named.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    t0 = time.time()
+    model_spec = cfg.model or model
+    if not model_spec:
+        raise TrainError("no model given: set `model:` in the recipe or train.model")
+    output_dir = Path(cfg.output_dir or output_dir or "runs/train")
+    seed = cfg.seed if cfg.seed is not None else seed
+    if cfg.fp16 and not __import__("torch").cuda.is_available():
+        raise TrainError("fp16 mixed precision needs CUDA; on CPU use bf16=true or neither")
+    quant = _quantization_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(model_spec, cfg.trust_remote_code, cfg.chat_template)
+    train_ds, eval_ds, stats = load_datasets(cfg, tokenizer, output_dir, seed)
+    if _is_main():
+        console.print(f"[bold]data[/] {cfg.train_file}: {stats.read} read, {stats.kept} kept, {stats.truncated} truncated, "
+                      f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}; {stats.label_tokens}/{stats.tokens} tokens trained")
+    net = load_model(model_spec, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
+    callback = make_callback()
+    trainer = SFTTrainer(model=net, args=_sft_config(cfg, output_dir, seed, eval_ds is not None), train_dataset=train_ds,
+                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=_lora_config(cfg), callbacks=[callback])
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    resume = _last_checkpoint(output_dir) if cfg.resume else None
+    if cfg.resume and _is_main():
+        console.print(f"resuming from {resume}" if resume else "[yellow]--resume: no checkpoint found, starting fresh[/]")
+    result = trainer.train(resume_from_checkpoint=resume)
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    trainer.save_model(str(output_dir))
+    seconds = time.time() - t0
+    summary = {
+        "output_dir": str(output_dir), "steps": trainer.state.global_step,
+        "losses": [h["loss"] for h in callback.history if "loss" in h],
+        "train_loss": result.training_loss, "eval_loss": eval_loss,
+        "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
+        "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
+        "examples": stats.kept, "rejected": sum(stats.rejected.values()),
+    }
+    if trainer.is_world_process_zero():
+        _save_meta(trainer, cfg, model_spec, output_dir, stats, callback.history)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        ev = f", eval loss {eval_loss:.4f}" if eval_loss is not None and not math.isnan(eval_loss) else ""
+        console.print(f"[green]trained[/] {summary['steps']} steps in {seconds:.0f} s, train loss {result.training_loss:.4f}{ev}, "
+                      f"peak {summary['peak_mem_gib']} GiB -> {output_dir}")
+    return summary
