@@ -186,7 +186,7 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[
     run_recipe(r, force=force, only=only)
     merged = r.output_dir / "merged"
     if merged.is_dir():
-        Console().print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
+        print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
                         f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
 
 

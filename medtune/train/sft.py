@@ -260,7 +260,7 @@ def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None 
         "train_loss": result.training_loss, "eval_loss": eval_loss,
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
-        "examples": stats.kept, "rejected": sum(stats.rejected.values()),
+        "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
     }
     if trainer.is_world_process_zero():
         _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)
