@@ -122,7 +122,14 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     """
     from datasets import Dataset
 
-    train, rejects, stats = build_sft_examples(cfg.train_file, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+    files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
+    train, rejects, stats = [], [], DataStats()
+    for f in files:
+        ex, rej, st = build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+        train, rejects = train + ex, rejects + rej
+        for key in ("read", "kept", "truncated", "tokens", "label_tokens"):
+            setattr(stats, key, getattr(stats, key) + getattr(st, key))
+        stats.rejected.update(st.rejected)
     evals = None
     if cfg.validation_file:
         evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
@@ -215,7 +222,7 @@ def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path |
     tokenizer = load_tokenizer(model_spec, cfg.trust_remote_code, cfg.chat_template)
     train_ds, eval_ds, stats = load_datasets(cfg, tokenizer, output_dir, seed)
     if _is_main():
-        console.print(f"[bold]data[/] {cfg.train_file}: {stats.read} read, {stats.kept} kept, {stats.truncated} truncated, "
+        console.print(f"[bold]data[/] {stats.read} read, {stats.kept} kept, {stats.truncated} truncated, "
                       f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}; "
                       f"{stats.label_tokens}/{stats.tokens} tokens trained")
     torch.manual_seed(seed)
