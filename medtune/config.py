@@ -68,7 +68,7 @@ class TrainConfig(_Stage):
     packing: bool = Field(True, description="Pack several examples per row of max_seq_length tokens (best-fit decreasing), padding-free, without cross-attention between them; a batch is then per_device_train_batch_size packed rows.")
     fused_loss: bool = Field(True, description="Loss through trl's fused, chunked LM head: the (tokens x vocabulary) fp32 logits are never built at once. false: full logits + plain cross-entropy.")
     liger_kernels: bool = Field(True, description="Liger-Kernel fused RMSNorm/RoPE/SwiGLU on CUDA when installed (pip install 'medtune[liger]'); ignored elsewhere unless set explicitly.")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field("auto", description="Attention kernel; auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2", "flex_attention"] = Field("auto", description="Attention kernel; auto: on CUDA flash_attention_2 if flash-attn is installed, else varlen (PyTorch's variable-length kernel) when packing; sdpa elsewhere.")
     torch_compile: bool = Field(False, description="torch.compile the model (slow first steps; can pay off on long GPU runs).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPU with bf16 support or recent CPU).")

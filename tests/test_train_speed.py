@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medtune.config import ConfigError, TrainConfig
+from medtune.train import speed as speed_mod
 from medtune.train.speed import SpeedError, resolve_attention
 from medtune.train.sft import build_trainer
 
@@ -52,6 +53,30 @@ def test_fused_chunked_loss_matches_full_logits_loss(qwen_dir, sft_file, tmp_pat
     assert fused[1:] == pytest.approx(full[1:], rel=1e-3)
 
 
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """CPU stand-in for torch's varlen_attn: causal SDPA on each example's own tokens."""
+    assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and max_q == int(cu_q.diff().max())
+    reference_varlen.calls += 1
+    parts = []
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (heads, len, head_dim)
+        out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        parts.append(out.transpose(0, 1))
+    return torch.cat(parts)
+
+
+def test_varlen_attention_glue_gives_unpacked_losses(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    # The CUDA kernel is swapped for a CPU reference, so this checks medtune's glue: layout, offsets, GQA, scale.
+    reference_varlen.calls = 0
+    monkeypatch.setattr(speed_mod, "_varlen_kernel", lambda: reference_varlen)
+    plain, _ = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", packing=False))
+    packed, trainer = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", attn_implementation="varlen"))
+    assert trainer.model.config._attn_implementation == speed_mod.VARLEN
+    assert reference_varlen.calls >= 3 * 2  # every step, every layer
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    assert packed[1:] == pytest.approx(plain[1:], rel=1e-3)
+
+
 def test_defaults_on_cpu(qwen_dir, sft_file, tmp_path):
     trainer, _, _ = build_trainer(cfg(qwen_dir, sft_file, tmp_path / "o", torch_compile=True))
     speed = trainer.medtune_speed
@@ -66,6 +91,8 @@ def test_defaults_on_cpu(qwen_dir, sft_file, tmp_path):
 def test_explicit_gpu_only_settings_fail_clearly_on_cpu(qwen_dir, sft_file, tmp_path):
     with pytest.raises(SpeedError, match="flash-attn"):
         resolve_attention(TrainConfig(attn_implementation="flash_attention_2"))
+    with pytest.raises(SpeedError, match="CUDA"):
+        resolve_attention(TrainConfig(attn_implementation="varlen"))
     with pytest.raises(ConfigError, match="medtune\\[liger\\]"):
         build_trainer(cfg(qwen_dir, sft_file, tmp_path / "o", liger_kernels=True))
     assert resolve_attention(TrainConfig(attn_implementation="eager")) == "eager"

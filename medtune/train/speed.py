@@ -16,9 +16,13 @@ defaults pick the fastest path this machine supports. None of them changes the m
 - ``liger_kernels`` (default on where available): Liger-Kernel's Triton RMSNorm, RoPE and
   SwiGLU (Hsu et al. 2024, arXiv:2410.10989) on CUDA. Its fused linear cross-entropy is not
   used: it replaces the model's forward, which trl's fused LM head (above) already fuses.
-- ``attn_implementation`` (default ``auto``): FlashAttention-2 when CUDA and the
-  ``flash-attn`` package are present (variable-length kernels, no wasted work on packed
-  rows), else PyTorch SDPA.
+- ``attn_implementation`` (default ``auto``): on CUDA, FlashAttention-2 when the
+  ``flash-attn`` package is installed, else (packing on) ``varlen``: PyTorch's own
+  variable-length FlashAttention kernel (``torch.nn.attention.varlen``, no extra package),
+  driven by the sequence offsets trl's padding-free collator passes; else SDPA. The padding-
+  free collator puts a whole batch in one row, so SDPA there computes a dense
+  ``(tokens x tokens)`` block-diagonal mask and wastes the masked blocks; the varlen kernels
+  only compute each example's own causal triangle (Dao 2023, FlashAttention-2, arXiv:2307.08691).
 - ``torch_compile`` (default off): ``torch.compile`` of the model through the Trainer.
 """
 
@@ -39,22 +43,85 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+VARLEN = "medtune_varlen"  # the name under which varlen_attention is registered with transformers
+
+
+def _varlen_kernel():
+    """PyTorch's ``varlen_attn`` when it can run here (CUDA, sm80+, torch with GQA and window support), else None."""
+    import inspect
+
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if {"window_size", "enable_gqa"} <= set(params) else None
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Causal attention over a padding-free packed row with PyTorch's variable-length kernel.
+
+    Args:
+        query: ``(1, heads, tokens, head_dim)``; key, value: ``(1, kv_heads, tokens, head_dim)``.
+        attention_mask: ignored on packed rows (the offsets define the blocks).
+        kwargs: ``cu_seq_lens_q`` (``(n_examples + 1,)`` int32 token offsets) and ``max_length_q``
+            from trl's padding-free collator. Without them (unpacked batches, generation) this
+            falls back to transformers' SDPA attention.
+
+    Returns:
+        ``(output, None)`` with output ``(1, tokens, heads, head_dim)``, as transformers expects.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu, kernel = kwargs.get("cu_seq_lens_q"), _varlen_kernel()
+    if cu is None or query.shape[0] != 1 or kernel is None or (dropout and module.training):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    n = int(kwargs.get("max_length_q") or int(cu.diff().max()))
+    cu = cu.to(q.device, torch.int32)
+    out = kernel(q, k, v, cu, cu, n, n, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
+    return out.unsqueeze(0), None
+
+
+def _register_varlen() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)  # used only by the SDPA fallback
+
+
 def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
     """The transformers ``attn_implementation`` for this run.
 
-    ``auto`` gives ``flash_attention_2`` on CUDA with ``flash-attn`` installed, else ``sdpa``.
+    ``auto`` gives ``flash_attention_2`` on CUDA with ``flash-attn`` installed, else
+    :data:`VARLEN` on CUDA with packing when PyTorch's varlen kernel can run, else ``sdpa``.
 
     Raises:
-        SpeedError: ``flash_attention_2`` asked for without CUDA or without ``flash-attn``.
+        SpeedError: ``flash_attention_2`` or ``varlen`` asked for where they cannot run.
     """
     cuda = _cuda() if cuda is None else cuda
     has_fa2 = importlib.util.find_spec("flash_attn") is not None
-    if cfg.attn_implementation == "auto":
-        return "flash_attention_2" if cuda and has_fa2 else "sdpa"
-    if cfg.attn_implementation == "flash_attention_2" and not (cuda and has_fa2):
+    choice = cfg.attn_implementation
+    if choice == "auto":
+        if cuda and has_fa2:
+            return "flash_attention_2"
+        choice = "varlen" if cfg.packing and _varlen_kernel() is not None else "sdpa"
+    if choice == "flash_attention_2" and not (cuda and has_fa2):
         raise SpeedError("train.attn_implementation=flash_attention_2 needs CUDA and `pip install flash-attn`; "
                          "use auto or sdpa here")
-    return cfg.attn_implementation
+    if choice == "varlen":
+        if _varlen_kernel() is None:
+            raise SpeedError("train.attn_implementation=varlen needs a CUDA GPU (sm80+) and a PyTorch with "
+                             "torch.nn.attention.varlen (window_size, enable_gqa); use auto or sdpa here")
+        _register_varlen()
+        return VARLEN
+    return choice
 
 
 def liger_available(cuda: bool | None = None) -> bool:
