@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medtune.config import TrainConfig
 from medtune.models import ModelError, base_fingerprint, load_model, load_tokenizer
 from medtune.train.dataset import DataStats, build_sft_examples, write_rejects
+from medtune.train.speed import loss_function, prepare_model
 
 console = Console(stderr=True)
 
@@ -165,7 +166,7 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if (has_eval and cfg.eval_steps) else "no", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        report_to="none", disable_tqdm=True, dataset_num_proc=None,
+        report_to="none", disable_tqdm=True, dataset_num_proc=None, torch_compile=cfg.torch_compile,
     )
 
 
@@ -206,8 +207,6 @@ def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path |
         ModelError, DataFileError: unusable model or data, with the offending file/record named.
     """
     import torch
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
 
     model_spec = cfg.model or model
     if not model_spec:
@@ -227,13 +226,40 @@ def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path |
                       f"{stats.label_tokens}/{stats.tokens} tokens trained")
     torch.manual_seed(seed)
     net = load_model(model_spec, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
+    trainer, callback = make_trainer(cfg, net, tokenizer, train_ds, eval_ds)
+    return trainer, stats, callback
+
+
+def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
+    """Wrap a loaded model and tokenized data in medtune's SFTTrainer (LoRA, speed settings, logging).
+
+    Args:
+        cfg: the train config with ``output_dir`` and ``seed`` already resolved.
+        net: the base causal LM (not yet peft-wrapped).
+        tokenizer: its tokenizer (needs a pad token).
+        train_ds, eval_ds: HF Datasets with ``input_ids`` and ``labels`` (-100 outside answers).
+
+    Returns:
+        ``(trainer, callback)``; ``trainer.medtune_config`` is ``cfg`` and ``trainer.medtune_speed``
+        says which speed settings are on (see :mod:`medtune.train.speed`).
+
+    Raises:
+        SpeedError: a speed setting explicitly asked for that cannot run here.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    speed = prepare_model(net, cfg)
     callback = make_callback()
-    trainer = SFTTrainer(model=net, args=_sft_config(cfg, output_dir, seed, eval_ds is not None), train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=_lora_config(cfg), callbacks=[callback])
+    trainer = SFTTrainer(model=net, args=_sft_config(cfg, Path(cfg.output_dir), cfg.seed, eval_ds is not None),
+                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                         peft_config=_lora_config(cfg), callbacks=[callback], compute_loss_func=loss_function(cfg))
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.medtune_config = cfg
-    return trainer, stats, callback
+    trainer.medtune_config, trainer.medtune_speed = cfg, speed
+    if _is_main():
+        console.print("[bold]speed[/] " + ", ".join(f"{k}={v}" for k, v in speed.items()))
+    return trainer, callback
 
 
 def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42) -> dict:
@@ -268,6 +294,7 @@ def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None 
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
         "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
+        "speed": trainer.medtune_speed,
     }
     if trainer.is_world_process_zero():
         _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)

@@ -1,0 +1,189 @@
+"""Speed and memory settings of the SFT run: attention kernel, fused loss, Liger kernels, torch.compile.
+
+Each setting is a :class:`~medtune.config.TrainConfig` field that can be turned off; the
+defaults pick the fastest path this machine supports. None of them changes the maths:
+``tests/test_train_speed.py`` checks that the first losses match the plain path.
+
+- ``packing`` (default on): trl's best-fit-decreasing packer puts several examples in one
+  row; its padding-free collator gives each example position ids that restart at 0, from
+  which transformers builds a block-diagonal causal mask (SDPA, eager) or variable-length
+  offsets (FlashAttention), so packed examples never attend to each other.
+- ``fused_loss`` (default on): trl 1.16's fused LM head projects hidden states onto the
+  vocabulary in tiles of 4,096 tokens x 32,768 vocabulary entries and folds each tile into
+  an online log-sum-exp, so the ``(tokens, vocab)`` fp32 logits never exist at once (with
+  a 152k vocabulary and 16k tokens per step they would take 9.3 GiB, 2x that with their
+  gradient). Off: full logits and transformers' ``ForCausalLMLoss``.
+- ``liger_kernels`` (default on where available): Liger-Kernel's Triton RMSNorm, RoPE and
+  SwiGLU (Hsu et al. 2024, arXiv:2410.10989) on CUDA. Its fused linear cross-entropy is not
+  used: it replaces the model's forward, which trl's fused LM head (above) already fuses.
+- ``attn_implementation`` (default ``auto``): on CUDA, FlashAttention-2 when the
+  ``flash-attn`` package is installed, else (packing on) ``varlen``: PyTorch's own
+  variable-length FlashAttention kernel (``torch.nn.attention.varlen``, no extra package),
+  driven by the sequence offsets trl's padding-free collator passes; else SDPA. The padding-
+  free collator puts a whole batch in one row, so SDPA there computes a dense
+  ``(tokens x tokens)`` block-diagonal mask and wastes the masked blocks; the varlen kernels
+  only compute each example's own causal triangle (Dao 2023, FlashAttention-2, arXiv:2307.08691).
+- ``torch_compile`` (default off): ``torch.compile`` of the model through the Trainer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from medtune.config import ConfigError, TrainConfig
+
+
+class SpeedError(ConfigError):
+    """A speed setting that was asked for explicitly but cannot run here; the message says why."""
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+VARLEN = "medtune_varlen"  # the name under which varlen_attention is registered with transformers
+
+
+def _varlen_kernel():
+    """PyTorch's ``varlen_attn`` when it can run here (CUDA, sm80+, torch with GQA and window support), else None."""
+    import inspect
+
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn if {"window_size", "enable_gqa"} <= set(params) else None
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Causal attention over a padding-free packed row with PyTorch's variable-length kernel.
+
+    Args:
+        query: ``(1, heads, tokens, head_dim)``; key, value: ``(1, kv_heads, tokens, head_dim)``.
+        attention_mask: ignored on packed rows (the offsets define the blocks).
+        kwargs: ``cu_seq_lens_q`` (``(n_examples + 1,)`` int32 token offsets) and ``max_length_q``
+            from trl's padding-free collator. Without them (unpacked batches, generation) this
+            falls back to transformers' SDPA attention.
+
+    Returns:
+        ``(output, None)`` with output ``(1, tokens, heads, head_dim)``, as transformers expects.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu, kernel = kwargs.get("cu_seq_lens_q"), _varlen_kernel()
+    if cu is None or query.shape[0] != 1 or kernel is None or (dropout and module.training):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    n = int(kwargs.get("max_length_q") or int(cu.diff().max()))
+    cu = cu.to(q.device, torch.int32)
+    out = kernel(q, k, v, cu, cu, n, n, scale=scaling, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
+    return out.unsqueeze(0), None
+
+
+def _register_varlen() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)  # used only by the SDPA fallback
+
+
+def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
+    """The transformers ``attn_implementation`` for this run.
+
+    ``auto`` gives ``flash_attention_2`` on CUDA with ``flash-attn`` installed, else
+    :data:`VARLEN` on CUDA with packing when PyTorch's varlen kernel can run, else ``sdpa``.
+
+    Raises:
+        SpeedError: ``flash_attention_2`` or ``varlen`` asked for where they cannot run.
+    """
+    cuda = _cuda() if cuda is None else cuda
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None
+    choice = cfg.attn_implementation
+    if choice == "auto":
+        if cuda and has_fa2:
+            return "flash_attention_2"
+        choice = "varlen" if cfg.packing and _varlen_kernel() is not None else "sdpa"
+    if choice == "flash_attention_2" and not (cuda and has_fa2):
+        raise SpeedError("train.attn_implementation=flash_attention_2 needs CUDA and `pip install flash-attn`; "
+                         "use auto or sdpa here")
+    if choice == "varlen":
+        if _varlen_kernel() is None:
+            raise SpeedError("train.attn_implementation=varlen needs a CUDA GPU (sm80+) and a PyTorch with "
+                             "torch.nn.attention.varlen (window_size, enable_gqa); use auto or sdpa here")
+        _register_varlen()
+        return VARLEN
+    return choice
+
+
+def liger_available(cuda: bool | None = None) -> bool:
+    """True when Liger-Kernel can run here: CUDA present and ``liger-kernel`` installed."""
+    cuda = _cuda() if cuda is None else cuda
+    return cuda and importlib.util.find_spec("liger_kernel") is not None
+
+
+def apply_liger(model) -> None:
+    """Patch ``model`` in place with Liger's RMSNorm, RoPE and SwiGLU kernels (not its fused cross-entropy).
+
+    Call on the base model before peft wraps it. Uses transformers' own Liger integration.
+    Note that Liger patches RoPE for the whole model class, so later models of the same
+    architecture in this process use it too.
+    """
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(model, {"rope": True, "rms_norm": True, "swiglu": True,
+                               "cross_entropy": False, "fused_linear_cross_entropy": False})
+
+
+def prepare_model(model, cfg: TrainConfig) -> dict:
+    """Set the attention kernel and apply Liger kernels on ``model`` (in place) as ``cfg`` asks.
+
+    Returns:
+        What is on, for logs and the run summary: ``{"attn_implementation", "liger_kernels",
+        "fused_loss", "packing", "torch_compile"}``.
+
+    Raises:
+        SpeedError: a setting explicitly asked for (not a default) that this machine cannot run,
+            e.g. ``liger_kernels: true`` without CUDA or without ``pip install 'medtune[liger]'``.
+    """
+    attn = resolve_attention(cfg)
+    if getattr(model.config, "_attn_implementation", None) != attn:
+        model.set_attn_implementation(attn)
+    liger = cfg.liger_kernels and liger_available()
+    if cfg.liger_kernels and not liger and "liger_kernels" in cfg.model_fields_set:
+        raise SpeedError("train.liger_kernels=true needs CUDA and liger-kernel: pip install 'medtune[liger]' "
+                         "(or set train.liger_kernels=false)")
+    if liger:
+        apply_liger(model)
+    return {"attn_implementation": attn, "liger_kernels": liger, "fused_loss": cfg.fused_loss,
+            "packing": cfg.packing, "torch_compile": cfg.torch_compile}
+
+
+def full_logits_loss(outputs, labels, num_items_in_batch=None):
+    """Plain causal-LM loss from full logits (the ``fused_loss=false`` path).
+
+    Args:
+        outputs: model output with ``logits`` of shape ``(batch, seq_len, vocab)``.
+        labels: ``(batch, seq_len)`` token ids, -100 where no loss is taken (unshifted).
+        num_items_in_batch: label tokens in the whole accumulated batch (divides the summed loss).
+
+    Returns:
+        Scalar mean negative log-likelihood over the label tokens.
+    """
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits = outputs.logits
+    return ForCausalLMLoss(logits, labels, vocab_size=logits.size(-1), num_items_in_batch=num_items_in_batch)
+
+
+def loss_function(cfg: TrainConfig):
+    """The ``compute_loss_func`` for SFTTrainer: None (trl's fused, chunked LM head) or :func:`full_logits_loss`."""
+    return None if cfg.fused_loss else full_logits_loss

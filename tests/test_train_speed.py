@@ -1,0 +1,120 @@
+"""Speed settings keep the maths: packed vs unpacked and fused vs full-logits losses match on a tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtune.config import ConfigError, TrainConfig
+from medtune.train import speed as speed_mod
+from medtune.train.speed import SpeedError, resolve_attention
+from medtune.train.sft import build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(model_dir, data, out, **kw):
+    # One optimizer step sees the whole 20-example file, packed or not, so losses are comparable.
+    base = dict(model=str(model_dir), train_file=data, output_dir=out, max_steps=3, learning_rate=5e-3,
+                per_device_train_batch_size=20, max_seq_length=512, save_steps=100, warmup_ratio=0.0,
+                lr_scheduler_type="constant", seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def first_losses(config) -> tuple[list[float], object]:
+    trainer, _, cb = build_trainer(config)
+    trainer.train()
+    return [h["loss"] for h in cb.history if "loss" in h], trainer
+
+
+def test_packing_gives_the_unpacked_losses(tiny_model_dir, sft_file, tmp_path):
+    plain, t_plain = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", packing=False))
+    packed, t_packed = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", packing=True))
+    assert len(t_plain.train_dataset) == 20
+    assert len(t_packed.train_dataset) < 10, "examples were not packed into fewer rows"
+    assert t_packed.medtune_speed["packing"] is True
+    # Equal first loss: same logits, so no cross-attention between packed examples. Steps 2-3 agree
+    # too (same gradients), within what two Adam steps make of float summation-order noise.
+    assert len(plain) == len(packed) == 3
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    assert packed[1:] == pytest.approx(plain[1:], rel=1e-3)
+    assert plain[2] < plain[0]
+
+
+def test_fused_chunked_loss_matches_full_logits_loss(qwen_dir, sft_file, tmp_path):
+    fused, t_fused = first_losses(cfg(qwen_dir, sft_file, tmp_path / "a", fused_loss=True))
+    full, t_full = first_losses(cfg(qwen_dir, sft_file, tmp_path / "b", fused_loss=False))
+    assert t_fused.compute_loss_func is None and t_full.compute_loss_func is not None
+    assert fused[0] == pytest.approx(full[0], rel=1e-5)
+    assert fused[1:] == pytest.approx(full[1:], rel=1e-3)
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """CPU stand-in for torch's varlen_attn: causal SDPA on each example's own tokens."""
+    assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and max_q == int(cu_q.diff().max())
+    reference_varlen.calls += 1
+    parts = []
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (heads, len, head_dim)
+        out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        parts.append(out.transpose(0, 1))
+    return torch.cat(parts)
+
+
+def test_varlen_attention_glue_gives_unpacked_losses(tiny_model_dir, sft_file, tmp_path, monkeypatch):
+    # The CUDA kernel is swapped for a CPU reference, so this checks medtune's glue: layout, offsets, GQA, scale.
+    reference_varlen.calls = 0
+    monkeypatch.setattr(speed_mod, "_varlen_kernel", lambda: reference_varlen)
+    plain, _ = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", packing=False))
+    packed, trainer = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", attn_implementation="varlen"))
+    assert trainer.model.config._attn_implementation == speed_mod.VARLEN
+    assert reference_varlen.calls >= 3 * 2  # every step, every layer
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    assert packed[1:] == pytest.approx(plain[1:], rel=1e-3)
+
+
+def test_defaults_on_cpu(qwen_dir, sft_file, tmp_path):
+    trainer, _, _ = build_trainer(cfg(qwen_dir, sft_file, tmp_path / "o", torch_compile=True))
+    speed = trainer.medtune_speed
+    assert speed["packing"] and speed["fused_loss"]
+    if not torch.cuda.is_available():
+        assert speed["attn_implementation"] == "sdpa" and speed["liger_kernels"] is False
+    assert trainer.model.config._attn_implementation == speed["attn_implementation"]
+    assert trainer.args.torch_compile is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusals")
+def test_explicit_gpu_only_settings_fail_clearly_on_cpu(qwen_dir, sft_file, tmp_path):
+    with pytest.raises(SpeedError, match="flash-attn"):
+        resolve_attention(TrainConfig(attn_implementation="flash_attention_2"))
+    with pytest.raises(SpeedError, match="CUDA"):
+        resolve_attention(TrainConfig(attn_implementation="varlen"))
+    with pytest.raises(ConfigError, match="medtune\\[liger\\]"):
+        build_trainer(cfg(qwen_dir, sft_file, tmp_path / "o", liger_kernels=True))
+    assert resolve_attention(TrainConfig(attn_implementation="eager")) == "eager"
+
+
+def test_gpu_bench_harness_runs_on_cpu(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    out = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_gpu.py"), "--cpu", "--json", str(out),
+                           "--docs", str(docs)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert set(arms) == {"baseline", "medtune"}
+    for arm in arms.values():
+        assert arm["tokens_per_s"] > 0 and arm["timed_steps"] >= 2 and arm["first_loss"] > 0
+        assert arm["flops_per_token"] > 0 and 0 < arm["mfu"] < 1
+    assert arms["medtune"]["settings"]["packing"] is True
+    # Padding is counted out: the baseline's real tokens are fewer than the tokens it computes on.
+    assert arms["baseline"]["real_tokens"] < arms["baseline"]["computed_tokens"]
+    assert result["ratio_tokens_per_s"] == pytest.approx(arms["medtune"]["tokens_per_s"] / arms["baseline"]["tokens_per_s"], rel=1e-3)
+    table = docs.read_text()
+    assert "| baseline |" in table and "| medtune |" in table and "bench/train_gpu.py --cpu" in table
