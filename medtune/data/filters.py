@@ -117,10 +117,12 @@ class NearDedup:
         self._minhash, self.ngram, self.num_perm, self.seed = MinHash, ngram, num_perm, seed
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._proto = MinHash(num_perm=num_perm, seed=seed)  # permutations computed once
+        self._scheme = {"scheme": self._proto.scheme} if hasattr(self._proto, "scheme") else {}  # datasketch >= 2
         self.count = 0
 
     def signature(self, text: str):
-        m = self._minhash(num_perm=self.num_perm, seed=self.seed, permutations=self._proto.permutations)
+        m = self._minhash(num_perm=self.num_perm, seed=self.seed, permutations=self._proto.permutations,
+                          **self._scheme)
         m.update_batch([s.encode("utf-8") for s in char_shingles(text, self.ngram)])
         return m
 
