@@ -11,6 +11,7 @@ Counters: ``calls`` (every request), ``ok`` (a Counter of answered prompts), ``m
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -103,6 +104,15 @@ class FakeOpenAI:
         self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def cache_rows(db) -> int:
+    """Number of replies in a teacher cache file (0 while it does not exist yet)."""
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT count(*) FROM replies").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
 
 if __name__ == "__main__":  # manual use: python tests/fake_openai.py [latency_s]

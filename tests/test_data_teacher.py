@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from medtune.data.teacher import SensitiveDataError, Teacher, TeacherConfig, TeacherError, _RateLimiter, is_local_url
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, cache_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,13 +120,6 @@ print(json.dumps(t.usage))
 """
 
 
-def _rows(db: Path) -> int:
-    try:
-        with sqlite3.connect(db) as con:
-            return con.execute("SELECT count(*) FROM replies").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
 
 def test_killed_run_resumes_without_repeating_or_losing_calls(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -135,11 +127,11 @@ def test_killed_run_resumes_without_repeating_or_losing_calls(tmp_path):
     with FakeOpenAI(hang_after=8) as srv:
         proc = subprocess.Popen([sys.executable, "-c", CLIENT, srv.base_url, str(cache), str(out)], env=env)
         deadline = time.time() + 60
-        while _rows(cache) < 8 and time.time() < deadline:
+        while cache_rows(cache) < 8 and time.time() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _rows(cache) == 8 and not out.exists()
+        assert cache_rows(cache) == 8 and not out.exists()
         srv.hang_after = None
         done = subprocess.run([sys.executable, "-c", CLIENT, srv.base_url, str(cache), str(out)], env=env,
                               capture_output=True, text=True, timeout=60)

@@ -64,6 +64,8 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         if gen == "none":
             if src.type not in ("qa_tree", "corpus"):
                 continue  # source read and counted only
+            for r in records:
+                r.meta.update(generator=src.type, teacher_model=None)  # passed through as written
             out.extend(records)
             tally.kept += len(records)
             tally.seen += len(records)
