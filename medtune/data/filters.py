@@ -96,12 +96,32 @@ def char_shingles(text: str, n: int) -> set[str]:
     return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
 
 
+def shingle_hashes(text: str, n: int, normalized: bool = False):
+    """32-bit polynomial hashes of the distinct character n-grams of the normalised text.
+
+    Returns:
+        uint64 array ``(n_shingles,)`` with values < 2**32 (one value for texts shorter than ``n``).
+    """
+    import numpy as np
+
+    cps = np.frombuffer((text if normalized else normalize(text)).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(cps) < n:
+        n = max(1, len(cps))
+        if not len(cps):
+            return np.zeros(1, dtype=np.uint64)
+    h = np.zeros(len(cps) - n + 1, dtype=np.uint64)
+    for k in range(n):  # h = sum cps[i+k] * 1000003**(n-1-k)  (mod 2**64, then folded to 32 bits)
+        h = h * np.uint64(1000003) + cps[k:len(cps) - n + 1 + k]
+    return np.unique((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
+
+
 class NearDedup:
     """Near-duplicate removal with MinHash LSH over character n-gram shingles.
 
     Method: Broder, "On the resemblance and containment of documents" (1997) for MinHash;
     LSH banding as in Leskovec, Rajaraman & Ullman, *Mining of Massive Datasets*, ch. 3;
-    implemented with ``datasketch``. A record is dropped when its estimated Jaccard similarity
+    implemented with ``datasketch``; shingles are hashed by :func:`shingle_hashes` (vectorised,
+    deterministic across runs, several times faster than hashing each shingle with SHA-1). A record is dropped when its estimated Jaccard similarity
     to an already kept record is >= ``threshold``.
 
     Args:
@@ -112,19 +132,23 @@ class NearDedup:
     """
 
     def __init__(self, threshold: float = 0.8, ngram: int = 5, num_perm: int = 64, seed: int = 1):
-        from datasketch import MinHash, MinHashLSH
+        import numpy as np
+        from datasketch import LeanMinHash, MinHashLSH
 
-        self._minhash, self.ngram, self.num_perm, self.seed = MinHash, ngram, num_perm, seed
+        self._minhash, self.ngram, self.num_perm, self.seed, self._np = LeanMinHash, ngram, num_perm, seed, np
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._proto = MinHash(num_perm=num_perm, seed=seed)  # permutations computed once
-        self._scheme = {"scheme": self._proto.scheme} if hasattr(self._proto, "scheme") else {}  # datasketch >= 2
+        gen = np.random.RandomState(seed)  # h_i(x) = (a_i x + b_i) mod p, p = 2**61 - 1 (Broder's family)
+        self._a = gen.randint(1, 2**31, size=num_perm, dtype=np.uint64)
+        self._b = gen.randint(0, 2**32, size=num_perm, dtype=np.uint64)
+        self._scheme = {"scheme": "legacy"} if "scheme" in LeanMinHash.__init__.__code__.co_varnames else {}
         self.count = 0
 
     def signature(self, text: str):
-        m = self._minhash(num_perm=self.num_perm, seed=self.seed, permutations=self._proto.permutations,
-                          **self._scheme)
-        m.update_batch([s.encode("utf-8") for s in char_shingles(text, self.ngram)])
-        return m
+        """A datasketch ``LeanMinHash`` whose ``(num_perm,)`` values are computed here in one vectorised step."""
+        np = self._np
+        hv = shingle_hashes(text, self.ngram)[:, None]  # (n_shingles, 1); x < 2**32, a < 2**31: a*x + b < 2**64
+        values = ((hv * self._a + self._b) % np.uint64((1 << 61) - 1)).min(axis=0) & np.uint64(0xFFFFFFFF)
+        return self._minhash(seed=self.seed, hashvalues=values, **self._scheme)
 
     def __call__(self, r: Record) -> tuple[bool, str]:
         m = self.signature(question_of(r) + "\n" + answer_of(r))
@@ -167,6 +191,8 @@ PHI_PATTERNS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
 NAME_LABEL = re.compile(r"((?:患者)?姓名|病人|患者|환자명|환자\s?이름|성명|이름|Patient(?: name)?|Name)\s*[:：]\s*"
                         r"([\u4e00-\u9fff]{2,4}|[\uac00-\ud7a3]{2,4}|[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})")
 NAME_TITLE = re.compile(r"\b(Mr|Mrs|Ms|Dr)\.\s+[A-Z][a-z]+(?: [A-Z][a-z]+)?")
+_DIGIT = re.compile(r"\d")
+_NAME_HINT = re.compile(r"姓名|病人|患者|환자|성명|이름|Patient|Name|Mr\.|Mrs\.|Ms\.|Dr\.")
 DEFAULT_MRN_PATTERNS = [r"(?:MRN|病历号|住院号|门诊号|병록번호|등록번호)\s*[:：#]?\s*([A-Z]{0,3}\d[\d-]{3,})"]
 
 
@@ -192,13 +218,14 @@ class PHIScrubber:
 
     def scrub(self, text: str) -> str:
         """``text`` with PHI replaced; ``self.counts`` is incremented per type."""
-        if "ID" in self.types:
+        digits, at = _DIGIT.search(text) is not None, "@" in text  # every ID/PHONE/DATE/MRN needs a digit
+        if "ID" in self.types and digits:
             for p in self.mrn:
                 text = p.sub(lambda m: self._group(m, "ID"), text)
         for kind, pattern, valid in PHI_PATTERNS:
-            if kind in self.types:
+            if kind in self.types and (digits if kind != "EMAIL" else at):
                 text = pattern.sub(lambda m: self._sub(m.group(0), kind, valid), text)
-        if "NAME" in self.types:
+        if "NAME" in self.types and _NAME_HINT.search(text):
             text = NAME_LABEL.sub(lambda m: self._group(m, "NAME", 2), text)
             text = NAME_TITLE.sub(lambda m: self._sub(m.group(0), "NAME", None, keep=m.group(1) + ". "), text)
         return text
@@ -270,18 +297,28 @@ class Decontaminator:
     def __init__(self, files: list[Path], word_ngram: int = 13, char_ngram: int = 15):
         self.word_n, self.char_n = word_ngram, char_ngram
         self.word_grams: set[int] = set()
-        self.char_grams: set[int] = set()
+        char_grams = []
         self.questions = self.too_short = 0
         for f in files:
             for q in _benchmark_questions(f):
                 self.questions += 1
-                grams = self._char(q) if _is_cjk(q) else self._words(q)
-                (self.char_grams if _is_cjk(q) else self.word_grams).update(grams)
-                self.too_short += not grams
+                if _is_cjk(q):
+                    short = len(normalize(q)) < self.char_n
+                    char_grams += [] if short else [self._char(q)]
+                else:
+                    grams = self._words(q)
+                    self.word_grams.update(grams)
+                    short = not grams
+                self.too_short += short
+        import numpy as np
 
-    def _char(self, text: str) -> set[int]:
+        self._np = np
+        self.char_grams = np.unique(np.concatenate(char_grams)) if char_grams else np.zeros(0, dtype=np.uint64)
+
+    def _char(self, text: str):
+        """Hashes ``(n_grams,)`` of the character n-grams (see :func:`shingle_hashes`); empty if too short."""
         t = normalize(text)
-        return {hash(t[i:i + self.char_n]) for i in range(len(t) - self.char_n + 1)}
+        return shingle_hashes(t, self.char_n, normalized=True) if len(t) >= self.char_n else self._np.zeros(0, dtype=self._np.uint64)
 
     def _words(self, text: str) -> set[int]:
         w = [normalize(x) for x in text.split()]
@@ -290,7 +327,7 @@ class Decontaminator:
 
     def __call__(self, r: Record) -> tuple[bool, str]:
         text = question_of(r) + "\n" + answer_of(r)
-        if self.char_grams and not self.char_grams.isdisjoint(self._char(text)):
+        if len(self.char_grams) and self._np.isin(self._char(text), self.char_grams, assume_unique=True).any():
             return False, "benchmark overlap (character n-gram)"
         if self.word_grams and not self.word_grams.isdisjoint(self._words(text)):
             return False, "benchmark overlap (word n-gram)"
