@@ -26,18 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medtune.data.filters import Decontaminator, ExactDedup, NearDedup, PHIScrubber, run_filters  # noqa: E402
 from medtune.data.records import Record  # noqa: E402
 
-HAN = "病人医生血压糖尿高低头痛发热咳嗽胸闷药物治疗检查手术复查饮食运动睡眠心肺肝肾胃肠骨关节皮肤眼耳鼻喉神经内分泌感染炎症"
-HANGUL = "가나다라마바사아자차카타파하고노도로모보소오조초코토포호구누두루무부수우주추"
-WORDS = ("blood pressure heart lung kidney liver dose tablet daily fever cough pain chest scan test result patient "
-         "doctor treatment symptom chronic acute infection diet exercise sleep weight sugar insulin").split()
+_R = random.Random(1234)
+HAN = "".join(chr(0x4E00 + i) for i in _R.sample(range(6000), 1500))          # 1,500 common-range Han characters
+HANGUL = "".join(chr(0xAC00 + i) for i in _R.sample(range(11172), 1200))      # 1,200 Hangul syllables
+WORDS = ["".join(_R.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_R.randint(3, 9))) for _ in range(5000)]
 
 
 def synth_text(rng: random.Random, lang: str, n: int) -> str:
+    """About ``n`` characters of random text drawn from a realistic-size vocabulary of ``lang``'s script."""
     if lang == "zh":
         return "".join(rng.choice(HAN) for _ in range(n)) + "。"
     if lang == "ko":
         return " ".join("".join(rng.choice(HANGUL) for _ in range(rng.randint(2, 4))) for _ in range(n // 3)) + "."
-    return " ".join(rng.choice(WORDS) for _ in range(n // 6)) + "."
+    return " ".join(rng.choice(WORDS) for _ in range(n // 7)) + "."
 
 
 def make_records(n: int, near_share: float, seed: int) -> tuple[list[Record], set[str]]:
@@ -75,27 +76,40 @@ def bench_filters(n: int, seed: int, threshold: float = 0.8, num_perm: int = 64)
         kept = {r.id for r in run_filters(recs, steps, tallies)}
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     caught = len([p for p in planted if p not in kept])
+    near_ids = {r["where"] for r in tallies["near"].rejects}
+    false_pos = len(near_ids - planted)
     return {"records": n, "near_dup_threshold": threshold, "num_perm": num_perm, "wall_s": round(wall, 2), "records_per_s": round(n / wall), "cpu_s": round(cpu, 2),
             "records_per_cpu_s": round(n / cpu), "load_avg_1min": os.getloadavg()[0],
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             "planted_near_dups": len(planted), "near_dup_recall": round(caught / max(1, len(planted)), 3),
+            "near_dup_false_positives": false_pos,
             "dropped": {k: dict(t.dropped) for k, t in tallies.items()}, "phi": dict(phi.counts)}
 
 
 def bench_teacher(concurrency: int, latency: float, requests: int) -> dict:
-    from medtune.data.teacher import Teacher, TeacherConfig
-    from tests.fake_openai import FakeOpenAI
+    """Teacher-client requests/s against tests/fake_openai.py run in its own process (no GIL sharing)."""
+    import subprocess
 
-    with FakeOpenAI(latency_s=latency) as srv:
-        t = Teacher(TeacherConfig(base_url=srv.base_url, model="m", concurrency=concurrency))
+    from medtune.data.teacher import Teacher, TeacherConfig
+
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, str(root / "tests" / "fake_openai.py"), str(latency)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        base_url = server.stdout.readline().strip()
+        t = Teacher(TeacherConfig(base_url=base_url, model="m", concurrency=concurrency))
         msgs = [[{"role": "user", "content": f"question {i}"}] for i in range(requests)]
         t0 = time.perf_counter()
         out = t.complete_many(msgs)
         wall = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait()
     ideal = concurrency / latency
     return {"requests": requests, "concurrency": concurrency, "latency_s": latency, "wall_s": round(wall, 2),
             "req_per_s": round(requests / wall, 1), "ideal_req_per_s": ideal,
-            "efficiency": round(requests / wall / ideal, 3), "errors": sum(not hasattr(o, "text") for o in out)}
+            "efficiency": round(requests / wall / ideal, 3), "errors": sum(not hasattr(o, "text") for o in out),
+            "load_avg_1min": os.getloadavg()[0]}
 
 
 def main() -> None:

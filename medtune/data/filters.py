@@ -115,6 +115,9 @@ def shingle_hashes(text: str, n: int, normalized: bool = False):
     return np.unique((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
 
 
+PRIME32 = 4294967291  # largest prime below 2**32
+
+
 class NearDedup:
     """Near-duplicate removal with MinHash LSH over character n-gram shingles.
 
@@ -137,17 +140,17 @@ class NearDedup:
 
         self._minhash, self.ngram, self.num_perm, self.seed, self._np = LeanMinHash, ngram, num_perm, seed, np
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        gen = np.random.RandomState(seed)  # h_i(x) = (a_i x + b_i) mod p, p = 2**61 - 1 (Broder's family)
-        self._a = gen.randint(1, 2**31, size=num_perm, dtype=np.uint64)
-        self._b = gen.randint(0, 2**32, size=num_perm, dtype=np.uint64)
+        gen = np.random.RandomState(seed)  # h_i(x) = (a_i x + b_i) mod p with p = 2**32 - 5 (prime)
+        self._a = gen.randint(1, PRIME32, size=num_perm, dtype=np.uint64)
+        self._b = gen.randint(0, PRIME32, size=num_perm, dtype=np.uint64)
         self._scheme = {"scheme": "legacy"} if "scheme" in LeanMinHash.__init__.__code__.co_varnames else {}
         self.count = 0
 
     def signature(self, text: str):
         """A datasketch ``LeanMinHash`` whose ``(num_perm,)`` values are computed here in one vectorised step."""
         np = self._np
-        hv = shingle_hashes(text, self.ngram)[:, None]  # (n_shingles, 1); x < 2**32, a < 2**31: a*x + b < 2**64
-        values = ((hv * self._a + self._b) % np.uint64((1 << 61) - 1)).min(axis=0) & np.uint64(0xFFFFFFFF)
+        hv = shingle_hashes(text, self.ngram)[:, None] % np.uint64(PRIME32)  # (n_shingles, 1)
+        values = ((hv * self._a + self._b) % np.uint64(PRIME32)).min(axis=0)  # a, x, b < p: no uint64 overflow
         return self._minhash(seed=self.seed, hashvalues=values, **self._scheme)
 
     def __call__(self, r: Record) -> tuple[bool, str]:
