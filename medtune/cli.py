@@ -4,6 +4,7 @@
 |--------------------------|----------------------------------------|
 | ``models list``          | :func:`medtune.models.pack_status`     |
 | ``models prepare NAME``  | :func:`medtune.models.prepare_pack`    |
+| ``data build RECIPE``    | :func:`medtune.data.build.build_data`  |
 | ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`      |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`    |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`              |
@@ -27,11 +28,13 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune.config import ChatConfig, ConfigError, MergeConfig, Recipe, TrainConfig, field_help, load_recipe
+from medtune.data.cli import data_app
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 models_app = typer.Typer(help="Offline model packs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 err = Console(stderr=True)
 RECIPE_ARG = typer.Argument(None, help="YAML recipe (optional; defaults are used without one).")
 SET_OPT = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable).")

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medtune.data.config import DataConfig
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the file and key."""
@@ -123,6 +125,7 @@ class Recipe(_Stage):
     model: str = Field("qwen2.5-coder-0.5b-instruct", description="Base model for every stage.")
     output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
     seed: int = Field(42, description="Seed for every stage.")
+    data: DataConfig | None = None
     train: TrainConfig | None = None
     merge: MergeConfig | None = None
     samples: SamplesConfig | None = None

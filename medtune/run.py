@@ -2,6 +2,7 @@
 
 Stages and their directories under the recipe's ``output_dir``:
 
+- ``data``    -> ``data/``     (train/validation JSONL with provenance, stats.json, data card)
 - ``train``   -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
 - ``merge``   -> ``merged/``   (merged safetensors model + tokenizer + generation config)
 - ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
@@ -33,10 +34,28 @@ def model_identity(spec: str) -> dict:
     return {"path": str(path.resolve()), "files": tree_digests(path)} if path.exists() else {"hub_id": spec}
 
 
+def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.data.build import build_data
+
+    cfg = recipe.data
+    inputs = {str(s.path): tree_digests(s.path) for s in cfg.sources}
+    inputs.update({str(p): tree_digests(p) for p in cfg.filters.decontam_files})
+    for extra in (cfg.templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
+        if extra is not None:
+            inputs[str(extra)] = tree_digests(extra)
+    return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, cfg.output_dir or out, seed=recipe.seed)
+
+
 def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     from medtune.train.sft import run_sft
 
-    cfg = recipe.train.model_copy(update={"model": recipe.train.model or recipe.model, "output_dir": out,
+    update = {}
+    if recipe.data is not None and "train_file" not in recipe.train.model_fields_set:
+        data_dir = recipe.data.output_dir or recipe.output_dir / "data"  # defaults from the data stage
+        update["train_file"] = data_dir / "train.jsonl"
+        if recipe.train.validation_file is None and recipe.data.validation_fraction > 0:
+            update["validation_file"] = data_dir / "validation.jsonl"
+    cfg = recipe.train.model_copy(update={**update, "model": recipe.train.model or recipe.model, "output_dir": out,
                                           "seed": recipe.train.seed if recipe.train.seed is not None else recipe.seed})
     inputs = {"model": model_identity(cfg.model), "train_file": [tree_digests(f) for f in (
         cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file])]}
@@ -79,7 +98,7 @@ def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out)
 
 
-STAGES = {"train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples)}
+STAGES = {"data": ("data", _data), "train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples)}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:

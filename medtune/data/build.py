@@ -1,0 +1,210 @@
+"""``medtune data build``: sources -> generators -> filters -> train/validation JSONL + stats + data card.
+
+Outputs in ``output_dir``:
+
+- ``train.jsonl`` / ``validation.jsonl``: ``{"messages": [...], "meta": {...}}`` per line (or Alpaca
+  ``instruction``/``input``/``output`` + ``meta``); records of one source document never land in both.
+- ``rejects.jsonl``: every reject with step, file, line/record and reason.
+- ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time.
+- ``DATA_CARD.md``: sources, sizes, languages, generators, filters and a few examples.
+- ``teacher_cache.sqlite``: the teacher's reply cache (a killed build re-run pays for nothing twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+
+from medtune.data import filters as F
+from medtune.data import generators as G
+from medtune.data import readers as R
+from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
+from medtune.data.records import Record, Tally, save_rejects
+from medtune.data.teacher import Teacher
+
+console = Console(stderr=True)
+OUTPUTS = ("train.jsonl", "validation.jsonl", "stats.json", "DATA_CARD.md", "rejects.jsonl")
+
+
+def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
+    """All records of one source (``max_items`` applied), each tagged ``meta.sensitive``."""
+    kw = {"encoding": src.encoding, "language": src.language}
+    if src.type == "guideline":
+        it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars, **kw)
+    elif src.type == "kb":
+        it = R.read_kb(src.path, tally, name_field=src.name_field, **kw)
+    elif src.type == "report":
+        it = R.read_reports(src.path, tally, **kw)
+    elif src.type == "qa_tree":
+        it = R.read_qa_tree(src.path, tally, question_field=src.question_field, answer_field=src.answer_field, **kw)
+    else:
+        it = R.read_corpus(src.path, tally, columns=src.columns, **kw)
+    records = []
+    for r in it:
+        if src.max_items is not None and len(records) >= src.max_items:
+            break
+        r.meta["sensitive"] = src.sensitive
+        records.append(r)
+    return records
+
+
+async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: Teacher,
+                    seed: int, tallies: dict[str, Tally]) -> list[Record]:
+    """Run every source's generator (teacher calls run concurrently under the teacher's limits)."""
+    rng, templates, out, jobs = random.Random(seed), None, [], []
+    for src, records in sources:
+        gen = src.generator or DEFAULT_GENERATOR[src.type]
+        tally = tallies.setdefault(f"generate:{gen}", Tally(f"generate:{gen}"))
+        if gen == "none":
+            if src.type not in ("qa_tree", "corpus"):
+                continue  # source read and counted only
+            for r in records:
+                r.meta.update(generator=src.type, teacher_model=None)  # passed through as written
+            out.extend(records)
+            tally.kept += len(records)
+            tally.seen += len(records)
+        elif gen == "kb-template":
+            templates = templates or G.load_templates(cfg.templates)
+            for r in records:
+                out.extend(G.kb_template(r, templates, cfg.paraphrases, rng, tally))
+        else:
+            kind = "guideline" if gen == "guideline-qa" else "report"
+            jobs += [G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally)
+                     for r in records]
+    for batch in await asyncio.gather(*jobs):
+        out.extend(batch)
+    if cfg.dialogue is not None:
+        out.extend(await G.dialogue(cfg.dialogue, teacher, cfg.prompts_dir, rng, tallies.setdefault("generate:dialogue", Tally("generate:dialogue"))))
+    if cfg.translate_to:
+        pick = [r for r in out if r.meta.get("language") != cfg.translate_to][: cfg.translate_max]
+        out.extend(await G.translate(pick, cfg.translate_to, teacher, cfg.prompts_dir,
+                                     tallies.setdefault("generate:translate", Tally("generate:translate"))))
+    await teacher.aclose()
+    return out
+
+
+def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrubber | None]:
+    """The configured filters in order, and the PHI scrubber (for its per-type counts)."""
+    steps: list[tuple[str, F.Filter]] = [("filter:answer", F.check_answer),
+                                         ("filter:length", F.length_filter(cfg.min_chars, cfg.max_chars))]
+    if cfg.language_check:
+        steps.append(("filter:language", F.language_filter))
+    phi = F.PHIScrubber(cfg.mrn_patterns, cfg.phi_types) if cfg.phi else None
+    if phi:
+        steps.append(("filter:phi", phi))
+    steps.append(("filter:exact_dedup", F.ExactDedup()))
+    if cfg.near_dup_threshold:
+        steps.append(("filter:near_dedup", F.NearDedup(cfg.near_dup_threshold, cfg.shingle_chars, cfg.num_perm, seed)))
+    if cfg.decontam_files:
+        steps.append(("filter:decontam", F.Decontaminator(cfg.decontam_files, cfg.decontam_word_ngram, cfg.decontam_char_ngram)))
+    return steps, phi
+
+
+def split_by_document(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Train / validation split over source documents (``meta.doc_id``), never splitting a document.
+
+    ``ceil``-free: ``round(fraction * n_docs)`` documents (at least one when fraction > 0 and there are
+    two or more documents) chosen with ``seed`` go to validation.
+    """
+    docs = sorted({r.meta.get("doc_id", r.id) for r in records})
+    k = round(fraction * len(docs))
+    k = max(k, 1) if fraction > 0 and len(docs) >= 2 else k
+    val_docs = set(random.Random(seed).sample(docs, min(k, len(docs) - 1 if len(docs) > 1 else 0)))
+    train = [r for r in records if r.meta.get("doc_id", r.id) not in val_docs]
+    return train, [r for r in records if r.meta.get("doc_id", r.id) in val_docs]
+
+
+def to_line(r: Record, fmt: str) -> dict:
+    """One output line: ``{"messages", "meta"}`` or Alpaca ``{"instruction", "input", "output", "meta"}``."""
+    meta = {k: v for k, v in r.meta.items() if v is not None}
+    if fmt == "alpaca":
+        system = "\n".join(m["content"] for m in r.messages if m["role"] == "system")
+        users = [m for m in r.messages if m["role"] == "user"]
+        return {"instruction": users[-1]["content"], "input": system, "output": r.messages[-1]["content"], "meta": meta}
+    return {"messages": r.messages, "meta": meta}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def build_data(cfg: DataConfig, output_dir: Path, seed: int = 42) -> dict:
+    """Run the whole data stage and write the outputs listed in the module docstring.
+
+    Args:
+        cfg: the ``data:`` recipe section.
+        output_dir: where outputs go (``cfg.output_dir`` wins when set).
+        seed: seed for templates, sampling and the split (``cfg.seed`` wins when set).
+
+    Returns:
+        A summary: counts, output paths, teacher usage, wall time.
+
+    Raises:
+        DataSourceError: a source cannot be read at all (missing file, undecodable, wrong layout).
+        SensitiveDataError: a sensitive source would go to a remote teacher without the override.
+    """
+    t0, out = time.time(), Path(cfg.output_dir or output_dir)
+    seed = cfg.seed if cfg.seed is not None else seed
+    out.mkdir(parents=True, exist_ok=True)
+    tallies: dict[str, Tally] = {}
+    sources = []
+    for src in cfg.sources:
+        tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
+        sources.append((src, read_source(src, tally)))
+        console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
+    teacher = Teacher(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
+    try:
+        generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies))
+    finally:
+        teacher.close()
+    steps, phi = filter_steps(cfg.filters, seed)
+    kept = list(F.run_filters(generated, steps, tallies))
+    train, val = split_by_document(kept, cfg.validation_fraction, seed)
+    _write_jsonl(out / "train.jsonl", [to_line(r, cfg.format) for r in train])
+    _write_jsonl(out / "validation.jsonl", [to_line(r, cfg.format) for r in val])
+    n_rejects = save_rejects(list(tallies.values()), out / "rejects.jsonl")
+    stats = {"records": {"generated": len(generated), "kept": len(kept), "train": len(train), "validation": len(val)},
+             "steps": {k: t.summary() for k, t in tallies.items()}, "rejects": n_rejects,
+             "phi_replacements": dict(phi.counts) if phi else {}, "teacher": {"model": teacher.model,
+             "backend": cfg.teacher.base_url or "local (in process)", **teacher.usage},
+             "languages": dict(Counter(r.meta.get("language") for r in kept)),
+             "generators": dict(Counter(r.meta.get("generator") for r in kept)), "seed": seed,
+             "wall_s": round(time.time() - t0, 2)}
+    (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
+    (out / "DATA_CARD.md").write_text(data_card(cfg, stats, kept), encoding="utf-8")
+    console.print(f"data: {len(generated)} generated -> {len(kept)} kept ({len(train)} train, {len(val)} validation), "
+                  f"{n_rejects} rejects, teacher {teacher.usage['requests']} calls / {teacher.usage['cache_hits']} cached, "
+                  f"{stats['wall_s']} s -> {out}")
+    return {**stats["records"], "rejects": n_rejects, "train_file": str(out / "train.jsonl"),
+            "validation_file": str(out / "validation.jsonl"), "teacher_requests": teacher.usage["requests"],
+            "teacher_tokens": teacher.usage["prompt_tokens"] + teacher.usage["completion_tokens"], "wall_s": stats["wall_s"]}
+
+
+def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int = 3) -> str:
+    """A short markdown data card: sources, sizes, languages, generators, filters, examples."""
+    lines = ["# Data card", "", "Built by `medtune data build`.", "", "## Sources", "",
+             "| path | type | generator | sensitive |", "|---|---|---|---|"]
+    lines += [f"| {s.path} | {s.type} | {s.generator or DEFAULT_GENERATOR[s.type]} | {s.sensitive} |" for s in cfg.sources]
+    if cfg.dialogue:
+        lines.append(f"| {cfg.dialogue.seed_file} | seed tasks | dialogue | False |")
+    r = stats["records"]
+    lines += ["", "## Sizes", "", f"- generated: {r['generated']}, kept: {r['kept']} (train {r['train']}, validation {r['validation']})",
+              f"- rejects: {stats['rejects']} (see rejects.jsonl)", f"- languages: {stats['languages']}",
+              f"- generators: {stats['generators']}",
+              f"- teacher: {stats['teacher']['model']} via {stats['teacher']['backend']}; {stats['teacher']['requests']} calls, "
+              f"{stats['teacher']['cache_hits']} cached, {stats['teacher']['prompt_tokens']} prompt + "
+              f"{stats['teacher']['completion_tokens']} completion tokens",
+              "", "## Filters", "", "| step | seen | kept | dropped |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['seen']} | {v['kept']} | {v['dropped'] or ''} |" for k, v in stats["steps"].items()]
+    lines += ["", f"PHI replacements: {stats['phi_replacements'] or 'none'}", "", "## Examples", ""]
+    for rec in kept[:: max(1, len(kept) // n_examples)][:n_examples]:
+        lines += [f"- **{rec.meta.get('generator')}** ({rec.meta.get('language')}, {rec.meta.get('doc_id')}): "
+                  f"Q: {rec.messages[0]['content'][:160]!r} A: {rec.messages[-1]['content'][:200]!r}"]
+    return "\n".join(lines) + "\n"

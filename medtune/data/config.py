@@ -1,0 +1,97 @@
+"""The ``data:`` section of a recipe: sources, generators, teacher, filters and output.
+
+Example::
+
+    data:
+      sources:
+        - {path: examples/sources/kb/drugs.jsonl, type: kb}
+        - {path: examples/sources/guidelines, type: guideline, max_items: 2, questions_per_item: 1}
+        - {path: examples/sources/reports, type: report, sensitive: true, generator: none}
+      teacher: {base_url: null}           # null: the local offline pack in process
+      filters: {decontam_files: [examples/benchmark_questions.jsonl]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medtune.data.teacher import TeacherConfig
+
+GENERATORS = ("kb-template", "guideline-qa", "report-qa", "none")
+DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
+                     "qa_tree": "none", "corpus": "none"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """One source: what it is, how to read it and which generator turns it into QA pairs."""
+
+    path: Path = Field(..., description="File or directory (read recursively).")
+    type: Literal["guideline", "kb", "report", "qa_tree", "corpus"] = Field(..., description="guideline | kb | report | qa_tree | corpus.")
+    generator: Literal["kb-template", "guideline-qa", "report-qa", "none"] | None = Field(
+        None, description="kb-template | guideline-qa | report-qa | none (QA records pass through); default by type.")
+    encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
+    sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
+    language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")
+    columns: dict[str, str] | None = Field(None, description="corpus: map question/answer/system to column names, e.g. {question: 问题, answer: 回答}.")
+    name_field: str | None = Field(None, description="kb: the field holding the entry name (default: name, title, 名称 ...).")
+    question_field: str = Field("question", description="qa_tree: field of the question JSON files.")
+    answer_field: str = Field("answer", description="qa_tree: field of the answer JSON files (string, list or {intro, body, conclusion}).")
+    max_chars: int = Field(800, ge=50, description="guideline: maximum passage length in characters.")
+    overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
+    max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
+    questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
+
+
+class DialogueConfig(_Section):
+    """Self-instruct scenario tasks from seed tasks (Wang et al. 2023, "Self-Instruct"; BELLE)."""
+
+    seed_file: Path = Field(..., description="JSONL seed tasks: {instruction, category, output?}.")
+    rounds: int = Field(1, ge=1, description="Teacher calls that propose new tasks.")
+    tasks_per_round: int = Field(4, ge=1, description="New tasks asked for per call.")
+    examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
+    consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
+    language: str = Field("en", description="Language of the prompts (a prompts/<language>/ file, else English).")
+
+
+class FilterConfig(_Section):
+    """Filters applied to every QA record, in this order: answer, length, language, PHI, exact, near-dup, decontam."""
+
+    min_chars: int = Field(2, ge=0, description="Minimum question and answer length in characters.")
+    max_chars: int = Field(6000, ge=1, description="Maximum question and answer length in characters.")
+    language_check: bool = Field(True, description="Drop records whose answer language differs from the record's language.")
+    phi: bool = Field(True, description="Replace PHI/PII with [PHONE] [ID] [EMAIL] [DATE] [NAME].")
+    phi_types: list[str] = Field(["EMAIL", "ID", "PHONE", "DATE", "NAME"], description="Placeholder types to apply.")
+    mrn_patterns: list[str] | None = Field(None, description="Regexes for medical record numbers (group 1 becomes [ID]); default: MRN/病历号/등록번호 labels.")
+    near_dup_threshold: float | None = Field(0.8, gt=0, le=1, description="MinHash-LSH Jaccard threshold; null disables near-dup removal.")
+    shingle_chars: int = Field(5, ge=1, description="Character n-gram length of near-dup shingles.")
+    num_perm: int = Field(64, ge=16, description="MinHash permutations.")
+    decontam_files: list[Path] = Field(default_factory=list, description="Benchmark question files (.jsonl/.json/.txt) to decontaminate against.")
+    decontam_word_ngram: int = Field(13, ge=3, description="n in words for space-delimited benchmark questions.")
+    decontam_char_ngram: int = Field(15, ge=5, description="n in characters for Chinese/Korean benchmark questions.")
+
+
+class DataConfig(_Section):
+    """Build instruction data from sources (``medtune data build``; the ``data`` stage of ``medtune run``)."""
+
+    sources: list[SourceConfig] = Field(default_factory=list, description="Sources to read (see SourceConfig).")
+    output_dir: Path | None = Field(None, description="Where train/validation JSONL, stats.json and the data card go; default <recipe output_dir>/data.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="LLM for the generators (default: local offline pack).")
+    templates: Path | None = Field(None, description="kb-template YAML (default: medtune/data/kb_templates.yaml).")
+    prompts_dir: Path | None = Field(None, description="Folder with <language>/<name>.txt prompt templates overriding the shipped ones.")
+    paraphrases: int = Field(2, ge=1, description="kb-template: question paraphrases used per field.")
+    judge: bool = Field(False, description="guideline-qa / report-qa: ask the teacher whether each answer is supported; drop unsupported.")
+    dialogue: DialogueConfig | None = Field(None, description="Self-instruct scenario dialogues (absent: not generated).")
+    translate_to: str | None = Field(None, description="Also translate generated pairs into this language (zh, ko, en) with the teacher.")
+    translate_max: int = Field(10, ge=1, description="Translate at most this many pairs.")
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="Share of source documents whose records go to validation.jsonl.")
+    format: Literal["messages", "alpaca"] = Field("messages", description="Output form: messages (with meta) or Alpaca instruction/input/output (with meta).")
+    seed: int | None = Field(None, description="Seed for templates, sampling and the split; default the recipe seed.")

@@ -1,0 +1,333 @@
+"""Generators: source records -> ``qa`` records with provenance in ``meta``.
+
+| generator            | LLM calls                                 | from            |
+|----------------------|-------------------------------------------|-----------------|
+| :func:`kb_template`  | none                                      | ``kb``          |
+| :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
+| :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
+| :func:`translate`    | 2 per pair                                | ``qa``          |
+
+Prompt templates live in ``medtune/data/prompts/<language>/<name>.txt`` (English used when a
+language has none); a ``prompts_dir`` with the same layout overrides them. Each output record's
+``meta.prompt_template_hash`` is the first 12 hex digits of the sha256 of the template(s) used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import yaml
+
+from medtune.data.records import DataSourceError, Record, Tally, detect_language
+from medtune.data.teacher import SensitiveDataError, Teacher, TeacherError
+
+PROMPTS = Path(__file__).parent / "prompts"
+TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
+LANGUAGE_NAMES = {"en": "English", "zh": "Simplified Chinese", "ko": "Korean"}
+
+
+def load_prompt(name: str, language: str, prompts_dir: Path | None = None) -> tuple[str, str]:
+    """``(template, sha256[:12])`` of prompt ``name`` for ``language`` (user dir, shipped, then English)."""
+    for root in ([Path(prompts_dir)] if prompts_dir else []) + [PROMPTS]:
+        for lang in (language, "en"):
+            p = root / lang / f"{name}.txt"
+            if p.is_file():
+                text = p.read_text(encoding="utf-8")
+                return text, hashlib.sha256(text.encode()).hexdigest()[:12]
+    raise DataSourceError(f"prompt template {name!r} not found for language {language!r}")
+
+
+# ---------------------------------------------------------------- kb-template (no LLM)
+def load_templates(path: Path | None = None) -> dict:
+    """The kb-template YAML: ``{language: {joiner, answer, fields: {field: {label, questions}}}}``."""
+    path = Path(path or TEMPLATES)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: kb template file not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for lang, spec in data.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("fields"), dict) or "answer" not in spec:
+            raise DataSourceError(f"{path}: language {lang!r} needs `answer` and `fields`")
+    return data
+
+
+def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
+    """Question/answer pairs from one knowledge-base entry, ``paraphrases`` per known field.
+
+    Reads ``fields``, ``meta.name``, ``meta.language``. Answers are the field values (lists joined)
+    in the language's ``answer`` template. Deterministic for a given ``rng`` state.
+    """
+    lang = r.meta.get("language") if r.meta.get("language") in templates else "en"
+    spec, name, out = templates[lang], r.meta["name"], []
+    text_hash = hashlib.sha256(json.dumps(spec, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
+    for field, value in r.fields.items():
+        f = spec["fields"].get(field)
+        if f is None or field == r.meta.get("name_field"):
+            continue
+        value = spec.get("joiner", ", ").join(value) if isinstance(value, list) else value
+        questions = rng.sample(f["questions"], min(paraphrases, len(f["questions"])))
+        for k, q in enumerate(questions):
+            tally.keep()
+            out.append(Record(
+                id=f"{r.id}/{field}/{k}", kind="qa",
+                messages=[{"role": "user", "content": q.format(name=name)},
+                          {"role": "assistant", "content": spec["answer"].format(name=name, label=f["label"], value=value)}],
+                meta={**_provenance(r), "field": field, "generator": "kb-template", "teacher_model": None,
+                      "prompt_template_hash": text_hash, "language": lang}))
+    if not out:
+        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(r.fields))[:120])
+    return out
+
+
+def _provenance(r: Record) -> dict:
+    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "sensitive")
+    return {k: r.meta[k] for k in keys if k in r.meta}
+
+
+# ---------------------------------------------------------------- teacher-based
+_NUMBERED = re.compile(r"^\s*(?:\d+[.)、:：]|[-*•]|Q\d*[.:：])\s*")
+
+
+def parse_list(text: str, n: int) -> list[str]:
+    """Up to ``n`` items of a numbered or bulleted list in a teacher reply (numbering removed, de-duplicated)."""
+    items = []
+    for line in text.splitlines():
+        item = _NUMBERED.sub("", line).strip().strip('"')
+        if len(item) >= 4 and item not in items and not item.endswith((":", "：")):
+            items.append(item)
+    return items[:n]
+
+
+async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: bool, prompts_dir: Path | None,
+                      tally: Tally) -> list[Record]:
+    """Grounded QA from one passage (``kind="guideline"``) or radiology report (``kind="report"``).
+
+    1. the teacher writes ``n`` questions about the text (``<kind>_questions`` prompt);
+    2. each question is answered with the text in the prompt, using only what it supports
+       (``<kind>_answer`` prompt);
+    3. with ``judge``, a ``judge`` call must reply YES or the pair is dropped as unsupported.
+
+    Reads ``text`` (reports: findings and impression only) and ``meta``; writes ``messages`` and
+    ``meta`` with ``generator``, ``teacher_model``, ``prompt_template_hash`` and the source span.
+
+    Raises:
+        SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
+    """
+    lang = r.meta.get("language", "en")
+    text = r.text if kind == "guideline" else "\n".join(
+        f"{k.upper()}: {r.fields[k]}" for k in ("findings", "impression") if r.fields.get(k))
+    q_tpl, q_hash = load_prompt(f"{kind}_questions", lang, prompts_dir)
+    a_tpl, a_hash = load_prompt(f"{kind}_answer", lang, prompts_dir)
+    j_tpl, j_hash = load_prompt("judge", lang, prompts_dir) if judge else ("", "")
+    sensitive = bool(r.meta.get("sensitive"))
+    try:
+        reply = await teacher.complete([{"role": "user", "content": q_tpl.format(passage=text, n=n)}], sensitive=sensitive)
+    except SensitiveDataError:
+        raise
+    except TeacherError as e:
+        tally.drop("teacher call failed (questions)", r.meta.get("source_file"), r.id, str(e))
+        return []
+    questions = parse_list(reply.text, n)
+    if not questions:
+        tally.drop("teacher wrote no parsable question", r.meta.get("source_file"), r.id, reply.text[:200])
+    answers = await asyncio.gather(*(_answer(teacher, a_tpl, j_tpl, text, q, sensitive) for q in questions))
+    out = []
+    for k, (q, (answer, verdict)) in enumerate(zip(questions, answers)):
+        if answer is None:
+            tally.drop(f"teacher call failed ({verdict})", r.meta.get("source_file"), f"{r.id} q{k}")
+        elif verdict == "unsupported":
+            tally.drop("judge: answer not supported by the source", r.meta.get("source_file"), f"{r.id} q{k}", answer[:200])
+        else:
+            tally.keep()
+            out.append(Record(id=f"{r.id}/q{k}", kind="qa",
+                              messages=[{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+                              meta={**_provenance(r), "generator": f"{kind}-qa", "teacher_model": teacher.model,
+                                    "prompt_template_hash": hashlib.sha256((q_hash + a_hash + j_hash).encode()).hexdigest()[:12],
+                                    "judged": judge, "language": lang}))
+    return out
+
+
+async def _answer(teacher: Teacher, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
+    """``(answer, verdict)``; ``answer`` is None when a call failed (verdict then names the step)."""
+    try:
+        answer = (await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}],
+                                         sensitive=sensitive)).text.strip()
+    except SensitiveDataError:
+        raise
+    except TeacherError:
+        return None, "answer"
+    if not j_tpl:
+        return answer, "unjudged"
+    try:
+        verdict = (await teacher.complete([{"role": "user", "content": j_tpl.format(passage=text, question=q, answer=answer)}],
+                                          sensitive=sensitive, max_tokens=4)).text
+    except TeacherError:
+        return None, "judge"
+    return answer, "supported" if re.search(r"\bYES\b", verdict.upper()) else "unsupported"
+
+
+# ---------------------------------------------------------------- dialogue (self-instruct)
+def _units(text: str) -> list[str]:
+    """ROUGE tokens: characters for Chinese/Korean (no reliable spaces), lower-cased words otherwise."""
+    if detect_language(text) in ("zh", "ko"):
+        return [c for c in text if not c.isspace()]
+    return re.findall(r"\w+", text.lower())
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 (Lin, 2004) between two strings: longest common subsequence of :func:`_units`."""
+    x, y = _units(a), _units(b)
+    if not x or not y:
+        return 0.0
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y):
+            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
+
+
+def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
+    """Seed tasks from JSONL ``{instruction, category, output?}``; bad lines are rejected."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: seed task file not found")
+    tasks = []
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            t = json.loads(line)
+        except json.JSONDecodeError as e:
+            tally.drop("malformed JSON line", path, f"line {n}", e.msg)
+            continue
+        if not isinstance(t, dict) or not str(t.get("instruction", "")).strip():
+            tally.drop("seed task without `instruction`", path, f"line {n}")
+            continue
+        tasks.append({"instruction": t["instruction"].strip(), "category": t.get("category", "general"),
+                      "output": t.get("output"), "line": n})
+    if not tasks:
+        raise DataSourceError(f"{path}: no usable seed task")
+    return tasks
+
+
+async def dialogue(cfg, teacher: Teacher, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
+    """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
+
+    Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category, asks
+    for ``tasks_per_round`` new tasks, and keeps a task only if its ROUGE-L to every seed and
+    kept task is below ``rouge_threshold``. Kept tasks are answered; with ``consultations`` > 0
+    the teacher also writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some.
+    """
+    seeds = load_seed_tasks(cfg.seed_file, tally)
+    lang = cfg.language
+    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir)
+    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir)
+    pool, kept = [s["instruction"] for s in seeds], []
+    categories = sorted({s["category"] for s in seeds})
+    for _ in range(cfg.rounds):
+        examples = rng.sample(pool, min(cfg.examples_per_prompt, len(pool)))
+        category = rng.choice(categories)
+        prompt = t_tpl.format(examples="\n".join(f"{i + 1}. {e}" for i, e in enumerate(examples)),
+                              n=cfg.tasks_per_round, category=category)
+        try:
+            reply = await teacher.complete([{"role": "user", "content": prompt}], temperature=0.7, seed=len(pool))
+        except TeacherError as e:
+            tally.drop("teacher call failed (tasks)", cfg.seed_file, "round", str(e))
+            continue
+        for task in parse_list(reply.text, cfg.tasks_per_round):
+            if max(rouge_l(task, p) for p in pool) >= cfg.rouge_threshold:
+                tally.drop(f"ROUGE-L >= {cfg.rouge_threshold} to an existing task", cfg.seed_file, task[:60])
+                continue
+            pool.append(task)
+            kept.append((task, category))
+    replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": a_tpl.format(question=t)}])
+                                     for t, _ in kept), return_exceptions=True)
+    meta = {"source_file": str(cfg.seed_file), "generator": "dialogue", "teacher_model": teacher.model,
+            "prompt_template_hash": hashlib.sha256((t_hash + a_hash).encode()).hexdigest()[:12]}
+    out = []
+    for k, ((task, category), rep) in enumerate(zip(kept, replies)):
+        if isinstance(rep, BaseException):
+            tally.drop("teacher call failed (answer)", cfg.seed_file, task[:60], str(rep))
+            continue
+        tally.keep()
+        out.append(Record(id=f"dialogue/{k}", kind="qa", messages=[{"role": "user", "content": task},
+                                                                   {"role": "assistant", "content": rep.text.strip()}],
+                          meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task)}))
+    out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
+    return out
+
+
+_TURN = re.compile(r"^\s*\**\s*(Patient|Doctor|患者|医生|환자|의사)\s*\**\s*[:：]\s*(.*)$", re.I)
+_ROLE = {"patient": "user", "患者": "user", "환자": "user", "doctor": "assistant", "医生": "assistant", "의사": "assistant"}
+
+
+def parse_consultation(text: str) -> list[dict] | None:
+    """``messages`` from ``Patient:`` / ``Doctor:`` lines (consecutive turns of one speaker merged); None if not a usable dialogue."""
+    msgs: list[dict] = []
+    for line in text.splitlines():
+        m = _TURN.match(line)
+        if m:
+            role = _ROLE[m.group(1).lower()]
+            if msgs and msgs[-1]["role"] == role:
+                msgs[-1]["content"] += "\n" + m.group(2).strip()
+            else:
+                msgs.append({"role": role, "content": m.group(2).strip()})
+        elif msgs and line.strip():
+            msgs[-1]["content"] += "\n" + line.strip()
+    while msgs and msgs[-1]["role"] != "assistant":
+        msgs.pop()
+    if len(msgs) < 4 or msgs[0]["role"] != "user":  # at least one clarifying exchange before the advice
+        return None
+    return msgs
+
+
+async def _consultations(tasks: list[str], teacher: Teacher, lang: str, prompts_dir, meta: dict, tally: Tally) -> list[Record]:
+    tpl, h = load_prompt("consultation", lang, prompts_dir)
+    replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": tpl.format(question=t)}]) for t in tasks),
+                                   return_exceptions=True)
+    out = []
+    for k, (task, rep) in enumerate(zip(tasks, replies)):
+        msgs = None if isinstance(rep, BaseException) else parse_consultation(rep.text)
+        if msgs is None:
+            tally.drop("consultation failed or not in Patient:/Doctor: turns", meta["source_file"], task[:60])
+            continue
+        tally.keep()
+        out.append(Record(id=f"consultation/{k}", kind="qa", messages=msgs,
+                          meta={**meta, "doc_id": f"consultation/{k}", "generator": "consultation",
+                                "prompt_template_hash": h, "language": detect_language(task)}))
+    return out
+
+
+# ---------------------------------------------------------------- translate
+async def translate(records: list[Record], target: str, teacher: Teacher, prompts_dir: Path | None,
+                    tally: Tally) -> list[Record]:
+    """Translate each record's turns into ``target`` (one call per turn); keeps provenance, adds ``translated_from``."""
+    tpl, h = load_prompt("translate", target, prompts_dir)
+    language = LANGUAGE_NAMES.get(target, target)
+
+    async def one(r: Record):
+        turns = await asyncio.gather(*(teacher.complete([{"role": "user", "content": tpl.format(language=language, text=m["content"])}],
+                                                        sensitive=bool(r.meta.get("sensitive"))) for m in r.messages))
+        return [{"role": m["role"], "content": t.text.strip()} for m, t in zip(r.messages, turns)]
+
+    results = await asyncio.gather(*(one(r) for r in records), return_exceptions=True)
+    out = []
+    for r, res in zip(records, results):
+        if isinstance(res, SensitiveDataError):
+            raise res
+        if isinstance(res, BaseException):
+            tally.drop("teacher call failed (translate)", r.meta.get("source_file"), r.id, str(res))
+            continue
+        tally.keep()
+        out.append(Record(id=f"{r.id}@{target}", kind="qa", messages=res,
+                          meta={**r.meta, "translated_from": r.meta.get("language"), "language": target,
+                                "generator": f"{r.meta.get('generator')}+translate", "teacher_model": teacher.model,
+                                "prompt_template_hash": h}))
+    return out

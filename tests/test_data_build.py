@@ -1,0 +1,139 @@
+"""`medtune data build` end to end against a real local teacher server; kill/resume; the run stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.config import load_recipe
+from medtune.data.readers import read_text
+from medtune.run import STAGES
+from tests.fake_openai import FakeOpenAI, cache_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "examples" / "sources"
+
+
+def teacher_reply(req: dict) -> str:
+    """Questions for question prompts, YES for judge prompts, an answer otherwise; NO for 'pleural'."""
+    c = req["messages"][-1]["content"]
+    if "YES or NO" in c or "YES 或 NO" in c:
+        return "NO" if "pleural" in c.split("Answer:")[-1] else "YES"
+    if "<passage>" in c and "Question:" not in c and "问题：" not in c and "질문:" not in c or "<report>" in c and "Question:" not in c:
+        return "1. What does this say about the main topic?\n2. What should a patient do?"
+    if "new, different tasks" in c:
+        return "1. How much water should an adult drink when they have a fever?\n2. How do I tell a cold from the flu?"
+    if "Patient:" in c:
+        return "Patient: I feel dizzy.\nDoctor: Since when?\nPatient: Two days.\nDoctor: Drink water and see a doctor if it persists."
+    body = c.split(">", 1)[-1][:80] if ("<passage>" in c or "<report>" in c) else c[-80:]
+    return "Answer from the source: " + body.replace("\n", " ") + (" pleural" if "effusion" in c else "")
+
+
+def write_recipe(tmp: Path, base_url: str, **data) -> Path:
+    recipe = {"output_dir": str(tmp / "run"), "seed": 7, "data": {
+        "sources": [{"path": str(SOURCES / "guidelines"), "type": "guideline", "questions_per_item": 2},
+                    {"path": str(SOURCES / "kb" / "drugs.jsonl"), "type": "kb"},
+                    {"path": str(SOURCES / "qa_tree"), "type": "qa_tree"},
+                    {"path": str(SOURCES / "reports"), "type": "report", "sensitive": True, "questions_per_item": 1}],
+        "teacher": {"base_url": base_url, "model": "teacher-m", "backoff_initial_s": 0.01, "concurrency": 4},
+        "validation_fraction": 0.2, **data}}
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_build_grounded_outputs_with_provenance(tmp_path):
+    prompts = []
+    with FakeOpenAI(reply=lambda req: prompts.append(req["messages"][-1]["content"]) or teacher_reply(req),
+                    faults=["429", "500"]) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url)), "--set", "data.judge=true"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "data"
+    train, val = lines(out / "train.jsonl"), lines(out / "validation.jsonl")
+    assert train and val
+    assert not {r["meta"]["doc_id"] for r in train} & {r["meta"]["doc_id"] for r in val}  # split by document
+    grounded = [r for r in train + val if r["meta"]["generator"] == "guideline-qa"]
+    assert grounded and all(r["meta"]["teacher_model"] == "teacher-m" and r["meta"]["prompt_template_hash"] for r in grounded)
+    for r in grounded:  # the span points to the passage, and the answer prompt contained that passage
+        s, e = r["meta"]["char_span"]
+        passage = read_text(Path(r["meta"]["source_file"]))[0][s:e]
+        q = r["messages"][0]["content"]
+        assert any(passage in p and q in p for p in prompts)
+    stats = json.loads((out / "stats.json").read_text())
+    # 5 usable reports x 1 question; the judge says NO to the 2 answers about effusions (reports 001, 002)
+    assert stats["steps"]["generate:report-qa"]["dropped"] == {"judge: answer not supported by the source": 2}
+    assert stats["steps"]["generate:report-qa"]["kept"] == 3
+    assert stats["teacher"]["retries"] == 2 and stats["records"]["train"] == len(train)
+    assert {"kb-template", "guideline-qa", "qa_tree", "report-qa"} <= set(stats["generators"])
+    assert "## Filters" in (out / "DATA_CARD.md").read_text() and (out / "rejects.jsonl").read_text().count("\n") >= 2
+
+
+def test_sensitive_source_is_refused_for_a_remote_teacher(tmp_path):
+    recipe = write_recipe(tmp_path, "http://203.0.113.9:9/v1")  # TEST-NET address: never contacted
+    res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", "data.sources=[{path: "
+                                   f"{SOURCES / 'reports'}, type: report, sensitive: true}}]"])
+    assert res.exit_code == 2 and "allow_sensitive_remote" in res.output
+
+
+def test_dialogue_translate_and_alpaca_output(tmp_path):
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=[], format="alpaca", translate_to="zh", translate_max=1,
+                              dialogue={"seed_file": str(SOURCES / "seed" / "seed_tasks.jsonl"), "consultations": 1},
+                              filters={"language_check": False}, validation_fraction=0.0)
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code == 0, res.output
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    gens = [r["meta"]["generator"] for r in rows]
+    assert gens.count("dialogue") == 1  # the copy of a seed task was dropped by ROUGE-L
+    assert "consultation" in gens and "dialogue+translate" in gens and all("instruction" in r for r in rows)
+    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
+    assert stats["steps"]["generate:dialogue"]["dropped"] == {"ROUGE-L >= 0.7 to an existing task": 1}
+
+
+
+def test_killed_build_resumes_with_no_repeated_call_and_no_lost_record(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "medtune", "data", "build"]
+    with FakeOpenAI(reply=teacher_reply) as srv:  # reference: an uninterrupted build
+        recipe = write_recipe(tmp_path / "ref", srv.base_url)
+        subprocess.run(cmd + [str(recipe)], env=env, check=True, capture_output=True, timeout=120)
+        total = srv.calls
+    with FakeOpenAI(reply=teacher_reply, hang_after=5) as srv:
+        recipe = write_recipe(tmp_path / "kill", srv.base_url)
+        cache = tmp_path / "kill" / "run" / "data" / "teacher_cache.sqlite"
+        proc = subprocess.Popen(cmd + [str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while cache_rows(cache) < 5 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert cache_rows(cache) == 5 and not (cache.parent / "train.jsonl").exists()  # really killed mid-way
+        srv.hang_after = None
+        subprocess.run(cmd + [str(recipe)], env=env, check=True, capture_output=True, timeout=120)
+    assert set(srv.ok.values()) == {1} and sum(srv.ok.values()) == total  # nothing paid twice
+    for name in ("train.jsonl", "validation.jsonl"):  # nothing lost
+        assert lines(tmp_path / "kill" / "run" / "data" / name) == lines(tmp_path / "ref" / "run" / "data" / name)
+
+
+def test_train_stage_defaults_to_the_data_stage_outputs(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.max_steps=1"])
+    config, _, _ = STAGES["train"][1](recipe, tmp_path / "run" / "adapter")
+    assert config["train_file"] == str(tmp_path / "run" / "data" / "train.jsonl")
+    assert config["validation_file"] == str(tmp_path / "run" / "data" / "validation.jsonl")
+    explicit = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.train_file=mine.jsonl"])
+    assert STAGES["train"][1](explicit, tmp_path / "a")[0]["train_file"] == "mine.jsonl"
+    assert list(STAGES)[:2] == ["data", "train"]
