@@ -1,0 +1,313 @@
+"""Filters over ``qa`` records: each returns ``(keep, reason)``; :func:`run_filters` counts every drop.
+
+| filter              | drops                                                                 |
+|---------------------|-----------------------------------------------------------------------|
+| :func:`check_answer`| empty answer, answer identical to the question                        |
+| :func:`length_filter` | question or answer outside character bounds                        |
+| :func:`language_filter` | answer language differs from the record's ``meta.language``      |
+| :class:`ExactDedup` | the same normalised conversation seen before                          |
+| :class:`NearDedup`  | Jaccard >= threshold to a kept record (MinHash LSH, character n-grams) |
+| :class:`Decontaminator` | shares a long n-gram with any benchmark question                  |
+| :class:`PHIScrubber`| never drops: replaces PHI/PII with typed placeholders, counted per type |
+
+Every filter reads ``messages`` (user turns = question, assistant turns = answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from medtune.data.records import DataSourceError, Record, Tally, detect_language
+
+Filter = Callable[[Record], tuple[bool, str]]
+
+
+def question_of(r: Record) -> str:
+    return "\n".join(m["content"] for m in r.messages or [] if m["role"] == "user")
+
+
+def answer_of(r: Record) -> str:
+    return "\n".join(m["content"] for m in r.messages or [] if m["role"] == "assistant")
+
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, punctuation and whitespace removed (for duplicate and overlap tests)."""
+    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def check_answer(r: Record) -> tuple[bool, str]:
+    """Drop empty answers and answers equal to the question (after :func:`normalize`)."""
+    a = normalize(answer_of(r))
+    if not a:
+        return False, "empty answer"
+    if a == normalize(question_of(r)):
+        return False, "answer == question"
+    return True, ""
+
+
+def length_filter(min_chars: int = 2, max_chars: int = 8000) -> Filter:
+    """Drop records whose question or answer is shorter than ``min_chars`` or longer than ``max_chars``."""
+    def check(r: Record) -> tuple[bool, str]:
+        for part, text in (("question", question_of(r)), ("answer", answer_of(r))):
+            n = len(text.strip())
+            if n < min_chars:
+                return False, f"{part} shorter than {min_chars} chars"
+            if n > max_chars:
+                return False, f"{part} longer than {max_chars} chars"
+        return True, ""
+    return check
+
+
+def language_filter(r: Record) -> tuple[bool, str]:
+    """Drop a record whose answer's script-detected language differs from ``meta.language``."""
+    want = r.meta.get("target_language") or r.meta.get("language")
+    got = detect_language(answer_of(r))
+    if want in ("zh", "ko", "en") and got in ("zh", "ko", "en") and got != want:
+        return False, f"language mismatch ({got} answer, {want} expected)"
+    return True, ""
+
+
+class ExactDedup:
+    """Drop records whose normalised conversation (all turns) was already kept."""
+
+    def __init__(self):
+        self.seen: set[bytes] = set()
+
+    def __call__(self, r: Record) -> tuple[bool, str]:
+        key = hashlib.blake2b(normalize(json.dumps(r.messages, ensure_ascii=False)).encode(), digest_size=16).digest()
+        if key in self.seen:
+            return False, "exact duplicate"
+        self.seen.add(key)
+        return True, ""
+
+
+def char_shingles(text: str, n: int) -> set[str]:
+    """Character n-grams of the normalised text (works for Chinese and Korean, which have no spaces)."""
+    t = normalize(text)
+    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
+
+
+class NearDedup:
+    """Near-duplicate removal with MinHash LSH over character n-gram shingles.
+
+    Method: Broder, "On the resemblance and containment of documents" (1997) for MinHash;
+    LSH banding as in Leskovec, Rajaraman & Ullman, *Mining of Massive Datasets*, ch. 3;
+    implemented with ``datasketch``. A record is dropped when its estimated Jaccard similarity
+    to an already kept record is >= ``threshold``.
+
+    Args:
+        threshold: Jaccard threshold (0-1).
+        ngram: shingle length in characters.
+        num_perm: MinHash permutations (more: slower, more accurate).
+        seed: MinHash seed.
+    """
+
+    def __init__(self, threshold: float = 0.8, ngram: int = 5, num_perm: int = 64, seed: int = 1):
+        from datasketch import MinHash, MinHashLSH
+
+        self._minhash, self.ngram, self.num_perm, self.seed = MinHash, ngram, num_perm, seed
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._proto = MinHash(num_perm=num_perm, seed=seed)  # permutations computed once
+        self.count = 0
+
+    def signature(self, text: str):
+        m = self._minhash(num_perm=self.num_perm, seed=self.seed, permutations=self._proto.permutations)
+        m.update_batch([s.encode("utf-8") for s in char_shingles(text, self.ngram)])
+        return m
+
+    def __call__(self, r: Record) -> tuple[bool, str]:
+        m = self.signature(question_of(r) + "\n" + answer_of(r))
+        if self.lsh.query(m):
+            return False, "near duplicate"
+        self.lsh.insert(str(self.count), m)
+        self.count += 1
+        return True, ""
+
+
+# ---------------------------------------------------------------- PHI / PII
+def cn_id_valid(s: str) -> bool:
+    """GB 11643-1999 check digit of an 18-character Chinese resident identity number."""
+    if not re.fullmatch(r"\d{17}[\dXx]", s):
+        return False
+    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+    return "10X98765432"[sum(int(c) * w for c, w in zip(s[:17], weights)) % 11] == s[17].upper()
+
+
+def kr_rrn_valid(s: str) -> bool:
+    """Korean resident registration number shape: YYMMDD (a real month/day), then a 1-8 sex/century digit and 6 digits."""
+    d = s.replace("-", "")
+    return len(d) == 13 and 1 <= int(d[2:4]) <= 12 and 1 <= int(d[4:6]) <= 31 and d[6] in "12345678"
+
+
+_D = r"(?<![\dA-Za-z])"
+_E = r"(?![\dA-Za-z])"
+PHI_PATTERNS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
+    ("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), None),
+    ("ID", re.compile(_D + r"\d{17}[\dXx]" + _E), cn_id_valid),
+    ("ID", re.compile(_D + r"\d{6}-?\d{7}" + _E), kr_rrn_valid),
+    ("PHONE", re.compile(r"(?<![\d])\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}(?!\d)"), None),
+    ("PHONE", re.compile(_D + r"1[3-9]\d[\s-]?\d{4}[\s-]?\d{4}" + _E), None),           # CN mobile
+    ("PHONE", re.compile(_D + r"0\d{1,2}-\d{3,4}-\d{4}" + _E), None),                    # KR (010-, 02-) / CN landline
+    ("PHONE", re.compile(_D + r"0\d{2,3}-\d{7,8}" + _E), None),                          # CN landline 010-12345678
+    ("PHONE", re.compile(r"\(\d{3}\)\s?\d{3}-\d{4}" + _E), None),                        # (555) 123-4567
+    ("DATE", re.compile(r"(?<!\d)(?:19|20)\d{2}(?:[-/.]\d{1,2}[-/.]\d{1,2}|年\d{1,2}月\d{1,2}日|년\s?\d{1,2}월\s?\d{1,2}일)(?!\d)"), None),
+    ("DATE", re.compile(r"(?<!\d)\d{1,2}/\d{1,2}/(?:19|20)\d{2}(?!\d)"), None),
+]
+NAME_LABEL = re.compile(r"((?:患者)?姓名|病人|患者|환자명|환자\s?이름|성명|이름|Patient(?: name)?|Name)\s*[:：]\s*"
+                        r"([\u4e00-\u9fff]{2,4}|[\uac00-\ud7a3]{2,4}|[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})")
+NAME_TITLE = re.compile(r"\b(Mr|Mrs|Ms|Dr)\.\s+[A-Z][a-z]+(?: [A-Z][a-z]+)?")
+DEFAULT_MRN_PATTERNS = [r"(?:MRN|病历号|住院号|门诊号|병록번호|등록번호)\s*[:：#]?\s*([A-Z]{0,3}\d[\d-]{3,})"]
+
+
+class PHIScrubber:
+    """Replace PHI/PII in every message with typed placeholders; never drops a record.
+
+    Types: ``[EMAIL]``; ``[ID]`` for Chinese resident IDs (checksum-valid), Korean RRNs
+    (valid date part) and medical record numbers (``mrn_patterns``, the first group is replaced);
+    ``[PHONE]`` (CN, KR, international, North American); ``[DATE]`` (full dates with day);
+    ``[NAME]`` after a label (``姓名：``, ``환자명:``, ``Patient:``) or a title (``Dr.``). Redaction
+    marks already in the text (``XXXX``, ``___``) are left alone.
+
+    Args:
+        mrn_patterns: regular expressions for record numbers; group 1 (or the whole match) becomes ``[ID]``.
+        types: which placeholder types to apply (default all).
+    """
+
+    def __init__(self, mrn_patterns: list[str] | None = None, types: Iterable[str] = ("EMAIL", "ID", "PHONE", "DATE", "NAME")):
+        self.types = set(types)
+        self.mrn = [re.compile(p) for p in (DEFAULT_MRN_PATTERNS if mrn_patterns is None else mrn_patterns)]
+        self.counts: Counter = Counter()
+        self.records_changed = 0
+
+    def scrub(self, text: str) -> str:
+        """``text`` with PHI replaced; ``self.counts`` is incremented per type."""
+        if "ID" in self.types:
+            for p in self.mrn:
+                text = p.sub(lambda m: self._group(m, "ID"), text)
+        for kind, pattern, valid in PHI_PATTERNS:
+            if kind in self.types:
+                text = pattern.sub(lambda m: self._sub(m.group(0), kind, valid), text)
+        if "NAME" in self.types:
+            text = NAME_LABEL.sub(lambda m: self._group(m, "NAME", 2), text)
+            text = NAME_TITLE.sub(lambda m: self._sub(m.group(0), "NAME", None, keep=m.group(1) + ". "), text)
+        return text
+
+    def _sub(self, s: str, kind: str, valid, keep: str = "") -> str:
+        if valid is not None and not valid(s):
+            return s
+        self.counts[kind] += 1
+        return f"{keep}[{kind}]"
+
+    def _group(self, m: re.Match, kind: str, group: int = 1) -> str:
+        g = group if m.re.groups >= group else 0
+        self.counts[kind] += 1
+        return m.group(0)[: m.start(g) - m.start(0)] + f"[{kind}]" + m.group(0)[m.end(g) - m.start(0):]
+
+    def __call__(self, r: Record) -> tuple[bool, str]:
+        changed = False
+        for m in r.messages or []:
+            new = self.scrub(m["content"])
+            changed |= new != m["content"]
+            m["content"] = new
+        self.records_changed += changed
+        return True, ""
+
+
+# ---------------------------------------------------------------- decontamination
+def _benchmark_questions(path: Path) -> list[str]:
+    """Questions of a benchmark file: .txt (one per line) or JSON/JSONL (``question``/``instruction``/``prompt``/first user turn)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: benchmark file not found")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            out.append(it)
+        elif isinstance(it, dict):
+            q = it.get("question") or it.get("instruction") or it.get("prompt") or it.get("input") or \
+                next((m.get("content") for m in it.get("messages", []) if m.get("role") == "user"), None)
+            if isinstance(q, str):
+                out.append(q)
+    return out
+
+
+def _is_cjk(text: str) -> bool:
+    return detect_language(text) in ("zh", "ko")
+
+
+class Decontaminator:
+    """Drop training records that share a long n-gram with any benchmark question.
+
+    Space-delimited text uses word n-grams (``word_ngram``, 13 as in Brown et al., "Language
+    Models are Few-Shot Learners", 2020, appendix C); Chinese/Korean text uses character n-grams
+    (``char_ngram``) of the normalised text. Questions shorter than one n-gram are counted in
+    ``too_short`` and not used.
+
+    Args:
+        files: benchmark files (see :func:`_benchmark_questions`).
+        word_ngram: n in words for non-CJK questions.
+        char_ngram: n in characters for CJK questions.
+
+    Raises:
+        DataSourceError: a benchmark file is missing.
+    """
+
+    def __init__(self, files: list[Path], word_ngram: int = 13, char_ngram: int = 15):
+        self.word_n, self.char_n = word_ngram, char_ngram
+        self.word_grams: set[int] = set()
+        self.char_grams: set[int] = set()
+        self.questions = self.too_short = 0
+        for f in files:
+            for q in _benchmark_questions(f):
+                self.questions += 1
+                grams = self._char(q) if _is_cjk(q) else self._words(q)
+                (self.char_grams if _is_cjk(q) else self.word_grams).update(grams)
+                self.too_short += not grams
+
+    def _char(self, text: str) -> set[int]:
+        t = normalize(text)
+        return {hash(t[i:i + self.char_n]) for i in range(len(t) - self.char_n + 1)}
+
+    def _words(self, text: str) -> set[int]:
+        w = [normalize(x) for x in text.split()]
+        w = [x for x in w if x]
+        return {hash(" ".join(w[i:i + self.word_n])) for i in range(len(w) - self.word_n + 1)}
+
+    def __call__(self, r: Record) -> tuple[bool, str]:
+        text = question_of(r) + "\n" + answer_of(r)
+        if self.char_grams and not self.char_grams.isdisjoint(self._char(text)):
+            return False, "benchmark overlap (character n-gram)"
+        if self.word_grams and not self.word_grams.isdisjoint(self._words(text)):
+            return False, "benchmark overlap (word n-gram)"
+        return True, ""
+
+
+def run_filters(records: Iterable[Record], steps: list[tuple[str, Filter]], tallies: dict[str, Tally]) -> Iterator[Record]:
+    """Pass records through ``steps`` in order; each drop is counted in ``tallies[name]`` with its reason.
+
+    Dropped records are also kept as rejects (file = ``meta.source_file``, where = record id).
+    """
+    for name, _ in steps:
+        tallies.setdefault(name, Tally(name))
+    for r in records:
+        for name, check in steps:
+            keep, reason = check(r)
+            if not keep:
+                tallies[name].drop(reason, r.meta.get("source_file", "?"), r.id)
+                break
+            tallies[name].keep()
+        else:
+            yield r

@@ -1,0 +1,509 @@
+"""Source readers: files -> :class:`~medtune.data.records.Record` generators with counted rejects.
+
+| reader              | reads                                                        | yields kind |
+|---------------------|--------------------------------------------------------------|-------------|
+| :func:`read_guidelines` | .txt / .md / .pdf, JSON array of strings, JSONL ``text``  | ``passage`` |
+| :func:`read_kb`     | JSON / JSONL (MongoDB export too) / CSV entries               | ``kb``      |
+| :func:`read_reports`| free-text radiology reports (.txt) or CSV, one column per section | ``report`` |
+| :func:`read_qa_tree`| AI Hub layout: ``1.질문/<...>/*.json`` + ``2.답변/<...>/*.json`` | ``qa``      |
+| :func:`read_corpus` | Alpaca, ShareGPT, ``messages``, column-mapped CSV / JSONL     | ``qa``      |
+
+Every reader takes a file or a directory (read recursively, sorted), an optional forced
+``encoding``, and a :class:`~medtune.data.records.Tally` that receives located rejects. Bad
+records never stop the run; a source that cannot be read at all raises
+:class:`~medtune.data.records.DataSourceError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from medtune.data.records import DataSourceError, Record, Tally, detect_language, read_text, strip_html
+
+
+def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataSourceError(f"{path}: source not found")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _doc_id(path: Path, root: Path) -> str:
+    root = Path(root)
+    return str(path.relative_to(root)) if root.is_dir() else path.name
+
+
+def _json_lines(path: Path, text: str, tally: Tally) -> Iterator[tuple[int, dict]]:
+    """``(line_number, object)`` per JSONL line; malformed or non-object lines are rejected."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            tally.drop("malformed JSON line", path, f"line {n}", f"{e.msg} at column {e.colno}")
+            continue
+        if not isinstance(obj, dict):
+            tally.drop("JSON line is not an object", path, f"line {n}", type(obj).__name__)
+            continue
+        yield n, obj
+
+
+def _json_items(path: Path, text: str, tally: Tally) -> Iterator[tuple[str, object]]:
+    """``(location, item)`` for a .json file (array, or one object) or a .jsonl file."""
+    if path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text.strip()):
+        yield from ((f"line {n}", obj) for n, obj in _json_lines(path, text, tally))
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        tally.drop("malformed JSON file", path, f"line {e.lineno}", e.msg)
+        return
+    for i, item in enumerate(data if isinstance(data, list) else [data]):
+        yield f"record {i}", item
+
+
+# ---------------------------------------------------------------- guidelines
+_HEADING = re.compile(r"^(#{1,6}\s+\S.*|第[一二三四五六七八九十百\d]+[章节条部分].*|[0-9]+(\.[0-9]+)*[.)、]?\s+\S.{0,60}"
+                      r"|[一二三四五六七八九十]+、.{1,60}|[IVX]+\.\s+\S.*)$")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
+
+
+def _blocks(text: str) -> list[tuple[int, int, bool]]:
+    """Paragraph blocks ``(start, end, is_heading)`` split at blank lines and heading lines."""
+    blocks, start, pos = [], None, 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if not stripped or _HEADING.match(stripped):
+            if start is not None:
+                blocks.append((start, pos, False))
+                start = None
+            if stripped:
+                lead = len(line) - len(line.lstrip())
+                blocks.append((pos + lead, pos + lead + len(stripped), True))
+        elif start is None:
+            start = pos + len(line) - len(line.lstrip())
+        pos += len(line)
+    if start is not None:
+        blocks.append((start, pos, False))
+    return [(s, s + len(text[s:e].rstrip()), h) for s, e, h in blocks if text[s:e].strip()]
+
+
+def _windows(text: str, start: int, end: int, max_chars: int, overlap: int) -> list[tuple[int, int]]:
+    """Cut ``text[start:end]`` into windows of <= max_chars, ending at sentence ends when possible."""
+    out = []
+    while end - start > max_chars:
+        cut = start + max_chars
+        ends = [start + m.end() for m in _SENTENCE_END.finditer(text[start:cut]) if m.end() > max_chars // 2]
+        cut = ends[-1] if ends else cut
+        out.append((start, cut))
+        start = max(cut - overlap, start + 1)
+    out.append((start, end))
+    return [(s, e) for s, e in out if text[s:e].strip()]
+
+
+def split_passages(text: str, max_chars: int = 800, overlap_chars: int = 100) -> list[tuple[int, int]]:
+    """Split a document into passages at headings and paragraphs.
+
+    Paragraphs are packed greedily up to ``max_chars``; a heading starts a new passage and stays
+    with the text under it; a paragraph longer than ``max_chars`` is cut at sentence ends into
+    windows that overlap by ``overlap_chars``.
+
+    Args:
+        text: the whole document.
+        max_chars: maximum passage length in characters.
+        overlap_chars: overlap between consecutive windows of one long paragraph, in characters.
+
+    Returns:
+        ``[(start, end), ...]`` character spans into ``text`` (``text[start:end]`` is the passage).
+    """
+    spans, cur = [], None
+    for s, e, heading in _blocks(text):
+        if cur and (heading or e - cur[0] > max_chars) and not cur[2]:
+            spans.append((cur[0], cur[1]))
+            cur = None
+        if e - s > max_chars:
+            head = cur[0] if cur else s
+            if cur and s - cur[0] > max_chars // 2:
+                spans.append((cur[0], cur[1]))
+                head = s
+            spans.extend(_windows(text, head, e, max_chars, overlap_chars))
+            cur = None
+        elif cur is None:
+            cur = [s, e, heading]
+        else:
+            cur[1], cur[2] = e, False
+    if cur:
+        spans.append((cur[0], cur[1]))
+    return spans
+
+
+def _pdf_text(path: Path, tally: Tally) -> str | None:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        pages = [p.extract_text() or "" for p in PdfReader(str(path)).pages]
+    except (PdfReadError, OSError, ValueError) as e:
+        tally.drop("unreadable PDF", path, None, str(e))
+        return None
+    text = "\n\n".join(pages)
+    if not text.strip():
+        tally.drop("PDF has no text layer (scanned?); run OCR first", path, f"{len(pages)} pages")
+        return None
+    return text
+
+
+def _guideline_docs(path: Path, root: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[str, str, dict]]:
+    """``(doc_id, text, extra_meta)`` for one guideline file."""
+    suffix, doc = path.suffix.lower(), _doc_id(path, root)
+    if suffix == ".pdf":
+        text = _pdf_text(path, tally)
+        if text is not None:
+            yield doc, text, {}
+        return
+    text, _ = read_text(path, encoding)
+    if not text.strip():
+        tally.drop("empty file", path)
+        return
+    if suffix not in (".json", ".jsonl"):
+        yield doc, text, {}
+        return
+    for where, item in _json_items(path, text, tally):
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
+            tally.drop("no `text` string", path, where, str(item)[:120])
+            continue
+        extra = {k: item[k] for k in ("title", "source", "date") if item.get(k) is not None}
+        yield f"{doc}:{item.get('id', where.split()[-1])}", item["text"], extra
+
+
+def read_guidelines(path: Path, tally: Tally, encoding: str | None = None, max_chars: int = 800,
+                    overlap_chars: int = 100, language: str | None = None) -> Iterator[Record]:
+    """Guideline / consensus / textbook passages with document ids and character spans.
+
+    Fields written: ``text``; ``meta.source_file``, ``doc_id``, ``passage_id``, ``char_span``
+    (into the document text), ``language`` (detected unless given), ``title``/``source``/``date``.
+    """
+    for file in _files(path, (".txt", ".md", ".pdf", ".json", ".jsonl")):
+        for doc_id, text, extra in _guideline_docs(file, path, encoding, tally):
+            for k, (s, e) in enumerate(split_passages(text, max_chars, overlap_chars)):
+                passage = text[s:e]
+                tally.keep()
+                yield Record(id=f"{doc_id}#p{k}", kind="passage", text=passage,
+                             meta={"source_file": str(file), "doc_id": doc_id, "passage_id": f"{doc_id}#p{k}",
+                                   "char_span": [s, e], "language": language or detect_language(passage), **extra})
+
+
+# ---------------------------------------------------------------- knowledge base
+NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "이름", "약품명", "질병명")
+
+
+def _mongo_plain(value):
+    """Unwrap MongoDB extended JSON (``{"$oid": ...}``, ``{"$date": ...}``, ``{"$numberInt": ...}``)."""
+    if isinstance(value, dict) and len(value) == 1:
+        (k, v), = value.items()
+        if k.startswith("$"):
+            return _mongo_plain(v)
+    return value
+
+
+def _kb_fields(item: dict, file: Path, where: str, tally: Tally) -> dict:
+    """Clean field values: strings (HTML stripped) or lists of strings; other shapes are rejected per field."""
+    fields = {}
+    for key, raw in item.items():
+        value = _mongo_plain(raw)
+        if isinstance(value, str):
+            value = strip_html(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+            value = [strip_html(str(v)) for v in value if str(v).strip()]
+        elif value is None:
+            continue
+        else:
+            tally.rejects.append({"step": tally.step, "file": str(file), "where": f"{where} field {key!r}",
+                                  "reason": f"field is a {type(value).__name__}, expected a string or a list of strings",
+                                  "detail": str(value)[:120]})
+            tally.dropped["field of unsupported type"] += 1
+            continue
+        if value:
+            fields[key] = value
+    return fields
+
+
+def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: str | None = None,
+            language: str | None = None) -> Iterator[Record]:
+    """Knowledge-base entries (diseases, drugs) with arbitrary string or list fields.
+
+    Accepts a JSON array, JSONL (including MongoDB-export lines with ``{"_id": {"$oid": ...}}``)
+    and CSV (one column per field). HTML in values is stripped. An entry without a name is
+    rejected; a field that is neither a string nor a list of strings is dropped and reported.
+
+    Fields written: ``fields`` (``_id`` removed); ``meta.source_file``, ``doc_id``
+    (``<file>:<_id or record>``), ``name``, ``language``.
+    """
+    for file in _files(path, (".json", ".jsonl", ".csv")):
+        text, _ = read_text(file, encoding)
+        if not text.strip():
+            tally.drop("empty file", file)
+            continue
+        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
+        for where, item in items:
+            if not isinstance(item, dict):
+                tally.drop("record is not an object", file, where, str(item)[:120])
+                continue
+            oid = _mongo_plain(item.get("_id"))
+            fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
+            key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
+            name = fields.get(key) if key else None
+            if not isinstance(name, str) or not name:
+                tally.drop(f"no name field ({name_field or ', '.join(NAME_FIELDS[:3])}...)", file, where, str(item)[:120])
+                continue
+            doc_id = f"{_doc_id(file, path)}:{oid if isinstance(oid, (str, int)) else where.split()[-1]}"
+            tally.keep()
+            yield Record(id=doc_id, kind="kb", fields=fields,
+                         meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
+                               "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
+
+
+def _csv_rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        tally.drop("CSV without a header row", file, "line 1")
+        return
+    for row in reader:
+        if None in row:
+            tally.drop("CSV row has more cells than the header", file, f"line {reader.line_num}")
+            continue
+        yield f"line {reader.line_num}", {k.strip(): v for k, v in row.items() if k}
+
+
+# ---------------------------------------------------------------- radiology reports
+SECTIONS = {"examination": "examination", "exam": "examination", "history": "history", "clinical history": "history",
+            "indication": "indication", "indications": "indication", "reason for exam": "indication",
+            "technique": "technique", "comparison": "comparison", "comparisons": "comparison",
+            "findings": "findings", "impression": "impression", "conclusion": "impression"}
+_SECTION_LINE = re.compile(r"^\s*(" + "|".join(sorted(map(re.escape, SECTIONS), key=len, reverse=True)) + r")\s*(:|\s*$)\s*(.*)$", re.I)
+_OTHER_HEADER = re.compile(r"^\s*([A-Z][A-Z /&-]{2,30}):\s*(.*)$")
+
+
+def parse_report(text: str) -> dict[str, str]:
+    """Sections of a free-text radiology report.
+
+    Headers are recognised in any case, with or without a colon, in any order; text after the
+    header on the same line and on following lines belongs to it; unknown ``UPPER CASE:`` headers
+    and text before the first header go to ``other``. Redactions (``XXXX``, ``___``) are kept.
+
+    Returns:
+        ``{section: text}`` for the non-empty sections.
+    """
+    sections: dict[str, list[str]] = {}
+    current = "other"
+    for line in text.splitlines():
+        m = _SECTION_LINE.match(line)
+        if m:
+            current, rest = SECTIONS[m.group(1).lower()], m.group(3)
+        elif (o := _OTHER_HEADER.match(line)):
+            current, rest = "other", f"{o.group(1)}: {o.group(2)}"
+        else:
+            rest = line
+        if rest.strip():
+            sections.setdefault(current, []).append(rest.strip())
+    return {k: " ".join(v) for k, v in sections.items()}
+
+
+def read_reports(path: Path, tally: Tally, encoding: str | None = None, language: str | None = None) -> Iterator[Record]:
+    """Radiology reports from .txt files (one report each) or CSV (one row per report, one column per section).
+
+    A report with neither FINDINGS nor IMPRESSION is rejected with that reason.
+
+    Fields written: ``fields`` (sections), ``text`` (the report); ``meta.source_file``, ``doc_id``, ``language``.
+    """
+    for file in _files(path, (".txt", ".csv")):
+        text, _ = read_text(file, encoding)
+        if not text.strip():
+            tally.drop("empty file", file)
+            continue
+        if file.suffix.lower() == ".csv":
+            items = [(w, {SECTIONS.get(k.lower(), k.lower()): (v or "").strip() for k, v in row.items()})
+                     for w, row in _csv_rows(file, text, tally)]
+        else:
+            items = [("report", parse_report(text))]
+        for where, sections in items:
+            doc_id = f"{_doc_id(file, path)}" + (f":{sections.pop('id', '') or where.split()[-1]}" if where != "report" else "")
+            sections = {k: v for k, v in sections.items() if v}
+            if not sections.get("findings") and not sections.get("impression"):
+                tally.drop("report has neither FINDINGS nor IMPRESSION", file, where)
+                continue
+            body = "\n".join(f"{k.upper()}: {v}" for k, v in sections.items())
+            tally.keep()
+            yield Record(id=doc_id, kind="report", text=body, fields=sections,
+                         meta={"source_file": str(file), "doc_id": doc_id, "language": language or detect_language(body)})
+
+
+# ---------------------------------------------------------------- AI Hub style QA tree
+QUESTION_DIR = re.compile(r"^(1[._\s-]|.*(질문|question))", re.I)
+ANSWER_DIR = re.compile(r"^(2[._\s-]|.*(답변|answer))", re.I)
+ANSWER_PARTS = ("intro", "body", "conclusion")
+
+
+def _file_id(path: Path) -> str:
+    """The last run of digits in the file name (``Q_000123.json`` -> ``000123``), else the stem."""
+    digits = re.findall(r"\d+", path.stem)
+    return digits[-1] if digits else path.stem
+
+
+def _join_answer(value) -> str | None:
+    """An answer string, or a multi-part answer joined in order (intro, body, conclusion, then others)."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, list):
+        return "\n\n".join(p.strip() for p in value if isinstance(p, str) and p.strip()) or None
+    if isinstance(value, dict):
+        keys = [k for k in ANSWER_PARTS if k in value] + [k for k in value if k not in ANSWER_PARTS]
+        return "\n\n".join(value[k].strip() for k in keys if isinstance(value[k], str) and value[k].strip()) or None
+    return None
+
+
+def _tree_items(root: Path, encoding: str | None, field: str, tally: Tally) -> dict[tuple[str, str], tuple[Path, object]]:
+    """``{(relative dir, file id): (file, field value)}`` for every JSON file under ``root``."""
+    out = {}
+    for file in _files(root, (".json",)):
+        text, _ = read_text(file, encoding)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            tally.drop("malformed JSON file", file, f"line {e.lineno}", e.msg)
+            continue
+        value = obj.get(field) if isinstance(obj, dict) else None
+        if value is None:
+            tally.drop(f"no `{field}` field", file, None, str(obj)[:120])
+            continue
+        key = (str(file.parent.relative_to(root)), _file_id(file))
+        if key in out:
+            tally.drop("duplicate file id in the same folder", file, None, f"also {out[key][0]}")
+            continue
+        out[key] = (file, value)
+    return out
+
+
+def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question_field: str = "question",
+                 answer_field: str = "answer", language: str | None = None) -> Iterator[Record]:
+    """Question/answer pairs from an AI Hub style tree.
+
+    ``path`` holds a question tree (a folder named like ``1.질문``) and an answer tree (``2.답변``)
+    with the same relative sub-folders. A question is paired with the answer in the same relative
+    folder whose file name carries the same id (its last run of digits) -- never with another
+    answer of that folder. Multi-part answers (``{"intro", "body", "conclusion"}``) are joined in
+    that order. Questions without an answer, and answers without a question, are reported.
+
+    Fields written: ``messages`` (user, assistant); ``meta.source_file`` (the question file),
+    ``answer_file``, ``doc_id`` (relative path + id), ``category`` (the relative folder), ``language``.
+
+    Raises:
+        DataSourceError: the question or answer folder is missing.
+    """
+    path = Path(path)
+    dirs = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    qdir = next((d for d in dirs if QUESTION_DIR.match(d.name)), None)
+    adir = next((d for d in dirs if ANSWER_DIR.match(d.name) and d != qdir), None)
+    if qdir is None or adir is None:
+        raise DataSourceError(f"{path}: expected a question folder (e.g. 1.질문) and an answer folder (e.g. 2.답변), "
+                              f"found {[d.name for d in dirs]}")
+    questions = _tree_items(qdir, encoding, question_field, tally)
+    answers = _tree_items(adir, encoding, answer_field, tally)
+    for key, (afile, _) in sorted(answers.items()):
+        if key not in questions:
+            tally.drop("answer without a question", afile, f"id {key[1]}")
+    for key, (qfile, question) in sorted(questions.items()):
+        if key not in answers:
+            tally.drop("question without an answer", qfile, f"id {key[1]}")
+            continue
+        afile, raw_answer = answers[key]
+        answer = _join_answer(raw_answer)
+        if not isinstance(question, str) or not question.strip() or answer is None:
+            tally.drop("empty question or answer", qfile, f"id {key[1]}")
+            continue
+        doc_id = f"{key[0]}/{key[1]}"
+        tally.keep()
+        yield Record(id=doc_id, kind="qa", messages=[{"role": "user", "content": question.strip()},
+                                                     {"role": "assistant", "content": answer}],
+                     meta={"source_file": str(qfile), "answer_file": str(afile), "doc_id": doc_id, "category": key[0],
+                           "language": language or detect_language(question + answer)})
+
+
+# ---------------------------------------------------------------- existing corpora
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+                  "chatgpt": "assistant", "system": "system"}
+
+
+def to_messages(item: dict, columns: dict[str, str] | None = None) -> list[dict]:
+    """Convert one corpus record to ``messages``.
+
+    Recognised forms: ``messages`` (role/content), ShareGPT ``conversations`` (from/value),
+    Alpaca (``instruction``, optional ``input``, ``output``), or ``columns`` mapping
+    ``question``/``answer``/``system`` to the record's own column names (e.g. ``{question: 问题, answer: 回答}``).
+
+    Raises:
+        ValueError: naming the missing or malformed field.
+    """
+    if columns:
+        missing = [columns[k] for k in ("question", "answer") if k in columns and not str(item.get(columns[k]) or "").strip()]
+        if missing or "question" not in columns or "answer" not in columns:
+            raise ValueError(f"empty or missing column(s) {missing or ['question', 'answer']} (columns: {columns})")
+        msgs = [{"role": "system", "content": str(item[columns["system"]])}] if item.get(columns.get("system", "")) else []
+        return msgs + [{"role": "user", "content": str(item[columns["question"]]).strip()},
+                       {"role": "assistant", "content": str(item[columns["answer"]]).strip()}]
+    if "messages" in item or "conversations" in item:
+        turns = item.get("messages") or item.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise ValueError("`messages`/`conversations` must be a non-empty list")
+        msgs = []
+        for i, t in enumerate(turns):
+            role = t.get("role") or SHAREGPT_ROLES.get(str(t.get("from", "")).lower()) if isinstance(t, dict) else None
+            content = (t.get("content") if "content" in t else t.get("value")) if isinstance(t, dict) else None
+            if role not in ("system", "user", "assistant") or not isinstance(content, str):
+                raise ValueError(f"turn {i}: needs role/content (or ShareGPT from/value), got {str(t)[:80]}")
+            msgs.append({"role": role, "content": content})
+        if msgs[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in msgs):
+            raise ValueError("a conversation needs a user turn and must end with an assistant turn")
+        return msgs
+    if "instruction" in item and "output" in item:
+        prompt = str(item["instruction"]).strip() + (f"\n\n{str(item['input']).strip()}" if str(item.get("input") or "").strip() else "")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(item["output"]).strip()}]
+    raise ValueError(f"unknown record form (fields {sorted(item)[:8]}); expected messages, conversations, "
+                     "instruction/output, or set `columns:`")
+
+
+def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: dict[str, str] | None = None,
+                language: str | None = None) -> Iterator[Record]:
+    """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, column-mapped CSV/JSONL).
+
+    Fields written: ``messages``; ``meta.source_file``, ``doc_id`` (``<file>:<line or record>``), ``language``.
+    """
+    for file in _files(path, (".json", ".jsonl", ".csv")):
+        text, _ = read_text(file, encoding)
+        if not text.strip():
+            tally.drop("empty file", file)
+            continue
+        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
+        for where, item in items:
+            try:
+                messages = to_messages(item if isinstance(item, dict) else {}, columns)
+            except ValueError as e:
+                tally.drop("not a QA record", file, where, str(e))
+                continue
+            doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
+            tally.keep()
+            yield Record(id=doc_id, kind="qa", messages=messages,
+                         meta={"source_file": str(file), "doc_id": doc_id,
+                               "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})

@@ -1,0 +1,113 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks (stdlib only).
+
+``POST /v1/chat/completions`` answers ``"echo: <last user content>"``. Faults are taken in
+order from ``server.faults`` (one per request): ``"400"``, ``"429"``, ``"500"``, ``"slow"`` (sleeps
+``slow_s`` before answering, to trip the client timeout), ``"malformed"`` (a truncated JSON
+body), ``"html"`` (a 200 with an HTML page). ``latency_s`` delays every answer; after
+``hang_after`` successful answers every further request blocks until shutdown (for kill tests).
+Counters: ``calls`` (every request), ``ok`` (a Counter of answered prompts), ``max_inflight``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        try:
+            self._answer(self.server.owner)
+        finally:
+            with self.server.owner.lock:
+                self.server.owner.inflight -= 1
+
+    def _answer(self, srv: "FakeOpenAI"):
+        req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        with srv.lock:
+            srv.calls += 1
+            srv.inflight += 1
+            srv.max_inflight = max(srv.max_inflight, srv.inflight)
+            fault = srv.faults.popleft() if srv.faults else "ok"
+            hang = srv.hang_after is not None and sum(srv.ok.values()) >= srv.hang_after
+        if hang:
+            srv.stop.wait()
+            return
+        if fault == "429":
+            return self._send(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "0"})
+        if fault == "400":
+            return self._send(400, b'{"error": {"message": "bad request"}}')
+        if fault == "500":
+            return self._send(500, b'{"error": {"message": "boom"}}')
+        if fault == "malformed":
+            return self._send(200, b'{"id": "x", "choices": [{"message": ')
+        if fault == "html":
+            return self._send(200, b"<html>Bad gateway</html>", ctype="text/html")
+        if fault == "slow":
+            srv.stop.wait(srv.slow_s)
+        if srv.latency_s:
+            time.sleep(srv.latency_s)
+        prompt = req["messages"][-1]["content"]
+        text = srv.reply(req) if srv.reply else f"echo: {prompt}"
+        body = {"id": "cmpl-1", "object": "chat.completion", "created": int(time.time()), "model": req["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(text), "total_tokens": len(prompt) + len(text)}}
+        try:
+            self._send(200, json.dumps(body).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        with srv.lock:
+            srv.ok[prompt] += 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class FakeOpenAI:
+    """Start with ``with FakeOpenAI() as srv:``; ``srv.base_url`` is ``http://127.0.0.1:<port>/v1``."""
+
+    def __init__(self, faults=(), latency_s: float = 0.0, slow_s: float = 5.0, hang_after: int | None = None,
+                 reply=None):
+        self.faults, self.latency_s, self.slow_s, self.hang_after = deque(faults), latency_s, slow_s, hang_after
+        self.reply = reply
+        self.calls, self.ok, self.lock, self.stop = 0, Counter(), threading.Lock(), threading.Event()
+        self.inflight = self.max_inflight = 0
+        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+if __name__ == "__main__":  # manual use: python tests/fake_openai.py [latency_s]
+    import sys
+
+    with FakeOpenAI(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as s:
+        print(s.base_url, flush=True)
+        s.stop.wait()
