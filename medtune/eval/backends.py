@@ -13,7 +13,6 @@ directory, a hub id, an adapter directory (its base is read from the adapter), o
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,21 +70,34 @@ def model_identity(spec: str, adapter: Path | None = None) -> dict:
     return ident
 
 
-def endpoint_client(base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", **limits):
-    """The shared OpenAI-compatible client (:mod:`medtune.data.teacher`) for one endpoint.
+def endpoint_client(spec: str, cache_path: Path | None = None, temperature: float = 0.0, seed: int | None = None):
+    """The shared client (:class:`medtune.data.teacher.Teacher`) for ``URL#MODEL`` or a local model spec.
+
+    Endpoint specs go to the OpenAI-compatible server; anything else runs in process through
+    the client's local backend. Either way calls get its limits, retries and SQLite cache.
 
     Raises:
-        EvalError: the shared client is not available in this installation.
+        EvalError: an endpoint spec without ``#MODEL``.
     """
-    try:
-        from medtune.data.teacher import make_client  # provided by the data issue (shared client)
-    except ImportError as e:
-        raise EvalError(f"endpoint evaluation needs the shared teacher client (medtune.data.teacher): {e}") from None
-    return make_client(base_url=base_url, model=model, api_key_env=api_key_env, **limits)
+    from medtune.data.teacher import Teacher, TeacherConfig
+
+    if spec.startswith(("http://", "https://")):
+        url, _, model = spec.partition("#")
+        if not model:
+            raise EvalError(f"endpoint {spec!r}: add the served model name after '#', e.g. {url}#my-model")
+        cfg = TeacherConfig(base_url=url, model=model, temperature=temperature, seed=seed)
+    else:
+        cfg = TeacherConfig(model=spec, temperature=temperature, seed=seed)
+    return Teacher(cfg, cache_path=cache_path)
 
 
-def load_backend(arg: str, adapter: Path | None = None, client: Any = None) -> Backend:
-    """Load the model named by ``[NAME=]SPEC`` (see module doc), or wrap a ready ``client``.
+def load_backend(arg: str, adapter: Path | None = None, cache_path: Path | None = None) -> Backend:
+    """Load the model named by ``[NAME=]SPEC`` (see module doc).
+
+    Args:
+        arg: the model argument.
+        adapter: LoRA adapter applied on a local model.
+        cache_path: SQLite reply cache for endpoints (resume without paying twice).
 
     Raises:
         EvalError: an endpoint spec without ``#MODEL``.
@@ -93,18 +105,15 @@ def load_backend(arg: str, adapter: Path | None = None, client: Any = None) -> B
     """
     name, spec = parse_model_arg(arg)
     if spec.startswith(("http://", "https://")):
-        url, _, model = spec.partition("#")
-        if not model:
-            raise EvalError(f"endpoint {spec!r}: add the served model name after '#', e.g. {url}#my-model")
-        return Backend(name=name, identity={"endpoint": url, "model": model},
-                       client=client or endpoint_client(url, model), endpoint_model=model)
+        client = endpoint_client(spec, cache_path)
+        return Backend(name=name, identity={"endpoint": client.cfg.base_url, "model": client.model},
+                       client=client, endpoint_model=client.model)
     from medtune.chat import load_chat_model
+    from medtune.models import adapter_base
 
     path = Path(spec)
     if adapter is None and (path / "adapter_config.json").is_file():
         model, tokenizer = load_chat_model(None, path)
-        from medtune.models import adapter_base
-
         return Backend(name=name, identity=model_identity(adapter_base(path), path), model=model, tokenizer=tokenizer)
     model, tokenizer = load_chat_model(spec, adapter)
     return Backend(name=name, identity=model_identity(spec, adapter), model=model, tokenizer=tokenizer)
@@ -205,16 +214,36 @@ def generate_local(backend: Backend, prompts: list[list[dict]], settings: Genera
     return [backend.tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
 
 
-async def _generate_endpoint(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    params = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens)
-    if settings.seed is not None:
-        params["seed"] = settings.seed
-    replies = await asyncio.gather(*(backend.client.complete(m, **params) for m in prompts))
-    return [r.strip() for r in replies]
+def generate_endpoint(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings,
+                      ids: list[str] | None = None) -> list[str | None]:
+    """Concurrent endpoint calls through the shared client (cached, rate-limited, retried).
+
+    Returns:
+        One reply per prompt; None where the call failed for good (the caller counts or raises).
+    """
+    params = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
+                  seed=settings.seed)
+    replies = backend.client.complete_many(prompts, **params)
+    out = []
+    for i, r in enumerate(replies):
+        if isinstance(r, Exception):
+            backend.extra.setdefault("errors", []).append(f"{ids[i] if ids else i}: {r}")
+            out.append(None)
+        else:
+            out.append(r.text.strip())
+    return out
 
 
 def generate(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    """Replies to a batch of prompts from a local model (batched) or an endpoint (concurrent)."""
+    """Replies to a batch of prompts from a local model (batched) or an endpoint (concurrent).
+
+    Raises:
+        EvalError: an endpoint call failed for good (finished items are kept; re-run to resume).
+    """
     if backend.is_local:
         return generate_local(backend, prompts, settings)
-    return asyncio.run(_generate_endpoint(backend, prompts, settings))
+    replies = generate_endpoint(backend, prompts, settings)
+    if any(r is None for r in replies):
+        raise EvalError(f"{backend.name}: endpoint failed: {backend.extra['errors'][-1]}; "
+                        "finished items are saved, re-run the same command to resume")
+    return replies

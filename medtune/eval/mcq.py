@@ -178,7 +178,8 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     items, rejects, fmt = load_mcq(cfg.data, cfg.format, cfg.column_map, cfg.ground_truth, cfg.encodings, cfg.cop_base)
     items = items[:cfg.max_items] if cfg.max_items else items
     pool = load_mcq(cfg.shots_file, encodings=cfg.encodings)[0] if cfg.shots_file else items
-    backend = backend or load_backend(cfg.model, cfg.adapter)
+    out = Path(cfg.output_dir)
+    backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
     mode = cfg.mode if cfg.mode != "auto" else ("loglik" if backend.is_local else "generate")
     if mode == "loglik" and not backend.is_local:
         raise EvalError(f"{backend.name}: log-likelihood scoring needs a local model; use --mode generate for endpoints")
@@ -187,7 +188,6 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
               "shots_file": tree_digests(Path(cfg.shots_file)) if cfg.shots_file else None}
     key = run_key(config, inputs)
-    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
     todo = [it for it in items if it.id not in done]
