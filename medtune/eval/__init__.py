@@ -9,3 +9,5 @@
 | ``answers``   | one ``<name>_answer`` column per model                               |
 | ``report``    | one self-contained HTML + markdown report                            |
 """
+
+import medtune.config  # noqa: F401,E402  (load the recipe config first: it imports medtune.eval.config)
