@@ -188,12 +188,25 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[
     run_recipe(r, force=force, only=only)
     merged = r.output_dir / "merged"
     if merged.is_dir():
-        Console().print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
+        print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
                         f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+def quiet_libraries() -> None:
+    """Hide library progress bars and deprecation chatter; medtune prints its own progress and summaries."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
 def main() -> None:
     """Console-script entry point."""
+    quiet_libraries()
     app()
 
 

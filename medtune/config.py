@@ -45,7 +45,7 @@ class TrainConfig(_Stage):
     """Supervised fine-tuning (LoRA, QLoRA or full) with trl's SFTTrainer."""
 
     model: str | None = Field(None, description="Base model; defaults to the recipe's `model`.")
-    train_file: Path = Field(Path("examples/medical_qa.jsonl"), description="Training data: JSONL/JSON in Alpaca (instruction/input/output) or messages form.")
+    train_file: Path | list[Path] = Field(Path("examples/medical_qa.jsonl"), description="Training data: JSONL/JSON file(s) in Alpaca (instruction/input/output) or messages form.")
     validation_file: Path | None = Field(None, description="Optional validation data in the same forms; enables eval loss.")
     validation_split_percentage: float = Field(0.0, ge=0.0, lt=50.0, description="Percent of train_file held out for eval loss when no validation_file is given.")
     output_dir: Path | None = Field(None, description="Where the adapter, tokenizer and checkpoints go; defaults to <recipe output_dir>/adapter.")
@@ -77,7 +77,7 @@ class TrainConfig(_Stage):
     resume: bool = Field(False, description="Resume from the last checkpoint in output_dir.")
     chat_template: Path | None = Field(None, description="Jinja chat template file, for models whose tokenizer has none.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (only when you trust it).")
-    max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples (smoke runs).")
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples of each file (smoke runs).")
 
 
 class MergeConfig(_Stage):

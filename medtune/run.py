@@ -39,7 +39,8 @@ def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
 
     cfg = recipe.train.model_copy(update={"model": recipe.train.model or recipe.model, "output_dir": out,
                                           "seed": recipe.train.seed if recipe.train.seed is not None else recipe.seed})
-    inputs = {"model": model_identity(cfg.model), "train_file": tree_digests(cfg.train_file)}
+    inputs = {"model": model_identity(cfg.model), "train_file": [tree_digests(f) for f in (
+        cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file])]}
     if cfg.validation_file:
         inputs["validation_file"] = tree_digests(cfg.validation_file)
     return cfg.model_dump(mode="json", exclude={"resume"}), inputs, lambda: run_sft(cfg)

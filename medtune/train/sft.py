@@ -122,7 +122,14 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     """
     from datasets import Dataset
 
-    train, rejects, stats = build_sft_examples(cfg.train_file, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+    files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
+    train, rejects, stats = [], [], DataStats()
+    for f in files:
+        ex, rej, st = build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+        train, rejects = train + ex, rejects + rej
+        for key in ("read", "kept", "truncated", "tokens", "label_tokens"):
+            setattr(stats, key, getattr(stats, key) + getattr(st, key))
+        stats.rejected.update(st.rejected)
     evals = None
     if cfg.validation_file:
         evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
@@ -181,8 +188,8 @@ def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, sta
                                                           "history": history}, indent=2, default=str))
 
 
-def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42) -> dict:
-    """Fine-tune ``cfg.model`` (or ``model``) on ``cfg.train_file`` and save the adapter or full model.
+def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42):
+    """Set up everything for an SFT run without training: tokenizer, data, model, LoRA, SFTTrainer.
 
     Args:
         cfg: the train stage config.
@@ -191,43 +198,67 @@ def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None 
         seed: seed when ``cfg.seed`` is None.
 
     Returns:
-        Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``,
-        ``eval_loss`` (or None), ``tokens_per_s`` (non-padding, whole run), ``peak_mem_gib``,
-        ``seconds``, ``examples``, ``rejected``.
+        ``(trainer, stats, callback)``: the trl ``SFTTrainer``, the :class:`DataStats` of the
+        training file, and the logging callback whose ``history`` holds per-step logs.
 
     Raises:
-        TrainError: impossible setup (QLoRA without CUDA, fp16 on CPU).
+        TrainError: impossible setup (no model, QLoRA without CUDA, fp16 on CPU).
         ModelError, DataFileError: unusable model or data, with the offending file/record named.
     """
+    import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
-    t0 = time.time()
     model_spec = cfg.model or model
     if not model_spec:
         raise TrainError("no model given: set `model:` in the recipe or train.model")
+    if cfg.fp16 and not torch.cuda.is_available():
+        raise TrainError("fp16 mixed precision needs CUDA; on CPU use bf16=true or neither")
     output_dir = Path(cfg.output_dir or output_dir or "runs/train")
     seed = cfg.seed if cfg.seed is not None else seed
-    if cfg.fp16 and not __import__("torch").cuda.is_available():
-        raise TrainError("fp16 mixed precision needs CUDA; on CPU use bf16=true or neither")
+    cfg = cfg.model_copy(update={"model": model_spec, "output_dir": output_dir, "seed": seed})
     quant = _quantization_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(model_spec, cfg.trust_remote_code, cfg.chat_template)
     train_ds, eval_ds, stats = load_datasets(cfg, tokenizer, output_dir, seed)
     if _is_main():
-        console.print(f"[bold]data[/] {cfg.train_file}: {stats.read} read, {stats.kept} kept, {stats.truncated} truncated, "
-                      f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}; {stats.label_tokens}/{stats.tokens} tokens trained")
+        console.print(f"[bold]data[/] {stats.read} read, {stats.kept} kept, {stats.truncated} truncated, "
+                      f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}; "
+                      f"{stats.label_tokens}/{stats.tokens} tokens trained")
+    torch.manual_seed(seed)
     net = load_model(model_spec, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
     callback = make_callback()
     trainer = SFTTrainer(model=net, args=_sft_config(cfg, output_dir, seed, eval_ds is not None), train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=tokenizer, peft_config=_lora_config(cfg), callbacks=[callback])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    trainer.medtune_config = cfg
+    return trainer, stats, callback
+
+
+def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42) -> dict:
+    """Fine-tune ``cfg.model`` (or ``model``) on ``cfg.train_file`` and save the adapter or full model.
+
+    Args: as :func:`build_trainer`.
+
+    Returns:
+        Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``,
+        ``eval_loss`` (or None), ``tokens_per_s`` (non-padding), ``peak_mem_gib``, ``seconds``,
+        ``examples``, ``rejected``. The adapter (or full model), tokenizer, ``train_config.json``,
+        ``medtune_base.json``, ``train_log.json`` and ``train_summary.json`` go to the output dir.
+
+    Raises:
+        As :func:`build_trainer`.
+    """
+    t0 = time.time()
+    trainer, stats, callback = build_trainer(cfg, model, output_dir, seed)
+    cfg = trainer.medtune_config
+    output_dir = Path(cfg.output_dir)
     resume = _last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and _is_main():
         console.print(f"resuming from {resume}" if resume else "[yellow]--resume: no checkpoint found, starting fresh[/]")
     result = trainer.train(resume_from_checkpoint=resume)
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    eval_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     trainer.save_model(str(output_dir))
     seconds = time.time() - t0
     summary = {
@@ -236,10 +267,10 @@ def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None 
         "train_loss": result.training_loss, "eval_loss": eval_loss,
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
-        "examples": stats.kept, "rejected": sum(stats.rejected.values()),
+        "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
     }
     if trainer.is_world_process_zero():
-        _save_meta(trainer, cfg, model_spec, output_dir, stats, callback.history)
+        _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         ev = f", eval loss {eval_loss:.4f}" if eval_loss is not None and not math.isnan(eval_loss) else ""
         console.print(f"[green]trained[/] {summary['steps']} steps in {seconds:.0f} s, train loss {result.training_loss:.4f}{ev}, "
