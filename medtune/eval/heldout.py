@@ -21,17 +21,18 @@ from medtune.manifest import tree_digests
 from medtune.train.dataset import IGNORE_INDEX, build_sft_examples
 
 
-def heldout_examples(cfg: TrainConfig, tokenizer, seed: int) -> tuple[list[dict], Path] | None:
-    """The examples the train stage held out, or None when it held none out."""
+def heldout_examples(cfg: TrainConfig, tokenizer, seed: int) -> tuple[list[dict], list[Path]] | None:
+    """The examples the train stage held out and their source files, or None when it held none out."""
     if cfg.validation_file:
-        return build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)[0], cfg.validation_file
+        return build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)[0], [cfg.validation_file]
     if cfg.validation_split_percentage <= 0:
         return None
-    train = build_sft_examples(cfg.train_file, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)[0]
-    order = list(range(len(train)))
+    files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
+    train = [ex for f in files for ex in build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)[0]]
+    order = list(range(len(train)))  # the same seeded split as medtune.train.sft.load_datasets
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(train) * cfg.validation_split_percentage / 100))
-    return [train[i] for i in order[:n_eval]], cfg.train_file
+    return [train[i] for i in order[:n_eval]], files
 
 
 def answer_nll(backend: Backend, example: dict) -> tuple[float, int]:
@@ -58,7 +59,8 @@ def run_heldout(backend: Backend, train_cfg: TrainConfig, seed: int, out: Path) 
     found = heldout_examples(train_cfg, backend.tokenizer, seed)
     if found is None:
         return None
-    examples, source = found
+    examples, sources = found
+    source = ", ".join(str(p) for p in sources)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, ex in enumerate(examples):
@@ -70,5 +72,5 @@ def run_heldout(backend: Backend, train_cfg: TrainConfig, seed: int, out: Path) 
                "seed": seed, "predictions_file": "predictions.jsonl"}
     config = {"source": str(source), "split": "validation_file" if train_cfg.validation_file else
               f"{train_cfg.validation_split_percentage}% seeded split", "max_seq_length": train_cfg.max_seq_length}
-    return finish(out, "heldout", config, {"model": backend.identity, "data": tree_digests(Path(source))}, results,
+    return finish(out, "heldout", config, {"model": backend.identity, "data": {str(p): tree_digests(Path(p)) for p in sources}}, results,
                   seed, started, rows=rows)

@@ -144,7 +144,7 @@ def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
 
 def heldout_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Held-out answer log-likelihood table."""
-    rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), str(r["n"]), str(r["tokens"]),
+    rows = [[html.escape(r["model"]), html.escape(r["data"]), str(r["n"]), str(r["tokens"]),
              f"{r['nll_per_token']:.4f}", f"{r['perplexity']:.2f}", _link(r, base)] for r in results]
     return _table(["model", "data", "examples", "answer tokens", "NLL / token", "perplexity", "per-item"], rows)
 
