@@ -64,8 +64,10 @@ def _png(fig) -> str:
 
 def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]], ylabel: str, title: str) -> str:
     """Grouped bar chart; ``series[name]`` = one ``(value, low, high)`` per group (NaN = missing)."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise EvalError("the report plots need matplotlib: pip install 'medtune[eval]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
