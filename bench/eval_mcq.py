@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="Model spec (default: a tiny random 2-layer model).")
     ap.add_argument("--data", default="examples/eval/mcq_mixed.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=8, help="generate mode reply length.")
+    ap.add_argument("--max-items", type=int, default=None, help="Score only the first N questions.")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     spec = args.model or tiny_model_dir()
@@ -54,7 +55,7 @@ def main() -> None:
         calls.clear()
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            r = run_mcq(McqConfig(data=Path(args.data), model="bench", mode=mode, batch_size=bs, output_dir=Path(out),
+            r = run_mcq(McqConfig(data=Path(args.data), model="bench", mode=mode, batch_size=bs, output_dir=Path(out), max_items=args.max_items,
                                   generation=GenerationSettings(max_new_tokens=args.max_new_tokens)), backend=backend)
             dt = time.perf_counter() - t0
         print(f"| {mode} | {bs} | {r['n']} | {len(calls)} | {dt:.2f} | {r['n'] / dt:.1f} | {r['accuracy']:.3f} |", flush=True)
