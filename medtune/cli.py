@@ -29,12 +29,14 @@ from rich.table import Table
 
 from medtune.config import ChatConfig, ConfigError, MergeConfig, Recipe, TrainConfig, field_help, load_recipe
 from medtune.data.cli import data_app
+from medtune.eval.cli import eval_app
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 models_app = typer.Typer(help="Offline model packs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 RECIPE_ARG = typer.Argument(None, help="YAML recipe (optional; defaults are used without one).")
 SET_OPT = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable).")

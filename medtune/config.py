@@ -130,6 +130,12 @@ class Recipe(_Stage):
     merge: MergeConfig | None = None
     samples: SamplesConfig | None = None
     chat: ChatConfig | None = None
+    eval: EvalConfig | None = None
+
+
+from medtune.eval.config import EvalConfig  # noqa: E402  (needs _Stage and GenerationSettings above)
+
+Recipe.model_rebuild()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

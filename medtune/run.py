@@ -6,6 +6,7 @@ Stages and their directories under the recipe's ``output_dir``:
 - ``train``   -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
 - ``merge``   -> ``merged/``   (merged safetensors model + tokenizer + generation config)
 - ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
+- ``eval``    -> ``eval/``     (base vs fine-tuned: MCQ, fact recall, held-out perplexity, ``report.html``)
 
 Every stage writes ``manifest.json`` (see :mod:`medtune.manifest`).
 """
@@ -98,7 +99,20 @@ def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out)
 
 
-STAGES = {"data": ("data", _data), "train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples)}
+def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.eval.stage import run_eval_stage
+
+    cfg = recipe.eval
+    files = {str(f): tree_digests(f) for f in cfg.mcq_files}
+    inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.output_dir / "merged")
+              or tree_digests(recipe.output_dir / "adapter"), "mcq_files": files,
+              "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
+              "train": recipe.train.model_dump(mode="json") if recipe.train else None}
+    return cfg.model_dump(mode="json"), inputs, lambda: run_eval_stage(recipe, out)
+
+
+STAGES = {"data": ("data", _data), "train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples),
+          "eval": ("eval", _eval)}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:

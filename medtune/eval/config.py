@@ -1,0 +1,104 @@
+"""Typed configs of the evaluation commands and of the recipe's ``eval`` stage.
+
+Each field's description is its ``--help`` text. Models are written ``[NAME=]SPEC`` (see
+:mod:`medtune.eval.backends`): a pack, a model or adapter directory, a hub id, or
+``http://host:port/v1#MODEL`` for an OpenAI-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from medtune.config import GenerationSettings, _Stage
+
+
+class McqConfig(_Stage):
+    """Multiple-choice benchmark evaluation (``medtune eval mcq``)."""
+
+    data: Path = Field(..., description="Benchmark file (CSV/TSV/JSONL/JSON) in one of the published formats.")
+    format: Literal["auto", "cmexam", "cmb", "kormedmcqa", "medqa", "medmcqa", "pubmedqa", "generic"] = Field(
+        "auto", description="Benchmark format; auto detects it from the columns.")
+    column_map: dict[str, str] = Field(default_factory=dict, description="generic format: field -> column, e.g. "
+                                       "{question: stem, A: opt1, B: opt2, answer: key, subject: area}.")
+    ground_truth: Path | None = Field(None, description="PubMedQA ground-truth JSON for the test-set form.")
+    encodings: list[str] = Field(["utf-8"], description="Encodings tried per line (mixed files: [utf-8, gb18030]).")
+    cop_base: int | None = Field(None, ge=0, le=1, description="MedMCQA cop base: 1 original release, 0 HF copy; None detects.")
+    model: str = Field(..., description="Model as [NAME=]SPEC: pack, directory, adapter dir, hub id or URL#MODEL.")
+    adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
+    mode: Literal["auto", "loglik", "generate"] = Field("auto", description="loglik: next-token log-probability of "
+                                                        "the option letters (local models); generate: parse the reply; auto: loglik for local models, generate for endpoints.")
+    cot: bool = Field(False, description="generate mode: ask for step-by-step reasoning before 'Answer: X'.")
+    shots: int = Field(0, ge=0, description="Number of solved examples shown before each question (k-shot).")
+    shots_file: Path | None = Field(None, description="Where the k-shot examples come from (default: other items of `data`).")
+    language: Literal["auto", "en", "zh", "ko"] = Field("auto", description="Language of the prompt instructions; auto follows the question's script.")
+    batch_size: int = Field(8, ge=1, description="Questions per forward pass / generate call / concurrent endpoint batch.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions (smoke runs).")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=16),
+                                           description="Decoding settings of generate mode.")
+    output_dir: Path = Field(Path("runs/eval/mcq"), description="Where results.json, predictions.jsonl, rejects.jsonl and manifest.json go.")
+    seed: int = Field(42, description="Seed for k-shot sampling and sampled decoding.")
+    overwrite: bool = Field(False, description="Discard predictions of a different earlier run in output_dir.")
+
+
+class FactConfig(_Stage):
+    """Knowledge-base fact recall (``medtune eval fact``)."""
+
+    data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}.")
+    synonyms: Path | None = Field(None, description="Optional JSON {item: [synonyms]} applied to every question.")
+    model: str = Field(..., description="Model as [NAME=]SPEC (see `eval mcq`).")
+    adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
+    system: str | None = Field(None, description="Optional system prompt.")
+    batch_size: int = Field(4, ge=1, description="Questions per generate call.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
+    output_dir: Path = Field(Path("runs/eval/fact"), description="Where results.json, predictions.jsonl and manifest.json go.")
+    seed: int = Field(42, description="Seed for sampled decoding.")
+    overwrite: bool = Field(False, description="Discard predictions of a different earlier run in output_dir.")
+
+
+class JudgeConfig(_Stage):
+    """LLM-as-judge: rubric scores or order-swapped pairwise comparison (``medtune eval judge``)."""
+
+    data: Path = Field(..., description="CSV/JSONL with a question column and answer column(s) (e.g. from `eval answers`).")
+    mode: Literal["rubric", "pairwise"] = Field("rubric", description="rubric: 1-4 on accuracy, conciseness, "
+                                                "understandability; pairwise: A vs B judged in both orders.")
+    judge: str = Field(..., description="Judge model: URL#MODEL endpoint or a local model spec.")
+    question_column: str = Field("prompt", description="Column holding the question.")
+    answer_columns: list[str] = Field(..., description="rubric: answer column(s) to score; pairwise: exactly two (A, B).")
+    reference_column: str | None = Field(None, description="Optional column with a reference answer shown to the judge.")
+    language: Literal["auto", "en", "zh", "ko"] = Field("auto", description="Rubric prompt language; auto follows the question's script.")
+    prompts_dir: Path | None = Field(None, description="Directory with replacement rubric_<lang>.txt / pairwise_<lang>.txt files.")
+    temperature: float = Field(0.0, ge=0.0, description="Judge temperature; > 0 takes the median of `samples` judgements.")
+    samples: int = Field(1, ge=1, description="Judgements per item when temperature > 0 (median score / majority verdict).")
+    max_retries: int = Field(2, ge=0, description="Re-asks after an off-format judge reply before counting it invalid.")
+    max_tokens: int = Field(256, ge=16, description="Judge reply length limit (tokens).")
+    max_items: int | None = Field(None, ge=1, description="Judge only the first N rows.")
+    output_dir: Path = Field(Path("runs/eval/judge"), description="Where results.json, judgements.jsonl and manifest.json go.")
+    seed: int = Field(42, description="Seed sent to the judge (sample i uses seed + i).")
+
+
+class AnswersConfig(_Stage):
+    """Answer a prompt file with several models (``medtune eval answers``)."""
+
+    data: Path = Field(..., description="CSV/JSONL of prompts.")
+    prompt_column: str = Field("prompt", description="Column holding the prompt.")
+    models: list[str] = Field(..., description="Models as NAME=SPEC; each adds a <NAME>_answer column.")
+    system: str | None = Field(None, description="Optional system prompt.")
+    batch_size: int = Field(4, ge=1, description="Prompts per generate call.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
+    output: Path = Field(Path("runs/eval/answers.jsonl"), description="Output CSV/JSONL (same rows plus one column per model).")
+    seed: int = Field(42, description="Seed for sampled decoding.")
+
+
+class EvalConfig(_Stage):
+    """Recipe ``eval`` stage: base vs fine-tuned (merged) model on MCQ, fact recall and held-out data, then a report."""
+
+    mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")
+    fact_file: Path | None = Field(Path("examples/eval/kb_facts.jsonl"), description="Fact-recall questions; None skips fact recall.")
+    heldout: bool = Field(True, description="Score the train stage's held-out examples (validation_file or split) by answer log-likelihood.")
+    max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")
+    fact_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=40))
+    batch_size: int = Field(8, ge=1, description="Questions per forward pass.")

@@ -1,0 +1,147 @@
+"""``medtune eval fact``: knowledge-base fact recall with three hit criteria.
+
+Each question (e.g. "What are the indications of metformin?") lists the items a correct
+answer should mention. The model answers; an item is *hit* when its normalised text, or
+one of its synonyms, occurs in the normalised answer. Per question we record hits / expected
+and report the share of questions meeting each of the three criteria used in drug–indication
+recall studies: at least one expected item hit, at least 1/2 of them, at least 2/3 of them.
+
+Input records (JSONL or JSON array) read: ``id`` (optional), ``question``, ``expected``
+(list of strings), ``synonyms`` (optional ``{item: [synonym, ...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import unicodedata
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from medtune.eval.backends import Backend, generate, load_backend
+from medtune.eval.config import FactConfig
+from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
+from medtune.eval.stats import proportion
+from medtune.manifest import tree_digests
+from medtune.train.dataset import DataFileError, RecordError, Reject, read_records
+
+console = Console(stderr=True)
+CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
+
+
+def normalize(text: str) -> str:
+    """NFKC, case-folded, punctuation turned into spaces, whitespace collapsed (``"Type-2  DM"`` -> ``"type 2 dm"``)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def item_hit(answer_norm: str, names: list[str]) -> bool:
+    """True when any normalised name occurs in the normalised answer (word-bounded for Latin script)."""
+    for name in filter(None, (normalize(n) for n in names)):
+        pattern = re.escape(name)
+        if re.search(r"[a-z0-9]", name):
+            pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
+        if re.search(pattern, answer_norm):
+            return True
+    return False
+
+
+def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]]) -> dict:
+    """Hits of one answer: ``{"hits": [...], "missed": [...], "hit_rate", "hit_any", "hit_half", "hit_two_thirds"}``."""
+    norm = normalize(answer)
+    hits = [e for e in expected if item_hit(norm, [e, *synonyms.get(e, [])])]
+    rate = len(hits) / len(expected)
+    return {"hits": hits, "missed": [e for e in expected if e not in hits], "hit_rate": round(rate, 4),
+            **{name: (rate >= frac and len(hits) > 0) for name, frac in CRITERIA.items()}}
+
+
+def load_facts(path: Path, synonyms_file: Path | None = None) -> tuple[list[dict], list[Reject]]:
+    """Read fact questions; records without a question or a non-empty ``expected`` list are rejected.
+
+    Raises:
+        DataFileError: unreadable file, invalid synonyms file, or no usable question.
+    """
+    shared = {}
+    if synonyms_file:
+        try:
+            shared = json.loads(Path(synonyms_file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
+    items, rejects, seen = [], [], set()
+    for line, rec in read_records(Path(path)):
+        if isinstance(rec, Reject):
+            rejects.append(rec)
+            continue
+        try:
+            items.append(_fact(rec, line, shared, seen))
+        except RecordError as e:
+            rejects.append(Reject(str(path), line, e.field, e.reason, rec))
+    if not items:
+        raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected)")
+    return items, rejects
+
+
+def _fact(rec: dict, line: int, shared: dict, seen: set) -> dict:
+    question, expected = rec.get("question"), rec.get("expected")
+    if not isinstance(question, str) or not question.strip():
+        raise RecordError("question", "missing or empty")
+    if not isinstance(expected, list) or not expected or not all(isinstance(e, str) and e.strip() for e in expected):
+        raise RecordError("expected", "must be a non-empty list of strings")
+    ident = str(rec.get("id") or f"fact-{line}")
+    if ident in seen:
+        raise RecordError("id", f"duplicate id {ident!r}")
+    seen.add(ident)
+    syn = {**shared, **(rec.get("synonyms") or {})}
+    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": syn}
+
+
+def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
+    """Generate answers to the fact questions and score them; write results, predictions and manifest.
+
+    Returns:
+        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` (each ``{"n", "k", "rate", "ci95"}``)
+        and the mean per-question ``hit_rate``.
+
+    Raises:
+        DataFileError: unreadable input.
+        EvalError: an endpoint failed for good (finished items are kept) or a different run in output_dir.
+    """
+    started = time.time()
+    items, rejects = load_facts(cfg.data, cfg.synonyms)
+    items = items[:cfg.max_items] if cfg.max_items else items
+    out = Path(cfg.output_dir)
+    backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
+    config = cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"})
+    inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
+              "synonyms": tree_digests(Path(cfg.synonyms)) if cfg.synonyms else None}
+    key = run_key(config, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
+    todo = [it for it in items if it["id"] not in done]
+    settings = cfg.generation.model_copy(update={"seed": cfg.seed if cfg.generation.temperature > 0 else None})
+    sys_msg = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"fact recall {backend.name}", total=len(items), completed=len(items) - len(todo))
+        for i in range(0, len(todo), cfg.batch_size):
+            batch = todo[i:i + cfg.batch_size]
+            replies = generate(backend, [sys_msg + [{"role": "user", "content": it["question"]}] for it in batch], settings)
+            rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply,
+                     **score_answer(reply, it["expected"], it["synonyms"]), "run_key": key} for it, reply in zip(batch, replies)]
+            append_rows(out / "predictions.jsonl", rows)
+            done.update({r["id"]: r for r in rows})
+            bar.advance(task, len(rows))
+    ordered = [done[it["id"]] for it in items]
+    n = len(ordered)
+    results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "n": n, "seed": cfg.seed,
+               "mean_hit_rate": round(sum(r["hit_rate"] for r in ordered) / n, 4),
+               **{c: proportion(sum(r[c] for r in ordered), n) for c in CRITERIA},
+               "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
+    results = finish(out, "fact", config, inputs, results, cfg.seed, started, rejects, ordered,
+                     {"questions": n, "computed": len(todo), "wall_s": elapsed(started)})
+    console.print(f"fact recall {backend.name}: >=1 hit {results['hit_any']['rate']:.2f}, >=1/2 {results['hit_half']['rate']:.2f}, "
+                  f">=2/3 {results['hit_two_thirds']['rate']:.2f} (n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+    return results

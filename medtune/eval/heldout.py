@@ -1,0 +1,76 @@
+"""Held-out answer log-likelihood: how well a model predicts reference answers it never trained on.
+
+Uses the train stage's own held-out examples (``validation_file``, or the same seeded
+``validation_split_percentage`` split as :func:`medtune.train.sft.load_datasets`), tokenised
+exactly as in training (:func:`medtune.train.dataset.build_sft_examples`), and reports the mean
+negative log-likelihood per answer token (nats) and its perplexity. No generation: one
+forward pass per example.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+from medtune.config import TrainConfig
+from medtune.eval.backends import Backend
+from medtune.eval.results import finish
+from medtune.manifest import tree_digests
+from medtune.train.dataset import IGNORE_INDEX, build_sft_examples
+
+
+def heldout_examples(cfg: TrainConfig, tokenizer, seed: int) -> tuple[list[dict], list[Path]] | None:
+    """The examples the train stage held out and their source files, or None when it held none out."""
+    if cfg.validation_file:
+        return build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)[0], [cfg.validation_file]
+    if cfg.validation_split_percentage <= 0:
+        return None
+    files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
+    train = [ex for f in files for ex in build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)[0]]
+    order = list(range(len(train)))  # the same seeded split as medtune.train.sft.load_datasets
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(train) * cfg.validation_split_percentage / 100))
+    return [train[i] for i in order[:n_eval]], files
+
+
+def answer_nll(backend: Backend, example: dict) -> tuple[float, int]:
+    """Summed NLL (nats) of the answer tokens of one ``{"input_ids", "labels"}`` example, and their count."""
+    import torch
+
+    ids = torch.tensor([example["input_ids"]], device=backend.model.device)
+    labels = torch.tensor([example["labels"]], device=backend.model.device)
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(nll), int((target != IGNORE_INDEX).sum())
+
+
+def run_heldout(backend: Backend, train_cfg: TrainConfig, seed: int, out: Path) -> dict | None:
+    """Score the held-out answers with ``backend``; write ``results.json`` (task ``heldout``) to ``out``.
+
+    Returns:
+        ``{"n", "tokens", "nll_per_token", "perplexity", ...}``, or None when nothing was held out.
+    """
+    started = time.time()
+    found = heldout_examples(train_cfg, backend.tokenizer, seed)
+    if found is None:
+        return None
+    examples, sources = found
+    source = ", ".join(str(p) for p in sources)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, ex in enumerate(examples):
+        nll, n = answer_nll(backend, ex)
+        rows.append({"id": i, "answer_tokens": n, "nll": round(nll, 4), "nll_per_token": round(nll / n, 4)})
+    total, tokens = sum(r["nll"] for r in rows), sum(r["answer_tokens"] for r in rows)
+    results = {"model": backend.name, "model_identity": backend.identity, "data": str(source), "n": len(rows),
+               "tokens": tokens, "nll_per_token": round(total / tokens, 4), "perplexity": round(math.exp(total / tokens), 3),
+               "seed": seed, "predictions_file": "predictions.jsonl"}
+    config = {"source": str(source), "split": "validation_file" if train_cfg.validation_file else
+              f"{train_cfg.validation_split_percentage}% seeded split", "max_seq_length": train_cfg.max_seq_length}
+    return finish(out, "heldout", config, {"model": backend.identity, "data": {str(p): tree_digests(Path(p)) for p in sources}}, results,
+                  seed, started, rows=rows)

@@ -1,0 +1,212 @@
+"""``medtune eval mcq``: score a model on a multiple-choice benchmark.
+
+Two scoring modes:
+
+- ``loglik`` (local models, default): one forward pass per question (batched) over the
+  chat-templated prompt; the prediction is the option letter with the highest next-token
+  log-probability (the "letter log-likelihood" protocol of MMLU-style harnesses, e.g.
+  Hendrycks et al., ICLR 2021). For multi-answer questions every option whose probability,
+  renormalised over the option letters, is above uniform (``1 / n_options``) is selected.
+- ``generate`` (endpoints, or local on request): the model replies (optionally reasoning
+  step by step first) and the letters are parsed from the reply; replies with no letters
+  are counted as unparseable (and wrong).
+
+Multi-answer questions count as correct only on an exact set match. Accuracy comes with a
+95% Wilson interval, overall and per subject.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from medtune.eval.backends import Backend, EvalError, generate, letter_logprobs, load_backend
+from medtune.eval.config import McqConfig
+from medtune.eval.mcq_data import MCQItem, load_mcq
+from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
+from medtune.eval.stats import proportion
+from medtune.manifest import tree_digests
+
+console = Console(stderr=True)
+
+PROMPTS = {
+    "en": {"question": "Question", "context": "Context", "single": "Answer with the letter of the correct option only.",
+           "multi": "One or more options may be correct. Answer with the letters of all correct options only, e.g. AC.",
+           "cot": "Think step by step, then write the final answer on the last line as 'Answer: <letter(s)>'."},
+    "zh": {"question": "问题", "context": "背景资料", "single": "请只回答正确选项的字母。",
+           "multi": "本题可能有多个正确选项。请只回答所有正确选项的字母，例如 AC。",
+           "cot": "请逐步分析，最后一行按“答案：<字母>”的格式给出答案。"},
+    "ko": {"question": "문제", "context": "지문", "single": "정답 보기의 알파벳 하나만 답하세요.",
+           "multi": "정답이 여러 개일 수 있습니다. 정답 보기의 알파벳만 모두 답하세요. 예: AC",
+           "cot": "단계적으로 생각한 뒤 마지막 줄에 '정답: <알파벳>' 형식으로 답하세요."},
+}
+
+
+def detect_language(text: str) -> str:
+    """``ko`` when the text has Hangul, ``zh`` when it has CJK ideographs, else ``en``."""
+    if re.search(r"[\uac00-\ud7a3]", text):
+        return "ko"
+    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+
+
+def format_question(item: MCQItem, lang: str, cot: bool = False, instruction: bool = True) -> str:
+    """The user message for one question: context, stem, ``A. option`` lines and the instruction."""
+    p = PROMPTS[lang]
+    parts = [f"{p['context']}: {item.context}"] if item.context else []
+    parts.append(f"{p['question']}: {item.question}\n" + "\n".join(f"{k}. {v}" for k, v in item.options.items()))
+    if instruction:
+        parts.append(p["multi"] if item.multi else p["single"])
+        if cot:
+            parts.append(p["cot"])
+    return "\n\n".join(parts)
+
+
+def build_messages(item: MCQItem, shots: list[MCQItem], lang: str, cot: bool) -> list[dict]:
+    """Chat messages: k solved examples as earlier user/assistant turns, then the question."""
+    messages = []
+    for s in shots:
+        messages += [{"role": "user", "content": format_question(s, lang)}, {"role": "assistant", "content": s.answer}]
+    return messages + [{"role": "user", "content": format_question(item, lang, cot)}]
+
+
+def pick_shots(item: MCQItem, pool: list[MCQItem], k: int, seed: int) -> list[MCQItem]:
+    """``k`` examples from ``pool`` (never the item itself), fixed per (seed, item id)."""
+    if k == 0:
+        return []
+    candidates = [p for p in pool if p.id != item.id]
+    if len(candidates) < k:
+        raise EvalError(f"{k}-shot needs at least {k} other questions, the shot pool has {len(candidates)}")
+    return random.Random(f"{seed}:{item.id}").sample(candidates, k)
+
+
+_ANSWER_RE = re.compile(r"(?i:answer|correct answer|最终答案|正确答案|答案|정답)\s*(?:(?i:is)|是|为|은|는)?\s*[:：]?\s*"
+                        r"[\*\(（\[]*([A-J](?:\s*(?:,|、|，|和|及|and)?\s*[A-J])*)(?![A-Za-z])")
+_LEADING_RE = re.compile(r"^[\*\(（\[]*([A-J](?:\s*[,、，]?\s*[A-J])*)\s*(?:$|[\.\)）\]．:：、\n*])")
+
+
+def parse_answer(reply: str, options: dict[str, str]) -> str | None:
+    """Letters chosen in a free-text reply, or None when none can be found.
+
+    Tries, in order: the last ``Answer: X`` / ``答案：X`` / ``정답: X`` statement; letters at
+    the very start (``"C"``, ``"(B)"``, ``"A, C."``); a reply that is exactly one option's text.
+
+    Returns:
+        Sorted letters (e.g. ``"AC"``) that are all among ``options``, else None.
+    """
+    text = reply.strip()
+    found = [m.group(1) for m in _ANSWER_RE.finditer(text)]
+    letters = found[-1] if found else (m.group(1) if (m := _LEADING_RE.match(text)) else None)
+    if letters is None:
+        exact = [k for k, v in options.items() if v.strip().lower() == text.rstrip(".。").lower()]
+        letters = exact[0] if len(exact) == 1 else None
+    if letters is None:
+        return None
+    letters = "".join(sorted(set(re.sub(r"[^A-J]", "", letters))))
+    return letters if letters and all(c in options for c in letters) else None
+
+
+def choose_letters(logprobs: dict[str, float], multi: bool) -> tuple[str, dict[str, float]]:
+    """Prediction from option-letter log-probabilities; also the renormalised probabilities.
+
+    Single-answer: the arg-max letter. Multi-answer: every letter whose renormalised
+    probability is above uniform (``1 / n_options``), at least the arg-max.
+    """
+    top = max(logprobs.values())
+    z = sum(math.exp(v - top) for v in logprobs.values())
+    probs = {k: math.exp(v - top) / z for k, v in logprobs.items()}
+    best = max(probs, key=lambda k: (probs[k], -ord(k)))
+    if not multi:
+        return best, probs
+    chosen = {k for k, p in probs.items() if p > 1 / len(probs)} | {best}
+    return "".join(sorted(chosen)), probs
+
+
+def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg: McqConfig, mode: str,
+                key: str) -> list[dict]:
+    """Score a batch of questions; one per-item result row each."""
+    langs = [cfg.language if cfg.language != "auto" else detect_language(it.question) for it in batch]
+    prompts = [build_messages(it, pick_shots(it, pool, cfg.shots, cfg.seed), lang, cfg.cot and mode == "generate")
+               for it, lang in zip(batch, langs)]
+    rows = []
+    if mode == "loglik":
+        for it, lp in zip(batch, letter_logprobs(backend, prompts, ["".join(it.options) for it in batch])):
+            pred, probs = choose_letters(lp, it.multi)
+            rows.append({"prediction": pred, "probs": {k: round(v, 4) for k, v in probs.items()}})
+    else:
+        settings = cfg.generation.model_copy(update={"seed": cfg.seed if cfg.generation.temperature > 0 else None})
+        for it, reply in zip(batch, generate(backend, prompts, settings)):
+            rows.append({"prediction": parse_answer(reply, it.options), "reply": reply})
+    return [{"id": it.id, "subject": it.subject, "answer": it.answer, "multi": it.multi, **r,
+             "parsed": r["prediction"] is not None, "correct": r["prediction"] == it.answer,
+             "source": it.source, "run_key": key} for it, r in zip(batch, rows)]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy with 95% Wilson CI, per-subject breakdown and unparseable rate."""
+    n, correct = len(rows), sum(r["correct"] for r in rows)
+    unparsed = sum(not r["parsed"] for r in rows)
+    acc = proportion(correct, n)
+    subjects = sorted({r["subject"] for r in rows})
+    per_subject = {s or "(none)": proportion(sum(r["correct"] for r in rows if r["subject"] == s),
+                                             sum(r["subject"] == s for r in rows)) for s in subjects}
+    return {"n": n, "correct": correct, "accuracy": acc["rate"], "ci95": acc["ci95"], "unparseable": unparsed,
+            "unparseable_rate": round(unparsed / n, 4) if n else 0.0, "per_subject": per_subject}
+
+
+def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
+    """Evaluate one model on one benchmark file; write results, predictions, rejects and manifest.
+
+    Args:
+        cfg: the evaluation config.
+        backend: an already loaded model (reused across files); loaded from ``cfg.model`` if None.
+
+    Returns:
+        The results dict (``accuracy``, ``ci95``, ``per_subject``, ``unparseable_rate`` ...).
+
+    Raises:
+        EvalError: log-likelihood mode with an endpoint, a different run in ``output_dir``, or
+            too few questions for k-shot.
+        medtune.train.dataset.DataFileError: unreadable benchmark file or no usable question.
+    """
+    started = time.time()
+    items, rejects, fmt = load_mcq(cfg.data, cfg.format, cfg.column_map, cfg.ground_truth, cfg.encodings, cfg.cop_base)
+    items = items[:cfg.max_items] if cfg.max_items else items
+    pool = load_mcq(cfg.shots_file, encodings=cfg.encodings)[0] if cfg.shots_file else items
+    out = Path(cfg.output_dir)
+    backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
+    mode = cfg.mode if cfg.mode != "auto" else ("loglik" if backend.is_local else "generate")
+    if mode == "loglik" and not backend.is_local:
+        raise EvalError(f"{backend.name}: log-likelihood scoring needs a local model; use --mode generate for endpoints")
+    config = {**cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"}), "mode": mode, "format": fmt,
+              "prompt_templates": PROMPTS, "template": "tokenizer chat template (medtune.generation.render_prompt)"}
+    inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
+              "shots_file": tree_digests(Path(cfg.shots_file)) if cfg.shots_file else None}
+    key = run_key(config, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
+    todo = [it for it in items if it.id not in done]
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"mcq {backend.name} {Path(cfg.data).name} ({mode})", total=len(items), completed=len(items) - len(todo))
+        for i in range(0, len(todo), cfg.batch_size):
+            rows = score_batch(backend, todo[i:i + cfg.batch_size], pool, cfg, mode, key)
+            append_rows(out / "predictions.jsonl", rows)
+            done.update({r["id"]: r for r in rows})
+            bar.advance(task, len(rows))
+    ordered = [done[it.id] for it in items]
+    results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "format": fmt,
+               "mode": mode, "shots": cfg.shots, "cot": cfg.cot and mode == "generate", "seed": cfg.seed,
+               **summarize(ordered), "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
+    wall = elapsed(started)
+    summary = {"questions": len(items), "computed": len(todo), "reused": len(items) - len(todo),
+               "questions_per_s": round(len(todo) / wall, 2) if wall else None, "rejected": len(rejects)}
+    results = finish(out, "mcq", config, inputs, results, cfg.seed, started, rejects, ordered, summary)
+    console.print(f"mcq {backend.name} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
+                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={len(items)}, "
+                  f"unparseable {results['unparseable']}, rejected {len(rejects)}, {len(todo)} computed in {wall} s -> {out}")
+    return results

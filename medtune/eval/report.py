@@ -1,0 +1,213 @@
+"""``medtune eval report``: one self-contained HTML file (and markdown) from evaluation results.
+
+Collects every ``results.json`` under the given directories and renders tables and
+matplotlib plots (inlined as base64 PNG, so the file opens offline with no external
+assets): accuracy with 95% CI error bars per model and benchmark and per subject, fact-recall
+hit rates, held-out answer perplexity, judge score distributions and pairwise win rates,
+with relative links to each run's per-item results.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+
+from medtune.eval.backends import EvalError
+
+console = Console(stderr=True)
+
+
+def collect(dirs: list[Path]) -> list[dict]:
+    """Every ``results.json`` under ``dirs`` (sorted by path), each with ``_dir`` set.
+
+    Raises:
+        EvalError: none found.
+    """
+    found = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("results.json")):
+            found.append({**json.loads(path.read_text(encoding="utf-8")), "_dir": path.parent})
+    if not found:
+        raise EvalError(f"no results.json under {', '.join(map(str, dirs))}; run `medtune eval mcq/fact/judge` first")
+    return found
+
+
+def _use_cjk_fonts() -> None:
+    """Let labels in Chinese/Korean render: add any installed CJK font as a per-glyph fallback."""
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    cjk = sorted({f.name for f in font_manager.fontManager.ttflist
+                  if any(k in f.name for k in ("CJK", "WenQuanYi", "Nanum", "Noto Sans SC", "Noto Sans KR"))})
+    plt.rcParams["font.family"] = ["DejaVu Sans", *cjk]
+
+
+def _png(fig) -> str:
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # without a CJK font, missing glyphs are drawn as boxes (tables keep the text)
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _bars(groups: list[str], series: dict[str, list[tuple[float, float, float]]], ylabel: str, title: str) -> str:
+    """Grouped bar chart; ``series[name]`` = one ``(value, low, high)`` per group (NaN = missing)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise EvalError("the report plots need matplotlib: pip install 'medtune[eval]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _use_cjk_fonts()
+
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(groups) * max(1, len(series)) / 2 + 2), 3.2))
+    width = 0.8 / max(1, len(series))
+    for i, (name, vals) in enumerate(series.items()):
+        xs = [g + i * width - 0.4 + width / 2 for g in range(len(groups))]
+        ys = [v[0] for v in vals]
+        err = [[max(0.0, v[0] - v[1]) for v in vals], [max(0.0, v[2] - v[0]) for v in vals]]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(range(len(groups)), [g[:28] for g in groups], rotation=20 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> tuple[str, str]:
+    """(html, markdown) of a table whose cells are already escaped/plain strings."""
+    h = "<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in headers) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    md = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n" + "".join(
+        "| " + " | ".join(_strip_tags(c) for c in r) + " |\n" for r in rows)
+    return h, md
+
+
+def _strip_tags(cell: str) -> str:
+    import re
+
+    link = re.match(r'<a href="([^"]+)">(.*)</a>', cell)
+    return f"[{html.unescape(link.group(2))}]({link.group(1)})" if link else html.unescape(re.sub(r"<[^>]+>", "", cell))
+
+
+def _link(r: dict, base: Path) -> str:
+    target = Path(r["_dir"]) / r.get("predictions_file", "predictions.jsonl")
+    rel = os.path.relpath(target, base)
+    return f'<a href="{html.escape(rel)}">{html.escape(rel)}</a>'
+
+
+def _ci(p: dict) -> str:
+    return f"{p['rate']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
+
+
+def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Accuracy table + plots (per benchmark, and per subject for each benchmark)."""
+    rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), r["mode"], str(r["n"]),
+             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", f"{r['unparseable_rate']:.3f}",
+             str(r["rejected"]), _link(r, base)] for r in results]
+    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "unparseable", "rejected", "per-item"], rows)
+    datas = sorted({Path(r["data"]).name for r in results})
+    models = list(dict.fromkeys(r["model"] for r in results))
+    nan = (float("nan"),) * 3
+    by = {(r["model"], Path(r["data"]).name): r for r in results}
+    series = {m: [(by[m, d]["accuracy"], *by[m, d]["ci95"]) if (m, d) in by else nan for d in datas] for m in models}
+    imgs = [_bars(datas, series, "accuracy", "Multiple choice: accuracy (95% Wilson CI)")]
+    for d in datas:
+        subjects = sorted({s for m in models if (m, d) in by for s in by[m, d]["per_subject"]})
+        if len(subjects) > 1:
+            ser = {m: [(lambda p: (p["rate"], *p["ci95"]) if p else nan)(by[m, d]["per_subject"].get(s)) if (m, d) in by else nan
+                       for s in subjects] for m in models}
+            imgs.append(_bars(subjects, ser, "accuracy", f"{d}: accuracy per subject"))
+    return h + "".join(f'<img src="{i}">' for i in imgs), md
+
+
+def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Fact-recall table (three hit criteria with CIs) and plot."""
+    crit = ["hit_any", "hit_half", "hit_two_thirds"]
+    rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), str(r["n"]), *(_ci(r[c]) for c in crit),
+             f"{r['mean_hit_rate']:.3f}", _link(r, base)] for r in results]
+    h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate", "per-item"], rows)
+    series = {f"{r['model']} ({Path(r['data']).name})": [(r[c]["rate"], *r[c]["ci95"]) for c in crit] for r in results}
+    return h + f'<img src="{_bars([">=1", ">=1/2", ">=2/3"], series, "share of questions", "Fact recall")}">', md
+
+
+def heldout_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Held-out answer log-likelihood table."""
+    rows = [[html.escape(r["model"]), html.escape(r["data"]), str(r["n"]), str(r["tokens"]),
+             f"{r['nll_per_token']:.4f}", f"{r['perplexity']:.2f}", _link(r, base)] for r in results]
+    return _table(["model", "data", "examples", "answer tokens", "NLL / token", "perplexity", "per-item"], rows)
+
+
+def judge_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Rubric score distributions and pairwise win/tie/loss with order inconsistency."""
+    parts, mds = [], []
+    for r in results:
+        judge = html.escape(f"{r['judge']['model']} (T={r['judge']['temperature']}, samples={r['judge']['samples']})")
+        if r["mode"] == "rubric":
+            rows = [[html.escape(col), *(f"{s[c]['mean']:.2f}" if s[c]["mean"] is not None else "-"
+                                         for c in ("accuracy", "conciseness", "understandability")), str(s["invalid"]), _link(r, base)]
+                    for col, s in r["rubric"].items()]
+            h, md = _table(["answers", "accuracy", "conciseness", "understandability", "invalid", "per-item"], rows)
+            series = {col: [(s[c]["distribution"][str(v)] / max(1, s["n"] - s["invalid"]),) * 3 for c in ("accuracy",) for v in range(1, 5)]
+                      for col, s in r["rubric"].items()}
+            img = _bars(["1", "2", "3", "4"], series, "share of answers", "Judge accuracy scores")
+            parts.append(f'<h3>Rubric, judge {judge}</h3>{h}<img src="{img}">')
+        else:
+            p = r["pairwise"]
+            rows = [[html.escape(f"{p['a']} vs {p['b']}"), _ci(p["win"]), _ci(p["tie"]), _ci(p["loss"]),
+                     _ci(p["order_inconsistency"]), str(p["invalid"]), _link(r, base)]]
+            h, md = _table(["A vs B", "A wins", "tie", "A loses", "order inconsistency", "invalid", "per-item"], rows)
+            series = {k: [(p[k]["rate"], *p[k]["ci95"])] for k in ("win", "tie", "loss")}
+            img = _bars([f"{p['a']} vs {p['b']}"], series, "share", "Pairwise (both orders)")
+            parts.append(f'<h3>Pairwise, judge {judge}</h3>{h}<img src="{img}">')
+        mds.append(f"Judge {_strip_tags(judge)}:\n\n{md}")
+    return "".join(parts), "\n".join(mds)
+
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
+       "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}th{background:#f3f3f3}img{display:block;margin:1em 0}")
+
+
+def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluation report") -> dict:
+    """Render every result under ``dirs`` into ``output`` (HTML) and ``output.with_suffix('.md')``.
+
+    Returns:
+        ``{"html", "markdown", "results"}`` (paths and the number of result files).
+
+    Raises:
+        EvalError: no results found.
+    """
+    results = collect([Path(d) for d in dirs])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    base = output.parent
+    by_task = defaultdict(list)
+    for r in results:
+        by_task[r["task"]].append(r)
+    sections = [("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
+                ("Held-out answers", "heldout", heldout_section), ("LLM-as-judge", "judge", judge_section)]
+    body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}\n"]
+    for heading, task, fn in sections:
+        if by_task.get(task):
+            h, m = fn(by_task[task], base)
+            body.append(f"<h2>{heading}</h2>{h}")
+            md.append(f"## {heading}\n\n{m}")
+    output.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                      f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
+    md_path = output.with_suffix(".md")
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    console.print(f"report: {len(results)} result files -> {output} and {md_path}")
+    return {"html": str(output), "markdown": str(md_path), "results": len(results)}

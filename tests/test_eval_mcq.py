@@ -1,0 +1,217 @@
+"""Multiple-choice evaluation: every benchmark format, both scoring modes, bad input, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.eval.backends import EvalError, letter_logprobs, load_backend
+from medtune.eval.config import McqConfig
+from medtune.eval.mcq import build_messages, choose_letters, parse_answer, pick_shots, run_mcq
+from medtune.eval.mcq_data import load_mcq
+from medtune.eval.stats import wilson_interval
+from medtune.train.dataset import DataFileError
+from tests.fake_openai import FakeOpenAI
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+GENERIC_MAP = {"id": "qid", "question": "stem", "A": "choice1", "B": "choice2", "C": "choice3", "answer": "key", "subject": "area"}
+# file, loader kwargs, expected answers in file order, expected multi flags
+FORMATS = [
+    ("cmexam.csv", {}, ["C", "B", "ABD", "C"], [False, False, True, False]),
+    ("cmb.json", {}, ["B", "C", "AC"], [False, False, True]),
+    ("kormedmcqa.csv", {}, ["C", "A", "C", "B"], [False] * 4),
+    ("medqa.jsonl", {}, ["C", "B", "B"], [False] * 3),
+    ("medmcqa.json", {}, ["C", "A", "D"], [False] * 3),
+    ("medmcqa_options.jsonl", {"fmt": "medmcqa"}, ["C", "B"], [False] * 2),
+    ("pubmedqa.json", {}, ["A", "B", "C"], [False] * 3),
+    ("pubmedqa_test.json", {"ground_truth": FIX / "pubmedqa_ground_truth.json"}, ["A", "B", "C"], [False] * 3),
+    ("generic.csv", {"fmt": "generic", "column_map": GENERIC_MAP}, ["A", "A", "A"], [False] * 3),
+]
+
+
+def _cfg_kwargs(kw: dict) -> dict:
+    return {"format": kw.get("fmt", "auto"), "column_map": kw.get("column_map", {}), "ground_truth": kw.get("ground_truth")}
+
+
+@pytest.fixture(scope="module")
+def backend(qwen_dir):
+    return load_backend(f"tiny={qwen_dir}")
+
+
+@pytest.mark.parametrize("name,kw,answers,multi", FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_format_loads_with_answers_and_subjects(name, kw, answers, multi):
+    items, rejects, fmt = load_mcq(FIX / name, **kw)
+    assert rejects == []
+    assert [i.answer for i in items] == answers and [i.multi for i in items] == multi
+    assert all(len(i.options) >= 2 and i.question for i in items)
+    assert len({i.id for i in items}) == len(items)
+    if name.startswith("pubmedqa"):
+        assert items[0].options == {"A": "yes", "B": "no", "C": "maybe"} and "812 adults" in items[0].context
+    if name == "kormedmcqa.csv":
+        assert items[1].subject == "nurse" and items[1].id == "nurse-2021-1-17"
+
+
+def test_bad_records_are_rejected_with_reasons_and_saved(tmp_path, backend):
+    items, rejects, _ = load_mcq(FIX / "bad_medqa.jsonl")
+    assert [i.id for i in items] == ["b1", "b6"]
+    reasons = {r.line: (r.field, r.reason) for r in rejects}
+    assert reasons[2][0] == "answer_idx" and "'F'" in reasons[2][1]
+    assert reasons[3][0] == "options" and "at least 2" in reasons[3][1]
+    assert reasons[4][0] == "id" and "duplicate" in reasons[4][1]
+    assert "malformed JSON" in reasons[5][1]
+    res = run_mcq(McqConfig(data=FIX / "bad_medqa.jsonl", model="x", output_dir=tmp_path), backend=backend)
+    assert res["rejected"] == 4 and res["n"] == 2
+    assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 4
+
+
+def test_mixed_encodings_error_names_the_line_unless_allowed():
+    with pytest.raises(DataFileError, match=r"mixed_encoding.jsonl:2: .*--encoding"):
+        load_mcq(FIX / "mixed_encoding.jsonl")
+    items, _, _ = load_mcq(FIX / "mixed_encoding.jsonl", encodings=["utf-8", "gb18030"])
+    assert items[1].options["A"] == "二甲双胍"
+
+
+def test_unknown_format_without_mapping_is_a_clear_error(tmp_path):
+    f = tmp_path / "x.csv"
+    f.write_text("stem,key\nWhat?,A\n", encoding="utf-8")
+    with pytest.raises(DataFileError, match="--format or a --map"):
+        load_mcq(f)
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("C", "C"), ("(B) because ...", "B"), ("A, C.", "AC"), ("The answer is D.", "D"),
+    ("Let me think. A seems wrong.\nAnswer: B", "B"), ("答案：AC", "AC"), ("정답: E", "E"),
+    ("A patient like this needs care.", None), ("I am not sure.", None), ("Answer: F", None), ("Yes", "A"),
+])
+def test_parse_answer(reply, expected):
+    options = {"A": "yes", "B": "no", "C": "maybe", "D": "d", "E": "e"}
+    assert parse_answer(reply, options) == expected
+
+
+def test_multi_answer_rule_and_wilson():
+    assert choose_letters({"A": -1.0, "B": -5.0, "C": -1.1, "D": -6.0}, multi=True)[0] == "AC"
+    assert choose_letters({"A": -1.0, "B": -5.0, "C": -1.1, "D": -6.0}, multi=False)[0] == "A"
+    assert wilson_interval(0, 10) == (0.0, 0.2775)
+    assert wilson_interval(5, 10) == (0.2366, 0.7634)
+
+
+def test_loglik_is_one_forward_pass_per_batch_and_matches_unbatched(backend):
+    items, _, _ = load_mcq(FIX / "cmexam.csv")
+    prompts = [build_messages(i, [], "zh", False) for i in items]
+    calls = []
+    handle = backend.model.register_forward_hook(lambda m, a, kw, out: calls.append(1), with_kwargs=True)
+    try:
+        batched = letter_logprobs(backend, prompts, ["".join(i.options) for i in items])
+        assert len(calls) == 1
+        single = [letter_logprobs(backend, [p], ["".join(i.options)])[0] for p, i in zip(prompts, items)]
+    finally:
+        handle.remove()
+    for b, s in zip(batched, single):
+        assert b.keys() == s.keys() == set("ABCDE")
+        assert max(abs(b[k] - s[k]) for k in b) < 1e-4
+
+
+def test_k_shot_uses_other_items_as_earlier_turns():
+    items, _, _ = load_mcq(FIX / "medqa.jsonl")
+    shots = pick_shots(items[0], items, 2, seed=1)
+    assert items[0] not in shots and shots == pick_shots(items[0], items, 2, seed=1)
+    msgs = build_messages(items[0], shots, "en", False)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+    assert msgs[1]["content"] == shots[0].answer
+    with pytest.raises(EvalError, match="3-shot"):
+        pick_shots(items[0], items, 3, seed=1)
+
+
+@pytest.mark.parametrize("name,kw,answers,multi", FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_format_scores_in_loglik_mode(tmp_path, backend, name, kw, answers, multi):
+    res = run_mcq(McqConfig(data=FIX / name, model="tiny", output_dir=tmp_path, batch_size=3, **_cfg_kwargs(kw)),
+                  backend=backend)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert res["mode"] == "loglik" and res["n"] == len(answers) and res["unparseable"] == 0
+    assert [r["answer"] for r in rows] == answers
+    assert res["correct"] == sum(r["prediction"] == r["answer"] for r in rows)
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in rows)
+    assert res["ci95"][0] <= res["accuracy"] <= res["ci95"][1]
+    assert json.loads((tmp_path / "manifest.json").read_text())["inputs"]["data"]
+
+
+def _oracle(answers_by_question: dict[str, str], style: str):
+    """A judge-free endpoint that answers from a key, in a given style, for question stems it knows."""
+    def reply(req):
+        text = req["messages"][-1]["content"]
+        for stem, letters in answers_by_question.items():
+            if stem in text:
+                return {"plain": letters, "cot": f"Reasoning about the options...\nAnswer: {letters}"}[style]
+        return "I cannot tell."
+    return reply
+
+
+@pytest.mark.parametrize("name,kw,answers,multi", FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_format_scores_in_generate_mode_through_an_endpoint(tmp_path, name, kw, answers, multi):
+    items, _, _ = load_mcq(FIX / name, **kw)
+    key = {it.question: it.answer for it in items[1:]}  # the server does not know the first question
+    with FakeOpenAI(reply=_oracle(key, "cot")) as srv:
+        res = run_mcq(McqConfig(data=FIX / name, model=f"api={srv.base_url}#judge-free", output_dir=tmp_path,
+                                cot=True, **_cfg_kwargs(kw)))
+    assert res["mode"] == "generate" and res["cot"] is True
+    assert res["correct"] == len(items) - 1 and res["unparseable"] == 1
+    assert res["unparseable_rate"] == round(1 / len(items), 4)
+    assert res["model_identity"] == {"endpoint": srv.base_url, "model": "judge-free"}
+
+
+def test_same_model_same_seed_gives_identical_results(tmp_path, qwen_dir):
+    outs = []
+    for run in ("a", "b"):
+        backend = load_backend(f"tiny={qwen_dir}")  # loaded afresh each time
+        for mode in ("loglik", "generate"):
+            out = tmp_path / run / mode
+            run_mcq(McqConfig(data=FIX / "cmexam.csv", model="tiny", mode=mode, shots=1, output_dir=out,
+                              generation={"temperature": 0.8, "max_new_tokens": 6}), backend=backend)
+            outs.append(((out / "results.json").read_bytes(), (out / "predictions.jsonl").read_bytes()))
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+
+
+def test_killed_run_resumes_only_missing_items(tmp_path, backend):
+    cfg = McqConfig(data=FIX / "kormedmcqa.csv", model="tiny", output_dir=tmp_path, batch_size=1)
+    first = run_mcq(cfg, backend=backend)
+    pred = tmp_path / "predictions.jsonl"
+    lines = pred.read_text().splitlines()
+    pred.write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])  # killed while writing item 3
+    calls = []
+    handle = backend.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        again = run_mcq(cfg, backend=backend)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 and again["correct"] == first["correct"]
+    with pytest.raises(EvalError, match="different run"):
+        run_mcq(cfg.model_copy(update={"shots": 1}), backend=backend)
+
+
+def test_endpoint_failing_mid_run_keeps_finished_items_and_resumes(tmp_path):
+    items, _, _ = load_mcq(FIX / "medqa.jsonl")
+    key = {it.question: it.answer for it in items}
+    cfg = McqConfig(data=FIX / "medqa.jsonl", model="http://x", output_dir=tmp_path, batch_size=1)
+    with FakeOpenAI(reply=_oracle(key, "plain"), faults=["ok", "400"]) as srv:
+        cfg = cfg.model_copy(update={"model": f"{srv.base_url}#m"})
+        with pytest.raises(EvalError, match="re-run"):
+            run_mcq(cfg)
+        assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 1
+        res = run_mcq(cfg)
+        assert res["correct"] == 3 and srv.calls == 4  # item 1 was not asked again
+
+
+def test_cli_mcq_writes_results_and_reports_bad_input(tmp_path, qwen_dir):
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "mcq", str(FIX / "generic.csv"), "--model", str(qwen_dir), "--format", "generic",
+                            "--map", "question=stem", "--map", "A=choice1", "--map", "B=choice2", "--map", "C=choice3",
+                            "--map", "answer=key", "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["n"] == 3
+    r = runner.invoke(app, ["eval", "mcq", str(FIX / "mixed_encoding.jsonl"), "--model", str(qwen_dir),
+                            "--output-dir", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "--encoding" in r.output

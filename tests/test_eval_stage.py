@@ -1,0 +1,38 @@
+"""The recipe's eval stage: base vs fine-tuned on MCQ, fact recall and held-out data, ending in a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medtune.config import load_recipe
+from medtune.run import run_recipe
+from tests.conftest import SAMPLES, build_model
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "eval"
+
+
+def test_eval_stage_compares_base_and_finetuned_and_writes_report(tmp_path, qwen_dir, tokenizer):
+    out = tmp_path / "run"
+    ft = build_model("qwen2", len(tokenizer), seed=1)  # stands in for the merged model: other weights
+    ft.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ft.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in SAMPLES * 4), encoding="utf-8")
+    recipe = load_recipe(None, [f"model={qwen_dir}", f"output_dir={out}", f"train.train_file={train}",
+                                "train.validation_split_percentage=20", f"eval.mcq_files=[{EXAMPLES / 'mcq_mixed.jsonl'}]",
+                                f"eval.fact_file={EXAMPLES / 'kb_facts.jsonl'}", "eval.max_fact_items=2",
+                                "eval.fact_generation.max_new_tokens=4"])
+    res = run_recipe(recipe, only=["eval"])
+    summary = res["eval"]["summary"]
+    for name in ("base", "finetuned"):
+        assert summary[name]["mcq"]["mcq_mixed.jsonl"]["n"] == 30
+        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert summary[name]["heldout"]["n"] == 4  # 20% of 20 examples
+    assert summary["base"]["heldout"]["nll_per_token"] != summary["finetuned"]["heldout"]["nll_per_token"]
+    page = (out / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "finetuned" in page and "Held-out answers" in page and "Fact recall" in page
+    manifest = json.loads((out / "eval" / "manifest.json").read_text())
+    assert manifest["stage"] == "eval" and manifest["inputs"]["finetuned"]
+    assert run_recipe(recipe, only=["eval"])["eval"]["status"] == "skipped"
