@@ -8,6 +8,9 @@
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`    |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`              |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`         |
+| ``serve [RECIPE]``       | :func:`medtune.serve.serve`            |
+| ``web [RECIPE]``         | :func:`medtune.web.launch_web`         |
+| ``eval safety``          | :func:`medtune.safety.evaluate_safety` |
 
 Every stage command takes an optional YAML recipe and ``--set KEY=VALUE`` overrides
 (``--set train.learning_rate=2e-4``); field descriptions are listed in each ``--help``.
@@ -32,6 +35,8 @@ app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLo
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 models_app = typer.Typer(help="Offline model packs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(help="Evaluations.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 RECIPE_ARG = typer.Argument(None, help="YAML recipe (optional; defaults are used without one).")
 SET_OPT = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable).")
@@ -188,6 +193,25 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[
     if merged.is_dir():
         Console().print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
                         f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+@eval_app.command("safety")
+def eval_safety(file: Optional[Path] = typer.Option(None, help="Labelled JSONL set (default: the shipped one)."),
+                errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
+    """Precision and recall of the clinical red-flag detector per language (zh, ko, en)."""
+    from medtune.safety import EVAL_SET, evaluate_safety
+
+    report = evaluate_safety(file or EVAL_SET)
+    table = Table(title=f"red-flag detection on {file or EVAL_SET}")
+    for col in ("lang", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
+        table.add_column(col)
+    for lang, r in report.items():
+        table.add_row(lang, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
+                      f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
+    Console().print(table)
+    for lang, r in report.items():
+        for item_id, expected, got in r["errors"] if errors else []:
+            Console().print(f"{item_id}: expected {expected or 'none'}, got {got or 'none'}")
 
 
 def main() -> None:
