@@ -29,7 +29,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ChatConfig, ConfigError, MergeConfig, Recipe, TrainConfig, field_help, load_recipe
+from medtune.config import (ChatConfig, ConfigError, MergeConfig, Recipe, ServeConfig, TrainConfig, WebConfig,
+                            field_help, load_recipe)
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -193,6 +194,71 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[
     if merged.is_dir():
         Console().print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
                         f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+def _optional(module: str, name: str):
+    """Import ``module.name`` whose extra may be missing; exit 2 with the install hint instead of a traceback."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _default_model(r: Recipe, recipe: Optional[Path]) -> str:
+    merged = r.output_dir / "merged"
+    return str(merged) if recipe and merged.is_dir() else r.model
+
+
+def _adapter_overrides(items: Optional[List[str]]) -> list[str]:
+    out = []
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--adapter {item!r}: expected NAME=PATH, e.g. --adapter cardio=runs/cardio/adapter")
+        out.append(f"serve.adapters.{name.strip()}={path.strip()}")
+    return out
+
+
+@app.command(epilog=_fields((ServeConfig, "serve")))
+@friendly_errors
+def serve(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+          model: Optional[str] = typer.Option(None, help="Model dir, pack or hub id (the base when adapters are given)."),
+          adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH LoRA adapter, chosen by the request's `model` (repeatable)."),
+          host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+          api_key: Optional[str] = typer.Option(None, help="Require this bearer token (default: env MEDTUNE_API_KEY)."),
+          backend: Optional[str] = typer.Option(None, help="transformers (default) or vllm."),
+          max_batch_size: Optional[int] = typer.Option(None, help="Most requests decoded together."),
+          ) -> None:
+    """OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics."""
+    run_server = _optional("medtune.serve", "serve")
+
+    r = _recipe(recipe, list(sets or []) + _adapter_overrides(adapter),
+                {"serve.model": model, "serve.host": host, "serve.port": port, "serve.api_key": api_key,
+                 "serve.backend": backend, "serve.max_batch_size": max_batch_size})
+    cfg = r.serve or ServeConfig()
+    run_server(cfg if cfg.model else cfg.model_copy(update={"model": _default_model(r, recipe)}))
+
+
+@app.command(epilog=_fields((WebConfig, "web")))
+@friendly_errors
+def web(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+        model: Optional[str] = typer.Option(None, help="Local model dir, pack or hub id."),
+        adapter: Optional[Path] = typer.Option(None, help="LoRA adapter for the local model."),
+        endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL instead of a local model."),
+        host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+        ) -> None:
+    """Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners."""
+    launch_web = _optional("medtune.web", "launch_web")
+
+    r = _recipe(recipe, sets, {"web.model": model, "web.adapter": adapter, "web.endpoint": endpoint,
+                               "web.host": host, "web.port": port})
+    cfg = r.web or WebConfig()
+    if cfg.model is None and cfg.endpoint is None:
+        cfg = cfg.model_copy(update={"model": _default_model(r, recipe)})
+    launch_web(cfg)
 
 
 @eval_app.command("safety")
