@@ -142,7 +142,7 @@ class ServeConfig(_Stage):
     api_key: str | None = Field(None, description="Bearer token required on /v1 requests (default: env MEDTUNE_API_KEY; none: open).")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU.")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
-    batch_wait_ms: float = Field(5.0, ge=0.0, description="How long the batcher waits for more requests before starting a batch (ms).")
+    batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Defaults for fields a request leaves out.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
