@@ -215,3 +215,21 @@ def test_cli_serve_subprocess(qwen_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.slow
+def test_real_pack_answers_the_openai_client():
+    """Acceptance: `medtune serve --model qwen2.5-coder-0.5b-instruct` answers, streaming and not."""
+    from medtune.models import PACKS, pack_status
+
+    if not pack_status(PACKS["qwen2.5-coder-0.5b-instruct"])["cached"]:
+        pytest.skip("pack not prepared: medtune models prepare qwen2.5-coder-0.5b-instruct")
+    cfg = ServeConfig(model="qwen2.5-coder-0.5b-instruct", generation=GenerationSettings(max_new_tokens=12))
+    with running_server(cfg) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        msgs = [{"role": "user", "content": "What is hypertension? One sentence."}]
+        text = client.chat.completions.create(model=cfg.model, messages=msgs, max_tokens=12).choices[0].message.content
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=cfg.model, messages=msgs, max_tokens=12, stream=True) if c.choices)
+        assert streamed == text and len(text.split()) > 3
+        assert httpx.get(server.url + "/health").status_code == 200
