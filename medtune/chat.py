@@ -10,6 +10,7 @@ from rich.console import Console
 from medtune.config import ChatConfig
 from medtune.generation import stream_chat
 from medtune.models import ModelError, adapter_base, load_model, load_tokenizer
+from medtune.safety import guarded_stream
 
 console = Console()
 HELP = "Commands: /reset clears the conversation, /exit quits."
@@ -37,7 +38,8 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
     """Chat with a model; one-shot when ``prompt`` is given, else an interactive loop on ``stdin``.
 
     Args:
-        cfg: chat config (model / adapter / system prompt / generation settings).
+        cfg: chat config (model / adapter / system prompt / generation settings / safety policy;
+            answers go through :func:`medtune.safety.guarded_stream`).
         prompt: a single user message; the reply is printed and the function returns.
         stdin: input stream for the interactive loop (default ``sys.stdin``).
         out: console to print to (default stdout).
@@ -52,7 +54,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
     def answer(text: str) -> None:
         messages.append({"role": "user", "content": text})
         pieces = []
-        for piece in stream_chat(model, tokenizer, messages, cfg.generation):
+        for piece in guarded_stream(messages, cfg.safety, lambda m: stream_chat(model, tokenizer, m, cfg.generation)):
             pieces.append(piece)
             out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
         out.print()

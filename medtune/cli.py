@@ -9,6 +9,9 @@
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`    |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`              |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`         |
+| ``serve [RECIPE]``       | :func:`medtune.serve.serve`            |
+| ``web [RECIPE]``         | :func:`medtune.web.launch_web`         |
+| ``eval safety``          | :func:`medtune.safety.evaluate_safety` |
 
 Every stage command takes an optional YAML recipe and ``--set KEY=VALUE`` overrides
 (``--set train.learning_rate=2e-4``); field descriptions are listed in each ``--help``.
@@ -27,7 +30,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ChatConfig, ConfigError, MergeConfig, Recipe, TrainConfig, field_help, load_recipe
+from medtune.config import (ChatConfig, ConfigError, MergeConfig, Recipe, ServeConfig, TrainConfig, WebConfig,
+                            field_help, load_recipe)
 from medtune.data.cli import data_app
 from medtune.eval.cli import eval_app
 
@@ -193,6 +197,90 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[
     if merged.is_dir():
         print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
                         f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+def _optional(module: str, name: str):
+    """Import ``module.name`` whose extra may be missing; exit 2 with the install hint instead of a traceback."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _default_model(r: Recipe, recipe: Optional[Path]) -> str:
+    merged = r.output_dir / "merged"
+    return str(merged) if recipe and merged.is_dir() else r.model
+
+
+def _adapter_overrides(items: Optional[List[str]]) -> list[str]:
+    out = []
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--adapter {item!r}: expected NAME=PATH, e.g. --adapter cardio=runs/cardio/adapter")
+        out.append(f"serve.adapters.{name.strip()}={path.strip()}")
+    return out
+
+
+@app.command(epilog=_fields((ServeConfig, "serve")))
+@friendly_errors
+def serve(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+          model: Optional[str] = typer.Option(None, help="Model dir, pack or hub id (the base when adapters are given)."),
+          adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH LoRA adapter, chosen by the request's `model` (repeatable)."),
+          host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+          api_key: Optional[str] = typer.Option(None, help="Require this bearer token (default: env MEDTUNE_API_KEY)."),
+          backend: Optional[str] = typer.Option(None, help="transformers (default) or vllm."),
+          max_batch_size: Optional[int] = typer.Option(None, help="Most requests decoded together."),
+          ) -> None:
+    """OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics."""
+    run_server = _optional("medtune.serve", "serve")
+
+    r = _recipe(recipe, list(sets or []) + _adapter_overrides(adapter),
+                {"serve.model": model, "serve.host": host, "serve.port": port, "serve.api_key": api_key,
+                 "serve.backend": backend, "serve.max_batch_size": max_batch_size})
+    cfg = r.serve or ServeConfig()
+    run_server(cfg if cfg.model else cfg.model_copy(update={"model": _default_model(r, recipe)}))
+
+
+@app.command(epilog=_fields((WebConfig, "web")))
+@friendly_errors
+def web(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
+        model: Optional[str] = typer.Option(None, help="Local model dir, pack or hub id."),
+        adapter: Optional[Path] = typer.Option(None, help="LoRA adapter for the local model."),
+        endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL instead of a local model."),
+        host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+        ) -> None:
+    """Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners."""
+    launch_web = _optional("medtune.web", "launch_web")
+
+    r = _recipe(recipe, sets, {"web.model": model, "web.adapter": adapter, "web.endpoint": endpoint,
+                               "web.host": host, "web.port": port})
+    cfg = r.web or WebConfig()
+    if cfg.model is None and cfg.endpoint is None:
+        cfg = cfg.model_copy(update={"model": _default_model(r, recipe)})
+    launch_web(cfg)
+
+
+@eval_app.command("safety")
+def eval_safety(file: Optional[Path] = typer.Option(None, help="Labelled JSONL set (default: the shipped one)."),
+                errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
+    """Precision and recall of the clinical red-flag detector per language (zh, ko, en)."""
+    from medtune.safety import EVAL_SET, evaluate_safety
+
+    report = evaluate_safety(file or EVAL_SET)
+    table = Table(title=f"red-flag detection on {file or EVAL_SET}")
+    for col in ("lang", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
+        table.add_column(col)
+    for lang, r in report.items():
+        table.add_row(lang, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
+                      f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
+    Console().print(table)
+    for lang, r in report.items():
+        for item_id, expected, got in r["errors"] if errors else []:
+            Console().print(f"{item_id}: expected {expected or 'none'}, got {got or 'none'}")
 
 
 def quiet_libraries() -> None:

@@ -43,6 +43,24 @@ class GenerationSettings(_Stage):
     seed: int | None = Field(None, description="Random seed for sampling (None: not reseeded).")
 
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful medical information assistant. Answer in the language of the user's last message. "
+    "Give general health information, not a diagnosis, and say when someone should see a clinician. "
+    "If the user's description is too vague to advise on (for example no age, duration, severity or main "
+    "symptom), first ask one short clarifying question instead of guessing."
+)
+
+
+class SafetyConfig(_Stage):
+    """Clinical safety layer applied by chat, serve and web (see :mod:`medtune.safety`)."""
+
+    enabled: bool = Field(True, description="Detect red flags and put an urgent-care message before the answer.")
+    emergency_numbers: dict[str, str] = Field(default_factory=lambda: {"zh": "120", "ko": "119", "en": "911"},
+                                              description="Local emergency number per language (zh, ko, en).")
+    disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
+    system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
+
+
 class TrainConfig(_Stage):
     """Supervised fine-tuning (LoRA, QLoRA or full) with trl's SFTTrainer."""
 
@@ -117,6 +135,40 @@ class ChatConfig(_Stage):
     system: str | None = Field(None, description="System prompt.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+
+class ServeConfig(_Stage):
+    """OpenAI-compatible HTTP server (``medtune serve``)."""
+
+    model: str | None = Field(None, description="Model: merged dir, pack, hub id, or the base for adapters.")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapters by name; a request picks one with its `model` field.")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    api_key: str | None = Field(None, description="Bearer token required on /v1 requests (default: env MEDTUNE_API_KEY; none: open).")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU.")
+    max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
+    batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
+    max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Defaults for fields a request leaves out.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+
+
+class WebConfig(_Stage):
+    """Gradio web chat (``medtune web``) on a local model or an OpenAI-compatible endpoint."""
+
+    model: str | None = Field(None, description="Local model (dir, pack, hub id); or use endpoint.")
+    adapter: Path | None = Field(None, description="Optional LoRA adapter for the local model.")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    endpoint_model: str | None = Field(None, description="`model` to request from the endpoint (default: its first listed model).")
+    api_key: str | None = Field(None, description="Bearer token for the endpoint (default: env MEDTUNE_API_KEY).")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(7860, ge=0, le=65535, description="TCP port.")
+    system: str | None = Field(None, description="Initial system prompt (default: the safety layer's).")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
 
 
 class Recipe(_Stage):
@@ -130,6 +182,8 @@ class Recipe(_Stage):
     merge: MergeConfig | None = None
     samples: SamplesConfig | None = None
     chat: ChatConfig | None = None
+    serve: ServeConfig | None = None
+    web: WebConfig | None = None
     eval: EvalConfig | None = None
 
 

@@ -1,0 +1,270 @@
+"""Dynamic batching for the server: concurrent requests are queued and decoded together.
+
+One worker thread takes waiting jobs with the same decoding settings and adapter (up to
+``max_batch_size``, waiting ``batch_wait_ms`` for more to arrive), left-pads their prompts and
+runs ONE ``model.generate`` call for all of them. Prompts are rendered with
+:func:`medtune.generation.render_prompt` and decoded with
+:func:`medtune.generation.generate_kwargs`, the same path as ``medtune chat``; a batch of one is
+exactly the computation ``stream_chat`` does. A per-row stopping criterion streams each row's
+new text to its job as it is produced and ends rows that hit an end-of-turn id, a stop string,
+their own ``max_tokens`` or a cancelled client, so a disconnected client frees its row at once.
+
+Backends: ``transformers`` (default) and ``vllm`` (optional extra, GPU only; not tested here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medtune.config import GenerationSettings, ServeConfig
+from medtune.generation import generate_kwargs, render_prompt, stop_ids
+from medtune.models import ModelError, attach_adapter, load_model, load_tokenizer
+
+VLLM_HINT = "the vllm backend needs `pip install 'medtune[vllm]'` on a CUDA machine"
+
+
+@dataclass
+class Job:
+    """One chat completion request inside the engine.
+
+    Attributes:
+        messages: the (safety-guarded) conversation to answer.
+        settings: decoding settings; ``max_new_tokens`` is this job's ``max_tokens``.
+        adapter: adapter name, or None for the base model.
+        stop: stop strings; the text ends before the first one.
+        on_text: called from the worker thread with each new piece of text.
+        on_done: called once from the worker thread with ``(finish_reason, error or None)``.
+    """
+
+    messages: list[dict]
+    settings: GenerationSettings
+    adapter: str | None = None
+    stop: list[str] = field(default_factory=list)
+    on_text: Callable[[str], None] = lambda text: None
+    on_done: Callable[[str, BaseException | None], None] = lambda reason, error: None
+    prompt_ids: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    sent: int = 0
+    done: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    guard: Any = None  # the safety layer's Guard (urgent prefix, disclaimer suffix), set by the server
+
+    def key(self) -> tuple:
+        """Jobs with equal keys can share one ``generate`` call (seeded sampling runs alone)."""
+        s = self.settings
+        if s.temperature == 0:
+            return (self.adapter, "greedy", s.repetition_penalty)
+        return (self.adapter, s.temperature, s.top_p, s.repetition_penalty, s.seed if s.seed is not None else "any",
+                id(self) if s.seed is not None else 0)
+
+
+class Engine:
+    """Queue + batching worker over one loaded model (optionally with named LoRA adapters)."""
+
+    def __init__(self, model, tokenizer, adapters: dict[str, str] | None = None, max_batch_size: int = 8,
+                 batch_wait_ms: float = 5.0, backend: str = "transformers", context_length: int | None = None):
+        self.model, self.tokenizer, self.adapters = model, tokenizer, adapters or {}
+        self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
+        self.backend = backend
+        self.context_length = context_length or int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+        self.pending: deque[Job] = deque()
+        self.cond = threading.Condition()
+        self.batches = self.batched_jobs = 0
+        self._stop = False
+        self._eos = set(stop_ids(model, tokenizer)) if backend == "transformers" else set()
+        self.worker = threading.Thread(target=self._loop, name="medtune-engine", daemon=True)
+        self.worker.start()
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of the rendered prompt (what ``usage.prompt_tokens`` counts)."""
+        return render_prompt(self.tokenizer, messages)[0].tolist()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; its callbacks are invoked from the worker thread."""
+        if not job.prompt_ids:
+            job.prompt_ids = self.prompt_ids(job.messages)
+        with self.cond:
+            self.pending.append(job)
+            self.cond.notify()
+
+    def queue_depth(self) -> int:
+        return len(self.pending)
+
+    def close(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+
+    def _take_batch(self) -> list[Job]:
+        with self.cond:
+            while not self.pending and not self._stop:
+                self.cond.wait()
+            if self._stop:
+                return []
+            if self.batch_wait and len(self.pending) < self.max_batch_size:
+                self.cond.wait(timeout=self.batch_wait)
+            key = self.pending[0].key()
+            batch = [j for j in self.pending if j.key() == key][: self.max_batch_size]
+            for j in batch:
+                self.pending.remove(j)
+        return batch
+
+    def _loop(self) -> None:
+        while not self._stop:
+            batch = [j for j in self._take_batch() if not self._finish_if_cancelled(j)]
+            if not batch:
+                continue
+            self.batches += 1
+            self.batched_jobs += len(batch)
+            try:
+                (self._run_vllm if self.backend == "vllm" else self._run)(batch)
+            except Exception as e:  # reported to each client as an error; the worker keeps going
+                for job in batch:
+                    if not job.done:
+                        job.done = True
+                        job.on_done("error", e)
+
+    def _finish_if_cancelled(self, job: Job) -> bool:
+        if job.cancelled.is_set():
+            job.done = True
+            job.on_done("cancelled", None)
+        return job.cancelled.is_set()
+
+    @contextlib.contextmanager
+    def _use_adapter(self, name: str | None):
+        if not self.adapters:
+            yield self.model
+        elif name is None:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            self.model.set_adapter(self.adapters[name])
+            yield self.model
+
+    def _run(self, batch: list[Job]) -> None:
+        """Decode ``batch`` in one left-padded ``generate`` call; rows stream through :meth:`_step`."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        width = max(len(j.prompt_ids) for j in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch])
+        mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch])
+        settings = batch[0].settings.model_copy(update={"max_new_tokens": max(j.settings.max_new_tokens for j in batch)})
+        engine = self
+
+        class RowsDone(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                last = input_ids[:, -1].tolist()
+                return torch.tensor([engine._step(job, tok) for job, tok in zip(batch, last)], device=input_ids.device)
+
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        with self._use_adapter(batch[0].adapter) as model, torch.no_grad():
+            kw = generate_kwargs(model, self.tokenizer, settings)
+            model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           stopping_criteria=StoppingCriteriaList([RowsDone()]), **kw)
+        for job in batch:
+            if not job.done:
+                self._finish(job, "length")
+
+    def _step(self, job: Job, token: int) -> bool:
+        """Feed one new token of ``job``'s row; returns True when the row is finished."""
+        if job.done:
+            return True
+        if job.cancelled.is_set():
+            return self._finish(job, "cancelled", flush=False)
+        if token in self._eos:
+            return self._finish(job, "stop")
+        job.tokens.append(token)
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self._emit(job, text[:cut], final=True)
+            return self._finish(job, "stop", flush=False)
+        if len(job.tokens) >= job.settings.max_new_tokens:
+            return self._finish(job, "length")
+        self._emit(job, text, final=False)
+        return False
+
+    def _emit(self, job: Job, text: str, final: bool) -> None:
+        """Send the not-yet-sent part of ``text``, holding back a possible stop-string start or a partial character."""
+        hold = 0 if final else max([len(s) - 1 for s in job.stop] + [0])
+        end = len(text) - hold
+        if not final and text.endswith("\ufffd"):
+            end = min(end, len(text.rstrip("\ufffd")))
+        if end > job.sent:
+            job.on_text(text[job.sent:end])
+            job.sent = end
+
+    def _finish(self, job: Job, reason: str, flush: bool = True) -> bool:
+        """Mark ``job`` finished (sending any held-back text when ``flush``); returns True for the stopping criterion."""
+        if flush:
+            self._emit(job, self.tokenizer.decode(job.tokens, skip_special_tokens=True), final=True)
+        job.done = True
+        job.on_done(reason, None)
+        return True
+
+    def _run_vllm(self, batch: list[Job]) -> None:
+        """vllm path (untested here: needs a GPU and ``pip install medtune[vllm]``); whole texts, no token streaming."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        s = batch[0].settings
+        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=j.settings.max_new_tokens,
+                                 repetition_penalty=s.repetition_penalty, seed=s.seed, stop=j.stop or None)
+                  for j in batch]
+        name = batch[0].adapter
+        lora = LoRARequest(name, list(self.adapters).index(name) + 1, self.adapters[name]) if name else None
+        outs = self.model.generate([TokensPrompt(prompt_token_ids=j.prompt_ids) for j in batch], params,
+                                   lora_request=lora, use_tqdm=False)
+        for job, out in zip(batch, outs):
+            comp = out.outputs[0]
+            job.tokens = list(comp.token_ids)
+            job.on_text(comp.text)
+            job.done = True
+            job.on_done("length" if comp.finish_reason == "length" else "stop", None)
+
+
+def load_engine(cfg: ServeConfig) -> Engine:
+    """Load the model (and adapters) named in ``cfg`` and start a batching :class:`Engine`.
+
+    Raises:
+        ModelError: no model, an unloadable model or adapter, or vllm requested but not installed.
+    """
+    if cfg.model is None:
+        raise ModelError("no model given: pass --model (a merged dir, pack name or hub id)")
+    if cfg.backend == "vllm":
+        return _load_vllm(cfg)
+    first = next(iter(cfg.adapters.values()), None)
+    tok_source = first if first and (Path(first) / "tokenizer_config.json").is_file() else cfg.model
+    tokenizer = load_tokenizer(str(tok_source), cfg.trust_remote_code)
+    model = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    names: dict[str, str] = {}
+    for i, (name, path) in enumerate(cfg.adapters.items()):
+        if i == 0:
+            model = attach_adapter(model, Path(path))
+            names[name] = "default"
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+            names[name] = name
+    return Engine(model.eval(), tokenizer, names, cfg.max_batch_size, cfg.batch_wait_ms)
+
+
+def _load_vllm(cfg: ServeConfig) -> Engine:
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise ModelError(VLLM_HINT) from None
+    from medtune.models import resolve_model
+
+    llm = LLM(model=resolve_model(cfg.model), enable_lora=bool(cfg.adapters), trust_remote_code=cfg.trust_remote_code)
+    return Engine(llm, llm.get_tokenizer(), {n: str(p) for n, p in cfg.adapters.items()}, cfg.max_batch_size,
+                  cfg.batch_wait_ms, backend="vllm", context_length=llm.llm_engine.model_config.max_model_len)

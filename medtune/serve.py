@@ -1,0 +1,347 @@
+"""OpenAI-compatible HTTP server: ``medtune serve``.
+
+Endpoints (OpenAI API reference, "Chat Completions" and "Models"):
+
+- ``POST /v1/chat/completions`` with ``model``, ``messages``, ``temperature``, ``top_p``,
+  ``max_tokens`` (or ``max_completion_tokens``), ``stop``, ``seed``, ``stream``
+  (``stream_options.include_usage`` too); streaming answers are Server-Sent Events of
+  ``chat.completion.chunk`` objects ending with ``data: [DONE]``.
+- ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format 0.0.4).
+
+Every answer goes through the safety layer (:func:`medtune.safety.guard`): the urgent-care
+message is the first content of the answer, the disclaimer the last. Bad requests get 400 (401
+without the right API key, 404 for an unknown model, 429 when the queue is full) with an
+OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``; never a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medtune.config import GenerationSettings, ServeConfig
+from medtune.engine import Engine, Job, load_engine
+from medtune.safety import guard
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError("medtune serve needs the serve extra: pip install 'medtune[serve]'") from e
+
+UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "logprobs": False,
+               "top_logprobs": None, "logit_bias": None, "response_format": None, "audio": None,
+               "frequency_penalty": 0, "presence_penalty": 0}
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class APIError(Exception):
+    """An error answered as ``{"error": {...}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v):
+        if isinstance(v, list):
+            if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text content parts are supported")
+            return "".join(p["text"] for p in v)
+        return v or ""
+
+
+class ChatRequest(BaseModel):
+    """The supported subset of OpenAI's chat completion request."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+
+
+class Metrics:
+    """Counters and a latency histogram rendered in Prometheus text format."""
+
+    def __init__(self):
+        self.requests: dict[tuple[str, int], int] = {}
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+        if path == "/v1/chat/completions":
+            self.latency_sum += seconds
+            self.latency_count += 1
+            for i, b in enumerate(LATENCY_BUCKETS):
+                self.buckets[i] += seconds <= b
+
+    def render(self, engine: Engine) -> str:
+        out = ["# HELP medtune_requests_total HTTP requests by path and status.", "# TYPE medtune_requests_total counter"]
+        out += [f'medtune_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
+        errors = sum(n for (_, s), n in self.requests.items() if s >= 400)
+        out += ["# TYPE medtune_request_errors_total counter", f"medtune_request_errors_total {errors}",
+                "# HELP medtune_request_latency_seconds Chat completion latency (request to last byte).",
+                "# TYPE medtune_request_latency_seconds histogram"]
+        out += [f'medtune_request_latency_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(LATENCY_BUCKETS, self.buckets)]
+        out += [f'medtune_request_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                f"medtune_request_latency_seconds_sum {self.latency_sum:.6f}",
+                f"medtune_request_latency_seconds_count {self.latency_count}",
+                "# TYPE medtune_prompt_tokens_total counter", f"medtune_prompt_tokens_total {self.prompt_tokens}",
+                "# TYPE medtune_completion_tokens_total counter", f"medtune_completion_tokens_total {self.completion_tokens}",
+                "# TYPE medtune_queue_depth gauge", f"medtune_queue_depth {engine.queue_depth()}",
+                "# TYPE medtune_batches_total counter", f"medtune_batches_total {engine.batches}",
+                "# TYPE medtune_batched_requests_total counter", f"medtune_batched_requests_total {engine.batched_jobs}"]
+        return "\n".join(out) + "\n"
+
+
+def served_names(cfg: ServeConfig) -> list[str]:
+    """Model ids listed by ``/v1/models``: the base model (as given) and each adapter name."""
+    return [str(cfg.model)] + list(cfg.adapters)
+
+
+def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatRequest, Job]:
+    """Validate a request body and turn it into an engine :class:`Job` (callbacks not yet set).
+
+    Raises:
+        APIError: 400 for malformed JSON, bad fields, wrong roles, unsupported features or a
+            prompt + ``max_tokens`` longer than the context; 404 for an unknown model.
+    """
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    try:
+        req = ChatRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+    for name, neutral in UNSUPPORTED.items():
+        if data.get(name) not in (None, neutral):
+            raise APIError(400, f"{name} is not supported by this server", param=name, code="unsupported_parameter")
+    if req.messages[-1].role != "user":
+        raise APIError(400, "the last message must have role 'user'", param="messages")
+    names = served_names(cfg)
+    if req.model not in names:
+        raise APIError(404, f"model {req.model!r} not found; available: {', '.join(names)}", param="model",
+                       code="model_not_found")
+    return req, _job(req, cfg, engine)
+
+
+def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
+    g = guard([m.model_dump() for m in req.messages], cfg.safety)
+    d = cfg.generation
+    prompt_ids = engine.prompt_ids(g.messages)
+    room = engine.context_length - len(prompt_ids)
+    wanted = req.max_completion_tokens or req.max_tokens
+    if room < 1 or (wanted is not None and wanted > room):
+        raise APIError(400, f"this model's context is {engine.context_length} tokens; the prompt has "
+                            f"{len(prompt_ids)} and max_tokens asks for {wanted or 1} more", param="messages",
+                       code="context_length_exceeded")
+    settings = GenerationSettings(
+        temperature=d.temperature if req.temperature is None else req.temperature,
+        top_p=d.top_p if req.top_p is None else req.top_p,
+        max_new_tokens=wanted or min(d.max_new_tokens, room), repetition_penalty=d.repetition_penalty,
+        seed=req.seed if req.seed is not None else d.seed)
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    job = Job(g.messages, settings, adapter=None if req.model == str(cfg.model) else req.model,
+              stop=[s for s in stop if s], prompt_ids=prompt_ids)
+    job.guard = g
+    return job
+
+
+def create_app(cfg: ServeConfig, engine: Engine):
+    """The FastAPI application serving ``engine`` with the settings in ``cfg``."""
+    app = FastAPI(title="medtune", version="1")
+    metrics = Metrics()
+    app.add_middleware(Gate, api_key=cfg.api_key or os.environ.get("MEDTUNE_API_KEY") or None, metrics=metrics)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):  # last resort: still an OpenAI-style body
+        return JSONResponse(APIError(500, f"internal error: {exc}", type_="server_error").body(), status_code=500)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queue_depth": engine.queue_depth()}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "medtune"}
+                                           for n in served_names(cfg)]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req, job = parse_request(await request.body(), cfg, engine)
+        if engine.queue_depth() >= cfg.max_queue:
+            raise APIError(429, "server busy: too many queued requests, retry later", type_="rate_limit_error")
+        events = _attach_queue(job)
+        engine.submit(job)
+        metrics.prompt_tokens += len(job.prompt_ids)
+        meta = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model)
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(job, events, meta, usage, metrics), media_type="text/event-stream")
+        return await _complete(request, job, events, meta, metrics)
+
+    return app
+
+
+class Gate:
+    """ASGI middleware: bearer-token check on ``/v1`` paths, and request count / latency for ``/metrics``.
+
+    Plain ASGI (not ``BaseHTTPMiddleware``) so a client disconnect reaches the streaming body at once.
+    """
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, start, status = scope["path"], time.perf_counter(), [500]
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if self.api_key and path.startswith("/v1") and auth != f"Bearer {self.api_key}":
+                error = APIError(401, "missing or incorrect API key (send Authorization: Bearer <key>)",
+                                 code="invalid_api_key")
+                await JSONResponse(error.body(), status_code=401)(scope, receive, send_and_record)
+            else:
+                await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.observe(path, status[0], time.perf_counter() - start)
+
+
+def _attach_queue(job: Job) -> asyncio.Queue:
+    """Route the job's worker-thread callbacks into an asyncio queue of ("text", str) / ("done", reason, error)."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    job.on_text = lambda text: loop.call_soon_threadsafe(events.put_nowait, ("text", text))
+    job.on_done = lambda reason, error: loop.call_soon_threadsafe(events.put_nowait, ("done", reason, error))
+    return events
+
+
+def _usage(job: Job) -> dict:
+    n = len(job.tokens)
+    return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": n, "total_tokens": len(job.prompt_ids) + n}
+
+
+async def _complete(request, job: Job, events: asyncio.Queue, meta: dict, metrics: Metrics):
+    """Wait for the whole answer (cancelling the job if the client goes away) and return one JSON object."""
+    pieces = [job.guard.prefix]
+    while True:
+        try:
+            event = await asyncio.wait_for(events.get(), timeout=1.0)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled.set()
+            continue
+        if event[0] == "text":
+            pieces.append(event[1])
+            continue
+        _, reason, error = event
+        if error is not None:
+            raise APIError(500, f"generation failed: {error}", type_="server_error")
+        break
+    metrics.completion_tokens += len(job.tokens)
+    text = "".join(pieces) + job.guard.suffix
+    return JSONResponse({**meta, "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+        "usage": _usage(job)})
+
+
+async def _sse(job: Job, events: asyncio.Queue, meta: dict, include_usage: bool, metrics: Metrics):
+    """Server-Sent Events in OpenAI's chunk format; a client that goes away cancels the job (frees its row)."""
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+        body: dict[str, Any] = {**meta, "object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else []}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        if job.guard.prefix:
+            yield chunk({"content": job.guard.prefix})
+        while True:
+            event = await events.get()
+            if event[0] == "text":
+                yield chunk({"content": event[1]})
+                continue
+            _, reason, error = event
+            if error is not None:
+                yield f"data: {json.dumps(APIError(500, f'generation failed: {error}', type_='server_error').body())}\n\n"
+                break
+            if job.guard.suffix:
+                yield chunk({"content": job.guard.suffix})
+            yield chunk({}, finish=reason)
+            if include_usage:
+                yield chunk({}, usage=_usage(job))
+            break
+        metrics.completion_tokens += len(job.tokens)
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # no-op when finished; frees the batch row when the client disconnected
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the model and run the server until interrupted (uvicorn on ``cfg.host:cfg.port``).
+
+    Raises:
+        ModelError: the model or an adapter cannot be loaded, or vllm is not installed.
+    """
+    import uvicorn
+    from rich.console import Console
+
+    engine = load_engine(cfg)
+    names = ", ".join(served_names(cfg))
+    Console(stderr=True).print(f"medtune serve: models [{names}] on http://{cfg.host}:{cfg.port}/v1 "
+                               f"(backend {cfg.backend}, batch <= {cfg.max_batch_size}, "
+                               f"API key {'required' if cfg.api_key or os.environ.get('MEDTUNE_API_KEY') else 'off'})", markup=False)
+    uvicorn.run(create_app(cfg, engine), host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,79 @@
+"""Clinical safety layer: red-flag detection, urgent message first, disclaimer policy, eval set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.config import SafetyConfig
+from medtune.safety import EVAL_SET, detect_red_flags, evaluate_safety, guard, guarded_stream, load_eval_set
+
+
+def test_shipped_set_meets_targets_per_language():
+    items = load_eval_set()
+    for lang in ("zh", "ko", "en"):
+        mine = [i for i in items if i["lang"] == lang]
+        assert len(mine) >= 60 and sum(bool(i["expected"]) for i in mine) >= 30
+    report = evaluate_safety()
+    for lang, r in report.items():
+        assert r["recall"] >= 0.95, (lang, r["errors"])
+        assert r["precision"] >= 0.9, (lang, r["errors"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("I had chest pain after a workout last week, now gone.", []),
+    ("Chest pain and sweating since an hour ago.", ["cardiac"]),
+    ("No chest pain, just sweating after the gym.", []),
+    ("My asthma inhaler isn't working and I'm struggling to breathe.", ["breathing"]),
+    ("上周运动后胸痛，已经好了。", []),
+    ("胸痛又来了，还出冷汗。", ["cardiac"]),
+    ("我不想死得早，怎么降低血压？", []),
+    ("지난주에 가슴이 아프고 식은땀이 났는데 지금은 괜찮아요.", []),
+    ("가슴이 아프고 식은땀이 나요.", ["cardiac"]),
+    ("가슴 통증은 없어요.", []),
+    ("What are the warning signs of a stroke?", []),
+    ("My 6-week-old has a fever of 38.4.", ["infant_fever"]),
+    ("My 3-year-old has a fever of 38.4.", []),
+])
+def test_tricky_cases(text, expected):
+    assert detect_red_flags(text) == expected
+
+
+def test_urgent_message_comes_first_with_configured_number():
+    msgs = [{"role": "user", "content": "我爸突然嘴歪了，说话不清楚。"}]
+    pieces = list(guarded_stream(msgs, SafetyConfig(), lambda m: iter(["model ", "text"])))
+    assert pieces[0].startswith("⚠️") and "120" in pieces[0] and pieces[1] == "model "
+    ko = guard([{"role": "user", "content": "아버지가 농약을 마셨어요"}], SafetyConfig()).prefix
+    assert "119" in ko
+    custom = SafetyConfig(emergency_numbers={"en": "112", "zh": "120", "ko": "119"})
+    en = guard([{"role": "user", "content": "I want to kill myself"}], custom)
+    assert en.flags == ["suicide"] and "112" in en.prefix and "911" not in en.prefix
+    assert guard(msgs, SafetyConfig(enabled=False)).prefix == ""
+
+
+def test_disclaimer_policy_and_default_system_prompt():
+    first = [{"role": "user", "content": "What is hypertension?"}]
+    later = first + [{"role": "assistant", "content": "..."}, {"role": "user", "content": "And diet?"}]
+    assert guard(first, SafetyConfig(disclaimer="first_turn")).suffix.strip()
+    assert guard(later, SafetyConfig(disclaimer="first_turn")).suffix == ""
+    assert guard(later, SafetyConfig(disclaimer="always")).suffix.strip()
+    assert guard(first, SafetyConfig(disclaimer="off")).suffix == ""
+    g = guard(first, SafetyConfig())
+    assert g.messages[0]["role"] == "system" and "clarifying question" in g.messages[0]["content"]
+    own = [{"role": "system", "content": "Be brief."}] + first
+    assert guard(own, SafetyConfig()).messages == own
+
+
+def test_eval_safety_cli_reports_each_language(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "safety"])
+    assert result.exit_code == 0, result.output
+    for lang in ("zh", "ko", "en"):
+        assert f"│ {lang}" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "lang": "en", "text": "I can't breathe", "expected": []}) + "\n")
+    result = CliRunner().invoke(app, ["eval", "safety", "--file", str(bad), "--errors"])
+    assert "x: expected none, got ['breathing']" in result.output
+    assert EVAL_SET.is_file()
