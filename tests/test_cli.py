@@ -17,14 +17,17 @@ def medtune(*args, stdin=None, env=None):
 
 def test_chat_one_shot_matches_library_greedy(qwen_dir):
     from medtune.chat import load_chat_model
-    from medtune.config import GenerationSettings
-    from medtune.generation import chat_once
+    from medtune.config import GenerationSettings, SafetyConfig
+    from medtune.generation import stream_chat
+    from medtune.safety import guarded_stream
 
     r = medtune("chat", "--model", qwen_dir, "--prompt", "What is hypertension?", "--max-new-tokens", 12)
     assert r.returncode == 0, r.stderr
     model, tok = load_chat_model(str(qwen_dir))
-    expected = chat_once(model, tok, [{"role": "user", "content": "What is hypertension?"}],
-                         GenerationSettings(max_new_tokens=12))
+    # The CLI answers through the shared safety path (default system prompt + first-turn disclaimer).
+    greedy = GenerationSettings(max_new_tokens=12)
+    expected = "".join(guarded_stream([{"role": "user", "content": "What is hypertension?"}], SafetyConfig(),
+                                      lambda m: stream_chat(model, tok, m, greedy)))
     assert expected.strip() and r.stdout.strip() == expected.strip()
 
 
