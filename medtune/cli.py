@@ -56,13 +56,17 @@ def friendly_errors(fn):
     from medtune.merge import MergeError
     from medtune.models import ModelError
     from medtune.train.dataset import DataFileError
+    from medtune.data.records import DataSourceError
+    from medtune.data.teacher import TeacherError
+    from medtune.eval.backends import EvalError
     from medtune.train.sft import TrainError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ModelError, TrainError, MergeError, DataFileError, FileNotFoundError) as e:
+        except (ConfigError, ModelError, TrainError, MergeError, DataFileError, DataSourceError, TeacherError,
+                EvalError, FileNotFoundError) as e:
             err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
             raise typer.Exit(2) from None
 
