@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medtune.config import TrainConfig
 from medtune.models import ModelError, base_fingerprint, load_model, load_tokenizer
 from medtune.train.dataset import DataStats, build_sft_examples, write_rejects
-from medtune.train.speed import loss_function, prepare_model
+from medtune.train.speed import prepare_model, trainer_class
 
 console = Console(stderr=True)
 
@@ -247,13 +247,12 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
         SpeedError: a speed setting explicitly asked for that cannot run here.
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
 
     speed = prepare_model(net, cfg)
     callback = make_callback()
-    trainer = SFTTrainer(model=net, args=_sft_config(cfg, Path(cfg.output_dir), cfg.seed, eval_ds is not None),
-                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                         peft_config=_lora_config(cfg), callbacks=[callback], compute_loss_func=loss_function(cfg))
+    trainer = trainer_class(cfg)(model=net, args=_sft_config(cfg, Path(cfg.output_dir), cfg.seed, eval_ds is not None),
+                                 train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                 peft_config=_lora_config(cfg), callbacks=[callback])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.medtune_config, trainer.medtune_speed = cfg, speed

@@ -167,23 +167,27 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
             "packing": cfg.packing, "torch_compile": cfg.torch_compile}
 
 
-def full_logits_loss(outputs, labels, num_items_in_batch=None):
-    """Plain causal-LM loss from full logits (the ``fused_loss=false`` path).
+def trainer_class(cfg: TrainConfig):
+    """The trainer class: trl's ``SFTTrainer`` (fused loss), or a subclass whose loss is transformers'
+    plain causal-LM loss on full logits, computed in the same single forward pass.
 
-    Args:
-        outputs: model output with ``logits`` of shape ``(batch, seq_len, vocab)``.
-        labels: ``(batch, seq_len)`` token ids, -100 where no loss is taken (unshifted).
-        num_items_in_batch: label tokens in the whole accumulated batch (divides the summed loss).
-
-    Returns:
-        Scalar mean negative log-likelihood over the label tokens.
+    trl 1.16 with a ``compute_loss_func`` runs a second, no-grad fused forward only to log entropy
+    and token accuracy; the subclass skips those two metrics instead of paying that forward.
     """
-    from transformers.loss.loss_utils import ForCausalLMLoss
+    from transformers import Trainer
+    from trl import SFTTrainer
 
-    logits = outputs.logits
-    return ForCausalLMLoss(logits, labels, vocab_size=logits.size(-1), num_items_in_batch=num_items_in_batch)
+    if cfg.fused_loss:
+        return SFTTrainer
 
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            if model.training:  # keep trl's num_tokens log (non-padding tokens seen)
+                mask = inputs.get("attention_mask")
+                local = mask.sum() if mask is not None else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1))
+                self._total_train_tokens += self.accelerator.gather_for_metrics(local).sum().item()
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-def loss_function(cfg: TrainConfig):
-    """The ``compute_loss_func`` for SFTTrainer: None (trl's fused, chunked LM head) or :func:`full_logits_loss`."""
-    return None if cfg.fused_loss else full_logits_loss
+    return PlainLossSFTTrainer
