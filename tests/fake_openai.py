@@ -47,7 +47,9 @@ class _Handler(BaseHTTPRequestHandler):
             srv.inflight += 1
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
             fault = srv.faults.popleft() if srv.faults else "ok"
-            hang = srv.hang_after is not None and sum(srv.ok.values()) >= srv.hang_after
+            # answers are reserved under the lock, so concurrent requests cannot overshoot ``hang_after``
+            hang = srv.hang_after is not None and fault in ("ok", "slow") and srv.granted >= srv.hang_after
+            srv.granted += fault in ("ok", "slow") and not hang
         if hang:
             srv.stop.wait()
             return
@@ -91,6 +93,7 @@ class FakeOpenAI:
         self.faults, self.latency_s, self.slow_s, self.hang_after = deque(faults), latency_s, slow_s, hang_after
         self.reply = reply
         self.calls, self.ok, self.lock, self.stop = 0, Counter(), threading.Lock(), threading.Event()
+        self.granted = 0  # answers promised so far (counted before sending, unlike ``ok``)
         self.inflight = self.max_inflight = 0
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
         self.httpd.owner = self
