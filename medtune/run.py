@@ -47,15 +47,22 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, cfg.output_dir or out, seed=recipe.seed)
 
 
-def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
-    from medtune.train.sft import run_sft
-
+def data_stage_files(recipe: Recipe) -> dict:
+    """``train_file`` / ``validation_file`` taken from the data stage's outputs when the recipe has a
+    ``data`` section and ``train`` does not name its own files (used by the train and eval stages)."""
     update = {}
-    if recipe.data is not None and "train_file" not in recipe.train.model_fields_set:
-        data_dir = recipe.data.output_dir or recipe.output_dir / "data"  # defaults from the data stage
+    if recipe.data is not None and recipe.train is not None and "train_file" not in recipe.train.model_fields_set:
+        data_dir = recipe.data.output_dir or recipe.output_dir / "data"
         update["train_file"] = data_dir / "train.jsonl"
         if recipe.train.validation_file is None and recipe.data.validation_fraction > 0:
             update["validation_file"] = data_dir / "validation.jsonl"
+    return update
+
+
+def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.train.sft import run_sft
+
+    update = data_stage_files(recipe)
     cfg = recipe.train.model_copy(update={**update, "model": recipe.train.model or recipe.model, "output_dir": out,
                                           "seed": recipe.train.seed if recipe.train.seed is not None else recipe.seed})
     inputs = {"model": model_identity(cfg.model), "train_file": [tree_digests(f) for f in (

@@ -23,6 +23,7 @@ from medtune.eval.fact import run_fact
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
 from medtune.eval.report import write_report
+from medtune.run import data_stage_files
 
 console = Console(stderr=True)
 
@@ -53,7 +54,7 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, recipe: Recipe, out: P
                                 generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
     if cfg.heldout:
-        train = recipe.train or TrainConfig()
+        train = (recipe.train or TrainConfig()).model_copy(update=data_stage_files(recipe))
         seed = train.seed if train.seed is not None else recipe.seed
         r = run_heldout(backend, train, seed, out / "heldout" / name)
         if r:
