@@ -196,9 +196,7 @@ class Engine:
     def _emit(self, job: Job, text: str, final: bool) -> None:
         """Send the not-yet-sent part of ``text``, holding back a possible stop-string start or a partial character."""
         hold = 0 if final else max([len(s) - 1 for s in job.stop] + [0])
-        end = len(text) - hold
-        if not final and text.endswith("\ufffd"):
-            end = min(end, len(text.rstrip("\ufffd")))
+        end = min(len(text) - hold, len(text.rstrip("\ufffd")))  # a partial UTF-8 character: wait, or drop at the end
         if end > job.sent:
             job.on_text(text[job.sent:end])
             job.sent = end

@@ -8,7 +8,7 @@ generation config's ``eos_token_id``), so a fine-tuned model stops where it was 
 from __future__ import annotations
 
 from threading import Thread
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from medtune.config import GenerationSettings
 
@@ -54,7 +54,8 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
         settings: decoding settings (greedy when temperature is 0).
 
     Yields:
-        Decoded text pieces; their concatenation is the whole reply without special tokens.
+        Decoded text pieces; their concatenation is the whole reply without special tokens and
+        without a partial UTF-8 character (``U+FFFD``) left at the end by ``max_new_tokens``.
     """
     import torch
     from transformers import TextIteratorStreamer
@@ -76,10 +77,21 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
 
     thread = Thread(target=work, daemon=True)
     thread.start()
-    yield from (piece for piece in streamer if piece)
+    yield from drop_partial_tail(streamer)
     thread.join()
     if errors:
         raise errors[0]
+
+
+def drop_partial_tail(pieces: Iterable[str]) -> Iterator[str]:
+    """Pass ``pieces`` through, holding back trailing ``U+FFFD`` (the decoded bytes of a character
+    whose other bytes are not generated yet) and dropping it if nothing follows; skips empty pieces."""
+    held = ""
+    for piece in pieces:
+        text = held + piece
+        held = text[len(text.rstrip("\ufffd")):]
+        if len(text) > len(held):
+            yield text[: len(text) - len(held)]
 
 
 def chat_once(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> str:

@@ -31,6 +31,13 @@ def test_chat_one_shot_matches_library_greedy(qwen_dir):
     assert expected.strip() and r.stdout.strip() == expected.strip()
 
 
+def test_reply_cut_inside_a_character_drops_the_partial_bytes_only():
+    from medtune.generation import drop_partial_tail
+
+    assert "".join(drop_partial_tail(["흡입기의 ", "흡\ufffd", "\ufffd"])) == "흡입기의 흡"  # cut by max_new_tokens
+    assert list(drop_partial_tail(["a\ufffd", "b", ""])) == ["a", "\ufffdb"]  # not at the end: kept as generated
+
+
 def test_chat_interactive_reset_and_exit(qwen_dir):
     r = medtune("chat", "--model", qwen_dir, "--max-new-tokens", 4, "--system", "Be brief.",
                 stdin="What is asthma?\n/reset\nAnd gout?\n/exit\n")
