@@ -86,7 +86,7 @@ class TrainConfig(_Stage):
     max_seq_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed row).")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="What to do with examples longer than max_seq_length (both are counted).")
     packing: bool = Field(True, description="Pack several examples per row of max_seq_length tokens (best-fit decreasing), padding-free, without cross-attention between them; a batch is then per_device_train_batch_size packed rows.")
-    fused_loss: bool = Field(True, description="Loss through trl's fused, chunked LM head: the (tokens x vocabulary) fp32 logits are never built at once. false: full logits + plain cross-entropy.")
+    fused_loss: bool | None = Field(None, description="Loss through trl's fused, chunked LM head: the (tokens x vocabulary) fp32 logits are never built at once. false: full logits + plain cross-entropy. Default: on with CUDA; off on CPU, where its tiled fallback measured ~25% slower (docs/benchmarks.md).")
     liger_kernels: bool = Field(True, description="Liger-Kernel fused RMSNorm/RoPE/SwiGLU on CUDA when installed (pip install 'medtune[liger]'); ignored elsewhere unless set explicitly.")
     attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2", "flex_attention"] = Field("auto", description="Attention kernel; auto: on CUDA flash_attention_2 if flash-attn is installed, else varlen (PyTorch's variable-length kernel) when packing; sdpa elsewhere.")
     torch_compile: bool = Field(False, description="torch.compile the model (slow first steps; can pay off on long GPU runs).")

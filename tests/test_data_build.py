@@ -105,6 +105,24 @@ def test_dialogue_translate_and_alpaca_output(tmp_path):
 
 
 
+def test_multi_turn_report_chat_keeps_the_report_in_the_first_turn(tmp_path):
+    src = [{"path": str(SOURCES / "reports_cxr"), "type": "report", "sensitive": True, "questions_per_item": 2,
+            "multi_turn": True, "max_items": 2}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=src,
+                                                                          validation_fraction=0.0))])
+    assert res.exit_code == 0, res.output
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    assert len(rows) == 2 and all(r["meta"]["generator"] == "report-qa+context" for r in rows)
+    for r in rows:  # one conversation per report: report + question 1, answer 1, question 2, answer 2
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["user", "assistant", "user", "assistant"] and r["meta"]["turns"] == 2
+        first = r["messages"][0]["content"]
+        assert first.startswith("Radiology report:\nFINDINGS: ") and "IMPRESSION: " in first
+        assert first.endswith("What does this say about the main topic?")
+        assert r["messages"][2]["content"] == "What should a patient do?"  # later turns: the question only
+
+
 def test_killed_build_resumes_with_no_repeated_call_and_no_lost_record(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "medtune", "data", "build"]

@@ -34,7 +34,7 @@ def teacher_reply(req: dict) -> str:
         return f"한국어 번역 {hashlib.sha256(c.encode()).hexdigest()[:6]}: 판독 소견을 쉽게 설명합니다."
     if "<report>" in c:
         if "Question:" not in c:
-            return "1. What does the impression of this report mean?"
+            return "1. What does the impression of this report mean?\n2. Is a follow-up radiograph needed?"
         impression = c.split("IMPRESSION:")[-1].split("</report>")[0].strip()
         return f"The report's impression is: {impression}"
     if "<passage>" in c:
@@ -148,8 +148,12 @@ def test_ko_radiology_keeps_reports_local_and_translates(tmp_path, monkeypatch, 
         summary = assert_full_run(run_recipe(recipe), out)
     records = lines(out / "data" / "train.jsonl") + lines(out / "data" / "validation.jsonl")
     assert all(r["meta"]["sensitive"] for r in records)
-    assert {r["meta"]["generator"] for r in records} == {"report-qa", "report-qa+translate"}
+    assert {r["meta"]["generator"] for r in records} == {"report-qa+context", "report-qa+context+translate"}
     assert all(r["meta"]["language"] == "ko" for r in records if r["meta"]["generator"].endswith("translate"))
+    chats = [r for r in records if r["meta"]["generator"] == "report-qa+context"]
+    for r in chats:  # multi-turn chat with the report in context, as the original trained
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"] * 2
+        assert r["messages"][0]["content"].startswith("Radiology report:\nFINDINGS:")
     assert summary["base"]["heldout"]["n"] >= 1  # the validation report, scored for base and fine-tuned
     assert summary["base"]["heldout"]["nll_per_token"] != summary["finetuned"]["heldout"]["nll_per_token"]
 

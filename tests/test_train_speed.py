@@ -11,7 +11,7 @@ import torch
 
 from medtune.config import ConfigError, TrainConfig
 from medtune.train import speed as speed_mod
-from medtune.train.speed import SpeedError, resolve_attention
+from medtune.train.speed import SpeedError, fused_loss_on, resolve_attention
 from medtune.train.sft import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,9 @@ def test_varlen_attention_glue_gives_unpacked_losses(tiny_model_dir, sft_file, t
 def test_defaults_on_cpu(qwen_dir, sft_file, tmp_path):
     trainer, _, _ = build_trainer(cfg(qwen_dir, sft_file, tmp_path / "o", torch_compile=True))
     speed = trainer.medtune_speed
-    assert speed["packing"] and speed["fused_loss"]
+    assert speed["packing"] and speed["fused_loss"] is torch.cuda.is_available()  # fused LM head: CUDA only
+    assert fused_loss_on(TrainConfig(), cuda=True) and not fused_loss_on(TrainConfig(), cuda=False)
+    assert fused_loss_on(TrainConfig(fused_loss=True), cuda=False)  # an explicit choice wins
     if not torch.cuda.is_available():
         assert speed["attn_implementation"] == "sdpa" and speed["liger_kernels"] is False
     assert trainer.model.config._attn_implementation == speed["attn_implementation"]

@@ -75,7 +75,8 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
                 out.extend(G.kb_template(r, templates, cfg.paraphrases, rng, tally))
         else:
             kind = "guideline" if gen == "guideline-qa" else "report"
-            jobs += [G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally)
+            jobs += [G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally,
+                                        multi_turn=src.multi_turn)
                      for r in records]
     for batch in await asyncio.gather(*jobs):
         out.extend(batch)

@@ -47,6 +47,7 @@ class SourceConfig(_Section):
     overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
     questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
+    multi_turn: bool = Field(False, description="guideline-qa / report-qa: join the kept pairs of one passage or report into one multi-turn conversation whose first user turn carries the source text (a chat that keeps the report in context, as Ko-Radiology-GPT trained).")
 
 
 class DialogueConfig(_Section):

@@ -102,8 +102,12 @@ def parse_list(text: str, n: int) -> list[str]:
     return items[:n]
 
 
+CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": "影像报告"},
+                  "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
+
+
 async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: bool, prompts_dir: Path | None,
-                      tally: Tally) -> list[Record]:
+                      tally: Tally, multi_turn: bool = False) -> list[Record]:
     """Grounded QA from one passage (``kind="guideline"``) or radiology report (``kind="report"``).
 
     1. the teacher writes ``n`` questions about the text (``<kind>_questions`` prompt);
@@ -113,6 +117,8 @@ async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: boo
 
     Reads ``text`` (reports: findings and impression only) and ``meta``; writes ``messages`` and
     ``meta`` with ``generator``, ``teacher_model``, ``prompt_template_hash`` and the source span.
+    One single-turn record per kept pair, or with ``multi_turn`` one conversation per source
+    whose first user turn is ``"<label>:\n<text>\n\n<question 1>"`` (:data:`CONTEXT_LABELS`).
 
     Raises:
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
@@ -148,7 +154,15 @@ async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: boo
                               meta={**_provenance(r), "generator": f"{kind}-qa", "teacher_model": teacher.model,
                                     "prompt_template_hash": hashlib.sha256((q_hash + a_hash + j_hash).encode()).hexdigest()[:12],
                                     "judged": judge, "language": lang}))
-    return out
+    return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])) if multi_turn and out else out
+
+
+def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:
+    """One conversation of all ``pairs`` (same source), the source text leading the first question."""
+    messages = [m for p in pairs for m in p.messages]
+    messages[0] = {"role": "user", "content": f"{label}:\n{text}\n\n{messages[0]['content']}"}
+    meta = {**pairs[0].meta, "generator": pairs[0].meta["generator"] + "+context", "turns": len(pairs)}
+    return [Record(id=f"{source_id}/chat", kind="qa", messages=messages, meta=meta)]
 
 
 async def _answer(teacher: Teacher, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
