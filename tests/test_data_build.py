@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -32,6 +33,8 @@ def teacher_reply(req: dict) -> str:
         return "1. What does this say about the main topic?\n2. What should a patient do?"
     if "new, different tasks" in c:
         return "1. How much water should an adult drink when they have a fever?\n2. How do I tell a cold from the flu?"
+    if "Translate the following text into" in c:  # a translation shares no shingles with its source
+        return "译文：" + hashlib.sha256(c.encode()).hexdigest()[:12] + "，请按时服药并定期复诊。"
     if "Patient:" in c:
         return "Patient: I feel dizzy.\nDoctor: Since when?\nPatient: Two days.\nDoctor: Drink water and see a doctor if it persists."
     body = c.split(">", 1)[-1][:80] if ("<passage>" in c or "<report>" in c) else c[-80:]

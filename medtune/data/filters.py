@@ -15,6 +15,7 @@ Every filter reads ``messages`` (user turns = question, assistant turns = answer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -39,6 +40,7 @@ def answer_of(r: Record) -> str:
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
+@functools.lru_cache(maxsize=64)  # the filters of one record normalise the same text in turn
 def normalize(text: str) -> str:
     """NFKC, lower case, punctuation and whitespace removed (for duplicate and overlap tests)."""
     return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
@@ -96,8 +98,12 @@ def char_shingles(text: str, n: int) -> set[str]:
     return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
 
 
-def shingle_hashes(text: str, n: int, normalized: bool = False):
-    """32-bit polynomial hashes of the distinct character n-grams of the normalised text.
+def shingle_hashes(text: str, n: int, normalized: bool = False, distinct: bool = True):
+    """32-bit polynomial hashes of the character n-grams of the normalised text.
+
+    Args:
+        distinct: drop repeated hashes (a sort); callers that take a min or test membership
+            can skip it.
 
     Returns:
         uint64 array ``(n_shingles,)`` with values < 2**32 (one value for texts shorter than ``n``).
@@ -112,7 +118,8 @@ def shingle_hashes(text: str, n: int, normalized: bool = False):
     h = np.zeros(len(cps) - n + 1, dtype=np.uint64)
     for k in range(n):  # h = sum cps[i+k] * 1000003**(n-1-k)  (mod 2**64, then folded to 32 bits)
         h = h * np.uint64(1000003) + cps[k:len(cps) - n + 1 + k]
-    return np.unique((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
+    h = (h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    return np.unique(h) if distinct else h
 
 
 PRIME32 = 4294967291  # largest prime below 2**32
@@ -134,7 +141,7 @@ class NearDedup:
         seed: MinHash seed.
     """
 
-    def __init__(self, threshold: float = 0.8, ngram: int = 5, num_perm: int = 64, seed: int = 1):
+    def __init__(self, threshold: float = 0.7, ngram: int = 5, num_perm: int = 64, seed: int = 1):
         import numpy as np
         from datasketch import LeanMinHash, MinHashLSH
 
@@ -149,7 +156,7 @@ class NearDedup:
     def signature(self, text: str):
         """A datasketch ``LeanMinHash`` whose ``(num_perm,)`` values are computed here in one vectorised step."""
         np = self._np
-        hv = shingle_hashes(text, self.ngram)[:, None] % np.uint64(PRIME32)  # (n_shingles, 1)
+        hv = shingle_hashes(text, self.ngram, distinct=False)[:, None] % np.uint64(PRIME32)  # (n_shingles, 1)
         values = ((hv * self._a + self._b) % np.uint64(PRIME32)).min(axis=0)  # a, x, b < p: no uint64 overflow
         return self._minhash(seed=self.seed, hashvalues=values, **self._scheme)
 
@@ -316,12 +323,12 @@ class Decontaminator:
         import numpy as np
 
         self._np = np
-        self.char_grams = np.unique(np.concatenate(char_grams)) if char_grams else np.zeros(0, dtype=np.uint64)
+        self.char_grams = set(np.concatenate(char_grams).tolist()) if char_grams else set()
 
     def _char(self, text: str):
         """Hashes ``(n_grams,)`` of the character n-grams (see :func:`shingle_hashes`); empty if too short."""
         t = normalize(text)
-        return shingle_hashes(t, self.char_n, normalized=True) if len(t) >= self.char_n else self._np.zeros(0, dtype=self._np.uint64)
+        return shingle_hashes(t, self.char_n, normalized=True, distinct=False) if len(t) >= self.char_n else self._np.zeros(0, dtype=self._np.uint64)
 
     def _words(self, text: str) -> set[int]:
         w = [normalize(x) for x in text.split()]
@@ -330,7 +337,7 @@ class Decontaminator:
 
     def __call__(self, r: Record) -> tuple[bool, str]:
         text = question_of(r) + "\n" + answer_of(r)
-        if len(self.char_grams) and self._np.isin(self._char(text), self.char_grams, assume_unique=True).any():
+        if self.char_grams and not self.char_grams.isdisjoint(self._char(text).tolist()):
             return False, "benchmark overlap (character n-gram)"
         if self.word_grams and not self.word_grams.isdisjoint(self._words(text)):
             return False, "benchmark overlap (word n-gram)"
