@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from medtune.data.readers import _json_lines
 from medtune.data.records import DataSourceError, Record, Tally, detect_language
 from medtune.data.teacher import SensitiveDataError, Teacher, TeacherError
 
@@ -213,15 +214,8 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
     if not path.is_file():
         raise DataSourceError(f"{path}: seed task file not found")
     tasks = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            t = json.loads(line)
-        except json.JSONDecodeError as e:
-            tally.drop("malformed JSON line", path, f"line {n}", e.msg)
-            continue
-        if not isinstance(t, dict) or not str(t.get("instruction", "")).strip():
+    for n, t in _json_lines(path, path.read_text(encoding="utf-8-sig"), tally):
+        if not str(t.get("instruction", "")).strip():
             tally.drop("seed task without `instruction`", path, f"line {n}")
             continue
         tasks.append({"instruction": t["instruction"].strip(), "category": t.get("category", "general"),

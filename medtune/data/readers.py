@@ -56,6 +56,19 @@ def _json_lines(path: Path, text: str, tally: Tally) -> Iterator[tuple[int, dict
         yield n, obj
 
 
+def _structured_items(path: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[Path, str, object]]:
+    """``(file, location, item)`` for every record of the .json / .jsonl / .csv files under ``path``;
+    empty files and malformed lines are counted as rejects."""
+    for file in _files(path, (".json", ".jsonl", ".csv")):
+        text, _ = read_text(file, encoding)
+        if not text.strip():
+            tally.drop("empty file", file)
+            continue
+        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
+        for where, item in items:
+            yield file, where, item
+
+
 def _json_items(path: Path, text: str, tally: Tally) -> Iterator[tuple[str, object]]:
     """``(location, item)`` for a .json file (array, or one object) or a .jsonl file."""
     if path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text.strip()):
@@ -251,28 +264,22 @@ def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: s
     Fields written: ``fields`` (``_id`` removed); ``meta.source_file``, ``doc_id``
     (``<file>:<_id or record>``), ``name``, ``language``.
     """
-    for file in _files(path, (".json", ".jsonl", ".csv")):
-        text, _ = read_text(file, encoding)
-        if not text.strip():
-            tally.drop("empty file", file)
+    for file, where, item in _structured_items(path, encoding, tally):
+        if not isinstance(item, dict):
+            tally.drop("record is not an object", file, where, str(item)[:120])
             continue
-        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
-        for where, item in items:
-            if not isinstance(item, dict):
-                tally.drop("record is not an object", file, where, str(item)[:120])
-                continue
-            oid = _mongo_plain(item.get("_id"))
-            fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
-            key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
-            name = fields.get(key) if key else None
-            if not isinstance(name, str) or not name:
-                tally.drop(f"no name field ({name_field or ', '.join(NAME_FIELDS[:3])}...)", file, where, str(item)[:120])
-                continue
-            doc_id = f"{_doc_id(file, path)}:{oid if isinstance(oid, (str, int)) else where.split()[-1]}"
-            tally.keep()
-            yield Record(id=doc_id, kind="kb", fields=fields,
-                         meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
-                               "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
+        oid = _mongo_plain(item.get("_id"))
+        fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
+        key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
+        name = fields.get(key) if key else None
+        if not isinstance(name, str) or not name:
+            tally.drop(f"no name field ({name_field or ', '.join(NAME_FIELDS[:3])}...)", file, where, str(item)[:120])
+            continue
+        doc_id = f"{_doc_id(file, path)}:{oid if isinstance(oid, (str, int)) else where.split()[-1]}"
+        tally.keep()
+        yield Record(id=doc_id, kind="kb", fields=fields,
+                     meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
+                           "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
 
 
 def _csv_rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
@@ -490,20 +497,14 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
 
     Fields written: ``messages``; ``meta.source_file``, ``doc_id`` (``<file>:<line or record>``), ``language``.
     """
-    for file in _files(path, (".json", ".jsonl", ".csv")):
-        text, _ = read_text(file, encoding)
-        if not text.strip():
-            tally.drop("empty file", file)
+    for file, where, item in _structured_items(path, encoding, tally):
+        try:
+            messages = to_messages(item if isinstance(item, dict) else {}, columns)
+        except ValueError as e:
+            tally.drop("not a QA record", file, where, str(e))
             continue
-        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
-        for where, item in items:
-            try:
-                messages = to_messages(item if isinstance(item, dict) else {}, columns)
-            except ValueError as e:
-                tally.drop("not a QA record", file, where, str(e))
-                continue
-            doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
-            tally.keep()
-            yield Record(id=doc_id, kind="qa", messages=messages,
-                         meta={"source_file": str(file), "doc_id": doc_id,
-                               "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})
+        doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
+        tally.keep()
+        yield Record(id=doc_id, kind="qa", messages=messages,
+                     meta={"source_file": str(file), "doc_id": doc_id,
+                           "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})
