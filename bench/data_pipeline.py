@@ -87,18 +87,18 @@ def bench_filters(n: int, seed: int, threshold: float = 0.7, num_perm: int = 64)
 
 
 def bench_teacher(concurrency: int, latency: float, requests: int) -> dict:
-    """Teacher-client requests/s against tests/fake_openai.py run in its own process (no GIL sharing),
+    """LLMClient-client requests/s against tests/fake_openai.py run in its own process (no GIL sharing),
     timed after one warm-up call (the one-time ``import openai`` and first connection)."""
     import subprocess
 
-    from medtune.data.teacher import Teacher, TeacherConfig
+    from medtune.llm import LLMClient, LLMConfig
 
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, str(root / "tests" / "fake_openai.py"), str(latency)],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     try:
         base_url = server.stdout.readline().strip()
-        t = Teacher(TeacherConfig(base_url=base_url, model="m", concurrency=concurrency))
+        t = LLMClient(LLMConfig(base_url=base_url, model="m", concurrency=concurrency))
         t.complete_many([[{"role": "user", "content": "warm-up"}]])  # imports openai (~0.6 s), first connection
         msgs = [[{"role": "user", "content": f"question {i}"}] for i in range(requests)]
         t0 = time.perf_counter()

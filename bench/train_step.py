@@ -119,9 +119,9 @@ def main(argv=None) -> dict:
                       **({} if args.fused_loss == "default" else {"fused_loss": args.fused_loss == "on"}))
     results = {}
     med, _, _ = build_trainer(cfg)  # built first (its tokenized data feed the baseline), trained second
-    results["baseline"] = measure(baseline(med.medtune_config, med.train_dataset, work / "baseline"), args.warmup)
+    results["baseline"] = measure(baseline(cfg, med.train_dataset, work / "baseline"), args.warmup)
     results["medtune"] = measure(med, args.warmup)
-    again = measure(baseline(med.medtune_config, med.train_dataset, work / "baseline2"), args.warmup)
+    again = measure(baseline(cfg, med.train_dataset, work / "baseline2"), args.warmup)
     results["baseline"]["step_s_runs"] = [results["baseline"]["step_s"], again["step_s"]]
     results["baseline"]["step_s"] = round((results["baseline"]["step_s"] + again["step_s"]) / 2, 4)
     packed, _, _ = build_trainer(cfg.model_copy(update={"packing": True, "output_dir": work / "packed"}))

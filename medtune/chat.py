@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
 from medtune.config import ChatConfig
 from medtune.generation import stream_chat
-from medtune.models import ModelError, adapter_base, load_model, load_tokenizer
+from medtune.models import load_chat_model
 from medtune.safety import guarded_stream
 
 console = Console()
 HELP = "Commands: /reset clears the conversation, /exit quits."
-
-
-def load_chat_model(model: str | None, adapter: Path | None = None, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` for inference: a model (dir, pack, .gguf, hub id) or base + adapter.
-
-    Raises:
-        ModelError: no model given and the adapter does not record its base, or loading fails.
-    """
-    base = model or (adapter_base(adapter) if adapter else None)
-    if base is None:
-        raise ModelError("no model given: pass --model (or an --adapter trained by medtune, which records its base)")
-    tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(str(tok_source), trust_remote_code)
-    return load_model(base, adapter=adapter, trust_remote_code=trust_remote_code).eval(), tokenizer
 
 
 def _start(system: str | None) -> list[dict]:

@@ -1,81 +1,199 @@
 """The ``medtune`` command line: one subcommand per library function, nothing else.
 
-| subcommand               | function                               |
-|--------------------------|----------------------------------------|
-| ``models list``          | :func:`medtune.models.pack_status`     |
-| ``models prepare NAME``  | :func:`medtune.models.prepare_pack`    |
-| ``data build RECIPE``    | :func:`medtune.data.build.build_data`  |
-| ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`      |
-| ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`    |
-| ``chat [RECIPE]``        | :func:`medtune.chat.chat`              |
-| ``run RECIPE``           | :func:`medtune.run.run_recipe`         |
-| ``serve [RECIPE]``       | :func:`medtune.serve.serve`            |
-| ``web [RECIPE]``         | :func:`medtune.web.launch_web`         |
-| ``eval safety``          | :func:`medtune.safety.evaluate_safety` |
+| subcommand               | function                                  | recipe section |
+|--------------------------|-------------------------------------------|----------------|
+| ``models list``          | :func:`medtune.models.pack_status`        |                |
+| ``models prepare NAME``  | :func:`medtune.models.prepare_pack`       |                |
+| ``data build RECIPE``    | :func:`medtune.data.build.build_data`     | ``data``       |
+| ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`         | ``train``      |
+| ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
+| ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
+| ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
+| ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
+| ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
+| ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
+| ``eval fact [RECIPE]``   | :func:`medtune.eval.fact.run_fact`        | ``fact``       |
+| ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
+| ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
+| ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
+| ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
 
-Every stage command takes an optional YAML recipe and ``--set KEY=VALUE`` overrides
-(``--set train.learning_rate=2e-4``); field descriptions are listed in each ``--help``.
+Every stage command is made the same way (:func:`_stage_command`): an optional YAML recipe,
+``--set SECTION.FIELD=VALUE`` overrides, and one option per field of the section's config
+(``--learning-rate``, ``--max-items`` ...) generated from the pydantic model, whose field
+description is the option's help. An option is just a shorter ``--set``; the recipe is then
+resolved once (:func:`medtune.recipe.resolve`) and the section handed to the function.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 import os
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import (ChatConfig, ConfigError, MergeConfig, Recipe, ServeConfig, TrainConfig, WebConfig,
-                            field_help, load_recipe)
-from medtune.data.cli import data_app
-from medtune.eval.cli import eval_app
+from medtune.config import ChatConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
+from medtune.data.config import DataConfig, FilterConfig, SourceConfig
+from medtune.errors import ConfigError, MedtuneError
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.llm import LLMConfig
+from medtune.recipe import Recipe, field_help, load_recipe, resolve
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 models_app = typer.Typer(help="Offline model packs.", no_args_is_help=True)
+data_app = typer.Typer(help="Build instruction data from medical sources.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models: multiple-choice benchmarks, fact recall, LLM-as-judge, answers, report.",
+                       no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
-RECIPE_ARG = typer.Argument(None, help="YAML recipe (optional; defaults are used without one).")
-SET_OPT = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable).")
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
-
-
-def _fields(*sections: tuple[type, str]) -> str:
-    return "Fields (use with --set):\n\n" + "\n\n".join(field_help(m, p) for m, p in sections)
+SCALARS = (str, int, float, bool, Path)
 
 
 def friendly_errors(fn):
-    """Turn medtune's own errors into a one-paragraph message and exit code 2 (no traceback)."""
-    from medtune.merge import MergeError
-    from medtune.models import ModelError
-    from medtune.train.dataset import DataFileError
-    from medtune.data.records import DataSourceError
-    from medtune.data.teacher import TeacherError
-    from medtune.eval.backends import EvalError
-    from medtune.train.sft import TrainError
+    """Print medtune's own errors (and config validation errors) as one paragraph and exit 2, no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ModelError, TrainError, MergeError, DataFileError, DataSourceError, TeacherError,
-                EvalError, FileNotFoundError) as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
+        except (MedtuneError, FileNotFoundError) as e:
+            message = str(e)
+        except ValidationError as e:
+            message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        raise typer.Exit(2)
 
     return wrapper
 
 
-def _recipe(path: Optional[Path], sets: Optional[List[str]], extra: dict[str, object]) -> Recipe:
-    overrides = list(sets or []) + [f"{k}={v}" for k, v in extra.items() if v is not None]
-    return load_recipe(path, overrides)
+# ----------------------------------------------------------------------------- generated options
+
+
+def _option_type(annotation) -> tuple[type, str] | None:
+    """``(click-level type, kind)`` for a field annotation; kind is ``scalar``, ``list`` (of
+    scalars), ``dict`` or ``yaml`` (a union such as ``Path | list[Path]``: the value is read as
+    YAML, like ``--set``); None when the field cannot be an option (nested models, lists of them)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _option_type(inner[0])
+        kinds = [_option_type(a) for a in inner]
+        return (str, "yaml") if all(kinds) else None
+    if origin is typing.Literal:
+        return str, "scalar"
+    if origin is list:
+        return (str, "list") if args and (args[0] in SCALARS or typing.get_origin(args[0]) is typing.Literal) else None
+    if origin is dict:
+        return str, "dict"
+    return (annotation, "scalar") if annotation in SCALARS else None
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, type, str, str]]:
+    """``(option name, dotted field, type, kind, help)`` for every option of ``model``; nested
+    sections (e.g. ``generation``) are flattened: ``--temperature`` -> ``generation.temperature``."""
+    out, names = [], set(model.model_fields)
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            for opt, dotted, typ, kind, hlp in _fields(ann):
+                bare = name == "generation" and opt not in names
+                out.append((opt if bare else f"{name}_{opt}", f"{name}.{dotted}", typ, kind, hlp))
+            continue
+        spec = _option_type(ann)
+        if spec:
+            out.append((name, prefix + name, spec[0], spec[1], f.description or ""))
+    return out
+
+
+def _overrides(section: str, values: dict, fields: list) -> list[str]:
+    """``--set`` strings for the options the user gave."""
+    sets = []
+    for opt, dotted, _typ, kind, _h in fields:
+        v = values.get(opt)
+        if v is None or v == []:
+            continue
+        key = f"{section}.{dotted}" if section else dotted
+        if kind == "list":
+            items = [x.strip() for item in v for x in str(item).split(",") if x.strip()]
+            sets.append(f"{key}={json.dumps(items, ensure_ascii=False)}")
+        elif kind == "dict":
+            for item in v:
+                k, sep, val = str(item).partition("=")
+                if not sep or not k.strip():
+                    raise ConfigError(f"--{opt.replace('_', '-')} {item!r}: expected KEY=VALUE")
+                sets.append(f"{key}.{k.strip()}={val.strip()}")
+        else:
+            sets.append(f"{key}={v}")
+    return sets
+
+
+def _stage_command(group: typer.Typer, name: str, section: str, model: type[BaseModel], run: Callable,
+                   aliases: dict[str, list[str]] | None = None, extra: dict[str, tuple[type, object]] | None = None,
+                   positional: str | None = None, help: str = "") -> None:
+    """Register ``name`` on ``group``: ``[RECIPE] [--set ...] [--<field> ...] [extra options]``.
+
+    Args:
+        section: the recipe section the options write to (``""``: top level).
+        model: the section's config class; every scalar, list or dict field becomes an option.
+        run: ``run(recipe_path, recipe, **extra_values)``: loads nothing itself.
+        aliases: older or shorter option names per field (``{"column_map": ["--map"]}``).
+        extra: options that are not config fields, ``{name: (type, typer.Option(...))}``.
+        positional: a field that a non-YAML first argument fills (``data``: ``eval mcq bench.csv``).
+    """
+    fields, aliases, extra = _fields(model), aliases or {}, extra or {}
+    params = [inspect.Parameter("recipe", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                                default=typer.Argument(None, help="YAML recipe (optional)" + (
+                                    f"; or the {positional} file itself" if positional else "") + ".")),
+              inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]],
+                                default=typer.Option(None, "--set", help=f"Override any field: --set {section or 'train'}.FIELD=VALUE (repeatable)."))]
+    for opt, dotted, typ, kind, hlp in fields:
+        flags = [f"--{opt.replace('_', '-')}", *aliases.get(opt, [])]
+        if kind == "scalar" and typ is bool:
+            flags = [f"{flags[0]}/--no-{opt.replace('_', '-')}", *flags[1:]]
+        many = kind in ("list", "dict")
+        hint = " (repeatable)" if kind == "list" else " KEY=VALUE (repeatable)" if kind == "dict" else ""
+        params.append(inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]] if many else Optional[typ],
+                                        default=typer.Option(None, *flags, help=hlp + hint, show_default=False)))
+    for opt, (typ, default) in extra.items():
+        params.append(inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, annotation=typ, default=default))
+
+    def command(recipe=None, sets=None, **values):
+        is_recipe = recipe is not None and recipe.suffix.lower() in (".yaml", ".yml")
+        pre = [] if is_recipe or recipe is None else _positional(recipe, positional, section)
+        own = {k: values.pop(k) for k in list(values) if k in extra}
+        r = load_recipe(recipe if is_recipe else None, pre + list(sets or []) + _overrides(section, values, fields))
+        return run(recipe if is_recipe else None, r, **own)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help
+    epilog = "Fields (use with --set):\n\n" + field_help(model, section or "recipe")
+    group.command(name, epilog=epilog, help=help)(friendly_errors(command))
+
+
+def _positional(arg: Path, positional: str | None, section: str) -> list[str]:
+    if positional is None:
+        raise ConfigError(f"{arg}: expected a YAML recipe (.yaml or .yml)")
+    return [f"{section}.{positional}={arg}"]
+
+
+# ----------------------------------------------------------------------------- models
 
 
 @models_app.command("list")
@@ -83,14 +201,18 @@ def models_list() -> None:
     """List offline packs: installed?, converted to the cache?, size, licence."""
     from medtune.models import PACKS, medtune_home, pack_status
 
-    table = Table(title=f"medtune model packs (cache: {medtune_home() / 'models'})")
-    for col in ("name", "installed", "cached", "GGUF size (GiB)", "licence", "description"):
-        table.add_column(col)
+    console = Console()
+    console.print(f"medtune model packs (cache: {medtune_home() / 'models'})")
+    table = Table(show_edge=False, pad_edge=False)
+    for col, ratio in (("name", None), ("installed", None), ("cached", None), ("GiB", None), ("licence", None)):
+        table.add_column(col, no_wrap=True, ratio=ratio)
     for pack in PACKS.values():
         s = pack_status(pack)
         table.add_row(s["name"], "yes" if s["installed"] else "no", "yes" if s["cached"] else "no",
-                      str(s["size_gib"]), s["licence"], s["description"])
-    Console().print(table)
+                      str(s["size_gib"]), s["licence"])
+    console.print(table)
+    for pack in PACKS.values():
+        console.print(f"  {pack.name}: {pack_status(pack)['description']}", soft_wrap=True, highlight=False)
 
 
 @models_app.command("prepare")
@@ -102,26 +224,24 @@ def models_prepare(name: str = typer.Argument(..., help="Pack name, see `medtune
     Console().print(f"{name}: ready at {prepare_pack(name)}")
 
 
-@app.command(epilog=_fields((Recipe, "recipe"), (TrainConfig, "train")))
-@friendly_errors
-def train(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
-          model: Optional[str] = typer.Option(None, help="Base model: pack name, directory, .gguf or hub id."),
-          train_file: Optional[Path] = typer.Option(None, help="Training data (JSONL/JSON)."),
-          output_dir: Optional[Path] = typer.Option(None, help="Where the adapter goes."),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-          launcher: str = typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node)."),
-          config_file: Optional[str] = typer.Option(None, help="accelerate config: a path or a shipped name "
-                                                     "(ddp, fsdp, zero2, zero3, cpu2)."),
-          ) -> None:
-    """Fine-tune a model (LoRA, QLoRA or full) on Alpaca or messages data."""
+# ----------------------------------------------------------------------------- stages
+
+
+def _run_data(path: Optional[Path], r: Recipe) -> None:
+    from medtune.data.build import build_data
+
+    if r.data is None:
+        raise ConfigError(f"{path or 'the recipe'}: no `data:` section (see `medtune data build --help`)")
+    build_data(resolve(r).data, seed=r.seed)
+
+
+def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
+               config_file: Optional[str] = None) -> None:
     if launcher == "accelerate":
         raise typer.Exit(_launch_accelerate(config_file))
     from medtune.train.sft import run_sft
 
-    r = _recipe(recipe, sets, {"model": model, "train.train_file": train_file, "train.output_dir": output_dir,
-                               "train.resume": "true" if resume else None})
-    cfg = r.train or TrainConfig()
-    run_sft(cfg, model=r.model, output_dir=r.output_dir / "adapter", seed=r.seed)
+    run_sft(resolve(r, create=("train",)).train)
 
 
 def _launch_accelerate(config_file: Optional[str]) -> int:
@@ -143,146 +263,134 @@ def _launch_accelerate(config_file: Optional[str]) -> int:
             args.append(a)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "medtune", "train", *args]
     err.print("[bold]launching:[/] " + " ".join(cmd))
-    return subprocess.call(cmd, env={**os.environ, "MEDTUNE_LAUNCHED": "1"})
+    return subprocess.call(cmd)
 
 
-@app.command(epilog=_fields((MergeConfig, "merge")))
-@friendly_errors
-def merge(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
-          adapter: Optional[Path] = typer.Option(None, help="LoRA adapter directory."),
-          model: Optional[str] = typer.Option(None, help="Unquantized base model (default: recorded in the adapter)."),
-          output_dir: Optional[Path] = typer.Option(None, help="Merged model directory."),
-          ) -> None:
-    """Merge a LoRA adapter into its base and check adapter-vs-merged logit parity."""
+def _run_merge(path: Optional[Path], r: Recipe) -> None:
     from medtune.merge import merge_adapter
 
-    r = _recipe(recipe, sets, {"merge.adapter": adapter, "merge.model": model, "merge.output_dir": output_dir})
-    merge_adapter(r.merge or MergeConfig(), adapter=r.output_dir / "adapter", output_dir=r.output_dir / "merged")
+    merge_adapter(resolve(r, create=("merge",)).merge)
 
 
-@app.command(epilog=_fields((ChatConfig, "chat")))
-@friendly_errors
-def chat(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
-         model: Optional[str] = typer.Option(None, help="Model dir, pack, .gguf, hub id (or the base of --adapter)."),
-         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter to apply."),
-         prompt: Optional[str] = typer.Option(None, help="Answer this one message and exit (non-interactive)."),
-         system: Optional[str] = typer.Option(None, help="System prompt."),
-         temperature: Optional[float] = typer.Option(None, help="0 = greedy."),
-         top_p: Optional[float] = typer.Option(None),
-         max_new_tokens: Optional[int] = typer.Option(None),
-         repetition_penalty: Optional[float] = typer.Option(None),
-         ) -> None:
-    """Chat with a model: interactive (/reset, /exit) or one-shot with --prompt."""
+def _run_chat(path: Optional[Path], r: Recipe, prompt: Optional[str] = None) -> None:
     from medtune.chat import chat as run_chat
 
-    r = _recipe(recipe, sets, {"chat.model": model, "chat.adapter": adapter, "chat.system": system,
-                               "chat.generation.temperature": temperature, "chat.generation.top_p": top_p,
-                               "chat.generation.max_new_tokens": max_new_tokens,
-                               "chat.generation.repetition_penalty": repetition_penalty})
-    cfg = r.chat or ChatConfig()
-    if cfg.model is None and cfg.adapter is None:
-        merged = r.output_dir / "merged"
-        cfg = cfg.model_copy(update={"model": str(merged) if recipe and merged.is_dir() else r.model})
-    run_chat(cfg, prompt=prompt)
-
-
-@app.command(epilog=_fields((Recipe, "recipe")))
-@friendly_errors
-def run(recipe: Path = typer.Argument(..., help="YAML recipe."), sets: Optional[List[str]] = SET_OPT,
-        force: bool = typer.Option(False, "--force", help="Redo stages even when up to date."),
-        only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these stages (repeatable)."),
-        ) -> None:
-    """Run a recipe's stages in order (train -> merge -> samples), skipping up-to-date ones."""
-    from medtune.run import run_recipe
-
-    r = load_recipe(recipe, sets)
-    run_recipe(r, force=force, only=only)
-    merged = r.output_dir / "merged"
-    if merged.is_dir():
-        print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
-                        f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+    run_chat(resolve(r, create=("chat",), prefer_merged=path is not None).chat, prompt=prompt)
 
 
 def _optional(module: str, name: str):
-    """Import ``module.name`` whose extra may be missing; exit 2 with the install hint instead of a traceback."""
+    """Import ``module.name`` whose extra may be missing; a missing extra raises ConfigError with the install hint."""
     import importlib
 
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
+        raise ConfigError(str(e)) from None
 
 
-def _default_model(r: Recipe, recipe: Optional[Path]) -> str:
-    merged = r.output_dir / "merged"
-    return str(merged) if recipe and merged.is_dir() else r.model
+def _run_serve(path: Optional[Path], r: Recipe) -> None:
+    _optional("medtune.serve", "serve")(resolve(r, create=("serve",), prefer_merged=path is not None).serve)
 
 
-def _adapter_overrides(items: Optional[List[str]]) -> list[str]:
-    out = []
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--adapter {item!r}: expected NAME=PATH, e.g. --adapter cardio=runs/cardio/adapter")
-        out.append(f"serve.adapters.{name.strip()}={path.strip()}")
-    return out
+def _run_web(path: Optional[Path], r: Recipe) -> None:
+    _optional("medtune.web", "launch_web")(resolve(r, create=("web",), prefer_merged=path is not None).web)
 
 
-@app.command(epilog=_fields((ServeConfig, "serve")))
+_DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sources[i]"), (LLMConfig, "data.teacher"),
+                                                       (FilterConfig, "data.filters")))
+_stage_command(data_app, "build", "data", DataConfig, _run_data,
+               help="Read sources, generate QA pairs, filter, and write train/validation JSONL, stats.json and a data card.\n\n"
+                    "Nested fields (use with --set):\n\n" + _DATA_HELP)
+_stage_command(app, "train", "train", TrainConfig, _run_train,
+               extra={"launcher": (str, typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node).")),
+                      "config_file": (Optional[str], typer.Option(None, help="accelerate config: a path or a shipped name (ddp, fsdp, zero2, zero3, cpu2)."))},
+               help="Fine-tune a model (LoRA, QLoRA or full) on Alpaca or messages data.")
+_stage_command(app, "merge", "merge", MergeConfig, _run_merge,
+               help="Merge a LoRA adapter into its base and check adapter-vs-merged logit parity.")
+_stage_command(app, "chat", "chat", ChatConfig, _run_chat,
+               extra={"prompt": (Optional[str], typer.Option(None, help="Answer this one message and exit (non-interactive)."))},
+               help="Chat with a model: interactive (/reset, /exit) or one-shot with --prompt.")
+_stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"]},
+               help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
+_stage_command(app, "web", "web", WebConfig, _run_web,
+               help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
+
+
+@app.command(epilog="Fields (use with --set):\n\n" + field_help(Recipe, "recipe"))
 @friendly_errors
-def serve(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
-          model: Optional[str] = typer.Option(None, help="Model dir, pack or hub id (the base when adapters are given)."),
-          adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH LoRA adapter, chosen by the request's `model` (repeatable)."),
-          host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
-          api_key: Optional[str] = typer.Option(None, help="Require this bearer token (default: env MEDTUNE_API_KEY)."),
-          backend: Optional[str] = typer.Option(None, help="transformers (default) or vllm."),
-          max_batch_size: Optional[int] = typer.Option(None, help="Most requests decoded together."),
-          ) -> None:
-    """OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics."""
-    run_server = _optional("medtune.serve", "serve")
-
-    r = _recipe(recipe, list(sets or []) + _adapter_overrides(adapter),
-                {"serve.model": model, "serve.host": host, "serve.port": port, "serve.api_key": api_key,
-                 "serve.backend": backend, "serve.max_batch_size": max_batch_size})
-    cfg = r.serve or ServeConfig()
-    run_server(cfg if cfg.model else cfg.model_copy(update={"model": _default_model(r, recipe)}))
-
-
-@app.command(epilog=_fields((WebConfig, "web")))
-@friendly_errors
-def web(recipe: Optional[Path] = RECIPE_ARG, sets: Optional[List[str]] = SET_OPT,
-        model: Optional[str] = typer.Option(None, help="Local model dir, pack or hub id."),
-        adapter: Optional[Path] = typer.Option(None, help="LoRA adapter for the local model."),
-        endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL instead of a local model."),
-        host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
+        sets: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable)."),
+        force: bool = typer.Option(False, "--force", help="Redo stages even when up to date."),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these stages (repeatable)."),
         ) -> None:
-    """Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners."""
-    launch_web = _optional("medtune.web", "launch_web")
+    """Run a recipe's stages in order (data -> train -> merge -> samples -> eval), skipping up-to-date ones."""
+    from medtune.run import run_recipe
 
-    r = _recipe(recipe, sets, {"web.model": model, "web.adapter": adapter, "web.endpoint": endpoint,
-                               "web.host": host, "web.port": port})
-    cfg = r.web or WebConfig()
-    if cfg.model is None and cfg.endpoint is None:
-        cfg = cfg.model_copy(update={"model": _default_model(r, recipe)})
-    launch_web(cfg)
+    r = load_recipe(recipe, sets)
+    run_recipe(r, force=force, only=only)
+    merged = r.stage_dir("merge")
+    if merged.is_dir():
+        print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
+              f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _eval_runner(section: str, module: str, function: str) -> Callable:
+    def run_eval(path: Optional[Path], r: Recipe) -> None:
+        import importlib
+
+        cfg = getattr(r, section)
+        if cfg is None:
+            raise ConfigError(f"{path or 'no recipe'}: no `{section}:` section; give the file and --model, "
+                              f"or a recipe with `{section}:` (see `medtune eval {section} --help`)")
+        getattr(importlib.import_module(module), function)(cfg)
+
+    return run_eval
+
+
+_stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq"), positional="data",
+               aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
+               help="Score a model on a multiple-choice benchmark (accuracy with 95% CI, per subject, per item).")
+_stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
+               help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
+_stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",
+               aliases={"answer_columns": ["--answer"]},
+               help="LLM-as-judge: rubric scores, or A vs B judged in both orders (win/tie/loss, order inconsistency).")
+_stage_command(eval_app, "answers", "answers", AnswersConfig, _eval_runner("answers", "medtune.eval.answers", "run_answers"),
+               positional="data", aliases={"models": ["--model"]},
+               help="Answer a prompt file with several models (one <name>_answer column each); resumable.")
+
+
+@eval_app.command("report")
+@friendly_errors
+def report(runs: List[Path] = typer.Argument(..., help="Directories holding results.json files (searched recursively)."),
+           output: Path = typer.Option(Path("runs/eval/report.html"), help="HTML report path (markdown written beside it)."),
+           title: str = typer.Option("medtune evaluation report", help="Report title."),
+           ) -> None:
+    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates."""
+    from medtune.eval.report import write_report
+
+    write_report(runs, output, title)
 
 
 @eval_app.command("safety")
+@friendly_errors
 def eval_safety(file: Optional[Path] = typer.Option(None, help="Labelled JSONL set (default: the shipped one)."),
                 errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
     """Precision and recall of the clinical red-flag detector per language (zh, ko, en)."""
     from medtune.safety import EVAL_SET, evaluate_safety
 
-    report = evaluate_safety(file or EVAL_SET)
+    result = evaluate_safety(file or EVAL_SET)
     table = Table(title=f"red-flag detection on {file or EVAL_SET}")
     for col in ("lang", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
         table.add_column(col)
-    for lang, r in report.items():
+    for lang, r in result.items():
         table.add_row(lang, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
                       f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
     Console().print(table)
-    for lang, r in report.items():
+    for lang, r in result.items():
         for item_id, expected, got in r["errors"] if errors else []:
             Console().print(f"{item_id}: expected {expected or 'none'}, got {got or 'none'}")
 

@@ -1,39 +1,32 @@
-"""Typed configs for every stage, loaded from one YAML recipe with dotted CLI overrides.
+"""Typed configs of the model stages (train, merge, samples, chat, serve, web) and the shared
+decoding and safety settings.
 
-A recipe is a YAML mapping::
-
-    model: qwen2.5-coder-0.5b-instruct   # pack name, hub id, local dir or .gguf file
-    output_dir: runs/quickstart
-    seed: 42
-    train: {train_file: examples/medical_qa.jsonl, max_steps: 60}
-    merge: {}
-    samples: {prompts: ["What is hypertension?"]}
-
-Each stage section is validated by its own pydantic model; unknown keys and wrong types are
-errors that name the key. ``--set train.learning_rate=2e-4`` overrides any field.
+Each stage section of a recipe is validated by its own pydantic model; unknown keys and wrong
+types are errors that name the key. The recipe that holds them, its loading and ``--set``
+overrides live in :mod:`medtune.recipe`; the ``data`` and ``eval`` sections are defined beside
+their stages (:mod:`medtune.data.config`, :mod:`medtune.eval.config`).
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.data.config import DataConfig
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the file and key."""
+from medtune.errors import ConfigError  # noqa: F401  (raised by load_recipe; imported from here by older code)
 
 
-class _Stage(BaseModel):
+
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors; assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
 
 
-class GenerationSettings(_Stage):
+class GenerationSettings(Section):
     """Decoding settings shared by chat, samples and (later) serving."""
 
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 means greedy decoding.")
@@ -51,7 +44,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class SafetyConfig(_Stage):
+class SafetyConfig(Section):
     """Clinical safety layer applied by chat, serve and web (see :mod:`medtune.safety`)."""
 
     enabled: bool = Field(True, description="Detect red flags and put an urgent-care message before the answer.")
@@ -61,7 +54,7 @@ class SafetyConfig(_Stage):
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
 
 
-class TrainConfig(_Stage):
+class TrainConfig(Section):
     """Supervised fine-tuning (LoRA, QLoRA or full) with trl's SFTTrainer."""
 
     model: str | None = Field(None, description="Base model; defaults to the recipe's `model`.")
@@ -93,7 +86,7 @@ class TrainConfig(_Stage):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPU with bf16 support or recent CPU).")
     fp16: bool = Field(False, description="float16 mixed precision (CUDA only).")
-    seed: int | None = Field(None, description="Random seed; defaults to the recipe's `seed`.")
+    seed: int = Field(42, description="Random seed; in a recipe it defaults to the recipe's `seed`.")
     logging_steps: int = Field(1, ge=1, description="Log loss, learning rate, tokens/s and peak memory every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
     save_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps.")
@@ -104,7 +97,7 @@ class TrainConfig(_Stage):
     max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples of each file (smoke runs).")
 
 
-class MergeConfig(_Stage):
+class MergeConfig(Section):
     """Merge a LoRA adapter into its unquantized base and check logit parity."""
 
     model: str | None = Field(None, description="Base model; defaults to the one recorded in the adapter.")
@@ -115,7 +108,7 @@ class MergeConfig(_Stage):
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
 
 
-class SamplesConfig(_Stage):
+class SamplesConfig(Section):
     """Answer a few prompts with the merged model and write them to samples.jsonl."""
 
     prompts: list[str] = Field(default_factory=lambda: [
@@ -127,7 +120,7 @@ class SamplesConfig(_Stage):
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=96))
 
 
-class ChatConfig(_Stage):
+class ChatConfig(Section):
     """Interactive or one-shot chat."""
 
     model: str | None = Field(None, description="Model: merged dir, pack, hub id, .gguf, or the base for --adapter.")
@@ -138,7 +131,7 @@ class ChatConfig(_Stage):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
 
-class ServeConfig(_Stage):
+class ServeConfig(Section):
     """OpenAI-compatible HTTP server (``medtune serve``)."""
 
     model: str | None = Field(None, description="Model: merged dir, pack, hub id, or the base for adapters.")
@@ -155,7 +148,7 @@ class ServeConfig(_Stage):
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
 
 
-class WebConfig(_Stage):
+class WebConfig(Section):
     """Gradio web chat (``medtune web``) on a local model or an OpenAI-compatible endpoint."""
 
     model: str | None = Field(None, description="Local model (dir, pack, hub id); or use endpoint.")
@@ -169,126 +162,3 @@ class WebConfig(_Stage):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
-
-
-class Recipe(_Stage):
-    """A whole pipeline: shared settings plus one section per stage (absent = stage not run)."""
-
-    model: str = Field("qwen2.5-coder-0.5b-instruct", description="Base model for every stage.")
-    output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
-    seed: int = Field(42, description="Seed for every stage.")
-    data: DataConfig | None = None
-    train: TrainConfig | None = None
-    merge: MergeConfig | None = None
-    samples: SamplesConfig | None = None
-    chat: ChatConfig | None = None
-    serve: ServeConfig | None = None
-    web: WebConfig | None = None
-    eval: EvalConfig | None = None
-
-
-from medtune.eval.config import EvalConfig  # noqa: E402  (needs _Stage and GenerationSettings above)
-
-Recipe.model_rebuild()
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split ``"train.learning_rate=2e-4"`` into ``(["train", "learning_rate"], "2e-4")``.
-
-    The value is parsed as YAML when that gives a list, mapping, bool, number or null; other
-    values stay strings and pydantic converts them to the field's type.
-
-    Raises:
-        ConfigError: if the item has no ``=`` or an empty key.
-    """
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) or (value is None and raw.strip() not in ("null", "~", "")):
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``data`` with each ``KEY=VALUE`` override set at its dotted path."""
-    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
-    return data
-
-
-def _describe(err: dict, source: str) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = Recipe
-        for part in err["loc"][:-1]:
-            field = parent.model_fields.get(str(part))
-            ann = getattr(field, "annotation", None)
-            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if parent is None:
-                break
-        known = list(parent.model_fields) if parent else []
-        hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
-        return f"{source}: unknown key {loc!r}{extra}"
-    return f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})"
-
-
-def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides.
-
-    Args:
-        path: YAML file; None starts from an empty recipe.
-        overrides: ``KEY=VALUE`` strings, e.g. ``["train.learning_rate=2e-4", "model=smollm2-135m-instruct"]``.
-
-    Returns:
-        The validated :class:`Recipe`.
-
-    Raises:
-        ConfigError: missing file, invalid YAML, unknown key or wrong type; the message names
-            the file and the dotted key.
-    """
-    source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " + --set"
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
-
-
-def field_help(model: type[BaseModel], prefix: str) -> str:
-    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped)."""
-    lines = ["\b"]
-    for name, f in model.model_fields.items():
-        default = f.default if f.default_factory is None else f.default_factory()
-        if isinstance(default, BaseModel):
-            lines.append(field_help(type(default), f"{prefix}.{name}").removeprefix("\b\n"))
-        elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
-            shown = str(default) if isinstance(default, Path) else repr(default)
-            lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")
-    return "\n".join(lines)

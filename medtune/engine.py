@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -14,15 +14,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medtune.errors import MergeError, ModelError
 from medtune.config import MergeConfig
 from medtune.generation import render_prompt, stop_ids
-from medtune.models import ModelError, adapter_base, load_model, load_tokenizer, resolve_model
+from medtune.models import adapter_base, load_model, load_tokenizer, resolve_model
 
 console = Console(stderr=True)
 
 
-class MergeError(RuntimeError):
-    """A merge that must not be done (4-bit base) or that failed the parity check."""
 
 
 def _refuse_quantized_base(spec: str) -> None:
@@ -38,11 +37,11 @@ def _refuse_quantized_base(spec: str) -> None:
             )
 
 
-def merge_adapter(cfg: MergeConfig, adapter: Path | None = None, output_dir: Path | None = None) -> dict:
+def merge_adapter(cfg: MergeConfig) -> dict:
     """Merge ``cfg.adapter`` into its base, save the merged model, and check logit parity.
 
     Args:
-        cfg: merge config; ``adapter`` / ``output_dir`` fill its fields when those are None.
+        cfg: merge config (resolved: ``adapter`` set; ``output_dir`` defaults to ``<adapter>-merged``).
 
     Returns:
         ``{"output_dir", "max_abs_logit_diff", "tolerance", "seconds"}``.
@@ -54,14 +53,14 @@ def merge_adapter(cfg: MergeConfig, adapter: Path | None = None, output_dir: Pat
     import torch
 
     t0 = time.time()
-    adapter = Path(cfg.adapter or adapter or "")
+    adapter = Path(cfg.adapter or "")
     if not (adapter / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
     base = cfg.model or adapter_base(adapter)
     if base is None:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     _refuse_quantized_base(base)
-    out = Path(cfg.output_dir or output_dir or adapter.with_name(adapter.name + "-merged"))
+    out = Path(cfg.output_dir or adapter.with_name(adapter.name + "-merged"))
     tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base, cfg.trust_remote_code)
     model = load_model(base, adapter=adapter, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code).eval()
     probe = render_prompt(tokenizer, [{"role": "user", "content": cfg.probe_prompt}])

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medtune.errors import ModelError
+
 console = Console(stderr=True)
 
 
-class ModelError(RuntimeError):
-    """A model, pack or adapter that cannot be resolved or loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -356,3 +356,27 @@ def adapter_base(adapter: Path) -> str | None:
     """The base model spec recorded when the adapter was trained, if any."""
     info = Path(adapter) / "medtune_base.json"
     return json.loads(info.read_text())["model"] if info.is_file() else None
+
+
+def load_chat_model(model: str | None, adapter: Path | None = None, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` for inference: a model (dir, pack, .gguf, hub id) or base + adapter.
+
+    Raises:
+        ModelError: no model given and the adapter does not record its base, or loading fails.
+    """
+    base = model or (adapter_base(adapter) if adapter else None)
+    if base is None:
+        raise ModelError("no model given: pass --model (or an --adapter trained by medtune, which records its base)")
+    tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
+    tokenizer = load_tokenizer(str(tok_source), trust_remote_code)
+    return load_model(base, adapter=adapter, trust_remote_code=trust_remote_code).eval(), tokenizer
+
+
+def model_identity(spec: str) -> dict:
+    """Digest of a model spec for manifests: pack sha256, local files, or the hub id itself."""
+    from medtune.manifest import tree_digests
+
+    if spec in PACKS:
+        return {"pack": spec, "sha256": PACKS[spec].sha256}
+    path = Path(spec)
+    return {"path": str(path.resolve()), "files": tree_digests(path)} if path.exists() else {"hub_id": spec}

@@ -20,19 +20,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import Recipe
+from medtune.recipe import STAGE_DIRS, Recipe, resolve
 from medtune.manifest import fingerprint, is_up_to_date, tree_digests, write_manifest
-from medtune.models import PACKS
+from medtune.models import model_identity
 
 console = Console(stderr=True)
-
-
-def model_identity(spec: str) -> dict:
-    """Digest of a model spec for manifests: pack sha256, local files, or the hub id itself."""
-    if spec in PACKS:
-        return {"pack": spec, "sha256": PACKS[spec].sha256}
-    path = Path(spec)
-    return {"path": str(path.resolve()), "files": tree_digests(path)} if path.exists() else {"hub_id": spec}
 
 
 def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
@@ -44,27 +36,13 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     for extra in (cfg.templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
         if extra is not None:
             inputs[str(extra)] = tree_digests(extra)
-    return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, cfg.output_dir or out, seed=recipe.seed)
-
-
-def data_stage_files(recipe: Recipe) -> dict:
-    """``train_file`` / ``validation_file`` taken from the data stage's outputs when the recipe has a
-    ``data`` section and ``train`` does not name its own files (used by the train and eval stages)."""
-    update = {}
-    if recipe.data is not None and recipe.train is not None and "train_file" not in recipe.train.model_fields_set:
-        data_dir = recipe.data.output_dir or recipe.output_dir / "data"
-        update["train_file"] = data_dir / "train.jsonl"
-        if recipe.train.validation_file is None and recipe.data.validation_fraction > 0:
-            update["validation_file"] = data_dir / "validation.jsonl"
-    return update
+    return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, seed=recipe.seed)
 
 
 def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     from medtune.train.sft import run_sft
 
-    update = data_stage_files(recipe)
-    cfg = recipe.train.model_copy(update={**update, "model": recipe.train.model or recipe.model, "output_dir": out,
-                                          "seed": recipe.train.seed if recipe.train.seed is not None else recipe.seed})
+    cfg = recipe.train
     inputs = {"model": model_identity(cfg.model), "train_file": [tree_digests(f) for f in (
         cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file])]}
     if cfg.validation_file:
@@ -75,15 +53,14 @@ def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
 def _merge(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     from medtune.merge import merge_adapter
 
-    adapter = recipe.merge.adapter or recipe.output_dir / "adapter"
-    cfg = recipe.merge.model_copy(update={"adapter": adapter, "output_dir": out})
-    inputs = {"adapter": tree_digests(adapter), "model": model_identity(cfg.model) if cfg.model else None}
+    cfg = recipe.merge
+    inputs = {"adapter": tree_digests(cfg.adapter), "model": model_identity(cfg.model) if cfg.model else None}
     return cfg.model_dump(mode="json"), inputs, lambda: merge_adapter(cfg)
 
 
 def write_samples(model_dir: Path, cfg, out: Path) -> dict:
     """Answer ``cfg.prompts`` with the model in ``model_dir``; write ``out/samples.jsonl``."""
-    from medtune.chat import load_chat_model
+    from medtune.models import load_chat_model
     from medtune.generation import chat_once
 
     model, tokenizer = load_chat_model(str(model_dir))
@@ -101,7 +78,7 @@ def write_samples(model_dir: Path, cfg, out: Path) -> dict:
 
 
 def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
-    model_dir = recipe.output_dir / "merged"
+    model_dir = recipe.stage_dir("merge")
     cfg = recipe.samples
     return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out)
 
@@ -111,15 +88,16 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
 
     cfg = recipe.eval
     files = {str(f): tree_digests(f) for f in cfg.mcq_files}
-    inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.output_dir / "merged")
-              or tree_digests(recipe.output_dir / "adapter"), "mcq_files": files,
+    inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.stage_dir("merge"))
+              or tree_digests(recipe.stage_dir("train")), "mcq_files": files,
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
               "train": recipe.train.model_dump(mode="json") if recipe.train else None}
-    return cfg.model_dump(mode="json"), inputs, lambda: run_eval_stage(recipe, out)
+    return cfg.model_dump(mode="json"), inputs, lambda: run_eval_stage(
+        cfg, recipe.model, [recipe.stage_dir("merge"), recipe.stage_dir("train")], resolve(recipe, create=("train",)).train,
+        recipe.seed, out, f"medtune: base vs fine-tuned ({recipe.output_dir})")
 
 
-STAGES = {"data": ("data", _data), "train": ("adapter", _train), "merge": ("merged", _merge), "samples": ("samples", _samples),
-          "eval": ("eval", _eval)}
+STAGES = {"data": _data, "train": _train, "merge": _merge, "samples": _samples, "eval": _eval}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:
@@ -134,10 +112,11 @@ def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = Non
         ``{stage: {"status": "ran"|"skipped", "dir", "wall_s", "summary"}}``.
     """
     results, t_all = {}, time.time()
-    for name, (subdir, build) in STAGES.items():
+    recipe = resolve(recipe)
+    for name, build in STAGES.items():
         if getattr(recipe, name) is None or (only and name not in only):
             continue
-        out = recipe.output_dir / subdir
+        out = recipe.output_dir / STAGE_DIRS[name]
         config, inputs, run = build(recipe, out)
         fp = fingerprint(config, inputs)
         if not force and is_up_to_date(out, fp):

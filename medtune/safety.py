@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from medtune.config import SafetyConfig
+from medtune.text import detect_language
 
 LANGS = ("zh", "ko", "en")
 EVAL_SET = Path(__file__).parent / "data" / "safety_eval.jsonl"
@@ -189,15 +190,6 @@ DISCLAIMER = {
 }
 
 
-def detect_language(text: str) -> str:
-    """``"ko"`` if the text has Hangul, ``"zh"`` if it has CJK ideographs, else ``"en"``."""
-    if re.search(r"[\uac00-\ud7a3\u1100-\u11ff]", text):
-        return "ko"
-    if re.search(r"[\u4e00-\u9fff]", text):
-        return "zh"
-    return "en"
-
-
 def _clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
     """Character span of the clause around ``text[start:end]`` (split at commas, semicolons, "but")."""
     left = max([m.end() for m in CLAUSE_BREAK.finditer(text, 0, start)], default=0)
@@ -226,7 +218,7 @@ def detect_red_flags(text: str, lang: str | None = None) -> list[str]:
     Returns:
         Category names such as ``["cardiac"]``; empty when nothing urgent is described.
     """
-    lang = lang or detect_language(text)
+    lang = lang or detect_language(text, default="en")
     found: list[str] = []
     for rules_lang in dict.fromkeys([lang, "en"]):
         if GENERAL_QUESTION[rules_lang].search(text) and not PERSON[rules_lang].search(GENERIC_ASKER.sub(" ", text)):
@@ -285,7 +277,7 @@ def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
     if cfg.system_prompt and not any(m.get("role") == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": cfg.system_prompt})
     last_user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
-    lang = detect_language(last_user)
+    lang = detect_language(last_user, default="en")
     g = Guard(messages=msgs, lang=lang)
     if cfg.enabled:
         g.flags = detect_red_flags(last_user, lang)

@@ -27,7 +27,7 @@ BANNER_STYLE = ("background:#b00020;color:#fff;font-size:1.15em;font-weight:700;
 
 def local_backend(cfg: WebConfig) -> Callable[[list[dict], GenerationSettings], Iterator[str]]:
     """Model text pieces from the local model in ``cfg`` (no safety layer; see :func:`reply_stream`)."""
-    from medtune.chat import load_chat_model
+    from medtune.models import load_chat_model
     from medtune.generation import stream_chat
 
     model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)

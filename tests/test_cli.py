@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from medtune.config import load_recipe
+from medtune.recipe import load_recipe
 from medtune.run import run_recipe
 
 
@@ -16,7 +16,7 @@ def medtune(*args, stdin=None, env=None):
 
 
 def test_chat_one_shot_matches_library_greedy(qwen_dir):
-    from medtune.chat import load_chat_model
+    from medtune.models import load_chat_model
     from medtune.config import GenerationSettings, SafetyConfig
     from medtune.generation import stream_chat
     from medtune.safety import guarded_stream

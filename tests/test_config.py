@@ -1,6 +1,7 @@
 import pytest
 
-from medtune.config import ConfigError, load_recipe
+from medtune.errors import ConfigError
+from medtune.recipe import load_recipe
 
 
 def write(tmp_path, text):

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from medtune.cli import app
-from medtune.config import load_recipe
+from medtune.recipe import load_recipe, resolve
 from medtune.data.readers import read_text
 from medtune.run import STAGES
 from tests.fake_openai import FakeOpenAI, cache_rows
@@ -152,9 +152,9 @@ def test_killed_build_resumes_with_no_repeated_call_and_no_lost_record(tmp_path)
 
 def test_train_stage_defaults_to_the_data_stage_outputs(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.max_steps=1"])
-    config, _, _ = STAGES["train"][1](recipe, tmp_path / "run" / "adapter")
+    config, _, _ = STAGES["train"](resolve(recipe), tmp_path / "run" / "adapter")
     assert config["train_file"] == str(tmp_path / "run" / "data" / "train.jsonl")
     assert config["validation_file"] == str(tmp_path / "run" / "data" / "validation.jsonl")
     explicit = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.train_file=mine.jsonl"])
-    assert STAGES["train"][1](explicit, tmp_path / "a")[0]["train_file"] == "mine.jsonl"
+    assert STAGES["train"](resolve(explicit), tmp_path / "a")[0]["train_file"] == "mine.jsonl"
     assert list(STAGES)[:2] == ["data", "train"]

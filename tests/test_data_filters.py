@@ -34,7 +34,7 @@ def test_exact_and_near_dedup_on_chinese():
     kept = list(run_filters(recs, [("exact", ExactDedup()), ("near", NearDedup(0.7, ngram=3, num_perm=128))], tallies))
     assert [r.id for r in kept] == ["a", "d"]
     assert tallies["exact"].dropped == {"exact duplicate": 1} and tallies["near"].dropped == {"near duplicate": 1}
-    assert tallies["near"].rejects[0]["where"] == "c"
+    assert tallies["near"].rejects[0].where == "c"
 
 
 def test_phi_placeholders_by_type():

@@ -9,7 +9,9 @@ import pytest
 
 from medtune.data.readers import (parse_report, read_corpus, read_guidelines, read_kb, read_qa_tree, read_reports,
                                   split_passages)
-from medtune.data.records import DataSourceError, Tally, read_text
+from medtune.data.records import Tally
+from medtune.errors import DataFileError
+from medtune.io import read_text
 
 SOURCES = Path(__file__).resolve().parents[1] / "examples" / "sources"
 ZH = "高血压是一种常见的慢性疾病，需要长期随访和规律服药，同时减少食盐摄入。"
@@ -27,7 +29,7 @@ def test_encodings_are_detected(tmp_path, enc, text):
 def test_forced_wrong_encoding_is_a_located_error(tmp_path):
     p = tmp_path / "doc.txt"
     p.write_bytes(ZH.encode("gb18030"))
-    with pytest.raises(DataSourceError, match="doc.txt.*utf-8"):
+    with pytest.raises(DataFileError, match="doc.txt.*utf-8"):
         read_text(p, "utf-8")
     assert read_text(p, "gb18030")[0] == ZH
 
@@ -50,9 +52,9 @@ def test_guideline_formats(tmp_path):
     recs = list(read_guidelines(tmp_path, tally))
     assert [r.text for r in recs] == ["第一段指南内容。", "第二段指南内容。", "Take with food."]
     assert recs[2].meta["doc_id"] == "b.jsonl:g1" and recs[2].meta["title"] == "T" and recs[0].meta["language"] == "zh"
-    reasons = sorted(r["reason"] for r in tally.rejects)
+    reasons = sorted(r.reason for r in tally.rejects)
     assert reasons == ["empty file", "malformed JSON line", "no `text` string"]
-    assert next(r for r in tally.rejects if r["reason"] == "malformed JSON line")["where"] == "line 2"
+    assert next(r for r in tally.rejects if r.reason == "malformed JSON line").where == "line 2"
 
 
 def test_guideline_examples_spans_point_into_the_document():
@@ -71,7 +73,7 @@ def test_pdf_with_and_without_text_layer(tmp_path):
     w.write(tmp_path / "scan.pdf")
     tally = Tally("read")
     assert list(read_guidelines(tmp_path / "scan.pdf", tally)) == []
-    assert "no text layer" in tally.rejects[0]["reason"]
+    assert "no text layer" in tally.rejects[0].reason
 
 
 def test_kb_mongo_export_html_lists_and_bad_fields():
@@ -83,7 +85,7 @@ def test_kb_mongo_export_html_lists_and_bad_fields():
     assert drugs[2].fields["adverse_reactions"].startswith("과량") and drugs[2].meta["language"] == "ko"
     diseases = list(read_kb(SOURCES / "kb" / "diseases.json", tally))
     assert [d.meta["name"] for d in diseases] == ["高血压", "Gout"] and "recommand_drug" not in diseases[1].fields
-    assert {r["reason"] for r in tally.rejects} == {"field is a dict, expected a string or a list of strings",
+    assert {r.reason for r in tally.rejects} == {"field is a dict, expected a string or a list of strings",
                                                    "no name field (name, title, drug_name...)"}
 
 
@@ -106,7 +108,7 @@ def test_reports_text_and_csv_with_rejects():
     assert "report_004.txt" not in ids and "reports.csv:r-101" in ids and "reports.csv:r-102" in ids
     assert recs[ids.index("report_003.txt")].fields["history"] == "fall, on anticoagulation"
     assert recs[ids.index("report_001.txt")].fields["indication"].startswith("XXXX-year-old")
-    assert [r["reason"] for r in tally.rejects] == ["report has neither FINDINGS nor IMPRESSION"]
+    assert [r.reason for r in tally.rejects] == ["report has neither FINDINGS nor IMPRESSION"]
 
 
 def test_qa_tree_pairs_by_path_and_id_and_joins_parts_in_order():
@@ -116,12 +118,12 @@ def test_qa_tree_pairs_by_path_and_id_and_joins_parts_in_order():
     assert fruit[0]["content"] == "당뇨병이 있으면 과일을 먹어도 되나요?"
     assert fruit[1]["content"].startswith("과일은 먹을 수") and fruit[1]["content"].endswith("양을 조절하세요.")
     assert recs["당뇨병/식이/000102"].messages[1]["content"].startswith("밥의 양은")  # its own answer, not the folder's first
-    assert [(r["reason"], r["where"]) for r in tally.rejects] == [("answer without a question", "id 000299")]
+    assert [(r.reason, r.where) for r in tally.rejects] == [("answer without a question", "id 000299")]
 
 
 def test_qa_tree_without_answer_folder_is_a_clear_error(tmp_path):
     (tmp_path / "1.질문").mkdir()
-    with pytest.raises(DataSourceError, match="2.답변"):
+    with pytest.raises(DataFileError, match="2.답변"):
         list(read_qa_tree(tmp_path, Tally("read")))
 
 
@@ -135,6 +137,6 @@ def test_corpus_forms(tmp_path):
     assert len(list(read_corpus(tmp_path / "alpaca.json", tally))) == 1
     share = list(read_corpus(tmp_path / "sharegpt.jsonl", tally))
     assert share[0].messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    assert tally.rejects[0]["where"] == "line 2" and "end with an assistant" in tally.rejects[0]["detail"]
+    assert tally.rejects[0].where == "line 2" and "end with an assistant" in tally.rejects[0].record
     mapped = list(read_corpus(tmp_path / "mapped.csv", tally, columns={"question": "问题", "answer": "回答"}))
     assert mapped[0].messages[1]["content"] == "多休息，多喝水。"

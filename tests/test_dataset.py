@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from medtune.train.dataset import (IGNORE_INDEX, DataFileError, RecordError, build_sft_examples,
-                                   record_to_messages, tokenize_messages)
+from medtune.chat_tokens import IGNORE_INDEX, build_sft_examples, tokenize_messages
+from medtune.errors import DataFileError
+from medtune.io import RecordError, record_to_messages
 
 MULTI = [
     {"role": "system", "content": "You are a careful medical assistant."},

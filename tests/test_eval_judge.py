@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from medtune.cli import app
 from medtune.eval.backends import load_backend
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
-from medtune.eval.fact import normalize, run_fact, score_answer
+from medtune.eval.fact import run_fact, score_answer
+from medtune.text import match_form as normalize
 from medtune.eval.judge import InvalidReply, parse_rubric, parse_verdict, run_judge
 from medtune.eval.mcq import run_mcq
 from medtune.eval.report import write_report

@@ -14,7 +14,7 @@ from medtune.eval.config import McqConfig
 from medtune.eval.mcq import build_messages, choose_letters, parse_answer, pick_shots, run_mcq
 from medtune.eval.mcq_data import load_mcq
 from medtune.eval.stats import wilson_interval
-from medtune.train.dataset import DataFileError
+from medtune.errors import DataFileError
 from tests.fake_openai import FakeOpenAI
 
 FIX = Path(__file__).parent / "fixtures" / "eval"

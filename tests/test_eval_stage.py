@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medtune.config import load_recipe
+from medtune.recipe import load_recipe
 from medtune.run import run_recipe
 from tests.conftest import SAMPLES, build_model
 

@@ -61,7 +61,7 @@ def test_two_cpu_processes_with_gloo(tmp_path, qwen_dir, sft_file):
 def test_smollm2_pack_cache_train_merge_generate(tmp_path, sft_file):
     """Integration: real pretrained pack -> cached safetensors -> 3 LoRA steps -> merge -> greedy generation."""
     from medtune.config import GenerationSettings, MergeConfig, TrainConfig
-    from medtune.chat import load_chat_model
+    from medtune.models import load_chat_model
     from medtune.generation import chat_once
     from medtune.merge import merge_adapter
     from medtune.train.sft import run_sft

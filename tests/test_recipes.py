@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from medtune.config import load_recipe
-from medtune.data.teacher import SensitiveDataError
+from medtune.recipe import load_recipe
+from medtune.llm import SensitiveDataError
 from medtune.run import run_recipe
-from medtune.train.dataset import IGNORE_INDEX, record_to_messages, tokenize_messages
+from medtune.chat_tokens import IGNORE_INDEX, tokenize_messages
+from medtune.io import record_to_messages
 from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from medtune.chat import load_chat_model  # noqa: E402
+from medtune.models import load_chat_model  # noqa: E402
 from medtune.config import GenerationSettings, SafetyConfig, ServeConfig  # noqa: E402
 from medtune.generation import chat_once, render_prompt  # noqa: E402
 from medtune.safety import guard  # noqa: E402

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune.config import ConfigError, TrainConfig
+from medtune.config import TrainConfig
+from medtune.errors import ConfigError
 from medtune.train import speed as speed_mod
 from medtune.train.speed import SpeedError, fused_loss_on, resolve_attention
 from medtune.train.sft import build_trainer

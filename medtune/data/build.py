@@ -26,7 +26,8 @@ from medtune.data import generators as G
 from medtune.data import readers as R
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
 from medtune.data.records import Record, Tally, save_rejects
-from medtune.data.teacher import Teacher
+from medtune.errors import ConfigError
+from medtune.llm import LLMClient
 
 console = Console(stderr=True)
 OUTPUTS = ("train.jsonl", "validation.jsonl", "stats.json", "DATA_CARD.md", "rejects.jsonl")
@@ -54,7 +55,7 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
     return records
 
 
-async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: Teacher,
+async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
                     seed: int, tallies: dict[str, Tally]) -> list[Record]:
     """Run every source's generator (teacher calls run concurrently under the teacher's limits)."""
     rng, templates, out, jobs = random.Random(seed), None, [], []
@@ -136,22 +137,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def build_data(cfg: DataConfig, output_dir: Path, seed: int = 42) -> dict:
+def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     """Run the whole data stage and write the outputs listed in the module docstring.
 
     Args:
-        cfg: the ``data:`` recipe section.
-        output_dir: where outputs go (``cfg.output_dir`` wins when set).
+        cfg: the ``data:`` recipe section, resolved (``output_dir`` set; :func:`medtune.recipe.resolve`).
         seed: seed for templates, sampling and the split (``cfg.seed`` wins when set).
 
     Returns:
         A summary: counts, output paths, teacher usage, wall time.
 
     Raises:
-        DataSourceError: a source cannot be read at all (missing file, undecodable, wrong layout).
+        DataFileError: a source cannot be read at all (missing file, undecodable, wrong layout).
         SensitiveDataError: a sensitive source would go to a remote teacher without the override.
     """
-    t0, out = time.time(), Path(cfg.output_dir or output_dir)
+    if cfg.output_dir is None:
+        raise ConfigError("data.output_dir is not set (a recipe sets it to <output_dir>/data)")
+    t0, out = time.time(), Path(cfg.output_dir)
     seed = cfg.seed if cfg.seed is not None else seed
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
@@ -160,7 +162,7 @@ def build_data(cfg: DataConfig, output_dir: Path, seed: int = 42) -> dict:
         tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
         sources.append((src, read_source(src, tally)))
         console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
-    teacher = Teacher(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
+    teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     try:
         generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies))
     finally:

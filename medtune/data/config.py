@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.data.teacher import TeacherConfig
+from medtune.llm import LLMConfig
 
 GENERATORS = ("kb-template", "guideline-qa", "report-qa", "none")
 DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
@@ -54,7 +54,7 @@ class DialogueConfig(_Section):
     """Self-instruct scenario tasks from seed tasks (Wang et al. 2023, "Self-Instruct"; BELLE)."""
 
     seed_file: Path = Field(..., description="JSONL seed tasks: {instruction, category, output?}.")
-    rounds: int = Field(1, ge=1, description="Teacher calls that propose new tasks.")
+    rounds: int = Field(1, ge=1, description="LLMClient calls that propose new tasks.")
     tasks_per_round: int = Field(4, ge=1, description="New tasks asked for per call.")
     examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
@@ -84,7 +84,7 @@ class DataConfig(_Section):
 
     sources: list[SourceConfig] = Field(default_factory=list, description="Sources to read (see SourceConfig).")
     output_dir: Path | None = Field(None, description="Where train/validation JSONL, stats.json and the data card go; default <recipe output_dir>/data.")
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="LLM for the generators (default: local offline pack).")
+    teacher: LLMConfig = Field(default_factory=LLMConfig, description="LLM for the generators (default: local offline pack).")
     templates: Path | None = Field(None, description="kb-template YAML (default: medtune/data/kb_templates.yaml).")
     prompts_dir: Path | None = Field(None, description="Folder with <language>/<name>.txt prompt templates overriding the shipped ones.")
     paraphrases: int = Field(2, ge=1, description="kb-template: question paraphrases used per field.")

@@ -15,16 +15,17 @@ Every filter reads ``messages`` (user turns = question, assistant turns = answer
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from medtune.data.records import DataSourceError, Record, Tally, detect_language
+from medtune.data.records import Record, Tally
+from medtune.errors import DataFileError
+from medtune.io import Reject, read_rows, read_text
+from medtune.text import dedup_key, detect_language
 
 Filter = Callable[[Record], tuple[bool, str]]
 
@@ -37,21 +38,12 @@ def answer_of(r: Record) -> str:
     return "\n".join(m["content"] for m in r.messages or [] if m["role"] == "assistant")
 
 
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
-
-
-@functools.lru_cache(maxsize=64)  # the filters of one record normalise the same text in turn
-def normalize(text: str) -> str:
-    """NFKC, lower case, punctuation and whitespace removed (for duplicate and overlap tests)."""
-    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
-
-
 def check_answer(r: Record) -> tuple[bool, str]:
-    """Drop empty answers and answers equal to the question (after :func:`normalize`)."""
-    a = normalize(answer_of(r))
+    """Drop empty answers and answers equal to the question (after :func:`medtune.text.dedup_key`)."""
+    a = dedup_key(answer_of(r))
     if not a:
         return False, "empty answer"
-    if a == normalize(question_of(r)):
+    if a == dedup_key(question_of(r)):
         return False, "answer == question"
     return True, ""
 
@@ -85,7 +77,7 @@ class ExactDedup:
         self.seen: set[bytes] = set()
 
     def __call__(self, r: Record) -> tuple[bool, str]:
-        key = hashlib.blake2b(normalize(json.dumps(r.messages, ensure_ascii=False)).encode(), digest_size=16).digest()
+        key = hashlib.blake2b(dedup_key(json.dumps(r.messages, ensure_ascii=False)).encode(), digest_size=16).digest()
         if key in self.seen:
             return False, "exact duplicate"
         self.seen.add(key)
@@ -94,7 +86,7 @@ class ExactDedup:
 
 def char_shingles(text: str, n: int) -> set[str]:
     """Character n-grams of the normalised text (works for Chinese and Korean, which have no spaces)."""
-    t = normalize(text)
+    t = dedup_key(text)
     return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
 
 
@@ -110,7 +102,7 @@ def shingle_hashes(text: str, n: int, normalized: bool = False, distinct: bool =
     """
     import numpy as np
 
-    cps = np.frombuffer((text if normalized else normalize(text)).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    cps = np.frombuffer((text if normalized else dedup_key(text)).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     if len(cps) < n:
         n = max(1, len(cps))
         if not len(cps):
@@ -266,15 +258,14 @@ def _benchmark_questions(path: Path) -> list[str]:
     """Questions of a benchmark file: .txt (one per line) or JSON/JSONL (``question``/``instruction``/``prompt``/first user turn)."""
     path = Path(path)
     if not path.is_file():
-        raise DataSourceError(f"{path}: benchmark file not found")
-    text = path.read_text(encoding="utf-8-sig")
+        raise DataFileError(f"{path}: benchmark file not found")
     if path.suffix.lower() == ".txt":
+        text, _ = read_text(path)
         return [line.strip() for line in text.splitlines() if line.strip()]
-    items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
     out = []
-    for it in items:
-        if isinstance(it, str):
-            out.append(it)
+    for _where, it in read_rows(path):
+        if isinstance(it, Reject) and isinstance(it.record, str):  # a JSON array of question strings
+            out.append(it.record)
         elif isinstance(it, dict):
             q = it.get("question") or it.get("instruction") or it.get("prompt") or it.get("input") or \
                 next((m.get("content") for m in it.get("messages", []) if m.get("role") == "user"), None)
@@ -301,7 +292,7 @@ class Decontaminator:
         char_ngram: n in characters for CJK questions.
 
     Raises:
-        DataSourceError: a benchmark file is missing.
+        DataFileError: a benchmark file is missing.
     """
 
     def __init__(self, files: list[Path], word_ngram: int = 13, char_ngram: int = 15):
@@ -313,7 +304,7 @@ class Decontaminator:
             for q in _benchmark_questions(f):
                 self.questions += 1
                 if _is_cjk(q):
-                    short = len(normalize(q)) < self.char_n
+                    short = len(dedup_key(q)) < self.char_n
                     char_grams += [] if short else [self._char(q)]
                 else:
                     grams = self._words(q)
@@ -327,11 +318,11 @@ class Decontaminator:
 
     def _char(self, text: str):
         """Hashes ``(n_grams,)`` of the character n-grams (see :func:`shingle_hashes`); empty if too short."""
-        t = normalize(text)
+        t = dedup_key(text)
         return shingle_hashes(t, self.char_n, normalized=True, distinct=False) if len(t) >= self.char_n else self._np.zeros(0, dtype=self._np.uint64)
 
     def _words(self, text: str) -> set[int]:
-        w = [normalize(x) for x in text.split()]
+        w = [dedup_key(x) for x in text.split()]
         w = [x for x in w if x]
         return {hash(" ".join(w[i:i + self.word_n])) for i in range(len(w) - self.word_n + 1)}
 

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from medtune.data.readers import _json_lines
-from medtune.data.records import DataSourceError, Record, Tally, detect_language
-from medtune.data.teacher import SensitiveDataError, Teacher, TeacherError
+from medtune.data.records import Record, Tally
+from medtune.errors import DataFileError
+from medtune.io import Reject, read_rows
+from medtune.text import detect_language
+from medtune.llm import SensitiveDataError, LLMClient, LLMError
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
@@ -40,7 +42,7 @@ def load_prompt(name: str, language: str, prompts_dir: Path | None = None) -> tu
             if p.is_file():
                 text = p.read_text(encoding="utf-8")
                 return text, hashlib.sha256(text.encode()).hexdigest()[:12]
-    raise DataSourceError(f"prompt template {name!r} not found for language {language!r}")
+    raise DataFileError(f"prompt template {name!r} not found for language {language!r}")
 
 
 # ---------------------------------------------------------------- kb-template (no LLM)
@@ -48,11 +50,11 @@ def load_templates(path: Path | None = None) -> dict:
     """The kb-template YAML: ``{language: {joiner, answer, fields: {field: {label, questions}}}}``."""
     path = Path(path or TEMPLATES)
     if not path.is_file():
-        raise DataSourceError(f"{path}: kb template file not found")
+        raise DataFileError(f"{path}: kb template file not found")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for lang, spec in data.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("fields"), dict) or "answer" not in spec:
-            raise DataSourceError(f"{path}: language {lang!r} needs `answer` and `fields`")
+            raise DataFileError(f"{path}: language {lang!r} needs `answer` and `fields`")
     return data
 
 
@@ -107,7 +109,7 @@ CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": 
                   "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
 
 
-async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: bool, prompts_dir: Path | None,
+async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: bool, prompts_dir: Path | None,
                       tally: Tally, multi_turn: bool = False) -> list[Record]:
     """Grounded QA from one passage (``kind="guideline"``) or radiology report (``kind="report"``).
 
@@ -135,7 +137,7 @@ async def grounded_qa(r: Record, teacher: Teacher, kind: str, n: int, judge: boo
         reply = await teacher.complete([{"role": "user", "content": q_tpl.format(passage=text, n=n)}], sensitive=sensitive)
     except SensitiveDataError:
         raise
-    except TeacherError as e:
+    except LLMError as e:
         tally.drop("teacher call failed (questions)", r.meta.get("source_file"), r.id, str(e))
         return []
     questions = parse_list(reply.text, n)
@@ -166,21 +168,21 @@ def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> l
     return [Record(id=f"{source_id}/chat", kind="qa", messages=messages, meta=meta)]
 
 
-async def _answer(teacher: Teacher, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
+async def _answer(teacher: LLMClient, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
     """``(answer, verdict)``; ``answer`` is None when a call failed (verdict then names the step)."""
     try:
         answer = (await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}],
                                          sensitive=sensitive)).text.strip()
     except SensitiveDataError:
         raise
-    except TeacherError:
+    except LLMError:
         return None, "answer"
     if not j_tpl:
         return answer, "unjudged"
     try:
         verdict = (await teacher.complete([{"role": "user", "content": j_tpl.format(passage=text, question=q, answer=answer)}],
                                           sensitive=sensitive, max_tokens=4)).text
-    except TeacherError:
+    except LLMError:
         return None, "judge"
     return answer, "supported" if re.search(r"\bYES\b", verdict.upper()) else "unsupported"
 
@@ -212,20 +214,23 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
     """Seed tasks from JSONL ``{instruction, category, output?}``; bad lines are rejected."""
     path = Path(path)
     if not path.is_file():
-        raise DataSourceError(f"{path}: seed task file not found")
+        raise DataFileError(f"{path}: seed task file not found")
     tasks = []
-    for n, t in _json_lines(path, path.read_text(encoding="utf-8-sig"), tally):
-        if not str(t.get("instruction", "")).strip():
-            tally.drop("seed task without `instruction`", path, f"line {n}")
+    for where, t in read_rows(path):
+        if isinstance(t, Reject):
+            tally.reject(t)
             continue
-        tasks.append({"instruction": t["instruction"].strip(), "category": t.get("category", "general"),
-                      "output": t.get("output"), "line": n})
+        if not str(t.get("instruction", "")).strip():
+            tally.drop("seed task without `instruction`", path, where)
+            continue
+        tasks.append({"instruction": str(t["instruction"]).strip(), "category": t.get("category", "general"),
+                      "output": t.get("output"), "line": where})
     if not tasks:
-        raise DataSourceError(f"{path}: no usable seed task")
+        raise DataFileError(f"{path}: no usable seed task")
     return tasks
 
 
-async def dialogue(cfg, teacher: Teacher, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
+async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
     """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
 
     Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category, asks
@@ -246,7 +251,7 @@ async def dialogue(cfg, teacher: Teacher, prompts_dir: Path | None, rng: random.
                               n=cfg.tasks_per_round, category=category)
         try:
             reply = await teacher.complete([{"role": "user", "content": prompt}], temperature=0.7, seed=len(pool))
-        except TeacherError as e:
+        except LLMError as e:
             tally.drop("teacher call failed (tasks)", cfg.seed_file, "round", str(e))
             continue
         for task in parse_list(reply.text, cfg.tasks_per_round):
@@ -296,7 +301,7 @@ def parse_consultation(text: str) -> list[dict] | None:
     return msgs
 
 
-async def _consultations(tasks: list[str], teacher: Teacher, lang: str, prompts_dir, meta: dict, tally: Tally) -> list[Record]:
+async def _consultations(tasks: list[str], teacher: LLMClient, lang: str, prompts_dir, meta: dict, tally: Tally) -> list[Record]:
     tpl, h = load_prompt("consultation", lang, prompts_dir)
     replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": tpl.format(question=t)}]) for t in tasks),
                                    return_exceptions=True)
@@ -314,7 +319,7 @@ async def _consultations(tasks: list[str], teacher: Teacher, lang: str, prompts_
 
 
 # ---------------------------------------------------------------- translate
-async def translate(records: list[Record], target: str, teacher: Teacher, prompts_dir: Path | None,
+async def translate(records: list[Record], target: str, teacher: LLMClient, prompts_dir: Path | None,
                     tally: Tally) -> list[Record]:
     """Translate each record's turns into ``target`` (one call per turn); keeps provenance, adds ``translated_from``."""
     tpl, h = load_prompt("translate", target, prompts_dir)

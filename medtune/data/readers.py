@@ -11,19 +11,20 @@
 Every reader takes a file or a directory (read recursively, sorted), an optional forced
 ``encoding``, and a :class:`~medtune.data.records.Tally` that receives located rejects. Bad
 records never stop the run; a source that cannot be read at all raises
-:class:`~medtune.data.records.DataSourceError`.
+:class:`~medtune.data.records.DataFileError`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from pathlib import Path
 from typing import Iterator
 
-from medtune.data.records import DataSourceError, Record, Tally, detect_language, read_text, strip_html
+from medtune.data.records import Record, Tally
+from medtune.errors import DataFileError
+from medtune.io import Reject, RecordError, parse_rows, read_text, record_to_messages
+from medtune.text import detect_language, strip_html
 
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -31,7 +32,7 @@ def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise DataSourceError(f"{path}: source not found")
+        raise DataFileError(f"{path}: source not found")
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
@@ -40,47 +41,26 @@ def _doc_id(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if root.is_dir() else path.name
 
 
-def _json_lines(path: Path, text: str, tally: Tally) -> Iterator[tuple[int, dict]]:
-    """``(line_number, object)`` per JSONL line; malformed or non-object lines are rejected."""
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            tally.drop("malformed JSON line", path, f"line {n}", f"{e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            tally.drop("JSON line is not an object", path, f"line {n}", type(obj).__name__)
-            continue
-        yield n, obj
+def _rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
+    """``(where, record)`` of decoded ``text`` (:func:`medtune.io.parse_rows`); bad lines and
+    non-object records are counted as located rejects."""
+    for where, item in parse_rows(file, text):
+        if isinstance(item, Reject):
+            tally.reject(item)
+        else:
+            yield where, item
 
 
-def _structured_items(path: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[Path, str, object]]:
-    """``(file, location, item)`` for every record of the .json / .jsonl / .csv files under ``path``;
+def _structured_items(path: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[Path, str, dict]]:
+    """``(file, where, record)`` for every record of the .json / .jsonl / .csv files under ``path``;
     empty files and malformed lines are counted as rejects."""
-    for file in _files(path, (".json", ".jsonl", ".csv")):
+    for file in _files(path, (".json", ".jsonl", ".csv", ".tsv")):
         text, _ = read_text(file, encoding)
         if not text.strip():
             tally.drop("empty file", file)
             continue
-        items = _csv_rows(file, text, tally) if file.suffix.lower() == ".csv" else _json_items(file, text, tally)
-        for where, item in items:
+        for where, item in _rows(file, text, tally):
             yield file, where, item
-
-
-def _json_items(path: Path, text: str, tally: Tally) -> Iterator[tuple[str, object]]:
-    """``(location, item)`` for a .json file (array, or one object) or a .jsonl file."""
-    if path.suffix.lower() == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text.strip()):
-        yield from ((f"line {n}", obj) for n, obj in _json_lines(path, text, tally))
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        tally.drop("malformed JSON file", path, f"line {e.lineno}", e.msg)
-        return
-    for i, item in enumerate(data if isinstance(data, list) else [data]):
-        yield f"record {i}", item
 
 
 # ---------------------------------------------------------------- guidelines
@@ -189,9 +169,12 @@ def _guideline_docs(path: Path, root: Path, encoding: str | None, tally: Tally) 
     if suffix not in (".json", ".jsonl"):
         yield doc, text, {}
         return
-    for where, item in _json_items(path, text, tally):
-        if isinstance(item, str):
-            item = {"text": item}
+    for where, item in parse_rows(path, text):
+        if isinstance(item, Reject):  # a JSON array of plain strings is a list of documents
+            if not isinstance(item.record, str) or item.field != "<record>":
+                tally.reject(item)
+                continue
+            item = {"text": item.record}
         if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
             tally.drop("no `text` string", path, where, str(item)[:120])
             continue
@@ -243,9 +226,9 @@ def _kb_fields(item: dict, file: Path, where: str, tally: Tally) -> dict:
         elif value is None:
             continue
         else:
-            tally.rejects.append({"step": tally.step, "file": str(file), "where": f"{where} field {key!r}",
-                                  "reason": f"field is a {type(value).__name__}, expected a string or a list of strings",
-                                  "detail": str(value)[:120]})
+            tally.rejects.append(Reject(str(file), f"{where} field {key!r}",
+                                        f"field is a {type(value).__name__}, expected a string or a list of strings",
+                                        key, str(value)[:120], tally.step))
             tally.dropped["field of unsupported type"] += 1
             continue
         if value:
@@ -265,9 +248,6 @@ def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: s
     (``<file>:<_id or record>``), ``name``, ``language``.
     """
     for file, where, item in _structured_items(path, encoding, tally):
-        if not isinstance(item, dict):
-            tally.drop("record is not an object", file, where, str(item)[:120])
-            continue
         oid = _mongo_plain(item.get("_id"))
         fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
         key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
@@ -280,18 +260,6 @@ def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: s
         yield Record(id=doc_id, kind="kb", fields=fields,
                      meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
                            "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
-
-
-def _csv_rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        tally.drop("CSV without a header row", file, "line 1")
-        return
-    for row in reader:
-        if None in row:
-            tally.drop("CSV row has more cells than the header", file, f"line {reader.line_num}")
-            continue
-        yield f"line {reader.line_num}", {k.strip(): v for k, v in row.items() if k}
 
 
 # ---------------------------------------------------------------- radiology reports
@@ -342,7 +310,7 @@ def read_reports(path: Path, tally: Tally, encoding: str | None = None, language
             continue
         if file.suffix.lower() == ".csv":
             items = [(w, {SECTIONS.get(k.lower(), k.lower()): (v or "").strip() for k, v in row.items()})
-                     for w, row in _csv_rows(file, text, tally)]
+                     for w, row in _rows(file, text, tally)]
         else:
             items = [("report", parse_report(text))]
         for where, sections in items:
@@ -417,14 +385,14 @@ def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question
     ``answer_file``, ``doc_id`` (relative path + id), ``category`` (the relative folder), ``language``.
 
     Raises:
-        DataSourceError: the question or answer folder is missing.
+        DataFileError: the question or answer folder is missing.
     """
     path = Path(path)
     dirs = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     qdir = next((d for d in dirs if QUESTION_DIR.match(d.name)), None)
     adir = next((d for d in dirs if ANSWER_DIR.match(d.name) and d != qdir), None)
     if qdir is None or adir is None:
-        raise DataSourceError(f"{path}: expected a question folder (e.g. 1.질문) and an answer folder (e.g. 2.답변), "
+        raise DataFileError(f"{path}: expected a question folder (e.g. 1.질문) and an answer folder (e.g. 2.답변), "
                               f"found {[d.name for d in dirs]}")
     questions = _tree_items(qdir, encoding, question_field, tally)
     answers = _tree_items(adir, encoding, answer_field, tally)
@@ -449,48 +417,6 @@ def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question
 
 
 # ---------------------------------------------------------------- existing corpora
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-                  "chatgpt": "assistant", "system": "system"}
-
-
-def to_messages(item: dict, columns: dict[str, str] | None = None) -> list[dict]:
-    """Convert one corpus record to ``messages``.
-
-    Recognised forms: ``messages`` (role/content), ShareGPT ``conversations`` (from/value),
-    Alpaca (``instruction``, optional ``input``, ``output``), or ``columns`` mapping
-    ``question``/``answer``/``system`` to the record's own column names (e.g. ``{question: 问题, answer: 回答}``).
-
-    Raises:
-        ValueError: naming the missing or malformed field.
-    """
-    if columns:
-        missing = [columns[k] for k in ("question", "answer") if k in columns and not str(item.get(columns[k]) or "").strip()]
-        if missing or "question" not in columns or "answer" not in columns:
-            raise ValueError(f"empty or missing column(s) {missing or ['question', 'answer']} (columns: {columns})")
-        msgs = [{"role": "system", "content": str(item[columns["system"]])}] if item.get(columns.get("system", "")) else []
-        return msgs + [{"role": "user", "content": str(item[columns["question"]]).strip()},
-                       {"role": "assistant", "content": str(item[columns["answer"]]).strip()}]
-    if "messages" in item or "conversations" in item:
-        turns = item.get("messages") or item.get("conversations")
-        if not isinstance(turns, list) or not turns:
-            raise ValueError("`messages`/`conversations` must be a non-empty list")
-        msgs = []
-        for i, t in enumerate(turns):
-            role = t.get("role") or SHAREGPT_ROLES.get(str(t.get("from", "")).lower()) if isinstance(t, dict) else None
-            content = (t.get("content") if "content" in t else t.get("value")) if isinstance(t, dict) else None
-            if role not in ("system", "user", "assistant") or not isinstance(content, str):
-                raise ValueError(f"turn {i}: needs role/content (or ShareGPT from/value), got {str(t)[:80]}")
-            msgs.append({"role": role, "content": content})
-        if msgs[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in msgs):
-            raise ValueError("a conversation needs a user turn and must end with an assistant turn")
-        return msgs
-    if "instruction" in item and "output" in item:
-        prompt = str(item["instruction"]).strip() + (f"\n\n{str(item['input']).strip()}" if str(item.get("input") or "").strip() else "")
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(item["output"]).strip()}]
-    raise ValueError(f"unknown record form (fields {sorted(item)[:8]}); expected messages, conversations, "
-                     "instruction/output, or set `columns:`")
-
-
 def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: dict[str, str] | None = None,
                 language: str | None = None) -> Iterator[Record]:
     """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, column-mapped CSV/JSONL).
@@ -499,8 +425,8 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
     """
     for file, where, item in _structured_items(path, encoding, tally):
         try:
-            messages = to_messages(item if isinstance(item, dict) else {}, columns)
-        except ValueError as e:
+            messages = record_to_messages(item, columns)
+        except RecordError as e:
             tally.drop("not a QA record", file, where, str(e))
             continue
         doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"

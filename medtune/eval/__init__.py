@@ -2,12 +2,14 @@
 
 | module        | what                                                                |
 |---------------|---------------------------------------------------------------------|
+| ``config``    | the configs of the eval commands and of the recipe's ``eval`` stage  |
+| ``backends``  | local models and OpenAI-compatible endpoints behind one interface    |
 | ``mcq_data``  | loaders for CMExam, CMB, KorMedMCQA, MedQA, MedMCQA, PubMedQA, generic |
 | ``mcq``       | log-likelihood and generate-then-parse scoring, ``results.json``     |
 | ``fact``      | knowledge-base fact recall with the three hit criteria               |
 | ``judge``     | rubric (1-4) and order-swapped pairwise LLM-as-judge                 |
 | ``answers``   | one ``<name>_answer`` column per model                               |
+| ``heldout``   | held-out answer perplexity on the train stage's own held-out examples |
 | ``report``    | one self-contained HTML + markdown report                            |
+| ``stage``     | the recipe's ``eval`` stage: base vs fine-tuned, then the report      |
 """
-
-import medtune.config  # noqa: F401,E402  (load the recipe config first: it imports medtune.eval.config)

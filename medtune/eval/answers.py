@@ -19,10 +19,10 @@ from rich.progress import Progress
 
 from medtune.eval.backends import generate, load_backend, parse_model_arg
 from medtune.eval.config import AnswersConfig
-from medtune.eval.mcq_data import read_rows
 from medtune.eval.results import append_rows, elapsed, load_done
 from medtune.manifest import tree_digests
-from medtune.train.dataset import DataFileError, Reject, write_rejects
+from medtune.errors import DataFileError
+from medtune.io import Reject, read_rows, write_rejects
 
 console = Console(stderr=True)
 
@@ -46,7 +46,7 @@ def _load_prompts(cfg: AnswersConfig) -> tuple[list[dict], list[Reject]]:
         if isinstance(rec, Reject):
             rejects.append(rec)
         elif not str(rec.get(cfg.prompt_column) or "").strip():
-            rejects.append(Reject(str(cfg.data), n, cfg.prompt_column, "missing or empty prompt", rec))
+            rejects.append(Reject(str(cfg.data), loc, "missing or empty prompt", cfg.prompt_column, rec))
         else:
             rows.append({"_row": n, **rec})
     if not rows:

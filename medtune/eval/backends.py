@@ -1,9 +1,9 @@
 """The models an evaluation talks to: a local model (dir, pack, base + adapter) or an endpoint.
 
-Local models are loaded with :func:`medtune.chat.load_chat_model` and prompted with
+Local models are loaded with :func:`medtune.models.load_chat_model` and prompted with
 :func:`medtune.generation.render_prompt`, i.e. with the same chat template as training and
 serving. Endpoints are any OpenAI-compatible server reached through the shared client
-(:mod:`medtune.data.teacher`, see :func:`endpoint_client`); anything with
+(:mod:`medtune.llm`, see :func:`endpoint_client`); anything with
 ``async complete(messages, **params) -> str`` works as a client.
 
 A model is written on the command line as ``[NAME=]SPEC`` where SPEC is a pack name, a model
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import GenerationSettings
+from medtune.errors import EvalError
 from medtune.manifest import tree_digests
+from medtune.models import model_identity as base_identity
 
 
-class EvalError(RuntimeError):
-    """An evaluation that cannot run as asked; the message says which input and what to do."""
 
 
 @dataclass
@@ -62,8 +62,6 @@ def parse_model_arg(arg: str) -> tuple[str, str]:
 
 def model_identity(spec: str, adapter: Path | None = None) -> dict:
     """Identity of a local model for manifests: pack sha256, or file digests of dir / adapter."""
-    from medtune.run import model_identity as base_identity
-
     ident = {"model": base_identity(spec)} if spec else {}
     if adapter is not None:
         ident["adapter"] = {"path": str(Path(adapter).resolve()), "files": tree_digests(Path(adapter))}
@@ -71,7 +69,7 @@ def model_identity(spec: str, adapter: Path | None = None) -> dict:
 
 
 def endpoint_client(spec: str, cache_path: Path | None = None, temperature: float = 0.0, seed: int | None = None):
-    """The shared client (:class:`medtune.data.teacher.Teacher`) for ``URL#MODEL`` or a local model spec.
+    """The shared client (:class:`medtune.llm.LLMClient`) for ``URL#MODEL`` or a local model spec.
 
     Endpoint specs go to the OpenAI-compatible server; anything else runs in process through
     the client's local backend. Either way calls get its limits, retries and SQLite cache.
@@ -79,16 +77,16 @@ def endpoint_client(spec: str, cache_path: Path | None = None, temperature: floa
     Raises:
         EvalError: an endpoint spec without ``#MODEL``.
     """
-    from medtune.data.teacher import Teacher, TeacherConfig
+    from medtune.llm import LLMClient, LLMConfig
 
     if spec.startswith(("http://", "https://")):
         url, _, model = spec.partition("#")
         if not model:
             raise EvalError(f"endpoint {spec!r}: add the served model name after '#', e.g. {url}#my-model")
-        cfg = TeacherConfig(base_url=url, model=model, temperature=temperature, seed=seed)
+        cfg = LLMConfig(base_url=url, model=model, temperature=temperature, seed=seed)
     else:
-        cfg = TeacherConfig(model=spec, temperature=temperature, seed=seed)
-    return Teacher(cfg, cache_path=cache_path)
+        cfg = LLMConfig(model=spec, temperature=temperature, seed=seed)
+    return LLMClient(cfg, cache_path=cache_path)
 
 
 def load_backend(arg: str, adapter: Path | None = None, cache_path: Path | None = None) -> Backend:
@@ -108,7 +106,7 @@ def load_backend(arg: str, adapter: Path | None = None, cache_path: Path | None 
         client = endpoint_client(spec, cache_path)
         return Backend(name=name, identity={"endpoint": client.cfg.base_url, "model": client.model},
                        client=client, endpoint_model=client.model)
-    from medtune.chat import load_chat_model
+    from medtune.models import load_chat_model
     from medtune.models import adapter_base
 
     path = Path(spec)

@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from medtune.config import GenerationSettings, _Stage
+from medtune.config import GenerationSettings, Section
 
 
-class McqConfig(_Stage):
+class McqConfig(Section):
     """Multiple-choice benchmark evaluation (``medtune eval mcq``)."""
 
     data: Path = Field(..., description="Benchmark file (CSV/TSV/JSONL/JSON) in one of the published formats.")
@@ -24,7 +24,7 @@ class McqConfig(_Stage):
     column_map: dict[str, str] = Field(default_factory=dict, description="generic format: field -> column, e.g. "
                                        "{question: stem, A: opt1, B: opt2, answer: key, subject: area}.")
     ground_truth: Path | None = Field(None, description="PubMedQA ground-truth JSON for the test-set form.")
-    encodings: list[str] = Field(["utf-8"], description="Encodings tried per line (mixed files: [utf-8, gb18030]).")
+    encodings: list[str] = Field(default_factory=list, description="Encodings tried per line, in order (mixed files: [utf-8, gb18030]); empty: detect (UTF-8, GB18030, CP949 ...).")
     cop_base: int | None = Field(None, ge=0, le=1, description="MedMCQA cop base: 1 original release, 0 HF copy; None detects.")
     model: str = Field(..., description="Model as [NAME=]SPEC: pack, directory, adapter dir, hub id or URL#MODEL.")
     adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
@@ -43,7 +43,7 @@ class McqConfig(_Stage):
     overwrite: bool = Field(False, description="Discard predictions of a different earlier run in output_dir.")
 
 
-class FactConfig(_Stage):
+class FactConfig(Section):
     """Knowledge-base fact recall (``medtune eval fact``)."""
 
     data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}.")
@@ -59,7 +59,7 @@ class FactConfig(_Stage):
     overwrite: bool = Field(False, description="Discard predictions of a different earlier run in output_dir.")
 
 
-class JudgeConfig(_Stage):
+class JudgeConfig(Section):
     """LLM-as-judge: rubric scores or order-swapped pairwise comparison (``medtune eval judge``)."""
 
     data: Path = Field(..., description="CSV/JSONL with a question column and answer column(s) (e.g. from `eval answers`).")
@@ -80,7 +80,7 @@ class JudgeConfig(_Stage):
     seed: int = Field(42, description="Seed sent to the judge (sample i uses seed + i).")
 
 
-class AnswersConfig(_Stage):
+class AnswersConfig(Section):
     """Answer a prompt file with several models (``medtune eval answers``)."""
 
     data: Path = Field(..., description="CSV/JSONL of prompts.")
@@ -93,7 +93,7 @@ class AnswersConfig(_Stage):
     seed: int = Field(42, description="Seed for sampled decoding.")
 
 
-class EvalConfig(_Stage):
+class EvalConfig(Section):
     """Recipe ``eval`` stage: base vs fine-tuned (merged) model on MCQ, fact recall and held-out data, then a report."""
 
     mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import unicodedata
 from pathlib import Path
 
 from rich.console import Console
@@ -26,22 +25,17 @@ from medtune.eval.config import FactConfig
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
-from medtune.train.dataset import DataFileError, RecordError, Reject, read_records
+from medtune.errors import DataFileError
+from medtune.io import RecordError, Reject, read_rows
+from medtune.text import match_form
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
 
 
-def normalize(text: str) -> str:
-    """NFKC, case-folded, punctuation turned into spaces, whitespace collapsed (``"Type-2  DM"`` -> ``"type 2 dm"``)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def item_hit(answer_norm: str, names: list[str]) -> bool:
     """True when any normalised name occurs in the normalised answer (word-bounded for Latin script)."""
-    for name in filter(None, (normalize(n) for n in names)):
+    for name in filter(None, (match_form(n) for n in names)):
         pattern = re.escape(name)
         if re.search(r"[a-z0-9]", name):
             pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
@@ -52,7 +46,7 @@ def item_hit(answer_norm: str, names: list[str]) -> bool:
 
 def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]]) -> dict:
     """Hits of one answer: ``{"hits": [...], "missed": [...], "hit_rate", "hit_any", "hit_half", "hit_two_thirds"}``."""
-    norm = normalize(answer)
+    norm = match_form(answer)
     hits = [e for e in expected if item_hit(norm, [e, *synonyms.get(e, [])])]
     rate = len(hits) / len(expected)
     return {"hits": hits, "missed": [e for e in expected if e not in hits], "hit_rate": round(rate, 4),
@@ -72,14 +66,14 @@ def load_facts(path: Path, synonyms_file: Path | None = None) -> tuple[list[dict
         except (OSError, json.JSONDecodeError) as e:
             raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
     items, rejects, seen = [], [], set()
-    for line, rec in read_records(Path(path)):
+    for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
         if isinstance(rec, Reject):
             rejects.append(rec)
             continue
         try:
-            items.append(_fact(rec, line, shared, seen))
+            items.append(_fact(rec, n, shared, seen))
         except RecordError as e:
-            rejects.append(Reject(str(path), line, e.field, e.reason, rec))
+            rejects.append(Reject(str(path), where, e.reason, e.field, rec))
     if not items:
         raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected)")
     return items, rejects

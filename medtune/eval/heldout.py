@@ -1,8 +1,8 @@
 """Held-out answer log-likelihood: how well a model predicts reference answers it never trained on.
 
 Uses the train stage's own held-out examples (``validation_file``, or the same seeded
-``validation_split_percentage`` split as :func:`medtune.train.sft.load_datasets`), tokenised
-exactly as in training (:func:`medtune.train.dataset.build_sft_examples`), and reports the mean
+``validation_split_percentage`` split, :func:`medtune.io.held_out_split`), tokenised
+exactly as in training (:func:`medtune.chat_tokens.build_sft_examples`), and reports the mean
 negative log-likelihood per answer token (nats) and its perplexity. No generation: one
 forward pass per example.
 """
@@ -10,7 +10,6 @@ forward pass per example.
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from medtune.config import TrainConfig
 from medtune.eval.backends import Backend
 from medtune.eval.results import finish
 from medtune.manifest import tree_digests
-from medtune.train.dataset import IGNORE_INDEX, build_sft_examples
+from medtune.chat_tokens import IGNORE_INDEX, build_sft_examples
+from medtune.io import held_out_split
 
 
 def heldout_examples(cfg: TrainConfig, tokenizer, seed: int) -> tuple[list[dict], list[Path]] | None:
@@ -29,10 +29,8 @@ def heldout_examples(cfg: TrainConfig, tokenizer, seed: int) -> tuple[list[dict]
         return None
     files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
     train = [ex for f in files for ex in build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)[0]]
-    order = list(range(len(train)))  # the same seeded split as medtune.train.sft.load_datasets
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(train) * cfg.validation_split_percentage / 100))
-    return [train[i] for i in order[:n_eval]], files
+    _, held = held_out_split(len(train), cfg.validation_split_percentage, seed)
+    return [train[i] for i in held], files
 
 
 def answer_nll(backend: Backend, example: dict) -> tuple[float, int]:

@@ -12,7 +12,7 @@ Replies must be one JSON object with exactly the expected fields (strict parsing
 off-format reply is re-asked up to ``max_retries`` times with the reason, then counted as
 invalid. With temperature > 0 the judge is asked ``samples`` times (seed + i) and the median
 score / majority verdict is kept. Every call goes through the shared client
-(:mod:`medtune.data.teacher`): cached in ``judge_cache.sqlite``, so a killed run resumes free.
+(:mod:`medtune.llm`): cached in ``judge_cache.sqlite``, so a killed run resumes free.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from string import Template
 
 from rich.console import Console
 
-from medtune.eval.backends import EvalError, endpoint_client
+from medtune.errors import EvalError
+from medtune.eval.backends import endpoint_client
+from medtune.text import detect_language
 from medtune.eval.config import JudgeConfig
-from medtune.eval.mcq import detect_language
-from medtune.eval.mcq_data import read_rows
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import median, proportion
 from medtune.manifest import tree_digests
-from medtune.train.dataset import Reject
+from medtune.io import Reject, read_rows
 
 console = Console(stderr=True)
 CRITERIA = ("accuracy", "conciseness", "understandability")
@@ -170,10 +170,10 @@ def load_judge_rows(cfg: JudgeConfig) -> tuple[list[dict], list[Reject]]:
             continue
         missing = [c for c in (cfg.question_column, *cfg.answer_columns) if not str(rec.get(c) or "").strip()]
         if missing:
-            rejects.append(Reject(str(cfg.data), n, missing[0], "missing or empty", rec))
+            rejects.append(Reject(str(cfg.data), loc, "missing or empty", missing[0], rec))
             continue
         q = str(rec[cfg.question_column])
-        lang = cfg.language if cfg.language != "auto" else detect_language(q)
+        lang = cfg.language if cfg.language != "auto" else detect_language(q, default="en")
         ref = str(rec.get(cfg.reference_column) or "") if cfg.reference_column else ""
         rows.append({"id": str(rec.get("id") or n), "question": q, "lang": lang,
                      "reference_block": REFERENCE[lang] + ref + "\n" if ref else "",
@@ -234,7 +234,7 @@ def run_judge(cfg: JudgeConfig, judge=None) -> dict:
 
     Raises:
         EvalError: pairwise without exactly two answer columns, or a missing prompt file.
-        medtune.data.teacher.TeacherError: the judge endpoint failed for good (finished rows are kept).
+        medtune.llm.LLMError: the judge endpoint failed for good (finished rows are kept).
     """
     if cfg.mode == "pairwise" and len(cfg.answer_columns) != 2:
         raise EvalError(f"pairwise judging needs exactly two answer columns (A, B), got {cfg.answer_columns}")

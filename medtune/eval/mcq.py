@@ -26,7 +26,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from medtune.eval.backends import Backend, EvalError, generate, letter_logprobs, load_backend
+from medtune.text import detect_language
+from medtune.errors import EvalError
+from medtune.eval.backends import Backend, generate, letter_logprobs, load_backend
 from medtune.eval.config import McqConfig
 from medtune.eval.mcq_data import MCQItem, load_mcq
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
@@ -46,13 +48,6 @@ PROMPTS = {
            "multi": "정답이 여러 개일 수 있습니다. 정답 보기의 알파벳만 모두 답하세요. 예: AC",
            "cot": "단계적으로 생각한 뒤 마지막 줄에 '정답: <알파벳>' 형식으로 답하세요."},
 }
-
-
-def detect_language(text: str) -> str:
-    """``ko`` when the text has Hangul, ``zh`` when it has CJK ideographs, else ``en``."""
-    if re.search(r"[\uac00-\ud7a3]", text):
-        return "ko"
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
 
 
 def format_question(item: MCQItem, lang: str, cot: bool = False, instruction: bool = True) -> str:
@@ -130,7 +125,7 @@ def choose_letters(logprobs: dict[str, float], multi: bool) -> tuple[str, dict[s
 def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg: McqConfig, mode: str,
                 key: str) -> list[dict]:
     """Score a batch of questions; one per-item result row each."""
-    langs = [cfg.language if cfg.language != "auto" else detect_language(it.question) for it in batch]
+    langs = [cfg.language if cfg.language != "auto" else detect_language(it.question, default="en") for it in batch]
     prompts = [build_messages(it, pick_shots(it, pool, cfg.shots, cfg.seed), lang, cfg.cot and mode == "generate")
                for it, lang in zip(batch, langs)]
     rows = []

@@ -23,21 +23,20 @@ Formats (``format=`` name, fields read):
   ``"A xxx"`` lines. The answer may be letters, a 1-based index, or the text of an option.
 
 Records that cannot be used (unknown answer letter, fewer than two options, duplicate id,
-undecodable line ...) become :class:`medtune.train.dataset.Reject` entries with file, line,
+undecodable line ...) become :class:`medtune.io.Reject` entries with file, line,
 field and reason; they are counted and saved, never silently dropped.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from medtune.train.dataset import DataFileError, RecordError, Reject
+from medtune.errors import DataFileError
+from medtune.io import RecordError, Reject, read_rows, read_text
 
 LETTERS = "ABCDEFGHIJ"
 FORMATS = ("auto", "cmexam", "cmb", "kormedmcqa", "medqa", "medmcqa", "pubmedqa", "generic")
@@ -71,88 +70,6 @@ class MCQItem:
 
 
 # ----------------------------------------------------------------------------- reading files
-
-
-def decode_lines(path: Path, encodings: list[str]) -> list[str]:
-    """Decode ``path`` line by line, trying each encoding in order (mixed-encoding files).
-
-    Raises:
-        DataFileError: missing file, or a line that none of ``encodings`` decodes (names the
-            line and suggests ``--encoding``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"data file not found: {path}")
-    lines = []
-    for no, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
-        for enc in encodings:
-            try:
-                lines.append(raw.decode(enc))
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            raise DataFileError(f"{path}:{no}: line is not valid {' or '.join(encodings)}; pass the file's "
-                                f"encoding(s), e.g. --encoding utf-8,gb18030 (tried in order, per line)")
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]
-    if not "".join(lines).strip():
-        raise DataFileError(f"{path}: file is empty")
-    return lines
-
-
-def read_rows(path: Path, encodings: list[str] | None = None) -> Iterator[tuple[str, dict | Reject]]:
-    """Yield ``(locator, record)`` from CSV/TSV, JSONL, a JSON array or a JSON object keyed by id.
-
-    The locator is ``"line N"`` (CSV/JSONL), ``"record N"`` (JSON array) or ``"key K"`` (JSON
-    object; the key is stored as ``record["_key"]``). Malformed lines become :class:`Reject`.
-
-    Raises:
-        DataFileError: unreadable file, or invalid JSON in a ``.json`` file.
-    """
-    path = Path(path)
-    lines = decode_lines(path, encodings or ["utf-8"])
-    if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO("".join(lines)), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        for row in reader:
-            if any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                yield f"line {reader.line_num}", {k.strip(): v for k, v in row.items() if k is not None}
-        return
-    text = "".join(lines)
-    if path.suffix.lower() != ".jsonl" and not _looks_like_jsonl(lines):  # one JSON document (MedMCQA's ".json" files are really JSONL)
-        yield from _json_records(path, text)
-        return
-    for no, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                item = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                yield f"line {no}", Reject(str(path), no, "<line>", f"malformed JSON: {e.msg} (column {e.colno})", line[:200])
-                continue
-            yield f"line {no}", item if isinstance(item, dict) else Reject(str(path), no, "<record>", "not a JSON object", item)
-
-
-def _looks_like_jsonl(lines: list[str]) -> bool:
-    first = next((ln for ln in lines if ln.strip()), "")
-    try:
-        return isinstance(json.loads(first), dict) and sum(1 for ln in lines if ln.strip()) > 1
-    except json.JSONDecodeError:
-        return False
-
-
-def _json_records(path: Path, text: str) -> Iterator[tuple[str, dict | Reject]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataFileError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if isinstance(data, list):
-        for i, item in enumerate(data, 1):
-            yield f"record {i}", item if isinstance(item, dict) else Reject(str(path), i, "<record>", "not a JSON object", item)
-    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        for i, (key, item) in enumerate(data.items(), 1):
-            yield f"key {key}", {**item, "_key": str(key)}
-    else:
-        raise DataFileError(f"{path}: expected a JSON array of records or an object of records keyed by id")
 
 
 # ----------------------------------------------------------------------------- field helpers
@@ -352,7 +269,7 @@ def load_pubmedqa_truth(path: Path, encodings: list[str] | None = None) -> dict[
     Raises:
         DataFileError: not a JSON object of strings.
     """
-    text = "".join(decode_lines(Path(path), encodings or ["utf-8"]))
+    text, _ = read_text(path, encodings or None)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -402,7 +319,7 @@ def load_mcq(path: Path, fmt: str = "auto", column_map: dict[str, str] | None = 
     path = Path(path)
     if fmt not in FORMATS:
         raise DataFileError(f"unknown MCQ format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    rows = list(read_rows(path, encodings))
+    rows = list(read_rows(path, encodings or None))
     records = [(loc, r) for loc, r in rows if isinstance(r, dict)]
     rejects = [r for _, r in rows if isinstance(r, Reject)]
     if fmt == "auto":
@@ -414,15 +331,14 @@ def load_mcq(path: Path, fmt: str = "auto", column_map: dict[str, str] | None = 
     convert = _converter(fmt, column_map, _medmcqa_cop_base([r for _, r in records]) if cop_base is None else cop_base, truth)
     items, seen = [], {}
     for n, (loc, record) in enumerate(records, 1):
-        line = int(loc.split()[-1]) if loc.split()[-1].isdigit() else n
         try:
             fields = convert(record)
         except RecordError as e:
-            rejects.append(Reject(str(path), line, e.field, e.reason, record))
+            rejects.append(Reject(str(path), loc, e.reason, e.field, record))
             continue
         ident = str(fields.pop("id", None) or record.get("id") or f"{path.stem}-{n}")
         if ident in seen:
-            rejects.append(Reject(str(path), line, "id", f"duplicate id {ident!r} (first at {seen[ident]})", record))
+            rejects.append(Reject(str(path), loc, f"duplicate id {ident!r} (first at {seen[ident]})", "id", record))
             continue
         seen[ident] = loc
         items.append(MCQItem(id=ident, source=f"{path.name}:{loc}", **fields))

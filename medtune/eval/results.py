@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medtune.eval.backends import EvalError
 from medtune.manifest import fingerprint, package_versions, write_manifest
-from medtune.train.dataset import Reject, write_rejects
+from medtune.io import Reject, write_rejects
 
 
 def load_done(path: Path, run_key: str, overwrite: bool = False) -> dict[str, dict]:

@@ -16,66 +16,75 @@ from pathlib import Path
 
 from rich.console import Console
 
-from medtune.config import Recipe, TrainConfig
-from medtune.eval.backends import EvalError, load_backend
+from medtune.config import TrainConfig
+from medtune.errors import EvalError
+from medtune.eval.backends import load_backend
 from medtune.eval.config import EvalConfig, FactConfig, McqConfig
 from medtune.eval.fact import run_fact
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
 from medtune.eval.report import write_report
-from medtune.run import data_stage_files
 
 console = Console(stderr=True)
 
 
-def finetuned_model(recipe: Recipe) -> str:
-    """The merged model directory, else the adapter directory.
+def finetuned_model(candidates: list[Path]) -> str:
+    """The first of ``candidates`` (merged model dir, then adapter dir) that holds a model.
 
     Raises:
-        EvalError: neither exists (run the train/merge stages first).
+        EvalError: none does (run the train/merge stages first).
     """
-    for sub in ("merged", "adapter"):
-        path = recipe.output_dir / sub
+    for path in map(Path, candidates):
         if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
             return str(path)
-    raise EvalError(f"no fine-tuned model in {recipe.output_dir}/merged or /adapter: run the train (and merge) stages first")
+    raise EvalError(f"no fine-tuned model in {' or '.join(map(str, candidates))}: run the train (and merge) stages first")
 
 
-def evaluate_model(name: str, spec: str, cfg: EvalConfig, recipe: Recipe, out: Path) -> dict:
-    """Every evaluation of the stage for one model; returns ``{"mcq": {file: acc}, "fact": ..., "heldout": ...}``."""
+def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | None, seed: int, out: Path) -> dict:
+    """Every evaluation of the stage for one model; returns ``{"mcq": {file: acc}, "fact": ..., "heldout": ...}``.
+
+    ``train`` is the resolved train stage config whose held-out examples are scored (None: skip).
+    """
     backend = load_backend(f"{name}={spec}")
     summary = {"mcq": {}}
     for f in cfg.mcq_files:
-        r = run_mcq(McqConfig(data=f, model=name, batch_size=cfg.batch_size, seed=recipe.seed,
+        r = run_mcq(McqConfig(data=f, model=name, batch_size=cfg.batch_size, seed=seed,
                               output_dir=out / "mcq" / Path(f).stem / name, overwrite=True), backend=backend)
         summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"]}
     if cfg.fact_file:
-        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=recipe.seed,
+        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed,
                                 generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
-    if cfg.heldout:
-        train = (recipe.train or TrainConfig()).model_copy(update=data_stage_files(recipe))
-        seed = train.seed if train.seed is not None else recipe.seed
-        r = run_heldout(backend, train, seed, out / "heldout" / name)
+    if cfg.heldout and train is not None:
+        r = run_heldout(backend, train, train.seed, out / "heldout" / name)
         if r:
             summary["heldout"] = {"nll_per_token": r["nll_per_token"], "perplexity": r["perplexity"], "n": r["n"]}
     return summary
 
 
-def run_eval_stage(recipe: Recipe, out: Path) -> dict:
+def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: TrainConfig | None, seed: int,
+                   out: Path, title: str) -> dict:
     """Compare the base model and the fine-tuned model; write the report.
+
+    Args:
+        cfg: the ``eval:`` section.
+        base: the base model spec.
+        finetuned: candidate fine-tuned model dirs, best first (merged, adapter).
+        train: the resolved train config (its held-out examples), or None.
+        seed: seed for every evaluation.
+        out: the stage directory.
+        title: report title.
 
     Returns:
         ``{"base": {...}, "finetuned": {...}, "report": path}``.
 
     Raises:
         EvalError: no fine-tuned model yet.
-        medtune.train.dataset.DataFileError: an evaluation file cannot be read.
+        medtune.errors.DataFileError: an evaluation file cannot be read.
     """
-    cfg = recipe.eval or EvalConfig()
-    models = {"base": recipe.model, "finetuned": finetuned_model(recipe)}
-    summary = {name: evaluate_model(name, spec, cfg, recipe, out) for name, spec in models.items()}
-    report = write_report([out], out / "report.html", f"medtune: base vs fine-tuned ({recipe.output_dir})")
+    models = {"base": base, "finetuned": finetuned_model(finetuned)}
+    summary = {name: evaluate_model(name, spec, cfg, train, seed, out) for name, spec in models.items()}
+    report = write_report([out], out / "report.html", title)
     summary["report"] = report["html"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     console.print(f"eval: report at {report['html']}")

@@ -1,6 +1,6 @@
 """The SFT run: LoRA / QLoRA / full fine-tuning of any causal LM with trl's SFTTrainer + peft.
 
-medtune tokenizes the data itself (see :mod:`medtune.train.dataset`) so the loss covers
+medtune tokenizes the data itself (see :mod:`medtune.chat_tokens`) so the loss covers
 assistant tokens only, including each turn's end-of-turn token, and hands trl a dataset with
 ``input_ids`` and ``labels``. Packing uses trl's best-fit-decreasing packer with per-example
 position ids, so packed examples do not attend to each other.
@@ -18,16 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from medtune.errors import TrainError
 from medtune.config import TrainConfig
-from medtune.models import ModelError, base_fingerprint, load_model, load_tokenizer
-from medtune.train.dataset import DataStats, build_sft_examples, write_rejects
+from medtune.models import base_fingerprint, load_model, load_tokenizer
+from medtune.chat_tokens import DataStats, build_sft_examples
+from medtune.io import held_out_split, write_rejects
 from medtune.train.speed import prepare_model, trainer_class
 
 console = Console(stderr=True)
 
 
-class TrainError(RuntimeError):
-    """A training setup that cannot run here (e.g. QLoRA without CUDA); the message says why."""
 
 
 def peak_memory_gib() -> float:
@@ -136,13 +136,8 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
         evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
         rejects += ev_rejects
     elif cfg.validation_split_percentage > 0:
-        import random
-
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(len(train) * cfg.validation_split_percentage / 100))
-        evals = [train[i] for i in order[:n_eval]]
-        train = [train[i] for i in sorted(order[n_eval:])]
+        keep, held = held_out_split(len(train), cfg.validation_split_percentage, seed)
+        train, evals = [train[i] for i in keep], [train[i] for i in held]
     if rejects:
         write_rejects(rejects, output_dir / "rejects.jsonl")
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
@@ -189,14 +184,12 @@ def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, sta
                                                           "history": history}, indent=2, default=str))
 
 
-def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42):
+def build_trainer(cfg: TrainConfig):
     """Set up everything for an SFT run without training: tokenizer, data, model, LoRA, SFTTrainer.
 
     Args:
-        cfg: the train stage config.
-        model: base model when ``cfg.model`` is None (the recipe's model).
-        output_dir: where outputs go when ``cfg.output_dir`` is None.
-        seed: seed when ``cfg.seed`` is None.
+        cfg: the train stage config, resolved (``model`` and ``output_dir`` set; a recipe does
+            this in :func:`medtune.recipe.resolve`).
 
     Returns:
         ``(trainer, stats, callback)``: the trl ``SFTTrainer``, the :class:`DataStats` of the
@@ -208,14 +201,11 @@ def build_trainer(cfg: TrainConfig, model: str | None = None, output_dir: Path |
     """
     import torch
 
-    model_spec = cfg.model or model
-    if not model_spec:
-        raise TrainError("no model given: set `model:` in the recipe or train.model")
+    if not cfg.model or cfg.output_dir is None:
+        raise TrainError("train.model and train.output_dir must be set (a recipe sets them from `model:` and `output_dir:`)")
     if cfg.fp16 and not torch.cuda.is_available():
         raise TrainError("fp16 mixed precision needs CUDA; on CPU use bf16=true or neither")
-    output_dir = Path(cfg.output_dir or output_dir or "runs/train")
-    seed = cfg.seed if cfg.seed is not None else seed
-    cfg = cfg.model_copy(update={"model": model_spec, "output_dir": output_dir, "seed": seed})
+    model_spec, output_dir, seed = cfg.model, Path(cfg.output_dir), cfg.seed
     quant = _quantization_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(model_spec, cfg.trust_remote_code, cfg.chat_template)
@@ -240,7 +230,7 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
         train_ds, eval_ds: HF Datasets with ``input_ids`` and ``labels`` (-100 outside answers).
 
     Returns:
-        ``(trainer, callback)``; ``trainer.medtune_config`` is ``cfg`` and ``trainer.medtune_speed``
+        ``(trainer, callback)``; ``trainer.medtune_speed``
         says which speed settings are on (see :mod:`medtune.train.speed`).
 
     Raises:
@@ -255,14 +245,14 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
                                  peft_config=_lora_config(cfg), callbacks=[callback])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.medtune_config, trainer.medtune_speed = cfg, speed
+    trainer.medtune_speed = speed
     if _is_main():
         console.print("[bold]speed[/] " + ", ".join(f"{k}={v}" for k, v in speed.items()))
     return trainer, callback
 
 
-def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None = None, seed: int = 42) -> dict:
-    """Fine-tune ``cfg.model`` (or ``model``) on ``cfg.train_file`` and save the adapter or full model.
+def run_sft(cfg: TrainConfig) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.train_file`` and save the adapter or full model.
 
     Args: as :func:`build_trainer`.
 
@@ -276,8 +266,7 @@ def run_sft(cfg: TrainConfig, model: str | None = None, output_dir: Path | None 
         As :func:`build_trainer`.
     """
     t0 = time.time()
-    trainer, stats, callback = build_trainer(cfg, model, output_dir, seed)
-    cfg = trainer.medtune_config
+    trainer, stats, callback = build_trainer(cfg)
     output_dir = Path(cfg.output_dir)
     resume = _last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and _is_main():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.data.teacher import SensitiveDataError, Teacher, TeacherConfig, TeacherError, _RateLimiter, is_local_url
+from medtune.llm import SensitiveDataError, LLMClient, LLMConfig, LLMError, _RateLimiter, is_local_url
 from tests.fake_openai import FakeOpenAI, cache_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,14 +23,14 @@ def _msgs(n: int, tag: str = "q") -> list[list[dict]]:
     return [[{"role": "user", "content": f"{tag}{i}"}] for i in range(n)]
 
 
-def _cfg(srv: FakeOpenAI, **kw) -> TeacherConfig:
-    return TeacherConfig(base_url=srv.base_url, model="m", backoff_initial_s=0.01, timeout_s=1.0, **kw)
+def _cfg(srv: FakeOpenAI, **kw) -> LLMConfig:
+    return LLMConfig(base_url=srv.base_url, model="m", backoff_initial_s=0.01, timeout_s=1.0, **kw)
 
 
 def test_faults_are_retried_and_every_answer_arrives_once():
     faults = ["429", "500", "malformed", "html", "slow", "429"]
     with FakeOpenAI(faults=faults, slow_s=3.0) as srv:
-        t = Teacher(_cfg(srv, concurrency=3))
+        t = LLMClient(_cfg(srv, concurrency=3))
         out = t.complete_many(_msgs(8))
     assert [c.text for c in out] == [f"echo: q{i}" for i in range(8)]
     assert t.usage["retries"] == len(faults)
@@ -41,10 +41,10 @@ def test_faults_are_retried_and_every_answer_arrives_once():
 
 def test_cache_makes_a_second_run_free(tmp_path):
     with FakeOpenAI() as srv:
-        first = Teacher(_cfg(srv), cache_path=tmp_path / "c.sqlite")
+        first = LLMClient(_cfg(srv), cache_path=tmp_path / "c.sqlite")
         a = first.complete_many(_msgs(5))
         first.close()
-        second = Teacher(_cfg(srv), cache_path=tmp_path / "c.sqlite")
+        second = LLMClient(_cfg(srv), cache_path=tmp_path / "c.sqlite")
         b = second.complete_many(_msgs(5))
         changed = second.complete_many(_msgs(1), temperature=0.7)  # other params: another key
     assert [x.text for x in a] == [x.text for x in b] and all(x.cached for x in b)
@@ -54,20 +54,20 @@ def test_cache_makes_a_second_run_free(tmp_path):
 
 def test_non_retryable_and_exhausted_errors_do_not_lose_other_results():
     with FakeOpenAI(faults=["400"]) as srv:
-        t = Teacher(_cfg(srv, concurrency=1))
+        t = LLMClient(_cfg(srv, concurrency=1))
         out = t.complete_many(_msgs(3))
-    assert isinstance(out[0], TeacherError) and "HTTP 400" in str(out[0])
+    assert isinstance(out[0], LLMError) and "HTTP 400" in str(out[0])
     assert [c.text for c in out[1:]] == ["echo: q1", "echo: q2"] and t.usage["retries"] == 0
     with FakeOpenAI(faults=["500"] * 3) as srv:
-        t = Teacher(_cfg(srv, concurrency=1, max_retries=2))
+        t = LLMClient(_cfg(srv, concurrency=1, max_retries=2))
         out = t.complete_many(_msgs(2))
-    assert isinstance(out[0], TeacherError) and "after 3 attempts" in str(out[0])
+    assert isinstance(out[0], LLMError) and "after 3 attempts" in str(out[0])
     assert out[1].text == "echo: q1" and t.usage["failures"] == 1
 
 
 def test_concurrency_limit_is_respected():
     with FakeOpenAI(latency_s=0.2) as srv:
-        t = Teacher(_cfg(srv, concurrency=4))
+        t = LLMClient(_cfg(srv, concurrency=4))
         t0 = time.perf_counter()
         t.complete_many(_msgs(12))
         wall = time.perf_counter() - t0
@@ -91,16 +91,16 @@ def test_sensitive_sources_stay_local():
     assert is_local_url(None) and is_local_url("http://127.0.0.1:9/v1") and is_local_url("http://localhost/v1")
     assert is_local_url("http://[::1]:8000/v1")
     assert not is_local_url("https://api.example.com/v1") and not is_local_url("http://10.0.0.5/v1")
-    remote = Teacher(TeacherConfig(base_url="https://api.example.com/v1", model="m"))
+    remote = LLMClient(LLMConfig(base_url="https://api.example.com/v1", model="m"))
     with pytest.raises(SensitiveDataError, match="allow_sensitive_remote"):
         asyncio.run(remote.complete([{"role": "user", "content": "x"}], sensitive=True))
     with FakeOpenAI() as srv:  # loopback is allowed
-        out = Teacher(_cfg(srv)).complete_many(_msgs(1), sensitive=True)
+        out = LLMClient(_cfg(srv)).complete_many(_msgs(1), sensitive=True)
     assert out[0].text == "echo: q0"
 
 
 def test_local_backend_uses_the_in_process_model(qwen_dir, tmp_path):
-    t = Teacher(TeacherConfig(model=str(qwen_dir), max_tokens=4), cache_path=tmp_path / "c.sqlite")
+    t = LLMClient(LLMConfig(model=str(qwen_dir), max_tokens=4), cache_path=tmp_path / "c.sqlite")
     first = t.complete_many(_msgs(2))
     again = t.complete_many(_msgs(2))
     assert all(isinstance(c.text, str) and c.prompt_tokens > 0 for c in first)
@@ -111,9 +111,9 @@ def test_local_backend_uses_the_in_process_model(qwen_dir, tmp_path):
 CLIENT = """
 import json, sys
 from pathlib import Path
-from medtune.data.teacher import Teacher, TeacherConfig
+from medtune.llm import LLMClient, LLMConfig
 base_url, cache, out = sys.argv[1:4]
-t = Teacher(TeacherConfig(base_url=base_url, model="m", concurrency=2, timeout_s=60), cache_path=Path(cache))
+t = LLMClient(LLMConfig(base_url=base_url, model="m", concurrency=2, timeout_s=60), cache_path=Path(cache))
 res = t.complete_many([[{"role": "user", "content": f"q{i}"}] for i in range(20)])
 Path(out).write_text(json.dumps([r.text for r in res]))
 print(json.dumps(t.usage))

@@ -1,10 +1,10 @@
-"""One small async client for every LLM call medtune makes (teacher, judge, comparison).
+"""The one small async client for every LLM call medtune makes: data teacher, judge, eval endpoints.
 
 Public interface (everything else is private)::
 
-    from medtune.data.teacher import Teacher, TeacherConfig, TeacherError, SensitiveDataError
+    from medtune.llm import LLMClient, LLMConfig, LLMError, SensitiveDataError
 
-    teacher = Teacher(TeacherConfig(base_url="http://127.0.0.1:8000/v1", model="qwen2.5-7b-instruct"),
+    teacher = LLMClient(LLMConfig(base_url="http://127.0.0.1:8000/v1", model="qwen2.5-7b-instruct"),
                       cache_path=Path("runs/x/teacher_cache.sqlite"))
     reply = await teacher.complete([{"role": "user", "content": "..."}], max_tokens=256)
     reply.text, reply.prompt_tokens, reply.completion_tokens, reply.cached
@@ -54,18 +54,12 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medtune.errors import LLMError, SensitiveDataError
+
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
-class TeacherError(RuntimeError):
-    """A call that failed for good (retries exhausted or a non-retryable error); names the model and cause."""
-
-
-class SensitiveDataError(TeacherError):
-    """A ``sensitive`` source would be sent to a non-local endpoint without an explicit override."""
-
-
-class TeacherConfig(BaseModel):
+class LLMConfig(BaseModel):
     """Which LLM answers, and how hard we may push it."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -176,7 +170,7 @@ class _RateLimiter:
                 await asyncio.sleep(self.window - (now - self.events[0][0]) + 1e-3)
 
 
-class Teacher:
+class LLMClient:
     """Async chat-completion client with limits, retries and a persistent cache (see module docstring).
 
     Args:
@@ -184,7 +178,7 @@ class Teacher:
         cache_path: SQLite file for the reply cache; None keeps no cache (every call is made).
     """
 
-    def __init__(self, cfg: TeacherConfig, cache_path: Path | None = None):
+    def __init__(self, cfg: LLMConfig, cache_path: Path | None = None):
         self.cfg = cfg
         self.model = cfg.model or (DEFAULT_LOCAL_MODEL if cfg.base_url is None else "default")
         self.local = cfg.base_url is None
@@ -222,7 +216,7 @@ class Teacher:
 
         Raises:
             SensitiveDataError: sensitive content and a non-local backend without the override.
-            TeacherError: retries exhausted, non-retryable HTTP error, or the local model failed.
+            LLMError: retries exhausted, non-retryable HTTP error, or the local model failed.
         """
         if sensitive and not self.is_local and not self.cfg.allow_sensitive_remote:
             raise SensitiveDataError(
@@ -242,10 +236,10 @@ class Teacher:
         self.usage["completion_tokens"] += reply.completion_tokens
         return reply
 
-    def complete_many(self, requests: list[list[dict]], *, sensitive: bool = False, **params) -> list[Completion | TeacherError]:
+    def complete_many(self, requests: list[list[dict]], *, sensitive: bool = False, **params) -> list[Completion | LLMError]:
         """Run many calls concurrently from synchronous code; results in input order.
 
-        A failed call yields its :class:`TeacherError` in place of a completion, so one bad
+        A failed call yields its :class:`LLMError` in place of a completion, so one bad
         item never loses the others (they are cached as they finish).
         """
         async def run():
@@ -257,7 +251,7 @@ class Teacher:
 
         out = asyncio.run(run())
         for r in out:
-            if isinstance(r, BaseException) and not isinstance(r, TeacherError):
+            if isinstance(r, BaseException) and not isinstance(r, LLMError):
                 raise r
         return out
 
@@ -291,7 +285,7 @@ class Teacher:
             except _Retryable as e:
                 if attempt == self.cfg.max_retries:
                     self.usage["failures"] += 1
-                    raise TeacherError(f"teacher {self.model}: giving up after {attempt + 1} attempts: {e}") from None
+                    raise LLMError(f"teacher {self.model}: giving up after {attempt + 1} attempts: {e}") from None
                 self.usage["retries"] += 1
                 cap = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** attempt)
                 await asyncio.sleep(max(random.uniform(0, cap), min(e.retry_after or 0.0, self.cfg.backoff_max_s)))
@@ -309,7 +303,7 @@ class Teacher:
             if e.status_code == 429 or e.status_code >= 500:
                 raise _Retryable(f"HTTP {e.status_code}", _retry_after(e.response.headers)) from None
             self.usage["failures"] += 1
-            raise TeacherError(f"teacher {self.model} at {self.cfg.base_url}: HTTP {e.status_code}: {e.message}") from None
+            raise LLMError(f"teacher {self.model} at {self.cfg.base_url}: HTTP {e.status_code}: {e.message}") from None
         except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None  # timeouts, resets, undecodable JSON
         return _parse_reply(resp, self.model)
@@ -323,7 +317,7 @@ class Teacher:
 
         with self._local_lock:
             if self._local_model is None:
-                from medtune.chat import load_chat_model
+                from medtune.models import load_chat_model
 
                 self._local_model = load_chat_model(self.model)
             model, tok = self._local_model
@@ -333,7 +327,7 @@ class Teacher:
                 text = chat_once(model, tok, messages, settings)
             except Exception as e:
                 self.usage["failures"] += 1
-                raise TeacherError(f"local teacher {self.model} failed: {e}") from e
+                raise LLMError(f"local teacher {self.model} failed: {e}") from e
             n_prompt = int(render_prompt(tok, messages).shape[1])
             n_out = len(tok(text, add_special_tokens=False)["input_ids"])
         return Completion(text, n_prompt, n_out, False, self.model)

@@ -1,0 +1,44 @@
+"""User-facing errors: every error medtune raises on purpose, in one place.
+
+Each class is a :class:`MedtuneError`; the CLI prints its message (which names the file, record
+and field, and what to do) and exits with code 2 instead of showing a traceback. Library users
+can catch :class:`MedtuneError` to handle all of them.
+"""
+
+from __future__ import annotations
+
+
+class MedtuneError(Exception):
+    """Base of every user-facing medtune error; ``str(e)`` is the whole message."""
+
+
+class ConfigError(MedtuneError, ValueError):
+    """A recipe, override or option that cannot be used; the message names the file and key."""
+
+
+class DataFileError(MedtuneError, ValueError):
+    """A data or source file that cannot be read at all (missing, empty, binary, undecodable, wrong layout)."""
+
+
+class ModelError(MedtuneError, RuntimeError):
+    """A model, pack or adapter that cannot be resolved or loaded; the message says what to do."""
+
+
+class TrainError(MedtuneError, RuntimeError):
+    """A training setup that cannot run here (e.g. QLoRA without CUDA); the message says why."""
+
+
+class MergeError(MedtuneError, RuntimeError):
+    """A merge that must not be done (4-bit base) or that failed the parity check."""
+
+
+class EvalError(MedtuneError, RuntimeError):
+    """An evaluation that cannot run as asked; the message says which input and what to do."""
+
+
+class LLMError(MedtuneError, RuntimeError):
+    """An LLM call that failed for good (retries exhausted or a non-retryable error); names the model and cause."""
+
+
+class SensitiveDataError(LLMError):
+    """A ``sensitive`` source would be sent to a non-local endpoint without an explicit override."""

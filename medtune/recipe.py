@@ -1,0 +1,219 @@
+"""A recipe: one YAML file with shared settings and one section per stage, loaded with dotted
+``--set`` overrides and resolved once.
+
+A recipe is a YAML mapping::
+
+    model: qwen2.5-coder-0.5b-instruct   # pack name, hub id, local dir or .gguf file
+    output_dir: runs/quickstart
+    seed: 42
+    train: {train_file: examples/medical_qa.jsonl, max_steps: 60}
+    merge: {}
+    samples: {prompts: ["What is hypertension?"]}
+
+:func:`load_recipe` validates it (unknown keys and wrong types are errors that name the key);
+:func:`resolve` fills every default that depends on other sections (each stage's model, output
+directory, seed, the data stage's files) in this one place, so the CLI, ``medtune run`` and
+the eval stage all hand fully resolved configs to the stage functions.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, ServeConfig, TrainConfig,
+                            WebConfig)
+from medtune.data.config import DataConfig
+from medtune.errors import ConfigError
+from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
+
+# Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
+STAGE_DIRS = {"data": "data", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval"}
+
+
+class Recipe(Section):
+    """A whole pipeline: shared settings plus one section per stage (absent = stage not run by
+    ``medtune run``), and one section per evaluation command (``medtune eval mcq RECIPE`` reads ``mcq:``)."""
+
+    model: str = Field("qwen2.5-coder-0.5b-instruct", description="Base model for every stage.")
+    output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
+    seed: int = Field(42, description="Seed for every stage.")
+    data: DataConfig | None = None
+    train: TrainConfig | None = None
+    merge: MergeConfig | None = None
+    samples: SamplesConfig | None = None
+    chat: ChatConfig | None = None
+    serve: ServeConfig | None = None
+    web: WebConfig | None = None
+    eval: EvalConfig | None = None
+    mcq: McqConfig | None = None
+    fact: FactConfig | None = None
+    judge: JudgeConfig | None = None
+    answers: AnswersConfig | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        """``<output_dir>/<dir>`` of a stage (``train`` -> ``adapter``, ``merge`` -> ``merged`` ...)."""
+        return self.output_dir / STAGE_DIRS[stage]
+
+
+def data_stage_files(recipe: Recipe) -> dict:
+    """``train_file`` / ``validation_file`` taken from the data stage's outputs when the recipe has a
+    ``data`` section and ``train`` does not name its own files."""
+    update = {}
+    train = recipe.train
+    if recipe.data is not None and train is not None and "train_file" not in train.model_fields_set:
+        data_dir = recipe.data.output_dir or recipe.stage_dir("data")
+        update["train_file"] = data_dir / "train.jsonl"
+        if train.validation_file is None and recipe.data.validation_fraction > 0:
+            update["validation_file"] = data_dir / "validation.jsonl"
+    return update
+
+
+def _default_model(recipe: Recipe, prefer_merged: bool) -> str:
+    merged = recipe.stage_dir("merge")
+    return str(merged) if prefer_merged and merged.is_dir() else recipe.model
+
+
+def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = False) -> Recipe:
+    """Fill every cross-section default once and return a new recipe.
+
+    - ``data.output_dir`` -> ``<output_dir>/data``;
+    - ``train.model`` -> the recipe's ``model``; ``train.output_dir`` -> ``<output_dir>/adapter``;
+      ``train.seed`` -> the recipe's ``seed`` unless set; ``train_file`` / ``validation_file``
+      -> the data stage's outputs when the recipe has a ``data`` section and names no files;
+    - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
+    - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
+      model when ``prefer_merged`` and it exists, else the recipe's ``model``.
+
+    Args:
+        recipe: a validated recipe.
+        create: sections to create with defaults when absent (the stage a command runs).
+        prefer_merged: chat/serve/web default to ``<output_dir>/merged`` when it exists.
+
+    Returns:
+        A copy; the input is not changed.
+    """
+    r = recipe.model_copy(update={name: Recipe.model_fields[name].annotation.__args__[0]()
+                                  for name in create if getattr(recipe, name) is None})
+    up: dict[str, Any] = {}
+    if r.data is not None:
+        up["data"] = r.data.model_copy(update={"output_dir": r.data.output_dir or r.stage_dir("data")})
+    if r.train is not None:
+        t = r.train
+        up["train"] = t.model_copy(update={**data_stage_files(r), "model": t.model or r.model,
+                                           "output_dir": t.output_dir or r.stage_dir("train"),
+                                           "seed": t.seed if "seed" in t.model_fields_set else r.seed})
+    if r.merge is not None:
+        up["merge"] = r.merge.model_copy(update={"adapter": r.merge.adapter or r.stage_dir("train"),
+                                                 "output_dir": r.merge.output_dir or r.stage_dir("merge")})
+    for name in ("chat", "serve", "web"):
+        cfg = getattr(r, name)
+        if cfg is not None and cfg.model is None and not getattr(cfg, "adapter", None) and not getattr(cfg, "endpoint", None):
+            up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+    return r.model_copy(update=up)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``"train.learning_rate=2e-4"`` into ``(["train", "learning_rate"], "2e-4")``.
+
+    The value is parsed as YAML when that gives a list, mapping, bool, number or null; other
+    values stay strings and pydantic converts them to the field's type.
+
+    Raises:
+        ConfigError: if the item has no ``=`` or an empty key.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) or (value is None and raw.strip() not in ("null", "~", "")):
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with each ``KEY=VALUE`` override set at its dotted path."""
+    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = Recipe
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part))
+            ann = getattr(field, "annotation", None)
+            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if parent is None:
+                break
+        known = list(parent.model_fields) if parent else []
+        hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+        return f"{source}: unknown key {loc!r}{extra}"
+    return f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_recipe(path: Path | str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides.
+
+    Args:
+        path: YAML file; None starts from an empty recipe.
+        overrides: ``KEY=VALUE`` strings, e.g. ``["train.learning_rate=2e-4", "model=smollm2-135m-instruct"]``.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key or wrong type; the message names
+            the file and the dotted key.
+    """
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + --set"
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
+
+
+def field_help(model: type[BaseModel], prefix: str) -> str:
+    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped)."""
+    lines = ["\b"]
+    for name, f in model.model_fields.items():
+        default = f.default if f.default_factory is None else f.default_factory()
+        if isinstance(default, BaseModel):
+            lines.append(field_help(type(default), f"{prefix}.{name}").removeprefix("\b\n"))
+        elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
+            shown = str(default) if isinstance(default, Path) else repr(default)
+            lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")
+    return "\n".join(lines)
