@@ -212,7 +212,7 @@ def models_list() -> None:
                       str(s["size_gib"]), s["licence"])
     console.print(table)
     for pack in PACKS.values():
-        console.print(f"  {pack.name}: {pack_status(pack)['description']}", soft_wrap=True, highlight=False)
+        console.print(f"  {pack.name}: {pack_status(pack)['description']}", highlight=False)
 
 
 @models_app.command("prepare")

@@ -16,6 +16,10 @@ class ConfigError(MedtuneError, ValueError):
     """A recipe, override or option that cannot be used; the message names the file and key."""
 
 
+class SpeedError(ConfigError):
+    """A training speed setting that was asked for explicitly but cannot run here; the message says why."""
+
+
 class DataFileError(MedtuneError, ValueError):
     """A data or source file that cannot be read at all (missing, empty, binary, undecodable, wrong layout)."""
 

@@ -98,3 +98,15 @@ def test_run_cli_prints_how_to_chat(tmp_path, qwen_dir, sft_file):
     r = medtune("run", p, "--set", "samples.prompts=[Hi]")
     assert r.returncode == 0, r.stderr
     assert f"medtune chat --model {tmp_path / 'run' / 'merged'}" in r.stdout
+
+
+def test_models_list_fits_80_columns_in_a_pipe():
+    """Pack names are never cut and no line is wider than 80 columns when stdout is not a terminal."""
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+    from medtune.models import PACKS
+
+    out = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"}).output
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert all(name in out for name in PACKS)

@@ -233,3 +233,28 @@ def test_real_pack_answers_the_openai_client():
             model=cfg.model, messages=msgs, max_tokens=12, stream=True) if c.choices)
         assert streamed == text and len(text.split()) > 3
         assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_batched_answer_equals_the_same_request_sent_alone(server, qwen_dir):
+    """Greedy answers to prompts of very different lengths are the same whether they share a batch
+    (left padding, per-row stopping) or are sent one at a time."""
+    prompts = ["Hi?", "What is hypertension and how is it treated in older adults with diabetes and kidney disease?",
+               "高血压患者在生活方式上应该注意什么？请详细说明饮食、运动和用药。", "천식이란?",
+               "List three signs of dehydration in a child, then explain when to see a doctor, then what to drink."]
+    body = lambda p: {"model": str(qwen_dir), "max_tokens": 12, "messages": [{"role": "user", "content": p}]}  # noqa: E731
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, headers=headers) as http:
+            rs = await asyncio.gather(*(http.post("/v1/chat/completions", json=body(p)) for p in prompts))
+        return [r.json()["choices"][0]["message"]["content"] for r in rs]
+
+    batches_before, jobs_before = server.engine.batches, server.engine.batched_jobs
+    batched = asyncio.run(together())
+    assert server.engine.batches - batches_before < len(prompts), "the requests were not batched"
+    alone = []
+    with httpx.Client(base_url=server.url, timeout=120, headers=headers) as http:
+        for p in prompts:
+            alone.append(http.post("/v1/chat/completions", json=body(p)).json()["choices"][0]["message"]["content"])
+    assert server.engine.batched_jobs - jobs_before == 2 * len(prompts)
+    assert batched == alone

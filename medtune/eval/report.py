@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from medtune.eval.backends import EvalError
+from medtune.errors import EvalError
 
 console = Console(stderr=True)
 

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from medtune.eval.backends import EvalError
+from medtune.errors import EvalError
 from medtune.manifest import fingerprint, package_versions, write_manifest
 from medtune.io import Reject, write_rejects
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from transformers import TrainerCallback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from medtune.errors import TrainError
@@ -26,8 +27,6 @@ from medtune.io import held_out_split, write_rejects
 from medtune.train.speed import prepare_model, trainer_class
 
 console = Console(stderr=True)
-
-
 
 
 def peak_memory_gib() -> float:
@@ -43,49 +42,50 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def make_callback():
-    """A TrainerCallback that shows a rich progress bar and logs loss, lr, tokens/s and peak memory."""
-    from transformers import TrainerCallback
+class RichLogCallback(TrainerCallback):
+    """Shows a rich progress bar and logs loss, lr, tokens/s and peak memory; ``history`` keeps every log."""
 
-    class RichLogCallback(TrainerCallback):
-        def __init__(self):
-            self.history: list[dict] = []
-            self.progress = None
-            self._t, self._tokens = time.time(), 0.0
+    def __init__(self):
+        self.history: list[dict] = []
+        self.progress = None
+        self._t, self._tokens = time.time(), 0.0
 
-        def on_train_begin(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                         console=console)
-                self.progress.start()
-                self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
-            self._t = time.time()
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=console)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+        self._t = time.time()
 
-        def on_step_end(self, args, state, control, **kw):
-            if self.progress:
-                self.progress.update(self.task, completed=state.global_step)
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step)
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = dict(logs or {})
-            now = time.time()
-            tokens = logs.get("num_tokens")
-            if tokens is not None and "loss" in logs:
-                logs["tokens_per_s"] = round((tokens - self._tokens) / max(now - self._t, 1e-9), 1)
-                self._tokens, self._t = tokens, now
-            logs["peak_mem_gib"] = round(peak_memory_gib(), 2)
-            logs["step"] = state.global_step
-            self.history.append(logs)
-            if self.progress and ("loss" in logs or "eval_loss" in logs):
-                keys = ("loss", "eval_loss", "learning_rate", "tokens_per_s", "peak_mem_gib")
-                line = "  ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
-                self.progress.console.print(f"step {state.global_step}: {line}")
-                self.progress.update(self.task, info=f"loss {logs.get('loss', logs.get('eval_loss', 0)):.3f}")
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        now = time.time()
+        tokens = logs.get("num_tokens")
+        if tokens is not None and "loss" in logs:
+            logs["tokens_per_s"] = round((tokens - self._tokens) / max(now - self._t, 1e-9), 1)
+            self._tokens, self._t = tokens, now
+        logs["peak_mem_gib"] = round(peak_memory_gib(), 2)
+        logs["step"] = state.global_step
+        self.history.append(logs)
+        if self.progress and ("loss" in logs or "eval_loss" in logs):
+            keys = ("loss", "eval_loss", "learning_rate", "tokens_per_s", "peak_mem_gib")
+            line = "  ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
+            self.progress.console.print(f"step {state.global_step}: {line}")
+            self.progress.update(self.task, info=f"loss {logs.get('loss', logs.get('eval_loss', 0)):.3f}")
 
-        def on_train_end(self, args, state, control, **kw):
-            if self.progress:
-                self.progress.stop()
+    def on_train_end(self, args, state, control, **kw):
+        if self.progress:
+            self.progress.stop()
 
+
+def make_callback() -> RichLogCallback:
+    """A fresh :class:`RichLogCallback`."""
     return RichLogCallback()
 
 

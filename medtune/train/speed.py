@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from medtune.config import ConfigError, TrainConfig
+from transformers import Trainer
+from trl import SFTTrainer
 
-
-class SpeedError(ConfigError):
-    """A speed setting that was asked for explicitly but cannot run here; the message says why."""
+from medtune.config import TrainConfig
+from medtune.errors import SpeedError  # noqa: F401  (raised here; imported from here by tests)
 
 
 def _cuda() -> bool:
@@ -174,27 +174,23 @@ def fused_loss_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
     return cfg.fused_loss if cfg.fused_loss is not None else (_cuda() if cuda is None else cuda)
 
 
-def trainer_class(cfg: TrainConfig):
-    """The trainer class: trl's ``SFTTrainer`` (fused loss), or a subclass whose loss is transformers'
-    plain causal-LM loss on full logits, computed in the same single forward pass.
+class PlainLossSFTTrainer(SFTTrainer):
+    """trl's ``SFTTrainer`` with transformers' plain causal-LM loss on full logits in one forward.
 
     trl 1.16 with a ``compute_loss_func`` runs a second, no-grad fused forward only to log entropy
-    and token accuracy; the subclass skips those two metrics instead of paying that forward.
+    and token accuracy; this subclass skips those two metrics instead of paying that forward.
     """
-    from transformers import Trainer
-    from trl import SFTTrainer
 
-    if fused_loss_on(cfg):
-        return SFTTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs["use_cache"] = False
+        if model.training:  # keep trl's num_tokens log (non-padding tokens seen)
+            mask = inputs.get("attention_mask")
+            local = mask.sum() if mask is not None else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1))
+            self._total_train_tokens += self.accelerator.gather_for_metrics(local).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    class PlainLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            if model.training:  # keep trl's num_tokens log (non-padding tokens seen)
-                mask = inputs.get("attention_mask")
-                local = mask.sum() if mask is not None else inputs["position_ids"].new_tensor(inputs["position_ids"].size(1))
-                self._total_train_tokens += self.accelerator.gather_for_metrics(local).sum().item()
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    return PlainLossSFTTrainer
+def trainer_class(cfg: TrainConfig) -> type:
+    """The trainer class: trl's ``SFTTrainer`` (fused loss), or :class:`PlainLossSFTTrainer`."""
+    return SFTTrainer if fused_loss_on(cfg) else PlainLossSFTTrainer
