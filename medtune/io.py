@@ -258,11 +258,39 @@ def _text(record: dict, key: str, required: bool) -> str:
     return str(value).strip()
 
 
+_INLINE_TURN = re.compile(r"<\s*(user|human|bot|assistant|gpt)\s*>\s*[:：]?", re.I)
+
+
+def split_inline_turns(text: str) -> list[dict] | None:
+    """Turns written inline as ``<user>: ... <bot>: ... <user>: ...`` (Huatuo, BELLE exports).
+
+    Returns:
+        ``[{"role", "content"}, ...]`` alternating user/assistant and ending with a user turn,
+        or None when ``text`` has no ``<bot>`` marker (a single turn) or the turns do not alternate.
+    """
+    marks = list(_INLINE_TURN.finditer(text))
+    if not any(m.group(1).lower() in ("bot", "assistant", "gpt") for m in marks):
+        return None
+    lead = text[:marks[0].start()].strip()
+    turns = [{"role": "user" if m.group(1).lower() in ("user", "human") else "assistant",
+              "content": text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else len(text))].strip()}
+             for i, m in enumerate(marks)]
+    if lead:
+        turns[0]["content"] = f"{lead}\n{turns[0]['content']}".strip() if turns[0]["role"] == "user" else turns[0]["content"]
+    roles = [t["role"] for t in turns]
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2) or roles[-1] != "user" \
+            or not all(t["content"] for t in turns):
+        return None
+    return turns
+
+
 def alpaca_to_messages(record: dict) -> list[dict]:
     """Alpaca ``instruction``/``input``/``output`` (+ optional ``system``, ``history``) to messages.
 
     ``history`` is a list of earlier ``[user, assistant]`` pairs, as in LLaMA-Factory's Alpaca form.
-    The user turn is ``instruction`` followed by a blank line and ``input`` when present.
+    The user turn is ``instruction`` followed by a blank line and ``input`` when present. An
+    ``instruction`` that carries earlier turns inline (``<user>: ... <bot>: ... <user>: ...``,
+    Huatuo style) becomes those turns (:func:`split_inline_turns`).
     """
     instruction, extra, output = _text(record, "instruction", True), _text(record, "input", False), _text(record, "output", True)
     messages = [{"role": "system", "content": s}] if (s := _text(record, "system", False)) else []
@@ -271,6 +299,9 @@ def alpaca_to_messages(record: dict) -> list[dict]:
             raise RecordError(f"history[{j}]", "must be a [user, assistant] pair of non-empty strings")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     user = f"{instruction}\n\n{extra}" if extra else instruction
+    inline = split_inline_turns(user)
+    if inline:
+        return messages + inline + [{"role": "assistant", "content": output}]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
@@ -313,13 +344,40 @@ def _mapped(record: dict, columns: dict[str, str]) -> list[dict]:
                                      {"role": "assistant", "content": _text(record, columns["answer"], True)}])
 
 
+# Question/answer field names recognised without a column map, in order of preference.
+QA_FIELD_PAIRS = [("问", "答"), ("问题", "回答"), ("问题", "答案"), ("提问", "回答"), ("질문", "답변"), ("질문", "대답"),
+                  ("question", "answer"), ("q", "a"), ("prompt", "response"), ("prompt", "completion"),
+                  ("query", "response"), ("input", "output"), ("instruction", "response")]
+
+
+def qa_columns(record: dict) -> dict[str, str] | None:
+    """``{question: key, answer: key}`` for a record using one of :data:`QA_FIELD_PAIRS` (case-insensitive), else None."""
+    keys = {str(k).strip().lower(): k for k in record}
+    for q, a in QA_FIELD_PAIRS:
+        if q in keys and a in keys:
+            return {"question": keys[q], "answer": keys[a]}
+    return None
+
+
+def columns_hint(fields: Iterable[str]) -> str:
+    """A one-line hint naming the fields seen and how to map them with ``columns:``."""
+    fields = sorted(map(str, fields))
+    q = fields[0] if fields else "QUESTION_FIELD"
+    a = fields[1] if len(fields) > 1 else "ANSWER_FIELD"
+    return (f"fields seen: {fields[:12]}; expected messages, conversations, instruction/output or a question/answer "
+            f"pair ({', '.join('/'.join(p) for p in QA_FIELD_PAIRS[:8])} ...); map yours in the source with "
+            f"`columns: {{question: {q}, answer: {a}}}`")
+
+
 def record_to_messages(record: dict, columns: dict[str, str] | None = None) -> list[dict]:
     """Messages of one record in any supported form.
 
     Forms: ``messages`` (role/content) or ShareGPT ``conversations`` (from/value); Alpaca
-    ``instruction``/``input``/``output`` with optional ``system`` and ``history``; or
-    ``columns`` mapping ``question``/``answer``/``system`` to the record's own keys
-    (e.g. ``{question: 问题, answer: 回答}``).
+    ``instruction``/``input``/``output`` with optional ``system`` and ``history`` (earlier turns
+    inline in ``instruction`` as ``<user>: ... <bot>: ...`` too); a question/answer pair with a
+    common field name (:data:`QA_FIELD_PAIRS`: 问/答, 问题/回答, 질문/답변, question/answer, Q/A,
+    prompt/response, input/output ...); or ``columns`` mapping ``question``/``answer``/``system``
+    to the record's own keys (e.g. ``{question: 问题, answer: 回答}``).
 
     Raises:
         RecordError: the record is in no known form or is invalid (names the field).
@@ -328,10 +386,13 @@ def record_to_messages(record: dict, columns: dict[str, str] | None = None) -> l
         return _mapped(record, columns)
     if "messages" in record or "conversations" in record:
         return validate_messages(record.get("messages") or record.get("conversations"))
+    if "instruction" in record and "output" in record:
+        return alpaca_to_messages(record)
+    if (found := qa_columns(record)):
+        return _mapped(record, found)
     if "instruction" in record or "output" in record:
         return alpaca_to_messages(record)
-    raise RecordError("<record>", f"unknown record form (fields {sorted(map(str, record))[:8]}); expected messages, "
-                      "conversations, instruction/output, or map the question/answer columns")
+    raise RecordError("<record>", f"unknown record form ({columns_hint(record)})")
 
 
 # ----------------------------------------------------------------------------- splits
