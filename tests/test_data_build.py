@@ -158,3 +158,20 @@ def test_train_stage_defaults_to_the_data_stage_outputs(tmp_path):
     explicit = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.train_file=mine.jsonl"])
     assert STAGES["train"](resolve(explicit), tmp_path / "a")[0]["train_file"] == "mine.jsonl"
     assert list(STAGES)[:2] == ["data", "train"]
+
+
+def test_single_turn_report_qa_carries_its_report_and_max_items_caps_the_read_tally(tmp_path):
+    src = [{"path": str(SOURCES / "reports_cxr"), "type": "report", "sensitive": True, "questions_per_item": 2,
+            "max_items": 2}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=src,
+                                                                          validation_fraction=0.0))])
+    assert res.exit_code == 0, res.output
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    assert rows and all(r["meta"]["generator"] == "report-qa" for r in rows)
+    for r in rows:  # "What does this say ...?" is answerable: the report is in the prompt
+        first = r["messages"][0]["content"]
+        assert first.startswith("Radiology report:\nFINDINGS: ") and first.endswith("?")
+    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
+    read = next(v for k, v in stats["steps"].items() if k.startswith("read:report"))
+    assert read["seen"] == 2 and read["kept"] == 2

@@ -48,10 +48,10 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
         it = R.read_corpus(src.path, tally, columns=src.columns, **kw)
     records = []
     for r in it:
-        if src.max_items is not None and len(records) >= src.max_items:
-            break
         r.meta["sensitive"] = src.sensitive
         records.append(r)
+        if src.max_items is not None and len(records) >= src.max_items:
+            break  # before asking the reader for one more: its tally counts only what was used
     return records
 
 

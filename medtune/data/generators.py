@@ -26,7 +26,7 @@ import yaml
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
 from medtune.io import Reject, read_rows
-from medtune.text import detect_language
+from medtune.text import dangling_reference, detect_language
 from medtune.llm import SensitiveDataError, LLMClient, LLMError
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -122,6 +122,9 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     ``meta`` with ``generator``, ``teacher_model``, ``prompt_template_hash`` and the source span.
     One single-turn record per kept pair, or with ``multi_turn`` one conversation per source
     whose first user turn is ``"<label>:\n<text>\n\n<question 1>"`` (:data:`CONTEXT_LABELS`).
+    A single-turn report question always carries its report in the same form (a question about a
+    report is unanswerable without it), and so does a guideline question that refers to its
+    passage ("this passage", "该指南": :func:`medtune.text.dangling_reference`).
 
     Raises:
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
@@ -152,12 +155,16 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.drop("judge: answer not supported by the source", r.meta.get("source_file"), f"{r.id} q{k}", answer[:200])
         else:
             tally.keep()
+            label = CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])
+            prompt = f"{label}:\n{text}\n\n{q}" if not multi_turn and (kind == "report" or dangling_reference(q)) else q
             out.append(Record(id=f"{r.id}/q{k}", kind="qa",
-                              messages=[{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+                              messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                               meta={**_provenance(r), "generator": f"{kind}-qa", "teacher_model": teacher.model,
                                     "prompt_template_hash": hashlib.sha256((q_hash + a_hash + j_hash).encode()).hexdigest()[:12],
                                     "judged": judge, "language": lang}))
-    return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])) if multi_turn and out else out
+    if multi_turn and out:
+        return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
+    return out
 
 
 def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:
