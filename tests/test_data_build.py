@@ -175,3 +175,42 @@ def test_single_turn_report_qa_carries_its_report_and_max_items_caps_the_read_ta
     stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
     read = next(v for k, v in stats["steps"].items() if k.startswith("read:report"))
     assert read["seen"] == 2 and read["kept"] == 2
+
+
+def test_dialogue_seed_json_array_in_chinese_uses_zh_prompts_and_rejects_bad_seeds(tmp_path):
+    seeds = ROOT / "tests" / "fixtures" / "data" / "seed_tasks_zh.json"
+    prompts = []
+
+    def reply(req):
+        c = req["messages"][-1]["content"]
+        prompts.append(c)
+        return "1. 孕妇感冒了可以吃什么药？\n2. 儿童咳嗽一周需要去医院吗？" if "编号" in c else "建议咨询医生，按说明书用药。"
+
+    with FakeOpenAI(reply=reply) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=[], validation_fraction=0.0,
+                              dialogue={"seed_file": str(seeds), "language": "zh"})
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code == 0, res.output
+    assert prompts and all("Write" not in p for p in prompts)  # no English prompt
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    assert len(rows) == 2 and all(r["meta"]["language"] == "zh" for r in rows)
+    rejects = lines(tmp_path / "run" / "data" / "rejects.jsonl")
+    assert sorted(r["where"] for r in rejects) == ["record 3", "record 4"]
+
+
+def test_unusable_seed_file_fails_with_reasons_and_a_rejects_file(tmp_path):
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps([{"instruction": "", "output": "x"}, {"task": "no instruction"}]), encoding="utf-8")
+    with FakeOpenAI(reply=lambda req: "1. x") as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=[],
+                                                                          dialogue={"seed_file": str(seeds)}))])
+    assert res.exit_code != 0 and "no usable seed task" in res.output and "record 1" in res.output
+    assert len(lines(tmp_path / "run" / "data" / "rejects.jsonl")) == 2
+
+
+def test_dialogue_in_a_language_without_prompts_fails_early_naming_them(tmp_path):
+    with FakeOpenAI(reply=lambda req: "1. x") as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=[],
+                              dialogue={"seed_file": str(SOURCES / "seed" / "seed_tasks.jsonl"), "language": "ko"})
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code != 0 and "dialogue_tasks" in res.output and "prompts_dir" in res.output

@@ -26,7 +26,7 @@ from medtune.data import generators as G
 from medtune.data import readers as R
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
 from medtune.data.records import Record, Tally, save_rejects
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
 console = Console(stderr=True)
@@ -165,6 +165,9 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     try:
         generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies))
+    except DataFileError:
+        save_rejects(list(tallies.values()), out / "rejects.jsonl")  # what made the input unusable
+        raise
     finally:
         teacher.close()
     steps, phi = filter_steps(cfg.filters, seed)

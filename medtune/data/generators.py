@@ -34,15 +34,24 @@ TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
 LANGUAGE_NAMES = {"en": "English", "zh": "Simplified Chinese", "ko": "Korean"}
 
 
-def load_prompt(name: str, language: str, prompts_dir: Path | None = None) -> tuple[str, str]:
-    """``(template, sha256[:12])`` of prompt ``name`` for ``language`` (user dir, shipped, then English)."""
-    for root in ([Path(prompts_dir)] if prompts_dir else []) + [PROMPTS]:
-        for lang in (language, "en"):
+def load_prompt(name: str, language: str, prompts_dir: Path | None = None, fallback: bool = True) -> tuple[str, str]:
+    """``(template, sha256[:12])`` of prompt ``name`` for ``language`` (user dir, shipped, then English
+    unless ``fallback`` is False).
+
+    Raises:
+        DataFileError: no template (with ``fallback=False``: none in ``language``), naming where to put one.
+    """
+    roots = ([Path(prompts_dir)] if prompts_dir else []) + [PROMPTS]
+    for lang in (language, "en") if fallback else (language,):
+        for root in roots:
             p = root / lang / f"{name}.txt"
             if p.is_file():
                 text = p.read_text(encoding="utf-8")
                 return text, hashlib.sha256(text.encode()).hexdigest()[:12]
-    raise DataFileError(f"prompt template {name!r} not found for language {language!r}")
+    shipped = sorted(d.name for d in PROMPTS.iterdir() if (d / f"{name}.txt").is_file())
+    raise DataFileError(f"prompt template {name!r} not found for language {language!r} (shipped for {shipped}); "
+                        f"write {language}/{name}.txt under a folder and set data.prompts_dir to it "
+                        f"(see {PROMPTS / 'zh' / (name + '.txt')} for the form)")
 
 
 # ---------------------------------------------------------------- kb-template (no LLM)
@@ -217,8 +226,24 @@ def rouge_l(a: str, b: str) -> float:
     return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
 
 
+def _seed_instruction(t: dict) -> str:
+    """The task of one seed: ``instruction`` followed by ``input`` when both are given, either alone otherwise."""
+    parts = [str(t.get(k) or "").strip() for k in ("instruction", "input")]
+    if not parts[1] and isinstance(t.get("instances"), list) and t["instances"]:  # Self-instruct seed_tasks.jsonl
+        first = t["instances"][0]
+        parts[1] = str(first.get("input") or "").strip() if isinstance(first, dict) else ""
+    return "\n\n".join(p for p in parts if p)
+
+
 def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
-    """Seed tasks from JSONL ``{instruction, category, output?}``; bad lines are rejected."""
+    """Seed tasks from JSONL or a JSON array: ``{instruction, category?, input?, output?}`` (Alpaca-style
+    ``{instruction, input, output}`` and Self-instruct ``{instruction, instances}`` included).
+
+    Bad seeds are counted in ``tally`` as located rejects.
+
+    Raises:
+        DataFileError: the file is missing or has no usable seed task (the message gives the first reasons).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: seed task file not found")
@@ -227,13 +252,19 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
         if isinstance(t, Reject):
             tally.reject(t)
             continue
-        if not str(t.get("instruction", "")).strip():
-            tally.drop("seed task without `instruction`", path, where)
+        task = _seed_instruction(t)
+        if not task:
+            tally.drop("seed task without `instruction` or `input`", path, where, str(t)[:200])
             continue
-        tasks.append({"instruction": str(t["instruction"]).strip(), "category": t.get("category", "general"),
-                      "output": t.get("output"), "line": where})
+        output = t.get("output")
+        if output is not None and not isinstance(output, str):
+            tally.drop("seed `output` is not a string", path, where, str(t)[:200])
+            continue
+        tasks.append({"instruction": task, "category": str(t.get("category") or "general"), "output": output, "line": where})
     if not tasks:
-        raise DataFileError(f"{path}: no usable seed task")
+        reasons = list(dict.fromkeys(f"{r.where}: {r.reason}" for r in tally.rejects))[:3]
+        raise DataFileError(f"{path}: no usable seed task; expected JSONL or a JSON array of "
+                            f"{{instruction, input?, output?, category?}}; first rejects: {reasons} (all in rejects.jsonl)")
     return tasks
 
 
@@ -246,9 +277,9 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
     the teacher also writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some.
     """
     seeds = load_seed_tasks(cfg.seed_file, tally)
-    lang = cfg.language
-    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir)
-    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir)
+    lang = cfg.language  # English prompts for another language would write tasks the language filter then drops
+    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
+    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
     pool, kept = [s["instruction"] for s in seeds], []
     categories = sorted({s["category"] for s in seeds})
     for _ in range(cfg.rounds):
@@ -280,7 +311,8 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
         out.append(Record(id=f"dialogue/{k}", kind="qa", messages=[{"role": "user", "content": task},
                                                                    {"role": "assistant", "content": rep.text.strip()}],
                           meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task)}))
-    out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
+    if cfg.consultations:
+        out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
     return out
 
 
@@ -309,7 +341,7 @@ def parse_consultation(text: str) -> list[dict] | None:
 
 
 async def _consultations(tasks: list[str], teacher: LLMClient, lang: str, prompts_dir, meta: dict, tally: Tally) -> list[Record]:
-    tpl, h = load_prompt("consultation", lang, prompts_dir)
+    tpl, h = load_prompt("consultation", lang, prompts_dir, fallback=False)
     replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": tpl.format(question=t)}]) for t in tasks),
                                    return_exceptions=True)
     out = []
