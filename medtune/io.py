@@ -3,7 +3,7 @@ located rejects, and the seeded held-out split.
 
 - :func:`read_text` decodes any user text file the same way (UTF-8 with or without BOM, else
   GB18030 / CP949 / charset-normalizer detection; binary files are refused with the file name).
-- :func:`read_rows` yields ``(where, record)`` from CSV/TSV, JSONL (any suffix, ``.txt`` too),
+- :func:`read_rows` yields ``(where, record)`` from CSV/TSV, .xlsx/.xls (:func:`spreadsheet_rows`), JSONL (any suffix, ``.txt`` too),
   a JSON array, one JSON object, or a JSON object of records keyed by id; bad lines come out as
   :class:`Reject` so one bad line never stops a run.
 - :func:`record_to_messages` turns one record in any supported form into validated ``messages``.
@@ -141,6 +141,10 @@ def read_text(path: Path | str, encoding: str | list[str] | None = None) -> tupl
             return raw.decode(encoding).removeprefix("\ufeff"), encoding
         except (UnicodeDecodeError, LookupError) as e:
             raise DataFileError(f"{path}: cannot decode as {encoding!r} ({e}); fix the encoding or remove it to auto-detect") from None
+    if path.suffix.lower() in SPREADSHEET_SUFFIXES or raw.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")) and \
+            path.suffix.lower() not in (".txt", ".md"):
+        raise DataFileError(f"{path}: a spreadsheet or archive, not text; give it as .xlsx/.xls (read as rows "
+                            "wherever CSV is) or export it as CSV")
     if b"\x00" in raw[:65536] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataFileError(f"{path}: looks like a binary file (NUL bytes), not text; "
                             "give a UTF-8/GB18030/CP949 text, JSONL or CSV file")
@@ -228,8 +232,68 @@ def parse_rows(path: Path, text: str) -> Iterator[tuple[str, dict | Reject]]:
     return _json_rows(Path(path), text)
 
 
+SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")
+
+
+def _cell(value: object) -> str:
+    """A spreadsheet cell as the text a CSV export would hold (``3.0`` -> ``"3"``, dates ISO)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _sheet_values(path: Path) -> list[tuple]:
+    """Rows of the first worksheet as tuples (openpyxl for .xlsx/.xlsm, xlrd for .xls)."""
+    if path.suffix.lower() == ".xls":
+        try:
+            import xlrd
+        except ImportError:
+            raise DataFileError(f"{path}: reading .xls needs xlrd: pip install xlrd (or save the sheet as .xlsx or CSV)") from None
+        sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
+        return [tuple(sheet.row_values(i)) for i in range(sheet.nrows)]
+    try:
+        import openpyxl
+    except ImportError:
+        raise DataFileError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl (or save the sheet as CSV)") from None
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException: all "not a workbook"
+        raise DataFileError(f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e})") from None
+    try:
+        return [tuple(r) for r in book.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        book.close()
+
+
+def spreadsheet_rows(path: Path | str) -> Iterator[tuple[str, dict | Reject]]:
+    """``(where, record)`` of the first sheet of a .xlsx/.xls file: the first row is the header,
+    ``where`` is ``"row N"`` (1-based, as the spreadsheet numbers it); empty rows are skipped.
+
+    Raises:
+        DataFileError: the reader library is missing (with the ``pip install`` hint) or the file is not a workbook.
+    """
+    path = Path(path)
+    rows = _sheet_values(path)
+    if not rows or not any(_cell(c) for c in rows[0]):
+        yield "row 1", Reject(str(path), "row 1", "spreadsheet has no header row", "<file>")
+        return
+    header = [_cell(c) for c in rows[0]]
+    for n, row in enumerate(rows[1:], 2):
+        cells = [_cell(c) for c in row]
+        if not any(cells):
+            continue
+        if any(cells[len(header):]) or any(c and not h for h, c in zip(header, cells)):
+            yield f"row {n}", Reject(str(path), f"row {n}", "row has cells outside the header's columns", "<line>", cells)
+            continue
+        yield f"row {n}", {h: c for h, c in zip(header, cells) if h}
+
+
 def read_rows(path: Path | str, encoding: str | list[str] | None = None) -> Iterator[tuple[str, dict | Reject]]:
-    """Yield ``(where, record)`` from a CSV/TSV, JSONL (any suffix), JSON array/object file.
+    """Yield ``(where, record)`` from a CSV/TSV, .xlsx/.xls, JSONL (any suffix), JSON array/object file.
 
     ``where`` is ``"line N"`` (CSV/JSONL, 1-based), ``"record N"`` (JSON array) or ``"key K"``
     (JSON object keyed by id; the key is stored as ``record["_key"]``). Unparsable lines and
@@ -238,6 +302,9 @@ def read_rows(path: Path | str, encoding: str | list[str] | None = None) -> Iter
     Raises:
         DataFileError: the file is missing, empty, binary or undecodable.
     """
+    if Path(path).suffix.lower() in SPREADSHEET_SUFFIXES:
+        yield from spreadsheet_rows(path)
+        return
     text, _ = read_text(path, encoding)
     if not text.strip():
         raise DataFileError(f"{path}: file is empty")

@@ -186,3 +186,22 @@ def test_whole_file_rejection_names_fields_and_columns_mapping():
     assert "columns:" in whole[0].reason
     mapped = list(read_corpus(FIXTURES / "unmapped_fields.jsonl", Tally("read"), columns={"question": "提问者", "answer": "医生回复"}))
     assert len(mapped) == 2
+
+
+def test_xlsx_is_read_wherever_csv_is(tmp_path):
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in [["질문", "답변"], ["고혈압 약은 언제 먹나요?", "매일 같은 시간에 드세요.</s>"], [None, None],
+                ["숫자 답은?", 3.0]]:
+        book.active.append(row)
+    book.save(tmp_path / "qa.xlsx")
+    recs = list(read_corpus(tmp_path / "qa.xlsx", Tally("read")))
+    assert [r.messages[-1]["content"] for r in recs] == ["매일 같은 시간에 드세요.", "3"]
+    assert recs[1].meta["doc_id"] == "qa.xlsx:4"  # spreadsheet row number
+    book = openpyxl.Workbook()
+    for row in [["name", "indication"], ["metformin", "type 2 diabetes"]]:
+        book.active.append(row)
+    book.save(tmp_path / "kb.xlsx")
+    kb = list(read_kb(tmp_path / "kb.xlsx", Tally("read")))
+    assert kb[0].meta["name"] == "metformin" and kb[0].fields["indication"] == "type 2 diabetes"

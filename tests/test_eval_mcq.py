@@ -215,3 +215,38 @@ def test_cli_mcq_writes_results_and_reports_bad_input(tmp_path, qwen_dir):
     r = runner.invoke(app, ["eval", "mcq", str(FIX / "mixed_encoding.jsonl"), "--model", str(qwen_dir),
                             "--output-dir", str(tmp_path / "p")])
     assert r.exit_code == 2 and "--encoding" in r.output
+
+
+def _to_xlsx(csv_path: Path, xlsx_path: Path) -> Path:
+    """Write a CSV fixture as a one-sheet workbook (the form benchmarks are often distributed in)."""
+    import csv
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in csv.reader(csv_path.open(encoding="utf-8")):
+        book.active.append(row)
+    book.save(xlsx_path)
+    return xlsx_path
+
+
+def test_cmexam_spreadsheet_form_with_literal_backslash_n_options(tmp_path):
+    for path in (FIX / "cmexam_sheet.csv", _to_xlsx(FIX / "cmexam_sheet.csv", tmp_path / "cmexam.xlsx")):
+        items, rejects, fmt = load_mcq(path)
+        assert fmt == "cmexam" and not rejects
+        assert [it.answer for it in items] == ["C", "B"]
+        assert items[0].options == {"A": "120 mmHg", "B": "130 mmHg", "C": "140 mmHg", "D": "150 mmHg", "E": "160 mmHg"}
+        assert items[1].subject == "内分泌科"
+
+
+def test_xls_without_xlrd_and_a_broken_xlsx_are_clear_errors(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.xlsx"
+    bad.write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(DataFileError, match="broken.xlsx.*not a readable .xlsx"):
+        load_mcq(bad)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "xlrd", None)
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    with pytest.raises(DataFileError, match="pip install xlrd"):
+        load_mcq(tmp_path / "old.xls")

@@ -23,7 +23,8 @@ from typing import Iterator
 
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
-from medtune.io import Reject, RecordError, columns_hint, parse_rows, read_text, record_to_messages
+from medtune.io import (SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
+                        record_to_messages, spreadsheet_rows)
 from medtune.text import detect_language, strip_format_tokens, strip_html
 
 
@@ -52,10 +53,18 @@ def _rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
 
 
 def _structured_items(path: Path, encoding: str | None, tally: Tally,
-                      suffixes: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv")) -> Iterator[tuple[Path, str, dict]]:
-    """``(file, where, record)`` for every record of the structured files under ``path``;
-    empty files and malformed lines are counted as rejects."""
+                      suffixes: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", *SPREADSHEET_SUFFIXES)
+                      ) -> Iterator[tuple[Path, str, dict]]:
+    """``(file, where, record)`` for every record of the structured files (spreadsheets too) under
+    ``path``; empty files and malformed lines are counted as rejects."""
     for file in _files(path, suffixes):
+        if file.suffix.lower() in SPREADSHEET_SUFFIXES:
+            for where, item in spreadsheet_rows(file):
+                if isinstance(item, Reject):
+                    tally.reject(item)
+                else:
+                    yield file, where, item
+            continue
         text, _ = read_text(file, encoding)
         if not text.strip():
             tally.drop("empty file", file)
@@ -448,7 +457,7 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
     """
     kept: dict[Path, int] = {}
     unknown: dict[Path, set] = {}
-    for file, where, item in _structured_items(path, encoding, tally, (".json", ".jsonl", ".csv", ".tsv", ".txt")):
+    for file, where, item in _structured_items(path, encoding, tally, (".json", ".jsonl", ".csv", ".tsv", ".txt", *SPREADSHEET_SUFFIXES)):
         kept.setdefault(file, 0)
         try:
             messages = record_to_messages(item, columns)
