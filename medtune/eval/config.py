@@ -46,8 +46,10 @@ class McqConfig(Section):
 class FactConfig(Section):
     """Knowledge-base fact recall (``medtune eval fact``)."""
 
-    data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}.")
+    data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}, or CSV/.xlsx with a question and an expected-items column.")
     synonyms: Path | None = Field(None, description="Optional JSON {item: [synonyms]} applied to every question.")
+    question_column: str | None = Field(None, description="Column holding the question (default: question, 问题, 질문 ...).")
+    expected_column: str | None = Field(None, description="Column holding the expected items, a list or a string split on | ， 、 ; (default: expected, answer, 答案, 정답 ...).")
     model: str = Field(..., description="Model as [NAME=]SPEC (see `eval mcq`).")
     adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
     system: str | None = Field(None, description="Optional system prompt.")
