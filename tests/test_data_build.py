@@ -214,3 +214,32 @@ def test_dialogue_in_a_language_without_prompts_fails_early_naming_them(tmp_path
                               dialogue={"seed_file": str(SOURCES / "seed" / "seed_tasks.jsonl"), "language": "ko"})
         res = CliRunner().invoke(app, ["data", "build", str(recipe)])
     assert res.exit_code != 0 and "dialogue_tasks" in res.output and "prompts_dir" in res.output
+
+
+def test_audit_flags_dangling_references_in_stats_and_card_and_strict_fails(tmp_path):
+    src = [{"path": str(ROOT / "tests" / "fixtures" / "data" / "flawed_corpus.jsonl"), "type": "corpus"}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=src, validation_fraction=0.0)
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+        assert res.exit_code == 0, res.output
+        assert "DATA QUALITY WARNING" in res.output
+        data = tmp_path / "run" / "data"
+        a = json.loads((data / "stats.json").read_text())["audit"]
+        assert a["dangling_references"]["records"] == 2 and a["format_tokens"]["records"] == 0  # [/INST] stripped at read
+        assert json.loads((data / "stats.json").read_text())["steps"]["read:corpus:" + src[0]["path"]]["fixed"]
+        assert a["languages"] == {"en": 0.75, "zh": 0.25} and a["answers_cut"]["share"] == 0.0
+        assert a["top_reject_reasons"][0]["reason"] == "not a QA record" and a["top_reject_reasons"][0]["examples"]
+        card = (data / "DATA_CARD.md").read_text()
+        assert "## Audit" in card and "WARNING" in card and "this radiology report" in card
+        res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", "data.strict=true"])
+    assert res.exit_code != 0 and "data.strict" in res.output
+
+
+def test_audit_is_clean_on_grounded_data(tmp_path):
+    src = [{"path": str(SOURCES / "reports_cxr"), "type": "report", "sensitive": True, "questions_per_item": 2, "max_items": 2}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=src,
+                                                                          validation_fraction=0.0)), "--set", "data.strict=true"])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "run" / "data" / "DATA_CARD.md").read_text()
+    assert "clean: no format tokens" in card

@@ -96,3 +96,4 @@ class DataConfig(_Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="Share of source documents whose records go to validation.jsonl.")
     format: Literal["messages", "alpaca"] = Field("messages", description="Output form: messages (with meta) or Alpaca instruction/input/output (with meta).")
     seed: int | None = Field(None, description="Seed for templates, sampling and the split; default the recipe seed.")
+    strict: bool = Field(False, description="Fail the build when the audit finds model-format tokens or questions that refer to a document absent from the prompt (outputs are still written for inspection).")

@@ -114,6 +114,7 @@ def parse_list(text: str, n: int) -> list[str]:
     return items[:n]
 
 
+CUT_MARK = "\x00cut\x00"  # internal: prefixed to an answer that reached the teacher's max_tokens
 CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": "影像报告"},
                   "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
 
@@ -164,13 +165,15 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.drop("judge: answer not supported by the source", r.meta.get("source_file"), f"{r.id} q{k}", answer[:200])
         else:
             tally.keep()
+            cut = answer.startswith(CUT_MARK)
+            answer = answer.removeprefix(CUT_MARK)
             label = CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])
             prompt = f"{label}:\n{text}\n\n{q}" if not multi_turn and (kind == "report" or dangling_reference(q)) else q
             out.append(Record(id=f"{r.id}/q{k}", kind="qa",
                               messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                               meta={**_provenance(r), "generator": f"{kind}-qa", "teacher_model": teacher.model,
                                     "prompt_template_hash": hashlib.sha256((q_hash + a_hash + j_hash).encode()).hexdigest()[:12],
-                                    "judged": judge, "language": lang}))
+                                    "judged": judge, "language": lang, **({"answer_cut": True} if cut else {})}))
     if multi_turn and out:
         return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
     return out
@@ -187,8 +190,10 @@ def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> l
 async def _answer(teacher: LLMClient, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
     """``(answer, verdict)``; ``answer`` is None when a call failed (verdict then names the step)."""
     try:
-        answer = (await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}],
-                                         sensitive=sensitive)).text.strip()
+        reply = await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}], sensitive=sensitive)
+        answer = reply.text.strip()
+        if reply.completion_tokens >= teacher.cfg.max_tokens:
+            answer = CUT_MARK + answer  # hit the token limit: counted by the audit, mark removed there
     except SensitiveDataError:
         raise
     except LLMError:
