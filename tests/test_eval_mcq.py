@@ -250,3 +250,33 @@ def test_xls_without_xlrd_and_a_broken_xlsx_are_clear_errors(tmp_path, monkeypat
     (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
     with pytest.raises(DataFileError, match="pip install xlrd"):
         load_mcq(tmp_path / "old.xls")
+
+
+def test_letter_collapse_is_flagged_and_content_free_calibration_recovers(tmp_path, monkeypatch):
+    """A model with a strong prior for "B" (as the base pack on CMExam): raw predictions collapse on B;
+    dividing by the probabilities for an "N/A" question (Zhao et al. 2021) leaves the signal."""
+    import math as m
+
+    import medtune.eval.mcq as mcq
+
+    items, _, _ = load_mcq(FIX / "cmexam_sheet.csv")
+    gold = {it.question: it.answer for it in items}
+
+    def fake_logprobs(backend, prompts, letters):
+        out = []
+        for p, ls in zip(prompts, letters):
+            text = p[-1]["content"]
+            right = next((a for q, a in gold.items() if q in text), None)
+            out.append({k: m.log(0.8 if k == "B" else 0.05) + (m.log(3) if k == right else 0) for k in ls})
+        return out
+
+    class Fake:
+        name, identity, is_local = "fake", "fake-1", True
+
+    monkeypatch.setattr(mcq, "letter_logprobs", fake_logprobs)
+    res = run_mcq(McqConfig(data=FIX / "cmexam_sheet.csv", model="fake", mode="loglik", calibrate=True,
+                            output_dir=tmp_path / "out"), backend=Fake())
+    dist = res["option_distribution"]
+    assert dist["collapse"] and dist["top"] == "B" and dist["predicted"] == {"B": 1.0} and dist["gold"] == {"B": 0.5, "C": 0.5}
+    assert res["accuracy"] == 0.5 and res["debiased"]["accuracy"] == 1.0 and len(res["debiased"]["ci95"]) == 2
+    assert not res["debiased"]["option_distribution"]["collapse"]
