@@ -280,3 +280,8 @@ def test_letter_collapse_is_flagged_and_content_free_calibration_recovers(tmp_pa
     assert dist["collapse"] and dist["top"] == "B" and dist["predicted"] == {"B": 1.0} and dist["gold"] == {"B": 0.5, "C": 0.5}
     assert res["accuracy"] == 0.5 and res["debiased"]["accuracy"] == 1.0 and len(res["debiased"]["ci95"]) == 2
     assert not res["debiased"]["option_distribution"]["collapse"]
+    from medtune.eval.report import write_report
+
+    write_report([tmp_path / "out"], tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "COLLAPSE on B (100%)" in page and "B 100% / 50%" in page and "debiased [95% CI]" in page
