@@ -3,7 +3,7 @@ located rejects, and the seeded held-out split.
 
 - :func:`read_text` decodes any user text file the same way (UTF-8 with or without BOM, else
   GB18030 / CP949 / charset-normalizer detection; binary files are refused with the file name).
-- :func:`read_rows` yields ``(where, record)`` from CSV/TSV, JSONL (any suffix, ``.txt`` too),
+- :func:`read_rows` yields ``(where, record)`` from CSV/TSV, .xlsx/.xls (:func:`spreadsheet_rows`), JSONL (any suffix, ``.txt`` too),
   a JSON array, one JSON object, or a JSON object of records keyed by id; bad lines come out as
   :class:`Reject` so one bad line never stops a run.
 - :func:`record_to_messages` turns one record in any supported form into validated ``messages``.
@@ -141,6 +141,10 @@ def read_text(path: Path | str, encoding: str | list[str] | None = None) -> tupl
             return raw.decode(encoding).removeprefix("\ufeff"), encoding
         except (UnicodeDecodeError, LookupError) as e:
             raise DataFileError(f"{path}: cannot decode as {encoding!r} ({e}); fix the encoding or remove it to auto-detect") from None
+    if path.suffix.lower() in SPREADSHEET_SUFFIXES or raw.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")) and \
+            path.suffix.lower() not in (".txt", ".md"):
+        raise DataFileError(f"{path}: a spreadsheet or archive, not text; give it as .xlsx/.xls (read as rows "
+                            "wherever CSV is) or export it as CSV")
     if b"\x00" in raw[:65536] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataFileError(f"{path}: looks like a binary file (NUL bytes), not text; "
                             "give a UTF-8/GB18030/CP949 text, JSONL or CSV file")
@@ -228,8 +232,68 @@ def parse_rows(path: Path, text: str) -> Iterator[tuple[str, dict | Reject]]:
     return _json_rows(Path(path), text)
 
 
+SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")
+
+
+def _cell(value: object) -> str:
+    """A spreadsheet cell as the text a CSV export would hold (``3.0`` -> ``"3"``, dates ISO)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _sheet_values(path: Path) -> list[tuple]:
+    """Rows of the first worksheet as tuples (openpyxl for .xlsx/.xlsm, xlrd for .xls)."""
+    if path.suffix.lower() == ".xls":
+        try:
+            import xlrd
+        except ImportError:
+            raise DataFileError(f"{path}: reading .xls needs xlrd: pip install xlrd (or save the sheet as .xlsx or CSV)") from None
+        sheet = xlrd.open_workbook(str(path)).sheet_by_index(0)
+        return [tuple(sheet.row_values(i)) for i in range(sheet.nrows)]
+    try:
+        import openpyxl
+    except ImportError:
+        raise DataFileError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl (or save the sheet as CSV)") from None
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException: all "not a workbook"
+        raise DataFileError(f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e})") from None
+    try:
+        return [tuple(r) for r in book.worksheets[0].iter_rows(values_only=True)]
+    finally:
+        book.close()
+
+
+def spreadsheet_rows(path: Path | str) -> Iterator[tuple[str, dict | Reject]]:
+    """``(where, record)`` of the first sheet of a .xlsx/.xls file: the first row is the header,
+    ``where`` is ``"row N"`` (1-based, as the spreadsheet numbers it); empty rows are skipped.
+
+    Raises:
+        DataFileError: the reader library is missing (with the ``pip install`` hint) or the file is not a workbook.
+    """
+    path = Path(path)
+    rows = _sheet_values(path)
+    if not rows or not any(_cell(c) for c in rows[0]):
+        yield "row 1", Reject(str(path), "row 1", "spreadsheet has no header row", "<file>")
+        return
+    header = [_cell(c) for c in rows[0]]
+    for n, row in enumerate(rows[1:], 2):
+        cells = [_cell(c) for c in row]
+        if not any(cells):
+            continue
+        if any(cells[len(header):]) or any(c and not h for h, c in zip(header, cells)):
+            yield f"row {n}", Reject(str(path), f"row {n}", "row has cells outside the header's columns", "<line>", cells)
+            continue
+        yield f"row {n}", {h: c for h, c in zip(header, cells) if h}
+
+
 def read_rows(path: Path | str, encoding: str | list[str] | None = None) -> Iterator[tuple[str, dict | Reject]]:
-    """Yield ``(where, record)`` from a CSV/TSV, JSONL (any suffix), JSON array/object file.
+    """Yield ``(where, record)`` from a CSV/TSV, .xlsx/.xls, JSONL (any suffix), JSON array/object file.
 
     ``where`` is ``"line N"`` (CSV/JSONL, 1-based), ``"record N"`` (JSON array) or ``"key K"``
     (JSON object keyed by id; the key is stored as ``record["_key"]``). Unparsable lines and
@@ -238,6 +302,9 @@ def read_rows(path: Path | str, encoding: str | list[str] | None = None) -> Iter
     Raises:
         DataFileError: the file is missing, empty, binary or undecodable.
     """
+    if Path(path).suffix.lower() in SPREADSHEET_SUFFIXES:
+        yield from spreadsheet_rows(path)
+        return
     text, _ = read_text(path, encoding)
     if not text.strip():
         raise DataFileError(f"{path}: file is empty")
@@ -258,11 +325,39 @@ def _text(record: dict, key: str, required: bool) -> str:
     return str(value).strip()
 
 
+_INLINE_TURN = re.compile(r"<\s*(user|human|bot|assistant|gpt)\s*>\s*[:：]?", re.I)
+
+
+def split_inline_turns(text: str) -> list[dict] | None:
+    """Turns written inline as ``<user>: ... <bot>: ... <user>: ...`` (Huatuo, BELLE exports).
+
+    Returns:
+        ``[{"role", "content"}, ...]`` alternating user/assistant and ending with a user turn,
+        or None when ``text`` has no ``<bot>`` marker (a single turn) or the turns do not alternate.
+    """
+    marks = list(_INLINE_TURN.finditer(text))
+    if not any(m.group(1).lower() in ("bot", "assistant", "gpt") for m in marks):
+        return None
+    lead = text[:marks[0].start()].strip()
+    turns = [{"role": "user" if m.group(1).lower() in ("user", "human") else "assistant",
+              "content": text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else len(text))].strip()}
+             for i, m in enumerate(marks)]
+    if lead:
+        turns[0]["content"] = f"{lead}\n{turns[0]['content']}".strip() if turns[0]["role"] == "user" else turns[0]["content"]
+    roles = [t["role"] for t in turns]
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2) or roles[-1] != "user" \
+            or not all(t["content"] for t in turns):
+        return None
+    return turns
+
+
 def alpaca_to_messages(record: dict) -> list[dict]:
     """Alpaca ``instruction``/``input``/``output`` (+ optional ``system``, ``history``) to messages.
 
     ``history`` is a list of earlier ``[user, assistant]`` pairs, as in LLaMA-Factory's Alpaca form.
-    The user turn is ``instruction`` followed by a blank line and ``input`` when present.
+    The user turn is ``instruction`` followed by a blank line and ``input`` when present. An
+    ``instruction`` that carries earlier turns inline (``<user>: ... <bot>: ... <user>: ...``,
+    Huatuo style) becomes those turns (:func:`split_inline_turns`).
     """
     instruction, extra, output = _text(record, "instruction", True), _text(record, "input", False), _text(record, "output", True)
     messages = [{"role": "system", "content": s}] if (s := _text(record, "system", False)) else []
@@ -271,6 +366,9 @@ def alpaca_to_messages(record: dict) -> list[dict]:
             raise RecordError(f"history[{j}]", "must be a [user, assistant] pair of non-empty strings")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     user = f"{instruction}\n\n{extra}" if extra else instruction
+    inline = split_inline_turns(user)
+    if inline:
+        return messages + inline + [{"role": "assistant", "content": output}]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
@@ -313,13 +411,40 @@ def _mapped(record: dict, columns: dict[str, str]) -> list[dict]:
                                      {"role": "assistant", "content": _text(record, columns["answer"], True)}])
 
 
+# Question/answer field names recognised without a column map, in order of preference.
+QA_FIELD_PAIRS = [("问", "答"), ("问题", "回答"), ("问题", "答案"), ("提问", "回答"), ("질문", "답변"), ("질문", "대답"),
+                  ("question", "answer"), ("q", "a"), ("prompt", "response"), ("prompt", "completion"),
+                  ("query", "response"), ("input", "output"), ("instruction", "response")]
+
+
+def qa_columns(record: dict) -> dict[str, str] | None:
+    """``{question: key, answer: key}`` for a record using one of :data:`QA_FIELD_PAIRS` (case-insensitive), else None."""
+    keys = {str(k).strip().lower(): k for k in record}
+    for q, a in QA_FIELD_PAIRS:
+        if q in keys and a in keys:
+            return {"question": keys[q], "answer": keys[a]}
+    return None
+
+
+def columns_hint(fields: Iterable[str]) -> str:
+    """A one-line hint naming the fields seen and how to map them with ``columns:``."""
+    fields = sorted(map(str, fields))
+    q = fields[0] if fields else "QUESTION_FIELD"
+    a = fields[1] if len(fields) > 1 else "ANSWER_FIELD"
+    return (f"fields seen: {fields[:12]}; expected messages, conversations, instruction/output or a question/answer "
+            f"pair ({', '.join('/'.join(p) for p in QA_FIELD_PAIRS[:8])} ...); map yours in the source with "
+            f"`columns: {{question: {q}, answer: {a}}}`")
+
+
 def record_to_messages(record: dict, columns: dict[str, str] | None = None) -> list[dict]:
     """Messages of one record in any supported form.
 
     Forms: ``messages`` (role/content) or ShareGPT ``conversations`` (from/value); Alpaca
-    ``instruction``/``input``/``output`` with optional ``system`` and ``history``; or
-    ``columns`` mapping ``question``/``answer``/``system`` to the record's own keys
-    (e.g. ``{question: 问题, answer: 回答}``).
+    ``instruction``/``input``/``output`` with optional ``system`` and ``history`` (earlier turns
+    inline in ``instruction`` as ``<user>: ... <bot>: ...`` too); a question/answer pair with a
+    common field name (:data:`QA_FIELD_PAIRS`: 问/答, 问题/回答, 질문/답변, question/answer, Q/A,
+    prompt/response, input/output ...); or ``columns`` mapping ``question``/``answer``/``system``
+    to the record's own keys (e.g. ``{question: 问题, answer: 回答}``).
 
     Raises:
         RecordError: the record is in no known form or is invalid (names the field).
@@ -328,10 +453,13 @@ def record_to_messages(record: dict, columns: dict[str, str] | None = None) -> l
         return _mapped(record, columns)
     if "messages" in record or "conversations" in record:
         return validate_messages(record.get("messages") or record.get("conversations"))
+    if "instruction" in record and "output" in record:
+        return alpaca_to_messages(record)
+    if (found := qa_columns(record)):
+        return _mapped(record, found)
     if "instruction" in record or "output" in record:
         return alpaca_to_messages(record)
-    raise RecordError("<record>", f"unknown record form (fields {sorted(map(str, record))[:8]}); expected messages, "
-                      "conversations, instruction/output, or map the question/answer columns")
+    raise RecordError("<record>", f"unknown record form ({columns_hint(record)})")
 
 
 # ----------------------------------------------------------------------------- splits

@@ -117,11 +117,37 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     return r.model_copy(update=up)
 
 
+def _target_annotation(path: list[str]) -> Any:
+    """The type annotation of the recipe field at dotted ``path`` (None when it is not a model field)."""
+    model, ann = Recipe, None
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return ann
+
+
+def _takes_text(ann: Any) -> bool:
+    """True when a field of annotation ``ann`` holds text (str, Path, or a Literal of strings), alone or with None."""
+    import typing
+
+    if ann in (str, Path):
+        return True
+    if typing.get_origin(ann) is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(ann))
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    return typing.get_origin(ann) in (typing.Union, __import__("types").UnionType) and len(args) == 1 and _takes_text(args[0])
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``"train.learning_rate=2e-4"`` into ``(["train", "learning_rate"], "2e-4")``.
 
-    The value is parsed as YAML when that gives a list, mapping, bool, number or null; other
-    values stay strings and pydantic converts them to the field's type.
+    A value for a text field (str, Path or a Literal of strings, e.g. ``chat.safety.disclaimer``)
+    is kept exactly as typed: ``off``/``no``/``yes``/``on``/``1e-4`` stay strings (YAML 1.1 would
+    read them as booleans or numbers); ``null`` or ``~`` is None only when the field is optional.
+    Other values are parsed as YAML when that gives a list, mapping, bool, number or null; the rest
+    stay strings and pydantic converts them to the field's type.
 
     Raises:
         ConfigError: if the item has no ``=`` or an empty key.
@@ -129,13 +155,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
+    path = key.strip().split(".")
+    ann = _target_annotation(path)
+    if ann is not None and _takes_text(ann):
+        optional = type(None) in getattr(ann, "__args__", ())
+        return path, None if optional and raw.strip() in ("null", "~") else raw
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) or (value is None and raw.strip() not in ("null", "~", "")):
         value = raw
-    return key.strip().split("."), value
+    return path, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -5,6 +5,9 @@
   case, only letters and digits).
 - :func:`match_form` — the form fact matching compares (NFKC, case-folded, punctuation and
   symbols as spaces, single spaces), which keeps word boundaries.
+- :func:`find_format_tokens` / :func:`strip_format_tokens` — chat-template and special tokens
+  (``</s>``, ``<|im_end|>``, ``[INST]``, ``<user>:`` ...) left in data by an earlier export.
+- :func:`dangling_reference` — a question that points at a document ("this report") it does not contain.
 """
 
 from __future__ import annotations
@@ -63,3 +66,41 @@ def match_form(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in text)
     return " ".join(text.split())
+
+
+# Special and chat-template tokens of common model formats (Llama 2, ChatML, GPT-2, Llama 3, Gemma,
+# Phi-3, ChatGLM, Baichuan) and the role markers of exported chats (Huatuo, BELLE, MOSS).
+FORMAT_TOKEN = re.compile(
+    r"</s>|<s>|<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|begin_of_text|start_header_id|end_header_id"
+    r"|end|user|assistant|system|eos|bos|pad|sep|cls)\|>|\[/?INST\]|<</?SYS>>|<(?:eos|bos|pad|unk|sep|cls)>"
+    r"|<(?:start|end)_of_turn>|\[(?:gMASK|sop|eop)\]|<reserved_\d+>"
+    r"|<\s*/?\s*(?:user|bot|human|assistant|gpt|system)\s*>\s*[:：]?", re.I)
+
+
+def find_format_tokens(text: str) -> list[str]:
+    """The format tokens in ``text`` (see :data:`FORMAT_TOKEN`), in order, as written."""
+    return FORMAT_TOKEN.findall(text)
+
+
+def strip_format_tokens(text: str) -> tuple[str, int]:
+    """``(text without format tokens, how many were removed)``; whitespace at the cuts is tidied."""
+    new, n = FORMAT_TOKEN.subn(" ", text)
+    if not n:
+        return text, 0
+    return re.sub(r"[ \t]{2,}", " ", new).strip(), n
+
+
+_DANGLING = re.compile(
+    r"\b(?:this|the above|the following|given|above|that)\s+(?:radiology\s+|medical\s+|clinical\s+)?"
+    r"(?:report|passage|guideline|text|document|article|paragraph|excerpt|findings|case)\b"
+    r"|(?:该|此|这份|这篇|这段|上述|以上|本)(?:报告|段落|文段|指南|文章|文本|原文|材料|病例|影像报告)"
+    r"|(?:이|위|해당|다음)\s?(?:보고서|판독문|지침|문단|글|본문|기사|증례)", re.I)
+
+
+def dangling_reference(question: str, context: str = "") -> str | None:
+    """The phrase by which ``question`` refers to a document ("this report", "该报告", "이 보고서"),
+    when ``context`` (the rest of the prompt) is too short to be that document; else None."""
+    m = _DANGLING.search(question)
+    if m is None or len(context.strip()) >= 200:
+        return None
+    return m.group(0)

@@ -49,3 +49,20 @@ def test_unknown_top_level_key_and_bad_files(tmp_path):
         load_recipe(write(tmp_path, "train: [unclosed\n"))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_recipe(None, ["train.lora_r"])
+
+
+@pytest.mark.parametrize("raw", ["off", "no", "yes", "on", "1e-4", "null"])
+def test_set_reaches_text_fields_as_typed(raw):
+    from medtune.recipe import parse_override
+
+    assert parse_override(f"model={raw}")[1] == raw  # a str field: the value as typed
+    assert parse_override(f"chat.safety.disclaimer={raw}")[1] == raw  # a Literal of strings
+    assert load_recipe(None, [f"model={raw}"]).model == raw
+
+
+def test_set_off_reaches_a_literal_and_null_an_optional_text_field():
+    r = load_recipe(None, ["chat.safety.disclaimer=off", "chat.model=null", "train.packing=on", "train.learning_rate=1e-4"])
+    assert r.chat.safety.disclaimer == "off" and r.chat.model is None
+    assert r.train.packing is True and r.train.learning_rate == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="disclaimer"):
+        load_recipe(None, ["chat.safety.disclaimer=yes"])

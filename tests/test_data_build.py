@@ -158,3 +158,88 @@ def test_train_stage_defaults_to_the_data_stage_outputs(tmp_path):
     explicit = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.train_file=mine.jsonl"])
     assert STAGES["train"](resolve(explicit), tmp_path / "a")[0]["train_file"] == "mine.jsonl"
     assert list(STAGES)[:2] == ["data", "train"]
+
+
+def test_single_turn_report_qa_carries_its_report_and_max_items_caps_the_read_tally(tmp_path):
+    src = [{"path": str(SOURCES / "reports_cxr"), "type": "report", "sensitive": True, "questions_per_item": 2,
+            "max_items": 2}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=src,
+                                                                          validation_fraction=0.0))])
+    assert res.exit_code == 0, res.output
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    assert rows and all(r["meta"]["generator"] == "report-qa" for r in rows)
+    for r in rows:  # "What does this say ...?" is answerable: the report is in the prompt
+        first = r["messages"][0]["content"]
+        assert first.startswith("Radiology report:\nFINDINGS: ") and first.endswith("?")
+    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
+    read = next(v for k, v in stats["steps"].items() if k.startswith("read:report"))
+    assert read["seen"] == 2 and read["kept"] == 2
+
+
+def test_dialogue_seed_json_array_in_chinese_uses_zh_prompts_and_rejects_bad_seeds(tmp_path):
+    seeds = ROOT / "tests" / "fixtures" / "data" / "seed_tasks_zh.json"
+    prompts = []
+
+    def reply(req):
+        c = req["messages"][-1]["content"]
+        prompts.append(c)
+        return "1. 孕妇感冒了可以吃什么药？\n2. 儿童咳嗽一周需要去医院吗？" if "编号" in c else "建议咨询医生，按说明书用药。"
+
+    with FakeOpenAI(reply=reply) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=[], validation_fraction=0.0,
+                              dialogue={"seed_file": str(seeds), "language": "zh"})
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code == 0, res.output
+    assert prompts and all("Write" not in p for p in prompts)  # no English prompt
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    assert len(rows) == 2 and all(r["meta"]["language"] == "zh" for r in rows)
+    rejects = lines(tmp_path / "run" / "data" / "rejects.jsonl")
+    assert sorted(r["where"] for r in rejects) == ["record 3", "record 4"]
+
+
+def test_unusable_seed_file_fails_with_reasons_and_a_rejects_file(tmp_path):
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps([{"instruction": "", "output": "x"}, {"task": "no instruction"}]), encoding="utf-8")
+    with FakeOpenAI(reply=lambda req: "1. x") as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=[],
+                                                                          dialogue={"seed_file": str(seeds)}))])
+    assert res.exit_code != 0 and "no usable seed task" in res.output and "record 1" in res.output
+    assert len(lines(tmp_path / "run" / "data" / "rejects.jsonl")) == 2
+
+
+def test_dialogue_in_a_language_without_prompts_fails_early_naming_them(tmp_path):
+    with FakeOpenAI(reply=lambda req: "1. x") as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=[],
+                              dialogue={"seed_file": str(SOURCES / "seed" / "seed_tasks.jsonl"), "language": "ko"})
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code != 0 and "dialogue_tasks" in res.output and "prompts_dir" in res.output
+
+
+def test_audit_flags_dangling_references_in_stats_and_card_and_strict_fails(tmp_path):
+    src = [{"path": str(ROOT / "tests" / "fixtures" / "data" / "flawed_corpus.jsonl"), "type": "corpus"}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url, sources=src, validation_fraction=0.0)
+        res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+        assert res.exit_code == 0, res.output
+        assert "DATA QUALITY WARNING" in res.output
+        data = tmp_path / "run" / "data"
+        a = json.loads((data / "stats.json").read_text())["audit"]
+        assert a["dangling_references"]["records"] == 2 and a["format_tokens"]["records"] == 0  # [/INST] stripped at read
+        assert json.loads((data / "stats.json").read_text())["steps"]["read:corpus:" + src[0]["path"]]["fixed"]
+        assert a["languages"] == {"en": 0.75, "zh": 0.25} and a["answers_cut"]["share"] == 0.0
+        assert a["top_reject_reasons"][0]["reason"] == "not a QA record" and a["top_reject_reasons"][0]["examples"]
+        card = (data / "DATA_CARD.md").read_text()
+        assert "## Audit" in card and "WARNING" in card and "this radiology report" in card
+        res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", "data.strict=true"])
+    assert res.exit_code != 0 and "data.strict" in res.output
+
+
+def test_audit_is_clean_on_grounded_data(tmp_path):
+    src = [{"path": str(SOURCES / "reports_cxr"), "type": "report", "sensitive": True, "questions_per_item": 2, "max_items": 2}]
+    with FakeOpenAI(reply=teacher_reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(write_recipe(tmp_path, srv.base_url, sources=src,
+                                                                          validation_fraction=0.0)), "--set", "data.strict=true"])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "run" / "data" / "DATA_CARD.md").read_text()
+    assert "clean: no format tokens" in card

@@ -78,3 +78,19 @@ def test_rouge_l_and_teacher_reply_parsing():
     msgs = parse_consultation("Patient: I have a cough.\nDoctor: How long?\nPatient: A week.\nDoctor: Rest and fluids.\nPatient: ok")
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert parse_consultation("Doctor: hello") is None
+
+
+def test_one_character_chinese_answers_are_kept_by_min_chars():
+    check = length_filter(2, 100)
+    for answer in ("是", "无", "氧"):
+        assert check(qa("高血压患者需要长期服药吗？", answer)) == (True, "")
+    assert check(qa("Is it?", "y")) == (False, "answer shorter than 2 chars")
+
+
+def test_phi_dates_only_when_about_a_person():
+    s = PHIScrubber()
+    law = "《中华人民共和国药品管理法》自2004年12月1日起施行。该药于2019-06-30批准上市。The rule was effective 2020-01-01."
+    assert s.scrub(law) == law and not s.counts
+    person = "患者2023年5月3日入院，出生日期1950-02-01。환자는 2022년 3월 4일 내원했다. Admitted 03/04/2021."
+    out = s.scrub(person)
+    assert out.count("[DATE]") == 4 and s.counts == {"DATE": 4}

@@ -140,3 +140,68 @@ def test_corpus_forms(tmp_path):
     assert tally.rejects[0].where == "line 2" and "end with an assistant" in tally.rejects[0].record
     mapped = list(read_corpus(tmp_path / "mapped.csv", tally, columns={"question": "问题", "answer": "回答"}))
     assert mapped[0].messages[1]["content"] == "多休息，多喝水。"
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+def test_format_tokens_are_stripped_at_read_time_and_counted():
+    tally = Tally("read")
+    recs = list(read_corpus(FIXTURES / "ko_qa_eos.csv", tally))
+    assert len(recs) == 3
+    for r in recs:
+        for m in r.messages:
+            assert "</s>" not in m["content"] and "<|endoftext|>" not in m["content"]
+    assert recs[0].messages[-1]["content"] == "매일 같은 시간에 복용하세요."
+    assert tally.fixed["format tokens stripped"] == 5 and tally.summary()["fixed"]
+
+
+def test_inline_user_bot_turns_become_real_turns():
+    recs = list(read_corpus(FIXTURES / "huatuo_multiturn.jsonl", Tally("read")))
+    roles = [m["role"] for m in recs[0].messages]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert recs[0].messages[0]["content"] == "我最近总是头痛，怎么办？"
+    assert recs[0].messages[2]["content"] == "大概一周了，早上更严重。"
+    assert not any("<user>" in m["content"] or "<bot>" in m["content"] for m in recs[0].messages)
+    assert len(recs[1].messages) == 2
+
+
+def test_common_field_names_and_jsonl_saved_as_txt():
+    tally = Tally("read")
+    recs = list(read_corpus(FIXTURES / "zh_wenda.txt", tally))
+    assert len(recs) == 3 and tally.dropped == {}
+    assert recs[0].messages[0]["content"].startswith("阿司匹林") and recs[0].meta["language"] == "zh"
+    from medtune.io import record_to_messages
+
+    for q, a in [("问题", "回答"), ("질문", "답변"), ("Question", "Answer"), ("Q", "A"), ("prompt", "response"),
+                 ("input", "output"), ("instruction", "output")]:
+        assert record_to_messages({q: "what is it?", a: "an answer"})[1]["content"] == "an answer"
+
+
+def test_whole_file_rejection_names_fields_and_columns_mapping():
+    tally = Tally("read")
+    assert list(read_corpus(FIXTURES / "unmapped_fields.jsonl", tally)) == []
+    whole = [r for r in tally.rejects if r.where == "<file>"]
+    assert len(whole) == 1 and "提问者" in whole[0].reason and "医生回复" in whole[0].reason
+    assert "columns:" in whole[0].reason
+    mapped = list(read_corpus(FIXTURES / "unmapped_fields.jsonl", Tally("read"), columns={"question": "提问者", "answer": "医生回复"}))
+    assert len(mapped) == 2
+
+
+def test_xlsx_is_read_wherever_csv_is(tmp_path):
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in [["질문", "답변"], ["고혈압 약은 언제 먹나요?", "매일 같은 시간에 드세요.</s>"], [None, None],
+                ["숫자 답은?", 3.0]]:
+        book.active.append(row)
+    book.save(tmp_path / "qa.xlsx")
+    recs = list(read_corpus(tmp_path / "qa.xlsx", Tally("read")))
+    assert [r.messages[-1]["content"] for r in recs] == ["매일 같은 시간에 드세요.", "3"]
+    assert recs[1].meta["doc_id"] == "qa.xlsx:4"  # spreadsheet row number
+    book = openpyxl.Workbook()
+    for row in [["name", "indication"], ["metformin", "type 2 diabetes"]]:
+        book.active.append(row)
+    book.save(tmp_path / "kb.xlsx")
+    kb = list(read_kb(tmp_path / "kb.xlsx", Tally("read")))
+    assert kb[0].meta["name"] == "metformin" and kb[0].fields["indication"] == "type 2 diabetes"

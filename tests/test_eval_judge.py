@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -181,3 +182,28 @@ def test_report_is_self_contained_html_with_plots_and_links(tmp_path, qwen_dir):
     assert 'href="runs/mcq/base/predictions.jsonl"' in page and "order inconsistency" in page
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| base | cmexam.csv | loglik | 4 |" in md
+
+
+def test_fact_questions_from_a_csv_with_separated_items(tmp_path):
+    from medtune.eval.fact import load_facts
+
+    fix = Path(__file__).parent / "fixtures" / "eval" / "drug_facts_zh.csv"
+    items, rejects = load_facts(fix)
+    assert not rejects and [it["expected"] for it in items] == [
+        ["2型糖尿病", "多囊卵巢综合征"], ["冠心病", "缺血性脑卒中", "发热"], ["高血压", "心绞痛"]]
+    assert items[0]["question"] == "二甲双胍的适应症有哪些？"
+
+
+def test_fact_file_rejected_whole_says_why_and_writes_rejects(tmp_path):
+    from medtune.errors import DataFileError
+    from medtune.eval.fact import load_facts
+
+    bad = tmp_path / "facts.csv"
+    bad.write_text("drug,indications\nmetformin,type 2 diabetes\naspirin,fever\n", encoding="utf-8")
+    with pytest.raises(DataFileError) as e:
+        load_facts(bad, rejects_path=tmp_path / "out" / "rejects.jsonl")
+    msg = str(e.value)
+    assert "no question column" in msg and "indications" in msg and "question_column" in msg
+    assert len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 2
+    items, _ = load_facts(bad, question_column="drug", expected_column="indications")
+    assert items[1]["expected"] == ["fever"]

@@ -215,3 +215,73 @@ def test_cli_mcq_writes_results_and_reports_bad_input(tmp_path, qwen_dir):
     r = runner.invoke(app, ["eval", "mcq", str(FIX / "mixed_encoding.jsonl"), "--model", str(qwen_dir),
                             "--output-dir", str(tmp_path / "p")])
     assert r.exit_code == 2 and "--encoding" in r.output
+
+
+def _to_xlsx(csv_path: Path, xlsx_path: Path) -> Path:
+    """Write a CSV fixture as a one-sheet workbook (the form benchmarks are often distributed in)."""
+    import csv
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in csv.reader(csv_path.open(encoding="utf-8")):
+        book.active.append(row)
+    book.save(xlsx_path)
+    return xlsx_path
+
+
+def test_cmexam_spreadsheet_form_with_literal_backslash_n_options(tmp_path):
+    for path in (FIX / "cmexam_sheet.csv", _to_xlsx(FIX / "cmexam_sheet.csv", tmp_path / "cmexam.xlsx")):
+        items, rejects, fmt = load_mcq(path)
+        assert fmt == "cmexam" and not rejects
+        assert [it.answer for it in items] == ["C", "B"]
+        assert items[0].options == {"A": "120 mmHg", "B": "130 mmHg", "C": "140 mmHg", "D": "150 mmHg", "E": "160 mmHg"}
+        assert items[1].subject == "内分泌科"
+
+
+def test_xls_without_xlrd_and_a_broken_xlsx_are_clear_errors(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.xlsx"
+    bad.write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(DataFileError, match="broken.xlsx.*not a readable .xlsx"):
+        load_mcq(bad)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "xlrd", None)
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    with pytest.raises(DataFileError, match="pip install xlrd"):
+        load_mcq(tmp_path / "old.xls")
+
+
+def test_letter_collapse_is_flagged_and_content_free_calibration_recovers(tmp_path, monkeypatch):
+    """A model with a strong prior for "B" (as the base pack on CMExam): raw predictions collapse on B;
+    dividing by the probabilities for an "N/A" question (Zhao et al. 2021) leaves the signal."""
+    import math as m
+
+    import medtune.eval.mcq as mcq
+
+    items, _, _ = load_mcq(FIX / "cmexam_sheet.csv")
+    gold = {it.question: it.answer for it in items}
+
+    def fake_logprobs(backend, prompts, letters):
+        out = []
+        for p, ls in zip(prompts, letters):
+            text = p[-1]["content"]
+            right = next((a for q, a in gold.items() if q in text), None)
+            out.append({k: m.log(0.8 if k == "B" else 0.05) + (m.log(3) if k == right else 0) for k in ls})
+        return out
+
+    class Fake:
+        name, identity, is_local = "fake", "fake-1", True
+
+    monkeypatch.setattr(mcq, "letter_logprobs", fake_logprobs)
+    res = run_mcq(McqConfig(data=FIX / "cmexam_sheet.csv", model="fake", mode="loglik", calibrate=True,
+                            output_dir=tmp_path / "out"), backend=Fake())
+    dist = res["option_distribution"]
+    assert dist["collapse"] and dist["top"] == "B" and dist["predicted"] == {"B": 1.0} and dist["gold"] == {"B": 0.5, "C": 0.5}
+    assert res["accuracy"] == 0.5 and res["debiased"]["accuracy"] == 1.0 and len(res["debiased"]["ci95"]) == 2
+    assert not res["debiased"]["option_distribution"]["collapse"]
+    from medtune.eval.report import write_report
+
+    write_report([tmp_path / "out"], tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "COLLAPSE on B (100%)" in page and "B 100% / 50%" in page and "debiased [95% CI]" in page

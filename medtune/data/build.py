@@ -5,8 +5,9 @@ Outputs in ``output_dir``:
 - ``train.jsonl`` / ``validation.jsonl``: ``{"messages": [...], "meta": {...}}`` per line (or Alpaca
   ``instruction``/``input``/``output`` + ``meta``); records of one source document never land in both.
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
-- ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time.
-- ``DATA_CARD.md``: sources, sizes, languages, generators, filters and a few examples.
+- ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,
+  and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
+- ``DATA_CARD.md``: sources, sizes, languages, generators, filters, the audit and a few examples.
 - ``teacher_cache.sqlite``: the teacher's reply cache (a killed build re-run pays for nothing twice).
 """
 
@@ -24,9 +25,10 @@ from rich.console import Console
 from medtune.data import filters as F
 from medtune.data import generators as G
 from medtune.data import readers as R
+from medtune.data.audit import audit, audit_lines
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
 from medtune.data.records import Record, Tally, save_rejects
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
 console = Console(stderr=True)
@@ -48,10 +50,10 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
         it = R.read_corpus(src.path, tally, columns=src.columns, **kw)
     records = []
     for r in it:
-        if src.max_items is not None and len(records) >= src.max_items:
-            break
         r.meta["sensitive"] = src.sensitive
         records.append(r)
+        if src.max_items is not None and len(records) >= src.max_items:
+            break  # before asking the reader for one more: its tally counts only what was used
     return records
 
 
@@ -162,9 +164,15 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
         tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
         sources.append((src, read_source(src, tally)))
         console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
+        if not sources[-1][1] and tally.rejects:
+            first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
+            console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     try:
         generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies))
+    except DataFileError:
+        save_rejects(list(tallies.values()), out / "rejects.jsonl")  # what made the input unusable
+        raise
     finally:
         teacher.close()
     steps, phi = filter_steps(cfg.filters, seed)
@@ -179,9 +187,14 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
              "backend": cfg.teacher.base_url or "local (in process)", **teacher.usage},
              "languages": dict(Counter(r.meta.get("language") for r in kept)),
              "generators": dict(Counter(r.meta.get("generator") for r in kept)), "seed": seed,
-             "wall_s": round(time.time() - t0, 2)}
+             "wall_s": round(time.time() - t0, 2), "audit": audit(kept, tallies)}
     (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
     (out / "DATA_CARD.md").write_text(data_card(cfg, stats, kept), encoding="utf-8")
+    for warning in stats["audit"]["warnings"]:
+        console.print(f"[bold red]DATA QUALITY WARNING[/]: {warning} (examples in {out / 'stats.json'} under audit)")
+    if cfg.strict and stats["audit"]["warnings"]:
+        raise DataFileError(f"data.strict: the audit found problems: {'; '.join(stats['audit']['warnings'])}; "
+                            f"see the Audit section of {out / 'DATA_CARD.md'}")
     console.print(f"data: {len(generated)} generated -> {len(kept)} kept ({len(train)} train, {len(val)} validation), "
                   f"{n_rejects} rejects, teacher {teacher.usage['requests']} calls / {teacher.usage['cache_hits']} cached, "
                   f"{stats['wall_s']} s -> {out}")
@@ -206,7 +219,8 @@ def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int 
               f"{stats['teacher']['completion_tokens']} completion tokens",
               "", "## Filters", "", "| step | seen | kept | dropped |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['seen']} | {v['kept']} | {v['dropped'] or ''} |" for k, v in stats["steps"].items()]
-    lines += ["", f"PHI replacements: {stats['phi_replacements'] or 'none'}", "", "## Examples", ""]
+    lines += ["", f"PHI replacements: {stats['phi_replacements'] or 'none'}", ""]
+    lines += audit_lines(stats["audit"]) + ["## Examples", ""]
     for rec in kept[:: max(1, len(kept) // n_examples)][:n_examples]:
         lines += [f"- **{rec.meta.get('generator')}** ({rec.meta.get('language')}, {rec.meta.get('doc_id')}): "
                   f"Q: {rec.messages[0]['content'][:160]!r} A: {rec.messages[-1]['content'][:200]!r}"]

@@ -53,13 +53,13 @@ class SourceConfig(_Section):
 class DialogueConfig(_Section):
     """Self-instruct scenario tasks from seed tasks (Wang et al. 2023, "Self-Instruct"; BELLE)."""
 
-    seed_file: Path = Field(..., description="JSONL seed tasks: {instruction, category, output?}.")
+    seed_file: Path = Field(..., description="Seed tasks, JSONL or a JSON array: {instruction, input?, output?, category?}.")
     rounds: int = Field(1, ge=1, description="LLMClient calls that propose new tasks.")
     tasks_per_round: int = Field(4, ge=1, description="New tasks asked for per call.")
     examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
     consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
-    language: str = Field("en", description="Language of the prompts (a prompts/<language>/ file, else English).")
+    language: str = Field("en", description="Language of the prompts and tasks: en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
 
 
 class FilterConfig(_Section):
@@ -96,3 +96,4 @@ class DataConfig(_Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="Share of source documents whose records go to validation.jsonl.")
     format: Literal["messages", "alpaca"] = Field("messages", description="Output form: messages (with meta) or Alpaca instruction/input/output (with meta).")
     seed: int | None = Field(None, description="Seed for templates, sampling and the split; default the recipe seed.")
+    strict: bool = Field(False, description="Fail the build when the audit finds model-format tokens or questions that refer to a document absent from the prompt (outputs are still written for inspection).")

@@ -48,14 +48,26 @@ def check_answer(r: Record) -> tuple[bool, str]:
     return True, ""
 
 
+_CJK = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf\uac00-\ud7a3\u3040-\u30ff]")
+
+
+def text_length(text: str) -> int:
+    """Length in characters, a Chinese, Japanese or Korean character counting 2: one Han or Hangul
+    syllable carries about a word (是, 无, 氧 are whole answers), so ``min_chars: 2`` keeps them."""
+    text = text.strip()
+    return len(text) + len(_CJK.findall(text))
+
+
 def length_filter(min_chars: int = 2, max_chars: int = 8000) -> Filter:
-    """Drop records whose question or answer is shorter than ``min_chars`` or longer than ``max_chars``."""
+    """Drop records whose question or answer is shorter than ``min_chars`` or longer than ``max_chars``.
+
+    The minimum is checked on :func:`text_length` (CJK characters count 2), the maximum on plain characters.
+    """
     def check(r: Record) -> tuple[bool, str]:
         for part, text in (("question", question_of(r)), ("answer", answer_of(r))):
-            n = len(text.strip())
-            if n < min_chars:
+            if text_length(text) < min_chars:
                 return False, f"{part} shorter than {min_chars} chars"
-            if n > max_chars:
+            if len(text.strip()) > max_chars:
                 return False, f"{part} longer than {max_chars} chars"
         return True, ""
     return check
@@ -176,19 +188,40 @@ def kr_rrn_valid(s: str) -> bool:
     return len(d) == 13 and 1 <= int(d[2:4]) <= 12 and 1 <= int(d[4:6]) <= 31 and d[6] in "12345678"
 
 
+# A date is PHI when it is about a person: an event of a patient's care or life near it (admission,
+# birth, visit ...); a date of a law, approval or publication is not (HIPAA Safe Harbor lists dates
+# "directly related to an individual", 45 CFR 164.514(b)(2)(i)(C)).
+PERSON_DATE = re.compile(
+    r"admi|discharg|born|birth|\bDOB\b|visit|seen|present|surgery|operat|procedure|exam|scan|study|biops|diagnos|"
+    r"follow|clinic|hospital|\bED\b|patient|pt\b|date of service|deliver|died|death|onset|"
+    r"入院|出院|出生|生日|就诊|就医|门诊|急诊|复诊|随访|手术|检查|诊断|住院|发病|分娩|死亡|患者|病人|患儿|来院|"
+    r"입원|퇴원|출생|생년월일|생일|내원|방문|진료|외래|응급|수술|검사|진단|발병|분만|사망|환자", re.I)
+NOT_PERSON_DATE = re.compile(r"^\s*(?:起|开始)?\s*(?:施行|实施|生效|颁布|发布|公布|印发|批准|通过|修订|修正|废止|"
+                             r"시행|공포|승인|개정|발표|제정)|^\s*(?:effective|enacted|approved|published|issued|amended)", re.I)
+
+
+def date_about_person(m: re.Match, window: int = 24) -> bool:
+    """True when the date matched by ``m`` is about a person: a care or life event word
+    (:data:`PERSON_DATE`) within ``window`` characters, and no law/approval verb right after it."""
+    text = m.string
+    if NOT_PERSON_DATE.search(text[m.end():m.end() + 12]):
+        return False
+    return PERSON_DATE.search(text[max(0, m.start() - window):m.end() + window]) is not None
+
+
 _D = r"(?<![\dA-Za-z])"
 _E = r"(?![\dA-Za-z])"
 PHI_PATTERNS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
     ("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), None),
-    ("ID", re.compile(_D + r"\d{17}[\dXx]" + _E), cn_id_valid),
-    ("ID", re.compile(_D + r"\d{6}-?\d{7}" + _E), kr_rrn_valid),
+    ("ID", re.compile(_D + r"\d{17}[\dXx]" + _E), lambda m: cn_id_valid(m.group(0))),
+    ("ID", re.compile(_D + r"\d{6}-?\d{7}" + _E), lambda m: kr_rrn_valid(m.group(0))),
     ("PHONE", re.compile(r"(?<![\d])\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}(?!\d)"), None),
     ("PHONE", re.compile(_D + r"1[3-9]\d[\s-]?\d{4}[\s-]?\d{4}" + _E), None),           # CN mobile
     ("PHONE", re.compile(_D + r"0\d{1,2}-\d{3,4}-\d{4}" + _E), None),                    # KR (010-, 02-) / CN landline
     ("PHONE", re.compile(_D + r"0\d{2,3}-\d{7,8}" + _E), None),                          # CN landline 010-12345678
     ("PHONE", re.compile(r"\(\d{3}\)\s?\d{3}-\d{4}" + _E), None),                        # (555) 123-4567
-    ("DATE", re.compile(r"(?<!\d)(?:19|20)\d{2}(?:[-/.]\d{1,2}[-/.]\d{1,2}|年\d{1,2}月\d{1,2}日|년\s?\d{1,2}월\s?\d{1,2}일)(?!\d)"), None),
-    ("DATE", re.compile(r"(?<!\d)\d{1,2}/\d{1,2}/(?:19|20)\d{2}(?!\d)"), None),
+    ("DATE", re.compile(r"(?<!\d)(?:19|20)\d{2}(?:[-/.]\d{1,2}[-/.]\d{1,2}|年\d{1,2}月\d{1,2}日|년\s?\d{1,2}월\s?\d{1,2}일)(?!\d)"), date_about_person),
+    ("DATE", re.compile(r"(?<!\d)\d{1,2}/\d{1,2}/(?:19|20)\d{2}(?!\d)"), date_about_person),
 ]
 NAME_LABEL = re.compile(r"((?:患者)?姓名|病人|患者|환자명|환자\s?이름|성명|이름|Patient(?: name)?|Name)\s*[:：]\s*"
                         r"([\u4e00-\u9fff]{2,4}|[\uac00-\ud7a3]{2,4}|[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})")
@@ -203,7 +236,8 @@ class PHIScrubber:
 
     Types: ``[EMAIL]``; ``[ID]`` for Chinese resident IDs (checksum-valid), Korean RRNs
     (valid date part) and medical record numbers (``mrn_patterns``, the first group is replaced);
-    ``[PHONE]`` (CN, KR, international, North American); ``[DATE]`` (full dates with day);
+    ``[PHONE]`` (CN, KR, international, North American); ``[DATE]`` (full dates with day, only
+    when about a person: :func:`date_about_person`; "2004年12月1日起施行" is kept);
     ``[NAME]`` after a label (``姓名：``, ``환자명:``, ``Patient:``) or a title (``Dr.``). Redaction
     marks already in the text (``XXXX``, ``___``) are left alone.
 
@@ -226,15 +260,15 @@ class PHIScrubber:
                 text = p.sub(lambda m: self._group(m, "ID"), text)
         for kind, pattern, valid in PHI_PATTERNS:
             if kind in self.types and (digits if kind != "EMAIL" else at):
-                text = pattern.sub(lambda m: self._sub(m.group(0), kind, valid), text)
+                text = pattern.sub(lambda m: self._sub(m, kind, valid), text)
         if "NAME" in self.types and _NAME_HINT.search(text):
             text = NAME_LABEL.sub(lambda m: self._group(m, "NAME", 2), text)
-            text = NAME_TITLE.sub(lambda m: self._sub(m.group(0), "NAME", None, keep=m.group(1) + ". "), text)
+            text = NAME_TITLE.sub(lambda m: self._sub(m, "NAME", None, keep=m.group(1) + ". "), text)
         return text
 
-    def _sub(self, s: str, kind: str, valid, keep: str = "") -> str:
-        if valid is not None and not valid(s):
-            return s
+    def _sub(self, m: re.Match, kind: str, valid, keep: str = "") -> str:
+        if valid is not None and not valid(m):
+            return m.group(0)
         self.counts[kind] += 1
         return f"{keep}[{kind}]"
 

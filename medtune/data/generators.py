@@ -26,7 +26,7 @@ import yaml
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
 from medtune.io import Reject, read_rows
-from medtune.text import detect_language
+from medtune.text import dangling_reference, detect_language
 from medtune.llm import SensitiveDataError, LLMClient, LLMError
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -34,15 +34,24 @@ TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
 LANGUAGE_NAMES = {"en": "English", "zh": "Simplified Chinese", "ko": "Korean"}
 
 
-def load_prompt(name: str, language: str, prompts_dir: Path | None = None) -> tuple[str, str]:
-    """``(template, sha256[:12])`` of prompt ``name`` for ``language`` (user dir, shipped, then English)."""
-    for root in ([Path(prompts_dir)] if prompts_dir else []) + [PROMPTS]:
-        for lang in (language, "en"):
+def load_prompt(name: str, language: str, prompts_dir: Path | None = None, fallback: bool = True) -> tuple[str, str]:
+    """``(template, sha256[:12])`` of prompt ``name`` for ``language`` (user dir, shipped, then English
+    unless ``fallback`` is False).
+
+    Raises:
+        DataFileError: no template (with ``fallback=False``: none in ``language``), naming where to put one.
+    """
+    roots = ([Path(prompts_dir)] if prompts_dir else []) + [PROMPTS]
+    for lang in (language, "en") if fallback else (language,):
+        for root in roots:
             p = root / lang / f"{name}.txt"
             if p.is_file():
                 text = p.read_text(encoding="utf-8")
                 return text, hashlib.sha256(text.encode()).hexdigest()[:12]
-    raise DataFileError(f"prompt template {name!r} not found for language {language!r}")
+    shipped = sorted(d.name for d in PROMPTS.iterdir() if (d / f"{name}.txt").is_file())
+    raise DataFileError(f"prompt template {name!r} not found for language {language!r} (shipped for {shipped}); "
+                        f"write {language}/{name}.txt under a folder and set data.prompts_dir to it "
+                        f"(see {PROMPTS / 'zh' / (name + '.txt')} for the form)")
 
 
 # ---------------------------------------------------------------- kb-template (no LLM)
@@ -105,6 +114,7 @@ def parse_list(text: str, n: int) -> list[str]:
     return items[:n]
 
 
+CUT_MARK = "\x00cut\x00"  # internal: prefixed to an answer that reached the teacher's max_tokens
 CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": "影像报告"},
                   "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
 
@@ -122,6 +132,9 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     ``meta`` with ``generator``, ``teacher_model``, ``prompt_template_hash`` and the source span.
     One single-turn record per kept pair, or with ``multi_turn`` one conversation per source
     whose first user turn is ``"<label>:\n<text>\n\n<question 1>"`` (:data:`CONTEXT_LABELS`).
+    A single-turn report question always carries its report in the same form (a question about a
+    report is unanswerable without it), and so does a guideline question that refers to its
+    passage ("this passage", "该指南": :func:`medtune.text.dangling_reference`).
 
     Raises:
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
@@ -152,12 +165,18 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.drop("judge: answer not supported by the source", r.meta.get("source_file"), f"{r.id} q{k}", answer[:200])
         else:
             tally.keep()
+            cut = answer.startswith(CUT_MARK)
+            answer = answer.removeprefix(CUT_MARK)
+            label = CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])
+            prompt = f"{label}:\n{text}\n\n{q}" if not multi_turn and (kind == "report" or dangling_reference(q)) else q
             out.append(Record(id=f"{r.id}/q{k}", kind="qa",
-                              messages=[{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+                              messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                               meta={**_provenance(r), "generator": f"{kind}-qa", "teacher_model": teacher.model,
                                     "prompt_template_hash": hashlib.sha256((q_hash + a_hash + j_hash).encode()).hexdigest()[:12],
-                                    "judged": judge, "language": lang}))
-    return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])) if multi_turn and out else out
+                                    "judged": judge, "language": lang, **({"answer_cut": True} if cut else {})}))
+    if multi_turn and out:
+        return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
+    return out
 
 
 def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:
@@ -171,8 +190,10 @@ def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> l
 async def _answer(teacher: LLMClient, a_tpl: str, j_tpl: str, text: str, q: str, sensitive: bool) -> tuple[str | None, str]:
     """``(answer, verdict)``; ``answer`` is None when a call failed (verdict then names the step)."""
     try:
-        answer = (await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}],
-                                         sensitive=sensitive)).text.strip()
+        reply = await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}], sensitive=sensitive)
+        answer = reply.text.strip()
+        if reply.completion_tokens >= teacher.cfg.max_tokens:
+            answer = CUT_MARK + answer  # hit the token limit: counted by the audit, mark removed there
     except SensitiveDataError:
         raise
     except LLMError:
@@ -210,8 +231,24 @@ def rouge_l(a: str, b: str) -> float:
     return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
 
 
+def _seed_instruction(t: dict) -> str:
+    """The task of one seed: ``instruction`` followed by ``input`` when both are given, either alone otherwise."""
+    parts = [str(t.get(k) or "").strip() for k in ("instruction", "input")]
+    if not parts[1] and isinstance(t.get("instances"), list) and t["instances"]:  # Self-instruct seed_tasks.jsonl
+        first = t["instances"][0]
+        parts[1] = str(first.get("input") or "").strip() if isinstance(first, dict) else ""
+    return "\n\n".join(p for p in parts if p)
+
+
 def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
-    """Seed tasks from JSONL ``{instruction, category, output?}``; bad lines are rejected."""
+    """Seed tasks from JSONL or a JSON array: ``{instruction, category?, input?, output?}`` (Alpaca-style
+    ``{instruction, input, output}`` and Self-instruct ``{instruction, instances}`` included).
+
+    Bad seeds are counted in ``tally`` as located rejects.
+
+    Raises:
+        DataFileError: the file is missing or has no usable seed task (the message gives the first reasons).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: seed task file not found")
@@ -220,13 +257,19 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
         if isinstance(t, Reject):
             tally.reject(t)
             continue
-        if not str(t.get("instruction", "")).strip():
-            tally.drop("seed task without `instruction`", path, where)
+        task = _seed_instruction(t)
+        if not task:
+            tally.drop("seed task without `instruction` or `input`", path, where, str(t)[:200])
             continue
-        tasks.append({"instruction": str(t["instruction"]).strip(), "category": t.get("category", "general"),
-                      "output": t.get("output"), "line": where})
+        output = t.get("output")
+        if output is not None and not isinstance(output, str):
+            tally.drop("seed `output` is not a string", path, where, str(t)[:200])
+            continue
+        tasks.append({"instruction": task, "category": str(t.get("category") or "general"), "output": output, "line": where})
     if not tasks:
-        raise DataFileError(f"{path}: no usable seed task")
+        reasons = list(dict.fromkeys(f"{r.where}: {r.reason}" for r in tally.rejects))[:3]
+        raise DataFileError(f"{path}: no usable seed task; expected JSONL or a JSON array of "
+                            f"{{instruction, input?, output?, category?}}; first rejects: {reasons} (all in rejects.jsonl)")
     return tasks
 
 
@@ -239,9 +282,9 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
     the teacher also writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some.
     """
     seeds = load_seed_tasks(cfg.seed_file, tally)
-    lang = cfg.language
-    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir)
-    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir)
+    lang = cfg.language  # English prompts for another language would write tasks the language filter then drops
+    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
+    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
     pool, kept = [s["instruction"] for s in seeds], []
     categories = sorted({s["category"] for s in seeds})
     for _ in range(cfg.rounds):
@@ -273,7 +316,8 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
         out.append(Record(id=f"dialogue/{k}", kind="qa", messages=[{"role": "user", "content": task},
                                                                    {"role": "assistant", "content": rep.text.strip()}],
                           meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task)}))
-    out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
+    if cfg.consultations:
+        out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
     return out
 
 
@@ -302,7 +346,7 @@ def parse_consultation(text: str) -> list[dict] | None:
 
 
 async def _consultations(tasks: list[str], teacher: LLMClient, lang: str, prompts_dir, meta: dict, tally: Tally) -> list[Record]:
-    tpl, h = load_prompt("consultation", lang, prompts_dir)
+    tpl, h = load_prompt("consultation", lang, prompts_dir, fallback=False)
     replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": tpl.format(question=t)}]) for t in tasks),
                                    return_exceptions=True)
     out = []

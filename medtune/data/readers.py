@@ -23,8 +23,9 @@ from typing import Iterator
 
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
-from medtune.io import Reject, RecordError, parse_rows, read_text, record_to_messages
-from medtune.text import detect_language, strip_html
+from medtune.io import (SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
+                        record_to_messages, spreadsheet_rows)
+from medtune.text import detect_language, strip_format_tokens, strip_html
 
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -51,10 +52,19 @@ def _rows(file: Path, text: str, tally: Tally) -> Iterator[tuple[str, dict]]:
             yield where, item
 
 
-def _structured_items(path: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[Path, str, dict]]:
-    """``(file, where, record)`` for every record of the .json / .jsonl / .csv files under ``path``;
-    empty files and malformed lines are counted as rejects."""
-    for file in _files(path, (".json", ".jsonl", ".csv", ".tsv")):
+def _structured_items(path: Path, encoding: str | None, tally: Tally,
+                      suffixes: tuple[str, ...] = (".json", ".jsonl", ".csv", ".tsv", *SPREADSHEET_SUFFIXES)
+                      ) -> Iterator[tuple[Path, str, dict]]:
+    """``(file, where, record)`` for every record of the structured files (spreadsheets too) under
+    ``path``; empty files and malformed lines are counted as rejects."""
+    for file in _files(path, suffixes):
+        if file.suffix.lower() in SPREADSHEET_SUFFIXES:
+            for where, item in spreadsheet_rows(file):
+                if isinstance(item, Reject):
+                    tally.reject(item)
+                else:
+                    yield file, where, item
+            continue
         text, _ = read_text(file, encoding)
         if not text.strip():
             tally.drop("empty file", file)
@@ -409,28 +419,63 @@ def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question
             tally.drop("empty question or answer", qfile, f"id {key[1]}")
             continue
         doc_id = f"{key[0]}/{key[1]}"
+        messages = clean_turns([{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}], tally)
+        if messages is None:
+            tally.drop("a turn is empty once format tokens are removed", qfile, f"id {key[1]}")
+            continue
         tally.keep()
-        yield Record(id=doc_id, kind="qa", messages=[{"role": "user", "content": question.strip()},
-                                                     {"role": "assistant", "content": answer}],
+        yield Record(id=doc_id, kind="qa", messages=messages,
                      meta={"source_file": str(qfile), "answer_file": str(afile), "doc_id": doc_id, "category": key[0],
                            "language": language or detect_language(question + answer)})
 
 
 # ---------------------------------------------------------------- existing corpora
+def clean_turns(messages: list[dict], tally: Tally) -> list[dict] | None:
+    """``messages`` with model-format tokens (``</s>``, ``<|im_end|>``, ``[INST]`` ...) removed from
+    every turn, counted in ``tally.fixed``; None when a turn is left empty."""
+    out = []
+    for m in messages:
+        content, n = strip_format_tokens(m["content"])
+        if n:
+            tally.fixed["format tokens stripped"] += n
+        if not content:
+            return None
+        out.append({**m, "content": content})
+    return out
+
+
 def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: dict[str, str] | None = None,
                 language: str | None = None) -> Iterator[Record]:
-    """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, column-mapped CSV/JSONL).
+    """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, common question/answer field
+    names such as 问/答 or question/answer, column-mapped CSV/JSONL; JSONL saved as ``.txt`` too).
+
+    Model-format tokens are stripped from every turn (counted in ``tally.fixed``). A file none of
+    whose records is in a known form gets one more reject naming the fields seen and the
+    ``columns:`` mapping to add.
 
     Fields written: ``messages``; ``meta.source_file``, ``doc_id`` (``<file>:<line or record>``), ``language``.
     """
-    for file, where, item in _structured_items(path, encoding, tally):
+    kept: dict[Path, int] = {}
+    unknown: dict[Path, set] = {}
+    for file, where, item in _structured_items(path, encoding, tally, (".json", ".jsonl", ".csv", ".tsv", ".txt", *SPREADSHEET_SUFFIXES)):
+        kept.setdefault(file, 0)
         try:
             messages = record_to_messages(item, columns)
         except RecordError as e:
             tally.drop("not a QA record", file, where, str(e))
+            unknown.setdefault(file, set()).update(map(str, item))
+            continue
+        messages = clean_turns(messages, tally)
+        if messages is None:
+            tally.drop("a turn is empty once format tokens are removed", file, where, str(item)[:200])
             continue
         doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
+        kept[file] += 1
         tally.keep()
         yield Record(id=doc_id, kind="qa", messages=messages,
                      meta={"source_file": str(file), "doc_id": doc_id,
                            "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})
+    for file, fields in unknown.items():
+        if not kept.get(file):
+            tally.rejects.append(Reject(str(file), "<file>", f"no record is a QA record; {columns_hint(fields)}",
+                                        "<file>", None, tally.step))

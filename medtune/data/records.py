@@ -51,6 +51,7 @@ class Tally:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
+    fixed: Counter = field(default_factory=Counter)  # repairs that kept a record, e.g. "format tokens stripped"
 
     def keep(self) -> None:
         self.seen += 1
@@ -69,7 +70,8 @@ class Tally:
         self.drop(r.reason, r.file, r.where, str(r.record)[:300])
 
     def summary(self) -> dict:
-        return {"seen": self.seen, "kept": self.kept, "dropped": dict(self.dropped)}
+        out = {"seen": self.seen, "kept": self.kept, "dropped": dict(self.dropped)}
+        return {**out, "fixed": dict(self.fixed)} if self.fixed else out
 
 
 def save_rejects(tallies: list[Tally], path: Path) -> int:

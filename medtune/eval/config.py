@@ -31,6 +31,7 @@ class McqConfig(Section):
     mode: Literal["auto", "loglik", "generate"] = Field("auto", description="loglik: next-token log-probability of "
                                                         "the option letters (local models); generate: parse the reply; auto: loglik for local models, generate for endpoints.")
     cot: bool = Field(False, description="generate mode: ask for step-by-step reasoning before 'Answer: X'.")
+    calibrate: bool = Field(False, description="loglik mode: also report accuracy after content-free calibration (Zhao et al. 2021, 'Calibrate Before Use'): option-letter probabilities divided by those for an 'N/A' question and options, which removes a prior for one letter.")
     shots: int = Field(0, ge=0, description="Number of solved examples shown before each question (k-shot).")
     shots_file: Path | None = Field(None, description="Where the k-shot examples come from (default: other items of `data`).")
     language: Literal["auto", "en", "zh", "ko"] = Field("auto", description="Language of the prompt instructions; auto follows the question's script.")
@@ -46,8 +47,10 @@ class McqConfig(Section):
 class FactConfig(Section):
     """Knowledge-base fact recall (``medtune eval fact``)."""
 
-    data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}.")
+    data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}, or CSV/.xlsx with a question and an expected-items column.")
     synonyms: Path | None = Field(None, description="Optional JSON {item: [synonyms]} applied to every question.")
+    question_column: str | None = Field(None, description="Column holding the question (default: question, 问题, 질문 ...).")
+    expected_column: str | None = Field(None, description="Column holding the expected items, a list or a string split on | ， 、 ; (default: expected, answer, 答案, 정답 ...).")
     model: str = Field(..., description="Model as [NAME=]SPEC (see `eval mcq`).")
     adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
     system: str | None = Field(None, description="Optional system prompt.")

@@ -6,8 +6,10 @@ one of its synonyms, occurs in the normalised answer. Per question we record hit
 and report the share of questions meeting each of the three criteria used in drug–indication
 recall studies: at least one expected item hit, at least 1/2 of them, at least 2/3 of them.
 
-Input records (JSONL or JSON array) read: ``id`` (optional), ``question``, ``expected``
-(list of strings), ``synonyms`` (optional ``{item: [synonym, ...]}``).
+Input records (JSONL, JSON array, CSV/TSV or .xlsx) read: ``id`` (optional), ``question``,
+``expected`` (a list of strings, or one string of items separated by ``|``, ``，``, ``、``, ``;``),
+``synonyms`` (optional ``{item: [synonym, ...]}``); other column names via ``question_column`` /
+``expected_column`` (common ones such as 问题/答案 are recognised).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from medtune.eval.results import append_rows, elapsed, finish, load_done, run_ke
 from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
 from medtune.errors import DataFileError
-from medtune.io import RecordError, Reject, read_rows
+from medtune.io import RecordError, Reject, read_rows, write_rejects
 from medtune.text import match_form
 
 console = Console(stderr=True)
@@ -53,11 +55,38 @@ def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]
             **{name: (rate >= frac and len(hits) > 0) for name, frac in CRITERIA.items()}}
 
 
-def load_facts(path: Path, synonyms_file: Path | None = None) -> tuple[list[dict], list[Reject]]:
-    """Read fact questions; records without a question or a non-empty ``expected`` list are rejected.
+QUESTION_COLUMNS = ("question", "问题", "问", "질문", "query", "prompt")
+EXPECTED_COLUMNS = ("expected", "expected_items", "answer", "answers", "items", "答案", "回答", "答", "정답", "답변")
+ITEM_SEPARATORS = re.compile(r"\s*[|，、;；\n]\s*")
+
+
+def split_items(value: object) -> list[str] | None:
+    """Expected items from a list, or from one string split on ``|``, ``，``, ``、``, ``;``, ``；`` or
+    newlines (a spreadsheet cell); None when ``value`` is neither."""
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if isinstance(v, (str, int, float)) and str(v).strip()]
+    if isinstance(value, str):
+        return [v for v in ITEM_SEPARATORS.split(value.strip()) if v]
+    return None
+
+
+def _column(rec: dict, given: str | None, names: tuple[str, ...]) -> str | None:
+    keys = {str(k).strip().lower(): k for k in rec}
+    return given if given else next((keys[n] for n in names if n in keys), None)
+
+
+def load_facts(path: Path, synonyms_file: Path | None = None, question_column: str | None = None,
+               expected_column: str | None = None, rejects_path: Path | None = None) -> tuple[list[dict], list[Reject]]:
+    """Read fact questions (JSONL/JSON, CSV/TSV or .xlsx); records without a question or any expected item are rejected.
+
+    Args:
+        question_column / expected_column: the record's fields (default: the first of
+            :data:`QUESTION_COLUMNS` / :data:`EXPECTED_COLUMNS` present, case-insensitive).
+        rejects_path: where to write the rejects when no question is usable.
 
     Raises:
-        DataFileError: unreadable file, invalid synonyms file, or no usable question.
+        DataFileError: unreadable file, invalid synonyms file, or no usable question (the message
+            gives the first reasons and the columns seen).
     """
     shared = {}
     if synonyms_file:
@@ -65,32 +94,41 @@ def load_facts(path: Path, synonyms_file: Path | None = None) -> tuple[list[dict
             shared = json.loads(Path(synonyms_file).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
-    items, rejects, seen = [], [], set()
+    items, rejects, seen, columns = [], [], set(), set()
     for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
         if isinstance(rec, Reject):
             rejects.append(rec)
             continue
+        columns.update(map(str, rec))
         try:
-            items.append(_fact(rec, n, shared, seen))
+            items.append(_fact(rec, n, shared, seen, _column(rec, question_column, QUESTION_COLUMNS),
+                               _column(rec, expected_column, EXPECTED_COLUMNS)))
         except RecordError as e:
             rejects.append(Reject(str(path), where, e.reason, e.field, rec))
     if not items:
-        raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected)")
+        if rejects_path is not None:
+            write_rejects(rejects, rejects_path)
+        reasons = list(dict.fromkeys(f"{r.where}: {r.field}: {r.reason}" for r in rejects))[:3]
+        raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected); first reasons: {reasons}; "
+                            f"columns seen: {sorted(columns)[:12]}; name them with question_column= / expected_column="
+                            + (f"; rejects in {rejects_path}" if rejects_path else ""))
     return items, rejects
 
 
-def _fact(rec: dict, line: int, shared: dict, seen: set) -> dict:
-    question, expected = rec.get("question"), rec.get("expected")
+def _fact(rec: dict, line: int, shared: dict, seen: set, qcol: str | None, ecol: str | None) -> dict:
+    question = rec.get(qcol) if qcol else None
     if not isinstance(question, str) or not question.strip():
-        raise RecordError("question", "missing or empty")
-    if not isinstance(expected, list) or not expected or not all(isinstance(e, str) and e.strip() for e in expected):
-        raise RecordError("expected", "must be a non-empty list of strings")
+        raise RecordError(qcol or "question", "missing or empty" if qcol else "no question column")
+    expected = split_items(rec.get(ecol)) if ecol else None
+    if not expected:
+        raise RecordError(ecol or "expected", "no expected-items column" if not ecol else
+                          "must be a non-empty list of strings or a string of items separated by | ， 、 ;")
     ident = str(rec.get("id") or f"fact-{line}")
     if ident in seen:
         raise RecordError("id", f"duplicate id {ident!r}")
     seen.add(ident)
-    syn = {**shared, **(rec.get("synonyms") or {})}
-    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": syn}
+    syn = rec.get("synonyms") if isinstance(rec.get("synonyms"), dict) else {}
+    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn}}
 
 
 def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
@@ -105,7 +143,8 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
         EvalError: an endpoint failed for good (finished items are kept) or a different run in output_dir.
     """
     started = time.time()
-    items, rejects = load_facts(cfg.data, cfg.synonyms)
+    items, rejects = load_facts(cfg.data, cfg.synonyms, cfg.question_column, cfg.expected_column,
+                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl")
     items = items[:cfg.max_items] if cfg.max_items else items
     out = Path(cfg.output_dir)
     backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")

@@ -12,7 +12,10 @@ Two scoring modes:
   are counted as unparseable (and wrong).
 
 Multi-answer questions count as correct only on an exact set match. Accuracy comes with a
-95% Wilson interval, overall and per subject.
+95% Wilson interval, overall and per subject, beside the distribution of predicted letters and
+of gold letters, flagged as a *collapse* when one letter takes > 60% of the predictions. With
+``calibrate`` (loglik) the accuracy after content-free calibration (Zhao et al., ICML 2021,
+"Calibrate Before Use") is reported too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import random
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +40,7 @@ from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
 
 console = Console(stderr=True)
+COLLAPSE_SHARE = 0.6  # one option above this share of predictions: the model answers a letter, not the question
 
 PROMPTS = {
     "en": {"question": "Question", "context": "Context", "single": "Answer with the letter of the correct option only.",
@@ -122,6 +127,41 @@ def choose_letters(logprobs: dict[str, float], multi: bool) -> tuple[str, dict[s
     return "".join(sorted(chosen)), probs
 
 
+_CF_CACHE: dict[tuple, dict[str, float]] = {}
+
+
+def content_free_probs(backend: Backend, letters: str, lang: str, pool: list[MCQItem], cfg: McqConfig) -> dict[str, float]:
+    """Option-letter probabilities for a content-free question ("N/A" as stem and every option), the
+    model's prior over letters (Zhao et al. 2021, "Calibrate Before Use", section 4); cached per
+    model, letter set, language and shots."""
+    key = (backend.identity, letters, lang, cfg.shots, cfg.seed)
+    if key not in _CF_CACHE:
+        item = MCQItem(id="content-free", question="N/A", options={k: "N/A" for k in letters}, answer=letters[0])
+        prompt = build_messages(item, pick_shots(item, pool, cfg.shots, cfg.seed), lang, False)
+        _CF_CACHE[key] = choose_letters(letter_logprobs(backend, [prompt], [letters])[0], False)[1]
+    return _CF_CACHE[key]
+
+
+def option_distributions(rows: list[dict], key: str = "prediction") -> dict:
+    """Shares of predicted and gold letters over the single-answer rows, and the collapse flag.
+
+    Returns:
+        ``{"predicted": {letter: share}, "gold": {letter: share}, "top": letter, "top_share",
+        "collapse"}``; ``collapse`` is True when one letter takes more than 60% of the predictions
+        (the accuracy is then mostly the gold share of that letter).
+    """
+    single = [r for r in rows if not r.get("multi")]
+    n = len(single)
+    if not n:
+        return {"predicted": {}, "gold": {}, "top": None, "top_share": 0.0, "collapse": False}
+    pred = Counter(r.get(key) or "none" for r in single)
+    gold = Counter(r["answer"] for r in single)
+    top, count = max(pred.items(), key=lambda kv: (kv[1], kv[0]))
+    share = lambda c: {k: round(v / n, 4) for k, v in sorted(c.items())}  # noqa: E731
+    return {"predicted": share(pred), "gold": share(gold), "top": top, "top_share": round(count / n, 4),
+            "collapse": count / n > COLLAPSE_SHARE}
+
+
 def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg: McqConfig, mode: str,
                 key: str) -> list[dict]:
     """Score a batch of questions; one per-item result row each."""
@@ -130,9 +170,14 @@ def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg
                for it, lang in zip(batch, langs)]
     rows = []
     if mode == "loglik":
-        for it, lp in zip(batch, letter_logprobs(backend, prompts, ["".join(it.options) for it in batch])):
+        for it, lang, lp in zip(batch, langs, letter_logprobs(backend, prompts, ["".join(it.options) for it in batch])):
             pred, probs = choose_letters(lp, it.multi)
-            rows.append({"prediction": pred, "probs": {k: round(v, 4) for k, v in probs.items()}})
+            row = {"prediction": pred, "probs": {k: round(v, 4) for k, v in probs.items()}}
+            if cfg.calibrate:
+                cf = content_free_probs(backend, "".join(it.options), lang, pool, cfg)
+                row["prediction_debiased"] = choose_letters({k: math.log(probs[k] / cf[k]) for k in probs}, it.multi)[0]
+                row["correct_debiased"] = row["prediction_debiased"] == it.answer
+            rows.append(row)
     else:
         settings = cfg.generation.model_copy(update={"seed": cfg.seed if cfg.generation.temperature > 0 else None})
         for it, reply in zip(batch, generate(backend, prompts, settings)):
@@ -150,8 +195,14 @@ def summarize(rows: list[dict]) -> dict:
     subjects = sorted({r["subject"] for r in rows})
     per_subject = {s or "(none)": proportion(sum(r["correct"] for r in rows if r["subject"] == s),
                                              sum(r["subject"] == s for r in rows)) for s in subjects}
-    return {"n": n, "correct": correct, "accuracy": acc["rate"], "ci95": acc["ci95"], "unparseable": unparsed,
-            "unparseable_rate": round(unparsed / n, 4) if n else 0.0, "per_subject": per_subject}
+    out = {"n": n, "correct": correct, "accuracy": acc["rate"], "ci95": acc["ci95"], "unparseable": unparsed,
+           "unparseable_rate": round(unparsed / n, 4) if n else 0.0, "per_subject": per_subject,
+           "option_distribution": option_distributions(rows)}
+    if rows and all("correct_debiased" in r for r in rows):
+        deb = proportion(sum(r["correct_debiased"] for r in rows), n)
+        out["debiased"] = {"method": "content-free calibration (Zhao et al. 2021)", "accuracy": deb["rate"],
+                           "ci95": deb["ci95"], "option_distribution": option_distributions(rows, "prediction_debiased")}
+    return out
 
 
 def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
@@ -204,4 +255,12 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     console.print(f"mcq {backend.name} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
                   f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={len(items)}, "
                   f"unparseable {results['unparseable']}, rejected {len(rejects)}, {len(todo)} computed in {wall} s -> {out}")
+    dist = results["option_distribution"]
+    if dist["collapse"]:
+        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
+                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
+                      + ("" if cfg.calibrate else "; try --set calibrate=true (loglik)"))
+    if "debiased" in results:
+        d = results["debiased"]
+        console.print(f"  debiased (content-free calibration): {d['accuracy']:.3f} (95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})")
     return results

@@ -2,7 +2,8 @@
 
 Formats (``format=`` name, fields read):
 
-- ``cmexam`` (CSV): ``Question``, ``Options`` (one option per line, ``"A xxx"``), ``Answer``
+- ``cmexam`` (CSV or .xlsx): ``Question``, ``Options`` (one option per line, ``"A xxx"``; the
+  spreadsheet form's literal ``\n`` separators too), ``Answer``
   (one or several letters), ``Explanation``; subject from ``Clinical Department`` or
   ``Medical Discipline`` when present.
 - ``cmb`` (JSON array): ``exam_type``, ``exam_class``, ``exam_subject``, ``question``,
@@ -115,7 +116,8 @@ def parse_option_lines(text: str, field_name: str) -> dict[str, str]:
         RecordError: a non-empty line without a leading option letter, or letters out of order.
     """
     opts = {}
-    for line in str(text).splitlines():
+    text = str(text).replace("\\r\\n", "\n").replace("\\n", "\n")  # spreadsheet exports keep a literal "\n"
+    for line in text.splitlines():
         if not line.strip():
             continue
         m = re.match(r"^\s*\(?([A-Ja-j])[\s\.\)、:：．）]+(.*)$", line) or re.match(r"^\s*([A-J])()$", line)

@@ -113,12 +113,28 @@ def _ci(p: dict) -> str:
     return f"{p['rate']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
 
 
+def _debiased(r: dict) -> str:
+    d = r.get("debiased")
+    return f"{d['accuracy']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d else "-"
+
+
+def _distribution(r: dict) -> str:
+    """``A 10% / 20%, B 90% / 30% ...`` (predicted / gold), with a COLLAPSE flag when one letter takes > 60%."""
+    d = r.get("option_distribution")
+    if not d or not d["predicted"]:
+        return "-"
+    letters = sorted(set(d["predicted"]) | set(d["gold"]))
+    cells = ", ".join(f"{k} {d['predicted'].get(k, 0):.0%} / {d['gold'].get(k, 0):.0%}" for k in letters)
+    return (f"COLLAPSE on {d['top']} ({d['top_share']:.0%}): " if d["collapse"] else "") + cells
+
+
 def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Accuracy table + plots (per benchmark, and per subject for each benchmark)."""
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), r["mode"], str(r["n"]),
-             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", f"{r['unparseable_rate']:.3f}",
-             str(r["rejected"]), _link(r, base)] for r in results]
-    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "unparseable", "rejected", "per-item"], rows)
+             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", _debiased(r), _distribution(r),
+             f"{r['unparseable_rate']:.3f}", str(r["rejected"]), _link(r, base)] for r in results]
+    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "debiased [95% CI]",
+                    "predicted / gold option shares", "unparseable", "rejected", "per-item"], rows)
     datas = sorted({Path(r["data"]).name for r in results})
     models = list(dict.fromkeys(r["model"] for r in results))
     nan = (float("nan"),) * 3
