@@ -285,3 +285,16 @@ def test_letter_collapse_is_flagged_and_content_free_calibration_recovers(tmp_pa
     write_report([tmp_path / "out"], tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "COLLAPSE on B (100%)" in page and "B 100% / 50%" in page and "debiased [95% CI]" in page
+
+
+def test_cli_mcq_takes_a_recipe_and_set_like_train(tmp_path, qwen_dir):
+    """`medtune eval mcq RECIPE --set mcq.FIELD=...` works the way `medtune train RECIPE --set` does."""
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(f"mcq:\n  data: {FIX / 'generic.csv'}\n  model: {qwen_dir}\n  format: generic\n"
+                      "  column_map: {question: stem, A: choice1, B: choice2, C: choice3, answer: key}\n"
+                      f"  output_dir: {tmp_path / 'o'}\n", encoding="utf-8")
+    r = CliRunner().invoke(app, ["eval", "mcq", str(recipe), "--set", "mcq.max_items=2", "--batch-size", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["n"] == 2
+    r = CliRunner().invoke(app, ["eval", "mcq", str(recipe), "--set", "mcq.max_itemz=2"])
+    assert r.exit_code == 2 and "did you mean 'max_items'" in r.output
