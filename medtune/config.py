@@ -51,6 +51,7 @@ class SafetyConfig(Section):
     emergency_numbers: dict[str, str] = Field(default_factory=lambda: {"zh": "120", "ko": "119", "en": "911"},
                                               description="Local emergency number per language (zh, ko, en).")
     disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
+    scan_chars: int = Field(4000, ge=1, description="Red flags are looked for in the last N characters of the last user message (bounds the work one request can cause).")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
 
 
