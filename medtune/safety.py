@@ -298,10 +298,11 @@ def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
     if cfg.system_prompt and not any(m.get("role") == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": cfg.system_prompt})
     last_user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
+    last_user = last_user[-cfg.scan_chars:]  # bounds the work one message can cause
     lang = detect_language(last_user, default="en")
     g = Guard(messages=msgs, lang=lang)
     if cfg.enabled:
-        g.flags = detect_red_flags(last_user[-cfg.scan_chars:], lang)
+        g.flags = detect_red_flags(last_user, lang)
         if g.flags:
             number = cfg.emergency_numbers.get(lang) or cfg.emergency_numbers.get("en", "911")
             g.prefix = urgent_message(g.flags, lang, number) + "\n\n"
