@@ -81,3 +81,17 @@ def test_full_finetune_changes_base_weights(qwen_dir, sft_file, tmp_path):
 def test_qlora_without_cuda_fails_clearly(qwen_dir, sft_file, tmp_path):
     with pytest.raises(TrainError, match="CUDA"):
         run_sft(cfg(qwen_dir, sft_file, tmp_path / "o", method="qlora"))
+
+
+def test_gbk_train_file_tokenises_like_utf8(tokenizer, tmp_path):
+    """issue 11: a GBK-encoded training file used to stop with a UnicodeDecodeError traceback."""
+    from medtune.chat_tokens import build_sft_examples
+
+    rows = [{"instruction": "高血压患者应注意什么？", "output": "减少盐的摄入，规律运动，按时服药。"},
+            {"instruction": "糖尿病的诊断标准是什么？", "output": "空腹血糖≥7.0 mmol/L。"}] * 3
+    text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    (tmp_path / "gbk.jsonl").write_bytes(text.encode("gbk"))
+    (tmp_path / "utf8.jsonl").write_text(text, encoding="utf-8")
+    gbk, rejects, stats = build_sft_examples(tmp_path / "gbk.jsonl", tokenizer, 256)
+    assert not rejects and stats.kept == 6
+    assert gbk == build_sft_examples(tmp_path / "utf8.jsonl", tokenizer, 256)[0]
