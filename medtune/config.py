@@ -51,6 +51,7 @@ class SafetyConfig(Section):
     emergency_numbers: dict[str, str] = Field(default_factory=lambda: {"zh": "120", "ko": "119", "en": "911"},
                                               description="Local emergency number per language (zh, ko, en).")
     disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
+    scan_chars: int = Field(4000, ge=1, description="Red flags are looked for in the last N characters of the last user message (bounds the work one request can cause).")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
 
 
@@ -138,7 +139,11 @@ class ServeConfig(Section):
     adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapters by name; a request picks one with its `model` field.")
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
-    api_key: str | None = Field(None, description="Bearer token required on /v1 requests (default: env MEDTUNE_API_KEY; none: open).")
+    api_key: str | None = Field(None, description="Bearer token required on /v1 (and /metrics) requests; prefer env MEDTUNE_API_KEY or api_key_file, since a key on the command line shows in `ps` (none: open).")
+    api_key_file: Path | None = Field(None, description="File whose first line is the API key (used when api_key is not set).")
+    metrics_public: bool = Field(False, description="Serve /metrics without the API key.")
+    docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (behind the API key when one is set).")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes; larger gets 413.")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU.")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
     batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")

@@ -74,6 +74,7 @@ class Engine:
         self.context_length = context_length or int(getattr(model.config, "max_position_embeddings", 0) or 4096)
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
+        self._tokenizer_lock = threading.Lock()  # request threads render prompts concurrently
         self.batches = self.batched_jobs = 0
         self._stop = False
         self._eos = set(stop_ids(model, tokenizer)) if backend == "transformers" else set()
@@ -81,8 +82,9 @@ class Engine:
         self.worker.start()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """Token ids of the rendered prompt (what ``usage.prompt_tokens`` counts)."""
-        return render_prompt(self.tokenizer, messages)[0].tolist()
+        """Token ids of the rendered prompt (what ``usage.prompt_tokens`` counts); callable from any thread."""
+        with self._tokenizer_lock:
+            return render_prompt(self.tokenizer, messages)[0].tolist()
 
     def submit(self, job: Job) -> None:
         """Queue a job; its callbacks are invoked from the worker thread."""
@@ -163,9 +165,7 @@ class Engine:
                 last = input_ids[:, -1].tolist()
                 return torch.tensor([engine._step(job, tok) for job, tok in zip(batch, last)], device=input_ids.device)
 
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        with self._use_adapter(batch[0].adapter) as model, torch.no_grad():
+        with self._use_adapter(batch[0].adapter) as model, torch.no_grad(), _seeded(settings.seed, model.device):
             kw = generate_kwargs(model, self.tokenizer, settings)
             model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            stopping_criteria=StoppingCriteriaList([RowsDone()]), **kw)
@@ -228,6 +228,24 @@ class Engine:
             job.on_text(comp.text)
             job.done = True
             job.on_done("length" if comp.finish_reason == "length" else "stop", None)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device):
+    """Seed torch's RNG for one seeded batch (which runs alone) without touching the process RNG.
+
+    The RNG state is forked and restored around the block, so other users of torch's global RNG
+    are unaffected; the seed is reduced modulo 2**63 so no value can overflow ``manual_seed``.
+    """
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % 2**63)
+        yield
 
 
 def load_engine(cfg: ServeConfig) -> Engine:

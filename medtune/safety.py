@@ -25,9 +25,11 @@ no flag. ``medtune eval safety`` measures precision and recall on the shipped se
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -190,17 +192,36 @@ DISCLAIMER = {
 }
 
 
+CUE_WINDOW = 64  # chars around a match that a negation cue can reach (longest cue + its gap, with margin)
+BREAK_AT = re.compile(f"(?=(?:{CLAUSE_BREAK.pattern}))")  # every position where a clause break starts
+
+
+@lru_cache(maxsize=256)
+def _breaks(text: str) -> tuple[list[int], list[int]]:
+    """Ends of the clause breaks found scanning ``text`` left to right, and every position a break can start."""
+    return [m.end() for m in CLAUSE_BREAK.finditer(text)], [m.start() for m in BREAK_AT.finditer(text)]
+
+
 def _clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
-    """Character span of the clause around ``text[start:end]`` (split at commas, semicolons, "but")."""
-    left = max([m.end() for m in CLAUSE_BREAK.finditer(text, 0, start)], default=0)
-    right = next((m.start() for m in CLAUSE_BREAK.finditer(text, end)), len(text))
-    return left, right
+    """Character span of the clause around ``text[start:end]`` (split at commas, semicolons, "but").
+
+    Linear overall: the breaks of ``text`` are found once and bisected, instead of rescanning the
+    text before every match. A break that only ends at ``start`` when the text is cut there (e.g.
+    "但" of "但是") counts, as it did when the text before the match was scanned on its own.
+    """
+    ends, starts = _breaks(text)
+    left = ends[bisect.bisect_right(ends, start) - 1] if ends and ends[0] <= start else 0
+    if any(m.end() == start for m in CLAUSE_BREAK.finditer(text, max(0, start - 3), start)):
+        left = start
+    i = bisect.bisect_left(starts, end)
+    return left, starts[i] if i < len(starts) else len(text)
 
 
 def _negated(sentence: str, m: re.Match, lang: str) -> bool:
     left, right = _clause_bounds(sentence, m.start(), m.end())
     before, after = NEGATION_BEFORE[lang], NEGATION_AFTER[lang]
-    return bool((before and before.search(sentence[left:m.start()])) or (after and after.search(sentence[m.end():right])))
+    return bool((before and before.search(sentence[max(left, m.start() - CUE_WINDOW):m.start()]))
+                or (after and after.search(sentence[m.end():min(right, m.end() + CUE_WINDOW)])))
 
 
 def _live_matches(sentence: str, pattern: re.Pattern, lang: str) -> bool:
@@ -277,6 +298,7 @@ def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
     if cfg.system_prompt and not any(m.get("role") == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": cfg.system_prompt})
     last_user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
+    last_user = last_user[-cfg.scan_chars:]  # bounds the work one message can cause
     lang = detect_language(last_user, default="en")
     g = Guard(messages=msgs, lang=lang)
     if cfg.enabled:

@@ -6,18 +6,25 @@ Endpoints (OpenAI API reference, "Chat Completions" and "Models"):
   ``max_tokens`` (or ``max_completion_tokens``), ``stop``, ``seed``, ``stream``
   (``stream_options.include_usage`` too); streaming answers are Server-Sent Events of
   ``chat.completion.chunk`` objects ending with ``data: [DONE]``.
-- ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format 0.0.4).
+- ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format 0.0.4; behind the
+  API key unless ``metrics_public``). ``/docs`` and ``/openapi.json`` only with ``docs: true``.
 
 Every answer goes through the safety layer (:func:`medtune.safety.guard`): the urgent-care
 message is the first content of the answer, the disclaimer the last. Bad requests get 400 (401
 without the right API key, 404 for an unknown model, 429 when the queue is full) with an
 OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``; never a bare 500.
+Request content cannot cause a 5xx: bodies over ``max_body_bytes`` get 413, invalid Unicode and
+out-of-range seeds 400, and an internal failure answers a 500 body without its exception text
+while the connection stays open. Parsing, the context-length check and the red-flag scan run in a
+worker thread, so one large request does not stall ``/health`` for the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import logging
 import os
 import time
 import uuid
@@ -27,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medtune.config import GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
+from medtune.errors import ConfigError
 from medtune.safety import guard
 
 try:
@@ -40,6 +48,9 @@ UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_
                "top_logprobs": None, "logit_bias": None, "response_format": None, "audio": None,
                "frequency_penalty": 0, "presence_penalty": 0}
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+MAX_SEED = 2**63 - 1
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+log = logging.getLogger("medtune.serve")
 
 
 class APIError(Exception):
@@ -79,7 +90,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
@@ -89,6 +100,7 @@ class Metrics:
     """Counters and a latency histogram rendered in Prometheus text format."""
 
     def __init__(self):
+        self.paths: set[str] = set()  # the route table; any other path is counted as "other"
         self.requests: dict[tuple[str, int], int] = {}
         self.buckets = [0] * len(LATENCY_BUCKETS)
         self.latency_sum = 0.0
@@ -96,6 +108,7 @@ class Metrics:
         self.prompt_tokens = self.completion_tokens = 0
 
     def observe(self, path: str, status: int, seconds: float) -> None:
+        path = path if path in self.paths else "other"
         self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
         if path == "/v1/chat/completions":
             self.latency_sum += seconds
@@ -105,7 +118,7 @@ class Metrics:
 
     def render(self, engine: Engine) -> str:
         out = ["# HELP medtune_requests_total HTTP requests by path and status.", "# TYPE medtune_requests_total counter"]
-        out += [f'medtune_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
+        out += [f'medtune_requests_total{{path="{_label(p)}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
         errors = sum(n for (_, s), n in self.requests.items() if s >= 400)
         out += ["# TYPE medtune_request_errors_total counter", f"medtune_request_errors_total {errors}",
                 "# HELP medtune_request_latency_seconds Chat completion latency (request to last byte).",
@@ -122,6 +135,30 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value with backslash, quote and newline escaped (text format 0.0.4)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """The API key: ``cfg.api_key``, else the first line of ``cfg.api_key_file``, else env ``MEDTUNE_API_KEY``.
+
+    Raises:
+        ConfigError: ``api_key_file`` cannot be read or is empty.
+    """
+    if cfg.api_key:
+        return cfg.api_key
+    if cfg.api_key_file is not None:
+        try:
+            lines = cfg.api_key_file.read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{cfg.api_key_file}: cannot read the API key file ({e.__class__.__name__})") from None
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"{cfg.api_key_file}: the API key file is empty")
+        return lines[0].strip()
+    return os.environ.get("MEDTUNE_API_KEY") or None
+
+
 def served_names(cfg: ServeConfig) -> list[str]:
     """Model ids listed by ``/v1/models``: the base model (as given) and each adapter name."""
     return [str(cfg.model)] + list(cfg.adapters)
@@ -136,10 +173,14 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
     """
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise APIError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "request body has invalid Unicode (a lone surrogate escape such as \\ud800)") from None
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as e:
@@ -153,13 +194,14 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
         raise APIError(400, "the last message must have role 'user'", param="messages")
     names = served_names(cfg)
     if req.model not in names:
-        raise APIError(404, f"model {req.model!r} not found; available: {', '.join(names)}", param="model",
+        raise APIError(404, f"model {req.model[:100]!r} not found; available: {', '.join(names)}", param="model",
                        code="model_not_found")
     return req, _job(req, cfg, engine)
 
 
 def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
-    g = guard([m.model_dump() for m in req.messages], cfg.safety)
+    messages = [m.model_dump() for m in req.messages]
+    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}))  # system prompt + disclaimer only
     d = cfg.generation
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
@@ -168,6 +210,8 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
         raise APIError(400, f"this model's context is {engine.context_length} tokens; the prompt has "
                             f"{len(prompt_ids)} and max_tokens asks for {wanted or 1} more", param="messages",
                        code="context_length_exceeded")
+    if cfg.safety.enabled:
+        g = guard(messages, cfg.safety)  # the red-flag scan, once the cheap checks have passed
     settings = GenerationSettings(
         temperature=d.temperature if req.temperature is None else req.temperature,
         top_p=d.top_p if req.top_p is None else req.top_p,
@@ -182,13 +226,13 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
 
 def create_app(cfg: ServeConfig, engine: Engine):
     """The FastAPI application serving ``engine`` with the settings in ``cfg``."""
-    app = FastAPI(title="medtune", version="1")
+    docs = dict(docs_url="/docs", redoc_url="/redoc", openapi_url="/openapi.json") if cfg.docs else \
+        dict(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="medtune", version="1", **docs)
     metrics = Metrics()
-    app.add_middleware(Gate, api_key=cfg.api_key or os.environ.get("MEDTUNE_API_KEY") or None, metrics=metrics)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, exc: Exception):  # last resort: still an OpenAI-style body
-        return JSONResponse(APIError(500, f"internal error: {exc}", type_="server_error").body(), status_code=500)
+    private = ("/metrics",) * (not cfg.metrics_public) + DOC_PATHS
+    app.add_middleware(Gate, api_key=api_key(cfg), metrics=metrics, private=private,
+                       max_body_bytes=cfg.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def api_error(request, exc: APIError):
@@ -213,7 +257,8 @@ def create_app(cfg: ServeConfig, engine: Engine):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req, job = parse_request(await request.body(), cfg, engine)
+        raw = await _read_body(request, cfg.max_body_bytes)
+        req, job = await asyncio.to_thread(parse_request, raw, cfg, engine)
         if engine.queue_depth() >= cfg.max_queue:
             raise APIError(429, "server busy: too many queued requests, retry later", type_="rate_limit_error")
         events = _attach_queue(job)
@@ -225,38 +270,78 @@ def create_app(cfg: ServeConfig, engine: Engine):
             return StreamingResponse(_sse(job, events, meta, usage, metrics), media_type="text/event-stream")
         return await _complete(request, job, events, meta, metrics)
 
+    metrics.paths = {route.path for route in app.routes}
     return app
 
 
-class Gate:
-    """ASGI middleware: bearer-token check on ``/v1`` paths, and request count / latency for ``/metrics``.
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it grows past ``limit`` bytes (chunked bodies too)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    Plain ASGI (not ``BaseHTTPMiddleware``) so a client disconnect reaches the streaming body at once.
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+
+
+class Gate:
+    """ASGI middleware: bearer-token check, body-size limit, last-resort error body, and request metrics.
+
+    The key is required on ``/v1`` paths and on ``private`` ones (``/metrics`` unless public, the
+    docs), compared in constant time. A declared ``Content-Length`` over ``max_body_bytes`` gets
+    413 before the body is read. Any exception that escapes the app becomes a 500 OpenAI-style body
+    without the exception text (logged here instead) and is not re-raised, so uvicorn keeps the
+    connection. Plain ASGI (not ``BaseHTTPMiddleware``) so a client disconnect reaches the streaming
+    body at once.
     """
 
-    def __init__(self, app, api_key: str | None, metrics: Metrics):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app, api_key: str | None, metrics: Metrics, private: tuple[str, ...] = (),
+                 max_body_bytes: int = 4 * 1024 * 1024):
+        self.app, self.metrics, self.private, self.max_body_bytes = app, metrics, private, max_body_bytes
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path, start, status = scope["path"], time.perf_counter(), [500]
+        path, start, status = scope["path"], time.perf_counter(), [0]
 
         async def send_and_record(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        async def answer(error: APIError):
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send_and_record)
+
         try:
-            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if self.api_key and path.startswith("/v1") and auth != f"Bearer {self.api_key}":
-                error = APIError(401, "missing or incorrect API key (send Authorization: Bearer <key>)",
-                                 code="invalid_api_key")
-                await JSONResponse(error.body(), status_code=401)(scope, receive, send_and_record)
+            headers = dict(scope["headers"])
+            if self.expected and (path.startswith("/v1") or path in self.private) and \
+                    not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                await answer(APIError(401, "missing or incorrect API key (send Authorization: Bearer <key>)",
+                                      code="invalid_api_key"))
+            elif _declared_length(headers) > self.max_body_bytes:
+                await answer(_too_large(self.max_body_bytes))
             else:
                 await self.app(scope, receive, send_and_record)
+        except Exception:
+            log.exception("internal error on %s", path[:200])
+            if status[0]:
+                raise  # the answer has begun; nothing better to send
+            await answer(APIError(500, "internal server error", type_="server_error"))
         finally:
-            self.metrics.observe(path, status[0], time.perf_counter() - start)
+            self.metrics.observe(path, status[0] or 500, time.perf_counter() - start)
+
+
+def _declared_length(headers: dict) -> int:
+    try:
+        return int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        return 0
 
 
 def _attach_queue(job: Job) -> asyncio.Queue:
@@ -287,7 +372,8 @@ async def _complete(request, job: Job, events: asyncio.Queue, meta: dict, metric
             continue
         _, reason, error = event
         if error is not None:
-            raise APIError(500, f"generation failed: {error}", type_="server_error")
+            log.error("generation failed: %r", error)
+            raise APIError(500, "generation failed", type_="server_error")
         break
     metrics.completion_tokens += len(job.tokens)
     text = "".join(pieces) + job.guard.suffix
@@ -316,7 +402,8 @@ async def _sse(job: Job, events: asyncio.Queue, meta: dict, include_usage: bool,
                 continue
             _, reason, error = event
             if error is not None:
-                yield f"data: {json.dumps(APIError(500, f'generation failed: {error}', type_='server_error').body())}\n\n"
+                log.error("generation failed: %r", error)
+                yield f"data: {json.dumps(APIError(500, 'generation failed', type_='server_error').body())}\n\n"
                 break
             if job.guard.suffix:
                 yield chunk({"content": job.guard.suffix})
@@ -343,5 +430,5 @@ def serve(cfg: ServeConfig) -> None:
     names = ", ".join(served_names(cfg))
     Console(stderr=True).print(f"medtune serve: models [{names}] on http://{cfg.host}:{cfg.port}/v1 "
                                f"(backend {cfg.backend}, batch <= {cfg.max_batch_size}, "
-                               f"API key {'required' if cfg.api_key or os.environ.get('MEDTUNE_API_KEY') else 'off'})", markup=False)
+                               f"API key {'required' if api_key(cfg) else 'off'})", markup=False)
     uvicorn.run(create_app(cfg, engine), host=cfg.host, port=cfg.port, log_level="warning")

@@ -52,6 +52,10 @@ def test_cli_errors_are_clear_and_exit_2(tmp_path, qwen_dir):
     assert r.returncode == 2 and "cannot resolve model" in r.stderr and "Traceback" not in r.stderr
     r = medtune("train", "--model", qwen_dir, "--train-file", tmp_path / "missing.jsonl", "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.stderr
+    binary = tmp_path / "data.jsonl"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # e.g. a zip saved with a .jsonl name
+    r = medtune("train", "--model", qwen_dir, "--train-file", binary, "--output-dir", tmp_path / "o")
+    assert r.returncode == 2 and "data.jsonl" in r.stderr and "binary" in r.stderr and "Traceback" not in r.stderr
     r = medtune("train", "--model", qwen_dir, "--train-file", tmp_path / "x.jsonl", "--launcher", "accelerate")
     assert r.returncode == 2 and "--config-file" in r.stderr
 

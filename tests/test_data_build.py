@@ -243,3 +243,53 @@ def test_audit_is_clean_on_grounded_data(tmp_path):
     assert res.exit_code == 0, res.output
     card = (tmp_path / "run" / "data" / "DATA_CARD.md").read_text()
     assert "clean: no format tokens" in card
+def _request_key(req: dict) -> str:
+    from medtune.llm import cache_key
+
+    return cache_key(req["model"], req["messages"], {k: v for k, v in req.items() if k not in ("model", "messages")})
+
+
+def _cached_keys(db: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return {row[0] for row in con.execute("SELECT key FROM replies")}
+
+
+def test_kill_at_random_points_never_asks_a_saved_answer_again(tmp_path):
+    """issue 11: kill -9 a data build at several random points; a reply in the cache is never requested again.
+
+    The only calls a resumed build may repeat are those whose answers were still on the wire when the
+    process died (at most ``teacher.concurrency`` per kill); every reply is committed before it is used.
+    """
+    import random
+
+    rng, asked = random.Random(11), []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "medtune", "data", "build"]
+
+    def reply(req):
+        asked.append(_request_key(req))
+        return teacher_reply(req)
+
+    with FakeOpenAI(reply=reply, latency_s=0.02) as srv:
+        recipe = write_recipe(tmp_path, srv.base_url)
+        cache = tmp_path / "run" / "data" / "teacher_cache.sqlite"
+        saved_at_kill: list[tuple[int, set[str]]] = []
+        for _ in range(3):
+            target = cache_rows(cache) + rng.randint(2, 12)
+            proc = subprocess.Popen(cmd + [str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 60
+            while cache_rows(cache) < target and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            saved_at_kill.append((len(asked), _cached_keys(cache)))
+        subprocess.run(cmd + [str(recipe)], env=env, check=True, capture_output=True, timeout=120)
+    assert _cached_keys(cache) == set(asked)  # the request keys are the client's cache keys
+    for n, saved in saved_at_kill:
+        assert not saved & set(asked[n:]), "a reply saved before the kill was asked for again"
+    repeats = len(asked) - len(set(asked))
+    assert repeats <= 4 * len(saved_at_kill)  # only answers in flight at a kill
+    assert (tmp_path / "run" / "data" / "train.jsonl").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -77,3 +78,23 @@ def test_eval_safety_cli_reports_each_language(tmp_path):
     result = CliRunner().invoke(app, ["eval", "safety", "--file", str(bad), "--errors"])
     assert "x: expected none, got ['breathing']" in result.output
     assert EVAL_SET.is_file()
+
+
+def test_red_flag_scan_is_linear_in_message_length():
+    # issue 11: "he is not unconscious " x 4000 (88 KB) took 50 s (clause rescan per negated match)
+    for n in (1000, 4000):
+        text = "he is not unconscious " * n
+        start = time.perf_counter()
+        assert detect_red_flags(text) == []
+        assert time.perf_counter() - start < 2.0, n
+    assert detect_red_flags("he is not unconscious " * 4000 + ". Now he is unconscious.") == ["seizure"]
+
+
+def test_guard_scans_only_the_last_scan_chars_of_the_message():
+    cfg = SafetyConfig(scan_chars=200)
+    tail = [{"role": "user", "content": "x " * 1_000_000 + "I can't breathe"}]
+    start = time.perf_counter()
+    assert guard(tail, cfg).flags == ["breathing"]
+    assert time.perf_counter() - start < 1.0
+    head = [{"role": "user", "content": "I can't breathe. " + "x " * 200}]
+    assert guard(head, cfg).flags == [] and guard(head, SafetyConfig()).flags == ["breathing"]

@@ -88,7 +88,7 @@ def test_models_health_metrics(server, client, qwen_dir):
     assert [m.id for m in client.models.list().data] == [str(qwen_dir), "cardio"]
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     client.chat.completions.create(model=str(qwen_dir), messages=HI, max_tokens=4)
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'medtune_requests_total{path="/v1/chat/completions",status="200"}' in text
     for name in ("medtune_request_latency_seconds_count", "medtune_completion_tokens_total",
                  "medtune_prompt_tokens_total", "medtune_request_errors_total"):

@@ -81,3 +81,33 @@ def test_full_finetune_changes_base_weights(qwen_dir, sft_file, tmp_path):
 def test_qlora_without_cuda_fails_clearly(qwen_dir, sft_file, tmp_path):
     with pytest.raises(TrainError, match="CUDA"):
         run_sft(cfg(qwen_dir, sft_file, tmp_path / "o", method="qlora"))
+
+
+def test_gbk_train_file_tokenises_like_utf8(tokenizer, tmp_path):
+    """issue 11: a GBK-encoded training file used to stop with a UnicodeDecodeError traceback."""
+    from medtune.chat_tokens import build_sft_examples
+
+    rows = [{"instruction": "高血压患者应注意什么？", "output": "减少盐的摄入，规律运动，按时服药。"},
+            {"instruction": "糖尿病的诊断标准是什么？", "output": "空腹血糖≥7.0 mmol/L。"}] * 3
+    text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    (tmp_path / "gbk.jsonl").write_bytes(text.encode("gbk"))
+    (tmp_path / "utf8.jsonl").write_text(text, encoding="utf-8")
+    gbk, rejects, stats = build_sft_examples(tmp_path / "gbk.jsonl", tokenizer, 256)
+    assert not rejects and stats.kept == 6
+    assert gbk == build_sft_examples(tmp_path / "utf8.jsonl", tokenizer, 256)[0]
+
+
+def test_resume_skips_an_incomplete_checkpoint_and_reports_whole_run_loss(qwen_dir, sft_file, tmp_path, capsys):
+    """issue 11: --resume picked a newer checkpoint without trainer_state.json; train_loss covered only resumed steps."""
+    out = tmp_path / "out"
+    first = run_sft(cfg(qwen_dir, sft_file, out, max_steps=10, save_steps=5, save_total_limit=None))
+    broken = out / "checkpoint-15"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")  # killed while saving: no trainer_state.json
+    capsys.readouterr()
+    second = run_sft(cfg(qwen_dir, sft_file, out, max_steps=14, save_steps=100, resume=True, save_total_limit=None))
+    err = capsys.readouterr().err
+    assert "skipping" in err and "checkpoint-15" in err and "trainer_state.json" in err
+    assert second["steps"] == 14 and len(second["losses"]) == 4
+    whole = first["losses"] + second["losses"]
+    assert second["train_loss"] == pytest.approx(sum(whole) / len(whole), abs=1e-3)

@@ -171,8 +171,39 @@ def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None
 
 
 def _last_checkpoint(output_dir: Path) -> str | None:
-    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete checkpoint (one with ``trainer_state.json``, written last when saving).
+
+    Newer incomplete ones (a run killed while saving) are skipped, each with a message saying why.
+    """
+    ckpts = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (ckpt / "trainer_state.json").is_file():
+            return str(ckpt)
+        if _is_main():
+            console.print(f"[yellow]--resume: skipping {ckpt}: incomplete, no trainer_state.json "
+                          "(the run was probably stopped while saving it)[/]")
+    return None
+
+
+def _whole_run_loss(resume: str | None, resumed_loss: float, final_step: int) -> float:
+    """Mean training loss over every step of the run, the steps before ``resume`` included.
+
+    ``Trainer`` reports the mean over the resumed steps only; the earlier steps' losses come from
+    the checkpoint's ``trainer_state.json`` ``log_history`` (each logged loss weighted by the
+    steps it covers).
+    """
+    if not resume:
+        return resumed_loss
+    state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))
+    start = int(state.get("global_step", 0))
+    logs = [h for h in state.get("log_history", []) if "loss" in h and h.get("step", 0) <= start]
+    if not logs or final_step <= 0:
+        return resumed_loss
+    covered, total, prev = 0, 0.0, 0
+    for h in logs:
+        covered, total, prev = covered + h["step"] - prev, total + h["loss"] * (h["step"] - prev), h["step"]
+    earlier = total / max(covered, 1)
+    return (earlier * start + resumed_loss * (final_step - start)) / final_step
 
 
 def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, stats: DataStats, history: list[dict]) -> None:
@@ -257,7 +288,8 @@ def run_sft(cfg: TrainConfig) -> dict:
     Args: as :func:`build_trainer`.
 
     Returns:
-        Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``,
+        Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``
+        (mean over the whole run, also after a resume),
         ``eval_loss`` (or None), ``tokens_per_s`` (non-padding), ``peak_mem_gib``, ``seconds``,
         ``examples``, ``rejected``. The adapter (or full model), tokenizer, ``train_config.json``,
         ``medtune_base.json``, ``train_log.json`` and ``train_summary.json`` go to the output dir.
@@ -272,13 +304,14 @@ def run_sft(cfg: TrainConfig) -> dict:
     if cfg.resume and _is_main():
         console.print(f"resuming from {resume}" if resume else "[yellow]--resume: no checkpoint found, starting fresh[/]")
     result = trainer.train(resume_from_checkpoint=resume)
+    train_loss = _whole_run_loss(resume, result.training_loss, trainer.state.global_step)
     eval_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     trainer.save_model(str(output_dir))
     seconds = time.time() - t0
     summary = {
         "output_dir": str(output_dir), "steps": trainer.state.global_step,
         "losses": [h["loss"] for h in callback.history if "loss" in h],
-        "train_loss": result.training_loss, "eval_loss": eval_loss,
+        "train_loss": train_loss, "eval_loss": eval_loss,
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
         "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
@@ -288,6 +321,6 @@ def run_sft(cfg: TrainConfig) -> dict:
         _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         ev = f", eval loss {eval_loss:.4f}" if eval_loss is not None and not math.isnan(eval_loss) else ""
-        console.print(f"[green]trained[/] {summary['steps']} steps in {seconds:.0f} s, train loss {result.training_loss:.4f}{ev}, "
+        console.print(f"[green]trained[/] {summary['steps']} steps in {seconds:.0f} s, train loss {train_loss:.4f}{ev}, "
                       f"peak {summary['peak_mem_gib']} GiB -> {output_dir}")
     return summary
