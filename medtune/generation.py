@@ -7,6 +7,7 @@ generation config's ``eos_token_id``), so a fine-tuned model stops where it was 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from threading import Thread
 from typing import Iterable, Iterator
 
@@ -31,6 +32,41 @@ def stop_ids(model, tokenizer) -> list[int]:
     cfg_eos = getattr(model.generation_config, "eos_token_id", None)
     ids |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos] if cfg_eos is not None else [])
     return sorted(ids)
+
+
+MODEL_DEFAULT_FIELDS = ("temperature", "top_p", "repetition_penalty")
+
+
+def model_settings(model, settings: GenerationSettings) -> GenerationSettings:
+    """``settings`` with every field of :data:`MODEL_DEFAULT_FIELDS` the user did not set taken from the
+    model's own ``generation_config`` (as its authors tuned it, e.g. Qwen2.5's repetition penalty 1.1,
+    temperature 0.7, top-p 0.8), where it has one; medtune's defaults otherwise. Chat, samples,
+    serving and the web UI decode this way; evaluation does not (it stays greedy and reproducible)."""
+    gen = getattr(model, "generation_config", None)
+    given = gen.to_diff_dict() if gen is not None else {}  # only what the model's authors set
+    update = {name: float(given[name]) for name in MODEL_DEFAULT_FIELDS
+              if name not in settings.model_fields_set and isinstance(given.get(name), (int, float))}
+    if "temperature" in update and not given.get("do_sample", False):
+        update["temperature"] = 0.0
+    return settings.model_copy(update=update) if update else settings
+
+
+def ended_at_stop(new_ids: list[int], stops: list[int]) -> bool:
+    """True when generated token ids ``new_ids`` contain an end-of-turn id, i.e. the model stopped by
+    itself before ``max_new_tokens`` (in a batch, rows that stopped are padded after their stop id)."""
+    stop_set = set(stops)
+    return any(t in stop_set for t in new_ids)
+
+
+@dataclass
+class Reply:
+    """One generated reply: its text, whether it ended with an end-of-turn token (None: unknown,
+    e.g. an endpoint), the number of generated tokens and the decoding settings actually used."""
+
+    text: str
+    stopped: bool | None
+    new_tokens: int | None = None
+    settings: dict | None = None
 
 
 def generate_kwargs(model, tokenizer, settings: GenerationSettings) -> dict:
@@ -62,6 +98,7 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
 
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
+    settings = model_settings(model, settings)
     ids = render_prompt(tokenizer, messages).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kw = generate_kwargs(model, tokenizer, settings)
@@ -97,3 +134,20 @@ def drop_partial_tail(pieces: Iterable[str]) -> Iterator[str]:
 def chat_once(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> str:
     """The whole assistant reply to ``messages`` as one string (see :func:`stream_chat`)."""
     return "".join(stream_chat(model, tokenizer, messages, settings))
+
+
+def chat_reply(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> Reply:
+    """The whole assistant reply to ``messages`` with whether it stopped by itself and the decoding
+    settings used (the model's own defaults for fields ``settings`` leaves unset, :func:`model_settings`)."""
+    import torch
+
+    settings = model_settings(model, settings)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    ids = render_prompt(tokenizer, messages).to(model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             **generate_kwargs(model, tokenizer, settings))
+    new = out[0, ids.shape[1]:].tolist()
+    text = tokenizer.decode(new, skip_special_tokens=True).rstrip("\ufffd").strip()
+    return Reply(text, ended_at_stop(new, stop_ids(model, tokenizer)), len(new), settings.model_dump())

@@ -321,7 +321,8 @@ class LLMClient:
 
                 self._local_model = load_chat_model(self.model)
             model, tok = self._local_model
-            settings = GenerationSettings(temperature=p["temperature"], top_p=p["top_p"],
+            # every field given: the reply depends only on the cached request's params (no model defaults)
+            settings = GenerationSettings(temperature=p["temperature"], top_p=p["top_p"], repetition_penalty=1.0,
                                           max_new_tokens=p["max_tokens"], seed=p.get("seed"))
             try:
                 text = chat_once(model, tok, messages, settings)

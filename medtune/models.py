@@ -41,6 +41,8 @@ class Pack:
         size_bytes: size of the whole GGUF file in bytes.
         licence: upstream licence of the weights.
         description: one line for ``medtune models list``.
+        generation: the upstream model's ``generation_config`` decoding defaults, which the GGUF
+            does not carry; set on the loaded model (and so saved with a merged model).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Pack:
     licence: str
     description: str
     gguf_name: str | None = None
+    generation: tuple[tuple[str, object], ...] = ()
 
 
 PACKS: dict[str, Pack] = {
@@ -64,6 +67,9 @@ PACKS: dict[str, Pack] = {
             size_bytes=491_400_064,
             licence="Apache-2.0",
             description="Qwen2.5-Coder-0.5B-Instruct (GGUF Q4, 0.49 B params); ChatML; good zh/ko tokenization. Default.",
+            # Qwen/Qwen2.5-Coder-0.5B-Instruct generation_config.json
+            generation=(("do_sample", True), ("temperature", 0.7), ("top_p", 0.8), ("top_k", 20),
+                        ("repetition_penalty", 1.1)),
         ),
         Pack(
             name="smollm2-135m-instruct",
@@ -314,6 +320,12 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
         )
     except OSError as e:
         raise ModelError(f"cannot load model {spec!r} ({path}): {e}") from None
+    pack = PACKS.get(spec)
+    if pack is not None:
+        given = model.generation_config.to_diff_dict()
+        for key, value in pack.generation:
+            if key not in given:
+                setattr(model.generation_config, key, value)
     if adapter is not None:
         model = attach_adapter(model, Path(adapter))
     return model

@@ -58,29 +58,46 @@ def _merge(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), inputs, lambda: merge_adapter(cfg)
 
 
-def write_samples(model_dir: Path, cfg, out: Path) -> dict:
-    """Answer ``cfg.prompts`` with the model in ``model_dir``; write ``out/samples.jsonl``."""
+def write_samples(model_dir: Path, cfg, out: Path, seed: int | None = None) -> dict:
+    """Answer ``cfg.prompts`` with the model in ``model_dir``; write ``out/samples.jsonl``.
+
+    Decoding fields the recipe leaves unset take the model's own defaults
+    (:func:`medtune.generation.model_settings`); each row records the settings used and the
+    answer's quality flags (stopped, loop, language match; :mod:`medtune.eval.quality`).
+
+    Returns:
+        ``{"samples", "file", "quality", "decoding"}``.
+    """
+    from medtune.eval.quality import answer_quality, quality_summary
+    from medtune.generation import chat_reply
     from medtune.models import load_chat_model
-    from medtune.generation import chat_once
 
     model, tokenizer = load_chat_model(str(model_dir))
+    settings = cfg.generation if cfg.generation.seed is not None or seed is None else cfg.generation.model_copy(update={"seed": seed})
     rows = []
     for prompt in cfg.prompts:
         messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [{"role": "user", "content": prompt}]
         t0 = time.time()
-        rows.append({"prompt": prompt, "answer": chat_once(model, tokenizer, messages, cfg.generation),
-                     "seconds": round(time.time() - t0, 1)})
-        console.print(f"[bold]Q:[/] {prompt}\n[bold]A:[/] {rows[-1]['answer']}\n")
+        reply = chat_reply(model, tokenizer, messages, settings)
+        rows.append({"prompt": prompt, "answer": reply.text, **answer_quality(prompt, reply.text, reply.stopped),
+                     "new_tokens": reply.new_tokens, "seconds": round(time.time() - t0, 1), "decoding": reply.settings})
+        flags = ", ".join(f"{k}={rows[-1][k]}" for k in ("stopped", "loop", "language_match"))
+        console.print(f"[bold]Q:[/] {prompt}\n[bold]A:[/] {reply.text}\n[dim]({flags})[/]\n")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return {"samples": len(rows), "file": str(out / "samples.jsonl")}
+    quality = {k: v["rate"] for k, v in quality_summary(rows).items()}
+    decoding = {k: v for k, v in rows[0]["decoding"].items() if k != "max_new_tokens"} if rows else {}
+    console.print(f"samples: stops {quality['stops']:.2f}, loops {quality['loops']:.2f}, "
+                  f"language match {quality['language_match']:.2f}; decoding {decoding}")
+    return {"samples": len(rows), "file": str(out / "samples.jsonl"), "quality": quality,
+            "decoding": rows[0]["decoding"] if rows else None}
 
 
 def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     model_dir = recipe.stage_dir("merge")
     cfg = recipe.samples
-    return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out)
+    return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out, recipe.seed)
 
 
 def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:

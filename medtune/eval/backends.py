@@ -20,6 +20,7 @@ from typing import Any
 
 from medtune.config import GenerationSettings
 from medtune.errors import EvalError
+from medtune.generation import Reply
 from medtune.manifest import tree_digests
 from medtune.models import model_identity as base_identity
 
@@ -190,15 +191,17 @@ def letter_logprobs(backend: Backend, prompts: list[list[dict]], letters: list[s
     return out
 
 
-def generate_local(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    """Batched generation with the shared decoding settings (:func:`medtune.generation.generate_kwargs`).
+def generate_local(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[Reply]:
+    """Batched generation with the shared decoding settings (:func:`medtune.generation.generate_kwargs`),
+    exactly as given: evaluation does not take the model's sampling defaults, so greedy stays greedy.
 
     Returns:
-        One reply string per prompt (special tokens removed).
+        One :class:`medtune.generation.Reply` per prompt (special tokens removed; ``stopped`` True
+        when the reply ended with an end-of-turn token before ``max_new_tokens``).
     """
     import torch
 
-    from medtune.generation import generate_kwargs, render_prompt
+    from medtune.generation import ended_at_stop, generate_kwargs, render_prompt, stop_ids
 
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -209,7 +212,14 @@ def generate_local(backend: Backend, prompts: list[list[dict]], settings: Genera
     device = backend.model.device
     with torch.no_grad():
         out = backend.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-    return [backend.tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+    stops, used = stop_ids(backend.model, backend.tokenizer), settings.model_dump()
+    replies = []
+    for o in out:
+        new = o[ids.shape[1]:].tolist()
+        stopped = ended_at_stop(new, stops)
+        n = next((i + 1 for i, t in enumerate(new) if t in stops), len(new)) if stopped else len(new)
+        replies.append(Reply(backend.tokenizer.decode(new, skip_special_tokens=True).strip(), stopped, n, used))
+    return replies
 
 
 def generate_endpoint(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings,
@@ -232,8 +242,9 @@ def generate_endpoint(backend: Backend, prompts: list[list[dict]], settings: Gen
     return out
 
 
-def generate(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[str]:
-    """Replies to a batch of prompts from a local model (batched) or an endpoint (concurrent).
+def generate_replies(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[Reply]:
+    """Replies to a batch of prompts from a local model (batched) or an endpoint (concurrent), with
+    whether each stopped by itself (None for endpoints: the shared client does not report it).
 
     Raises:
         EvalError: an endpoint call failed for good (finished items are kept; re-run to resume).
@@ -244,4 +255,9 @@ def generate(backend: Backend, prompts: list[list[dict]], settings: GenerationSe
     if any(r is None for r in replies):
         raise EvalError(f"{backend.name}: endpoint failed: {backend.extra['errors'][-1]}; "
                         "finished items are saved, re-run the same command to resume")
-    return replies
+    return [Reply(r, None, None, settings.model_dump()) for r in replies]
+
+
+def generate(backend: Backend, prompts: list[list[dict]], settings: GenerationSettings) -> list[str]:
+    """Reply texts to a batch of prompts (see :func:`generate_replies`)."""
+    return [r.text for r in generate_replies(backend, prompts, settings)]

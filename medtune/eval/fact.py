@@ -22,8 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from medtune.eval.backends import Backend, generate, load_backend
+from medtune.eval.backends import Backend, generate_replies, load_backend
 from medtune.eval.config import FactConfig
+from medtune.eval.quality import answer_quality, quality_summary
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
@@ -135,8 +136,9 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """Generate answers to the fact questions and score them; write results, predictions and manifest.
 
     Returns:
-        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` (each ``{"n", "k", "rate", "ci95"}``)
-        and the mean per-question ``hit_rate``.
+        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` (each ``{"n", "k", "rate", "ci95"}``),
+        the mean per-question ``hit_rate``, the answers' generation ``quality`` (stops, loops,
+        language match; :mod:`medtune.eval.quality`) and the ``decoding`` settings used.
 
     Raises:
         DataFileError: unreadable input.
@@ -161,9 +163,11 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
         task = bar.add_task(f"fact recall {backend.name}", total=len(items), completed=len(items) - len(todo))
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
-            replies = generate(backend, [sys_msg + [{"role": "user", "content": it["question"]}] for it in batch], settings)
-            rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply,
-                     **score_answer(reply, it["expected"], it["synonyms"]), "run_key": key} for it, reply in zip(batch, replies)]
+            replies = generate_replies(backend, [sys_msg + [{"role": "user", "content": it["question"]}] for it in batch], settings)
+            rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply.text,
+                     **score_answer(reply.text, it["expected"], it["synonyms"]),
+                     **answer_quality(it["question"], reply.text, reply.stopped), "run_key": key}
+                    for it, reply in zip(batch, replies)]
             append_rows(out / "predictions.jsonl", rows)
             done.update({r["id"]: r for r in rows})
             bar.advance(task, len(rows))
@@ -172,6 +176,7 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "n": n, "seed": cfg.seed,
                "mean_hit_rate": round(sum(r["hit_rate"] for r in ordered) / n, 4),
                **{c: proportion(sum(r[c] for r in ordered), n) for c in CRITERIA},
+               "quality": quality_summary(ordered), "decoding": settings.model_dump(),
                "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
     results = finish(out, "fact", config, inputs, results, cfg.seed, started, rejects, ordered,
                      {"questions": n, "computed": len(todo), "wall_s": elapsed(started)})

@@ -10,6 +10,7 @@ forward pass per example.
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 
@@ -47,11 +48,22 @@ def answer_nll(backend: Backend, example: dict) -> tuple[float, int]:
     return float(nll), int((target != IGNORE_INDEX).sum())
 
 
+def perplexity_ci(rows: list[dict], seed: int, resamples: int = 1000) -> list[float]:
+    """95% percentile-bootstrap interval of the token-weighted perplexity over examples (Efron 1979):
+    resample the examples with replacement, ``exp(sum nll / sum tokens)`` each time."""
+    rng, stats = random.Random(seed), []
+    for _ in range(resamples):
+        pick = [rows[rng.randrange(len(rows))] for _ in rows]
+        stats.append(math.exp(sum(r["nll"] for r in pick) / max(1, sum(r["answer_tokens"] for r in pick))))
+    stats.sort()
+    return [round(stats[int(0.025 * resamples)], 3), round(stats[int(0.975 * resamples) - 1], 3)]
+
+
 def run_heldout(backend: Backend, train_cfg: TrainConfig, seed: int, out: Path) -> dict | None:
     """Score the held-out answers with ``backend``; write ``results.json`` (task ``heldout``) to ``out``.
 
     Returns:
-        ``{"n", "tokens", "nll_per_token", "perplexity", ...}``, or None when nothing was held out.
+        ``{"n", "tokens", "nll_per_token", "perplexity", "perplexity_ci95", ...}``, or None when nothing was held out.
     """
     started = time.time()
     found = heldout_examples(train_cfg, backend.tokenizer, seed)
@@ -67,6 +79,7 @@ def run_heldout(backend: Backend, train_cfg: TrainConfig, seed: int, out: Path) 
     total, tokens = sum(r["nll"] for r in rows), sum(r["answer_tokens"] for r in rows)
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(source), "n": len(rows),
                "tokens": tokens, "nll_per_token": round(total / tokens, 4), "perplexity": round(math.exp(total / tokens), 3),
+               "perplexity_ci95": perplexity_ci(rows, seed),
                "seed": seed, "predictions_file": "predictions.jsonl"}
     config = {"source": str(source), "split": "validation_file" if train_cfg.validation_file else
               f"{train_cfg.validation_split_percentage}% seeded split", "max_seq_length": train_cfg.max_seq_length}

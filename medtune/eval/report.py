@@ -160,11 +160,80 @@ def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     return h + f'<img src="{_bars([">=1", ">=1/2", ">=2/3"], series, "share of questions", "Fact recall")}">', md
 
 
+def _ppl(r: dict) -> str:
+    ci = r.get("perplexity_ci95")
+    return f"{r['perplexity']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{r['perplexity']:.2f}"
+
+
 def heldout_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Held-out answer log-likelihood table."""
     rows = [[html.escape(r["model"]), html.escape(r["data"]), str(r["n"]), str(r["tokens"]),
-             f"{r['nll_per_token']:.4f}", f"{r['perplexity']:.2f}", _link(r, base)] for r in results]
-    return _table(["model", "data", "examples", "answer tokens", "NLL / token", "perplexity", "per-item"], rows)
+             f"{r['nll_per_token']:.4f}", _ppl(r), _link(r, base)] for r in results]
+    return _table(["model", "data", "examples", "answer tokens", "NLL / token", "perplexity [95% CI]", "per-item"], rows)
+
+
+def quality_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Generation quality of every set of generated answers (:mod:`medtune.eval.quality`), models side by side."""
+    rows = [[html.escape(r["model"]), html.escape(f"{r['task']}: {Path(r['data']).name}"), str(r["n"]),
+             *(_ci(r["quality"][k]) if r["quality"][k]["n"] else "-" for k in ("stops", "loops", "language_match")),
+             html.escape(_decoding(r.get("decoding"))), _link(r, base)] for r in results if r.get("quality")]
+    return ("", "") if not rows else _table(["model", "answers", "n", "stop before max_new_tokens", "degenerate repetition",
+                   "answer language = question language", "decoding", "per-item"], rows)
+
+
+def _decoding(d: dict | None) -> str:
+    if not d:
+        return "-"
+    mode = "greedy" if not d.get("temperature") else f"T={d['temperature']}, top-p={d['top_p']}"
+    return f"{mode}, repetition penalty {d['repetition_penalty']}, max {d['max_new_tokens']} tokens"
+
+
+def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool) -> str:
+    """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned; a change counts as
+    clear only when the two 95% intervals do not overlap (conservative for independent estimates)."""
+    up = tuned[1] > base[2]
+    down = tuned[2] < base[1]
+    if up or down:
+        return "better" if up == higher_is_better else "WORSE"
+    if tuned[0] == base[0]:
+        return "no change: the fine-tune did not improve this"
+    moved = "higher" if tuned[0] > base[0] else "lower"
+    return f"{moved}, but the 95% CIs overlap: no clear difference, not shown to improve"
+
+
+def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> list[dict]:
+    """Base vs fine-tuned on every measure both have: ``{"measure", "base", "finetuned", "verdict"}``
+    (values as ``(value, low, high)``)."""
+    by = {(r["task"], r["model"], Path(r["data"]).name): r for r in results}
+    out = []
+    for (task, model, data), r in by.items():
+        o = by.get((task, b, data))
+        if model != a or o is None:
+            continue
+        measures = []
+        if task == "mcq":
+            measures.append((f"MCQ accuracy ({data})", lambda x: (x["accuracy"], *x["ci95"]), True))
+        if task == "fact":
+            for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
+                measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True))
+        if task == "heldout" and r.get("perplexity_ci95") and o.get("perplexity_ci95"):
+            measures.append(("held-out answer perplexity", lambda x: (x["perplexity"], *x["perplexity_ci95"]), False))
+        if r.get("quality") and o.get("quality"):
+            for k, label, hib in (("stops", "answers that stop", True), ("loops", "answers that loop", False),
+                                  ("language_match", "answers in the question's language", True)):
+                if r["quality"][k]["n"] and o["quality"][k]["n"]:
+                    measures.append((f"{label} ({task})", lambda x, k=k: (x["quality"][k]["rate"], *x["quality"][k]["ci95"]), hib))
+        for name, get, hib in measures:
+            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib)})
+    return out
+
+
+def comparison_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """The base vs fine-tuned table, with each change said in words."""
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+    rows = [[html.escape(c["measure"]), fmt(c["base"]), fmt(c["finetuned"]), html.escape(c["verdict"])]
+            for c in comparisons(results)]
+    return _table(["measure", "base [95% CI]", "fine-tuned [95% CI]", "fine-tuned vs base"], rows) if rows else ("", "")
 
 
 def judge_section(results: list[dict], base: Path) -> tuple[str, str]:
@@ -213,12 +282,14 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
     by_task = defaultdict(list)
     for r in results:
         by_task[r["task"]].append(r)
-    sections = [("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
-                ("Held-out answers", "heldout", heldout_section), ("LLM-as-judge", "judge", judge_section)]
+    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
+                ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
+                ("LLM-as-judge", "judge", judge_section)]
     body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}\n"]
     for heading, task, fn in sections:
-        if by_task.get(task):
-            h, m = fn(by_task[task], base)
+        chosen = results if task == "*" else by_task.get(task)
+        h, m = fn(chosen, base) if chosen else ("", "")
+        if h:
             body.append(f"<h2>{heading}</h2>{h}")
             md.append(f"## {heading}\n\n{m}")
     output.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -23,7 +23,7 @@ from medtune.eval.config import EvalConfig, FactConfig, McqConfig
 from medtune.eval.fact import run_fact
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
-from medtune.eval.report import write_report
+from medtune.eval.report import collect, comparisons, write_report
 
 console = Console(stderr=True)
 
@@ -55,10 +55,12 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
         r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed,
                                 generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
+        summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
     if cfg.heldout and train is not None:
         r = run_heldout(backend, train, train.seed, out / "heldout" / name)
         if r:
-            summary["heldout"] = {"nll_per_token": r["nll_per_token"], "perplexity": r["perplexity"], "n": r["n"]}
+            summary["heldout"] = {"nll_per_token": r["nll_per_token"], "perplexity": r["perplexity"],
+                                  "perplexity_ci95": r["perplexity_ci95"], "n": r["n"]}
     return summary
 
 
@@ -76,15 +78,19 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
         title: report title.
 
     Returns:
-        ``{"base": {...}, "finetuned": {...}, "report": path}``.
+        ``{"base": {...}, "finetuned": {...}, "comparison": [...], "report": path}``; each
+        comparison is ``{"measure", "base", "finetuned", "verdict"}`` (:func:`medtune.eval.report.comparisons`).
 
     Raises:
         EvalError: no fine-tuned model yet.
         medtune.errors.DataFileError: an evaluation file cannot be read.
     """
     models = {"base": base, "finetuned": finetuned_model(finetuned)}
-    summary = {name: evaluate_model(name, spec, cfg, train, seed, out) for name, spec in models.items()}
+    summary: dict = {name: evaluate_model(name, spec, cfg, train, seed, out) for name, spec in models.items()}
     report = write_report([out], out / "report.html", title)
+    summary["comparison"] = comparisons(collect([out]))
+    for c in summary["comparison"]:
+        console.print(f"  {c['measure']}: base {c['base'][0]:.3f} -> fine-tuned {c['finetuned'][0]:.3f}: {c['verdict']}")
     summary["report"] = report["html"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     console.print(f"eval: report at {report['html']}")
