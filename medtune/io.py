@@ -143,7 +143,7 @@ def read_text(path: Path | str, encoding: str | list[str] | None = None) -> tupl
             raise DataFileError(f"{path}: cannot decode as {encoding!r} ({e}); fix the encoding or remove it to auto-detect") from None
     if path.suffix.lower() in SPREADSHEET_SUFFIXES or raw.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")) and \
             path.suffix.lower() not in (".txt", ".md"):
-        raise DataFileError(f"{path}: a spreadsheet or archive, not text; give it as .xlsx/.xls (read as rows "
+        raise DataFileError(f"{path}: a binary file (spreadsheet or archive), not text; give it as .xlsx/.xls (read as rows "
                             "wherever CSV is) or export it as CSV")
     if b"\x00" in raw[:65536] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataFileError(f"{path}: looks like a binary file (NUL bytes), not text; "
