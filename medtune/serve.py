@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medtune.config import GenerationSettings, ServeConfig
+from medtune.config import EMERGENCY_NUMBERS, GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
 from medtune.safety import guard
 
@@ -83,6 +83,8 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    medtune_locale: str | None = Field(None, description="the user's locale for the emergency number, e.g. en-GB "
+                                                         "(extension; openai client: extra_body={'medtune_locale': ...})")
 
 
 class Metrics:
@@ -159,7 +161,10 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
 
 
 def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
-    g = guard([m.model_dump() for m in req.messages], cfg.safety)
+    if req.medtune_locale is not None and req.medtune_locale not in EMERGENCY_NUMBERS:
+        raise APIError(400, f"unknown medtune_locale {req.medtune_locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}",
+                       param="medtune_locale")
+    g = guard([m.model_dump() for m in req.messages], cfg.safety, locale=req.medtune_locale)
     d = cfg.generation
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
