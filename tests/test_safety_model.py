@@ -59,7 +59,7 @@ def test_split_is_stratified_and_deterministic():
 
 
 def test_training_data_meets_the_issue_counts():
-    recs = safety_model.load_records()
+    recs = safety_model.load_records(sorted(safety_model.DATA_DIR.glob("train_??.jsonl")))
     for lang in ("zh", "ko", "en"):
         mine = [r for r in recs if r["lang"] == lang]
         assert len(mine) >= 600
@@ -107,16 +107,16 @@ def test_rules_run_alone_with_one_warning_when_the_encoder_is_missing(monkeypatc
 @pytest.mark.parametrize("text", [
     "I've been saving up my pills and tonight I'm going to take them all, I've written letters to my kids",
     "我儿子五周大，摸着很烫，量了38.6",
-    pytest.param("수면제 한 통을 다 먹었어요", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): ko scores 0.07 vs threshold 0.0765; 죽겠어요 idiom scores 0.95")),
+    "수면제 한 통을 다 먹었어요",
 ])
 def test_classifier_flags_emergencies_the_rules_miss(text):
     g = guard([{"role": "user", "content": text}], SafetyConfig())
-    assert g.flags and g.layer == "classifier", (g.flags, g.layer, g.score)
+    assert g.flags and "classifier" in g.layer, (g.flags, g.layer, g.score)
 
 
 @encoder
 @pytest.mark.parametrize("lang, emergency, ordinary", [
-    pytest.param("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): ko scores 0.07 vs threshold 0.0765; 죽겠어요 idiom scores 0.95")),
+    pytest.param("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): the 죽겠어요 idiom scores higher (0.82) than the overdose (0.52)")),
     ("zh", "我儿子五周大，摸着很烫，量了38.6", "累死了，今天加班到十点"),
     ("en", "my dad collapsed and I can't wake him up", "What's a normal resting heart rate for an adult?"),
 ])
