@@ -17,6 +17,7 @@
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
+| ``safety train``         | :func:`medtune.safety_model.train_classifier` |            |
 
 Every stage command is made the same way (:func:`_stage_command`): an optional YAML recipe,
 ``--set SECTION.FIELD=VALUE`` overrides, and one option per field of the section's config
@@ -59,6 +60,8 @@ eval_app = typer.Typer(help="Evaluate models: multiple-choice benchmarks, fact r
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+safety_app = typer.Typer(help="Clinical safety layer: the learned red-flag classifier.", no_args_is_help=True)
+app.add_typer(safety_app, name="safety")
 err = Console(stderr=True)
 ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate_configs"
 SCALARS = (str, int, float, bool, Path)
@@ -377,22 +380,61 @@ def report(runs: List[Path] = typer.Argument(..., help="Directories holding resu
 
 @eval_app.command("safety")
 @friendly_errors
-def eval_safety(file: Optional[Path] = typer.Option(None, help="Labelled JSONL set (default: the shipped one)."),
+def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSONL set (default: the shipped rule set, "
+                                                                "the training validation split and the held-out test set)."),
+                classifier: bool = typer.Option(True, help="Also run the learned classifier (--no-classifier: rules only)."),
                 errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
-    """Precision and recall of the clinical red-flag detector per language (zh, ko, en)."""
-    from medtune.safety import EVAL_SET, evaluate_safety
+    """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category."""
+    from medtune.config import SafetyConfig
+    from medtune.safety import EVAL_SET, evaluate_safety, load_eval_set
+    from medtune.safety_model import HELDOUT_FILES, load_records, split
 
-    result = evaluate_safety(file or EVAL_SET)
-    table = Table(title=f"red-flag detection on {file or EVAL_SET}")
-    for col in ("lang", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
+    sets = {str(file): load_eval_set(file)} if file else {
+        f"shipped rule set {EVAL_SET.name}": load_eval_set(EVAL_SET),
+        "training validation split (20%, seed 0)": split(load_records())[1],
+        "held-out test set (heldout/test_*.jsonl)": load_records(HELDOUT_FILES)}
+    for name, records in sets.items():
+        result = evaluate_safety(records=records, cfg=SafetyConfig(classifier=classifier))
+        _print_safety(name, result, errors)
+
+
+def _print_safety(name: str, result: dict, errors: bool) -> None:
+    table = Table(title=f"red-flag detection: {name}")
+    for col in ("lang", "detector", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
         table.add_column(col)
-    for lang, r in result.items():
-        table.add_row(lang, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
-                      f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
+    for lang in ("zh", "ko", "en"):
+        for detector in ("rules", "classifier", "combined"):
+            r = result[detector].get(lang)
+            if r:
+                table.add_row(lang, detector, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
+                              f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
     Console().print(table)
-    for lang, r in result.items():
-        for item_id, expected, got in r["errors"] if errors else []:
-            Console().print(f"{item_id}: expected {expected or 'none'}, got {got or 'none'}")
+    cats = Table(title=f"per category (all languages): {name} — recall / category agreement / precision")
+    cats.add_column("category")
+    for detector in ("rules", "classifier", "combined"):
+        cats.add_column(detector)
+    for c in sorted(result["categories"]["combined"]):
+        cells = [result["categories"][d].get(c) for d in ("rules", "classifier", "combined")]
+        cats.add_row(f"{c} (n={cells[2]['n']})", *[f"{x['recall']:.2f} / {x['agree']:.2f} / {x['precision']:.2f}"
+                                                   if x else "-" for x in cells])
+    Console().print(cats)
+    for detector in ("rules", "classifier", "combined") if errors else ():
+        for lang, r in result[detector].items():
+            for item_id, expected, got in r["errors"]:
+                Console().print(f"[{detector}] {item_id}: expected {expected or 'none'}, got {got or 'none'}", markup=False)
+
+
+@safety_app.command("train")
+@friendly_errors
+def safety_train(files: List[Path] = typer.Argument(None, help="Labelled JSONL files (default: the shipped train_*.jsonl; "
+                                                                "add your own file beside them to extend)."),
+                 output: Path = typer.Option(None, help="Weights file (default: the shipped medtune/data/safety/classifier.npz)."),
+                 seed: int = typer.Option(0, help="Seed of the 80/20 train/validation split.")) -> None:
+    """Refit the learned red-flag classifier and write its weights; prints the validation thresholds and metrics."""
+    from medtune.safety_model import WEIGHTS, train_classifier
+
+    report = train_classifier(files or None, output or WEIGHTS, seed=seed)
+    Console().print_json(json.dumps(report))
 
 
 def quiet_libraries() -> None:

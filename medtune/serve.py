@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medtune.config import GenerationSettings, ServeConfig
+from medtune.config import EMERGENCY_NUMBERS, GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
 from medtune.errors import ConfigError
 from medtune.safety import guard
@@ -94,6 +94,8 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    medtune_locale: str | None = Field(None, description="the user's locale for the emergency number, e.g. en-GB "
+                                                         "(extension; openai client: extra_body={'medtune_locale': ...})")
 
 
 class Metrics:
@@ -200,8 +202,12 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
 
 
 def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
+    if req.medtune_locale is not None and req.medtune_locale not in EMERGENCY_NUMBERS:
+        raise APIError(400, f"unknown medtune_locale {req.medtune_locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}",
+                       param="medtune_locale")
     messages = [m.model_dump() for m in req.messages]
-    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}))  # system prompt + disclaimer only
+    # system prompt + disclaimer only: the red-flag scan waits until the cheap checks have passed
+    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}), locale=req.medtune_locale)
     d = cfg.generation
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
@@ -211,7 +217,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
                             f"{len(prompt_ids)} and max_tokens asks for {wanted or 1} more", param="messages",
                        code="context_length_exceeded")
     if cfg.safety.enabled:
-        g = guard(messages, cfg.safety)  # the red-flag scan, once the cheap checks have passed
+        g = guard(messages, cfg.safety, locale=req.medtune_locale)
     settings = GenerationSettings(
         temperature=d.temperature if req.temperature is None else req.temperature,
         top_p=d.top_p if req.top_p is None else req.top_p,

