@@ -204,7 +204,7 @@ def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float],
 def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> list[dict]:
     """Base vs fine-tuned on every measure both have: ``{"measure", "base", "finetuned", "verdict"}``
     (values as ``(value, low, high)``)."""
-    by = {(r["task"], r["model"], Path(r["data"]).name): r for r in results}
+    by = {(r["task"], r["model"], Path(r["data"]).name): r for r in results if "model" in r}  # judge runs have none
     out = []
     for (task, model, data), r in by.items():
         o = by.get((task, b, data))
