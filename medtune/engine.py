@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from transformers import StoppingCriteria, StoppingCriteriaList
+
 from medtune.config import GenerationSettings, ServeConfig
 from medtune.generation import generate_kwargs, render_prompt, stop_ids
 from medtune.models import ModelError, attach_adapter, load_model, load_tokenizer
@@ -61,6 +63,19 @@ class Job:
             return (self.adapter, "greedy", s.repetition_penalty)
         return (self.adapter, s.temperature, s.top_p, s.repetition_penalty, s.seed if s.seed is not None else "any",
                 id(self) if s.seed is not None else 0)
+
+
+class _RowsDone(StoppingCriteria):
+    """Stops ``generate`` per row: feeds each row's newest token to :meth:`Engine._step`."""
+
+    def __init__(self, engine: "Engine", batch: list[Job]):
+        self.engine, self.batch = engine, batch
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        last = input_ids[:, -1].tolist()
+        return torch.tensor([self.engine._step(job, tok) for job, tok in zip(self.batch, last)], device=input_ids.device)
 
 
 class Engine:
@@ -151,24 +166,17 @@ class Engine:
     def _run(self, batch: list[Job]) -> None:
         """Decode ``batch`` in one left-padded ``generate`` call; rows stream through :meth:`_step`."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         width = max(len(j.prompt_ids) for j in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch])
         settings = batch[0].settings.model_copy(update={"max_new_tokens": max(j.settings.max_new_tokens for j in batch)})
-        engine = self
-
-        class RowsDone(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                last = input_ids[:, -1].tolist()
-                return torch.tensor([engine._step(job, tok) for job, tok in zip(batch, last)], device=input_ids.device)
 
         with self._use_adapter(batch[0].adapter) as model, torch.no_grad(), _seeded(settings.seed, model.device):
             kw = generate_kwargs(model, self.tokenizer, settings)
             model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           stopping_criteria=StoppingCriteriaList([RowsDone()]), **kw)
+                           stopping_criteria=StoppingCriteriaList([_RowsDone(self, batch)]), **kw)
         for job in batch:
             if not job.done:
                 self._finish(job, "length")

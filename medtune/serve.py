@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medtune.config import EMERGENCY_NUMBERS, GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
 from medtune.errors import ConfigError
-from medtune.safety import guard
+from medtune.safety import Guard, guard
 
 try:
     from fastapi import FastAPI, Request
@@ -166,8 +166,9 @@ def served_names(cfg: ServeConfig) -> list[str]:
     return [str(cfg.model)] + list(cfg.adapters)
 
 
-def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatRequest, Job]:
-    """Validate a request body and turn it into an engine :class:`Job` (callbacks not yet set).
+def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatRequest, Job, Guard]:
+    """Validate a request body and turn it into an engine :class:`Job` (callbacks not yet set) and the
+    safety :class:`~medtune.safety.Guard` whose prefix/suffix wrap the answer.
 
     Raises:
         APIError: 400 for malformed JSON, bad fields, wrong roles, unsupported features or a
@@ -198,10 +199,10 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
     if req.model not in names:
         raise APIError(404, f"model {req.model[:100]!r} not found; available: {', '.join(names)}", param="model",
                        code="model_not_found")
-    return req, _job(req, cfg, engine)
+    return (req, *_job(req, cfg, engine))
 
 
-def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
+def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard]:
     if req.medtune_locale is not None and req.medtune_locale not in EMERGENCY_NUMBERS:
         raise APIError(400, f"unknown medtune_locale {req.medtune_locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}",
                        param="medtune_locale")
@@ -226,8 +227,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> Job:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     job = Job(g.messages, settings, adapter=None if req.model == str(cfg.model) else req.model,
               stop=[s for s in stop if s], prompt_ids=prompt_ids)
-    job.guard = g
-    return job
+    return job, g
 
 
 def create_app(cfg: ServeConfig, engine: Engine):
@@ -264,7 +264,7 @@ def create_app(cfg: ServeConfig, engine: Engine):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await _read_body(request, cfg.max_body_bytes)
-        req, job = await asyncio.to_thread(parse_request, raw, cfg, engine)
+        req, job, g = await asyncio.to_thread(parse_request, raw, cfg, engine)
         if engine.queue_depth() >= cfg.max_queue:
             raise APIError(429, "server busy: too many queued requests, retry later", type_="rate_limit_error")
         events = _attach_queue(job)
@@ -273,8 +273,8 @@ def create_app(cfg: ServeConfig, engine: Engine):
         meta = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model)
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_sse(job, events, meta, usage, metrics), media_type="text/event-stream")
-        return await _complete(request, job, events, meta, metrics)
+            return StreamingResponse(_sse(job, g, events, meta, usage, metrics), media_type="text/event-stream")
+        return await _complete(request, job, g, events, meta, metrics)
 
     metrics.paths = {route.path for route in app.routes}
     return app
@@ -363,9 +363,9 @@ def _usage(job: Job) -> dict:
     return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": n, "total_tokens": len(job.prompt_ids) + n}
 
 
-async def _complete(request, job: Job, events: asyncio.Queue, meta: dict, metrics: Metrics):
+async def _complete(request, job: Job, g: Guard, events: asyncio.Queue, meta: dict, metrics: Metrics):
     """Wait for the whole answer (cancelling the job if the client goes away) and return one JSON object."""
-    pieces = [job.guard.prefix]
+    pieces = [g.prefix]
     while True:
         try:
             event = await asyncio.wait_for(events.get(), timeout=1.0)
@@ -382,13 +382,13 @@ async def _complete(request, job: Job, events: asyncio.Queue, meta: dict, metric
             raise APIError(500, "generation failed", type_="server_error")
         break
     metrics.completion_tokens += len(job.tokens)
-    text = "".join(pieces) + job.guard.suffix
+    text = "".join(pieces) + g.suffix
     return JSONResponse({**meta, "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
         "usage": _usage(job)})
 
 
-async def _sse(job: Job, events: asyncio.Queue, meta: dict, include_usage: bool, metrics: Metrics):
+async def _sse(job: Job, g: Guard, events: asyncio.Queue, meta: dict, include_usage: bool, metrics: Metrics):
     """Server-Sent Events in OpenAI's chunk format; a client that goes away cancels the job (frees its row)."""
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
         body: dict[str, Any] = {**meta, "object": "chat.completion.chunk",
@@ -399,8 +399,8 @@ async def _sse(job: Job, events: asyncio.Queue, meta: dict, include_usage: bool,
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        if job.guard.prefix:
-            yield chunk({"content": job.guard.prefix})
+        if g.prefix:
+            yield chunk({"content": g.prefix})
         while True:
             event = await events.get()
             if event[0] == "text":
@@ -411,8 +411,8 @@ async def _sse(job: Job, events: asyncio.Queue, meta: dict, include_usage: bool,
                 log.error("generation failed: %r", error)
                 yield f"data: {json.dumps(APIError(500, 'generation failed', type_='server_error').body())}\n\n"
                 break
-            if job.guard.suffix:
-                yield chunk({"content": job.guard.suffix})
+            if g.suffix:
+                yield chunk({"content": g.suffix})
             yield chunk({}, finish=reason)
             if include_usage:
                 yield chunk({}, usage=_usage(job))
