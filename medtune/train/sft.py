@@ -1,5 +1,8 @@
 """The SFT run: LoRA / QLoRA / full fine-tuning of any causal LM with trl's SFTTrainer + peft.
 
+The same run serves continued pre-training (``objective: pt``): only the data differs (raw text
+chunks with every token labelled, :mod:`medtune.train.pt`).
+
 medtune tokenizes the data itself (see :mod:`medtune.chat_tokens`) so the loss covers
 assistant tokens only, including each turn's end-of-turn token, and hands trl a dataset with
 ``input_ids`` and ``labels``. Packing uses trl's best-fit-decreasing packer with per-example
@@ -24,6 +27,7 @@ from medtune.config import TrainConfig
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.chat_tokens import DataStats, build_sft_examples
 from medtune.io import held_out_split, write_rejects
+from medtune.train.pt import build_pt_examples
 from medtune.train.speed import prepare_model, trainer_class
 
 console = Console(stderr=True)
@@ -123,17 +127,18 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     """
     from datasets import Dataset
 
+    build = build_pt_examples if cfg.objective == "pt" else build_sft_examples
     files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
     train, rejects, stats = [], [], DataStats()
     for f in files:
-        ex, rej, st = build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+        ex, rej, st = build(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
         train, rejects = train + ex, rejects + rej
         for key in ("read", "kept", "truncated", "tokens", "label_tokens"):
             setattr(stats, key, getattr(stats, key) + getattr(st, key))
         stats.rejected.update(st.rejected)
     evals = None
     if cfg.validation_file:
-        evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
+        evals, ev_rejects, _ = build(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
         rejects += ev_rejects
     elif cfg.validation_split_percentage > 0:
         keep, held = held_out_split(len(train), cfg.validation_split_percentage, seed)
@@ -209,7 +214,7 @@ def _whole_run_loss(resume: str | None, resumed_loss: float, final_step: int) ->
 def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, stats: DataStats, history: list[dict]) -> None:
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     (output_dir / "medtune_base.json").write_text(json.dumps(
-        {"model": model_spec, "method": cfg.method, "fingerprint": base_fingerprint(base.config)}, indent=2))
+        {"model": model_spec, "method": cfg.method, "objective": cfg.objective, "fingerprint": base_fingerprint(base.config)}, indent=2))
     (output_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     (output_dir / "train_log.json").write_text(json.dumps({"data": {**stats.__dict__, "rejected": dict(stats.rejected)},
                                                           "history": history}, indent=2, default=str))
