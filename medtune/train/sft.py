@@ -148,11 +148,13 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
 
 
-def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
+def common_args(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool) -> dict:
+    """``TrainingArguments`` fields every objective shares (optimiser, schedule, batch, precision,
+    logging, checkpoints), set explicitly so trl's per-trainer defaults (DPO: bf16 and gradient
+    checkpointing on) never differ between objectives."""
     import torch
-    from trl import SFTConfig
 
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir), seed=seed, data_seed=seed,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -160,7 +162,6 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_seq_length, packing=cfg.packing,
         gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, logging_first_step=True,
@@ -168,6 +169,12 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         report_to="none", disable_tqdm=True, dataset_num_proc=None, torch_compile=cfg.torch_compile,
     )
+
+
+def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(**common_args(cfg, output_dir, seed, has_eval), max_length=cfg.max_seq_length, packing=cfg.packing)
 
 
 def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
@@ -288,22 +295,37 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
 
 
 def run_sft(cfg: TrainConfig) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.train_file`` and save the adapter or full model.
+    """Fine-tune ``cfg.model`` on ``cfg.train_file`` (objective sft or pt) and save the adapter or full model.
 
     Args: as :func:`build_trainer`.
+
+    Returns: as :func:`train_and_save`.
+
+    Raises:
+        As :func:`build_trainer`.
+    """
+    return train_and_save(cfg, build_trainer)
+
+
+def train_and_save(cfg: TrainConfig, build) -> dict:
+    """Build a trainer with ``build(cfg)``, train (resuming when asked), save, and summarise.
+
+    Every objective's run goes through here, so all write the same files and summary.
+
+    Args:
+        cfg: the resolved train config.
+        build: ``build(cfg) -> (trainer, DataStats, RichLogCallback)``, e.g. :func:`build_trainer`.
 
     Returns:
         Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``
         (mean over the whole run, also after a resume),
         ``eval_loss`` (or None), ``tokens_per_s`` (non-padding), ``peak_mem_gib``, ``seconds``,
-        ``examples``, ``rejected``. The adapter (or full model), tokenizer, ``train_config.json``,
+        ``examples``, ``rejected``, ``last_log`` (the last logged metrics: rewards/margins for
+        dpo, reward for grpo ...). The adapter (or full model), tokenizer, ``train_config.json``,
         ``medtune_base.json``, ``train_log.json`` and ``train_summary.json`` go to the output dir.
-
-    Raises:
-        As :func:`build_trainer`.
     """
     t0 = time.time()
-    trainer, stats, callback = build_trainer(cfg)
+    trainer, stats, callback = build(cfg)
     output_dir = Path(cfg.output_dir)
     resume = _last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and _is_main():
@@ -320,7 +342,9 @@ def run_sft(cfg: TrainConfig) -> dict:
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
         "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
-        "speed": trainer.medtune_speed,
+        "speed": getattr(trainer, "medtune_speed", None), "objective": cfg.objective,
+        "last_log": next(({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in reversed(callback.history)
+                          if "loss" in h), {}),
     }
     if trainer.is_world_process_zero():
         _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)
