@@ -63,3 +63,48 @@ def test_kto_and_orpo_train_and_the_loss_falls(objective, qwen_dir, pair_file, t
     train_and_check_adapter_only(trainer)
     losses = [h["loss"] for h in cb.history if "loss" in h]
     assert mean(losses[-3:]) < mean(losses[:3]) - 0.1
+
+
+def test_medical_rewards_score_verifiable_answers():
+    from medtune.rewards import fact_recall, format_reward, mcq_letter, urgent_care
+
+    msg = lambda t: [{"role": "assistant", "content": t}]  # noqa: E731
+    opts = {"A": "Aspirin", "B": "Metformin", "C": "Insulin"}
+    comps = [msg("Answer: B"), msg("A."), msg("I am not sure."), msg("Metformin and diet.")]
+    n = len(comps)
+    assert mcq_letter([None] * n, comps, answer=["B", "B", "B", None], options=[opts, opts, opts, None]) == [1.0, 0.0, 0.0, None]
+    assert fact_recall([None] * n, comps, expected=[None, None, None, ["metformin", "exercise"]],
+                       synonyms=[None, None, None, {"exercise": ["diet"]}]) == [None, None, None, 1.0]
+    assert format_reward([None] * n, comps, options=[opts, opts, opts, None]) == [1.0, 1.0, 0.0, 1.0]
+    assert format_reward([None], [msg("x<|im_end|>")]) == [0.0]
+    red, benign = [{"role": "user", "content": "I have crushing chest pain and sweating."}], [{"role": "user", "content": "How should I store insulin?"}]
+    assert urgent_care([red, red, benign, benign], [msg("Call 911 now."), msg("Rest."), msg("Call 911 now."), msg("In the fridge.")]) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_grpo_mean_reward_grows_on_a_toy_verifiable_task(tmp_path, tokenizer):
+    """A random 2-layer model cannot answer medical questions, so the toy task is one it can learn in
+    seconds: reward = share of completion tokens in the lower half of the vocabulary (~0.5 at random).
+    The output layer gets std-0.3 weights (conftest's 0.02 leaves logits so flat, ~0.16 std, that no
+    hidden state can steer them and the reward cannot move with LoRA on the blocks alone)."""
+    from conftest import build_model
+    from medtune.train.grpo import build_grpo_trainer
+
+    model = build_model("qwen2", len(tokenizer))
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.3)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    half = len(tokenizer) // 2
+
+    def low_tokens(prompts, completions, completion_ids, **_):
+        return [sum(i < half for i in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in PROMPTS) + "\n", encoding="utf-8")
+    trainer, stats, cb = build_grpo_trainer(cfg(tmp_path / "m", data, tmp_path / "o", objective="grpo", max_steps=16, learning_rate=5e-2,
+                                                lr_scheduler_type="constant", per_device_train_batch_size=8, num_generations=4,
+                                                max_completion_length=16), reward_funcs=[low_tokens])
+    train_and_check_adapter_only(trainer)
+    rewards = [h["reward"] for h in cb.history if "reward" in h]
+    assert len(rewards) == 16 and "rewards/low_tokens/mean" in cb.history[-2]
+    assert mean(rewards[-4:]) > mean(rewards[:4]) + 0.25
