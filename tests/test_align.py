@@ -108,3 +108,34 @@ def test_grpo_mean_reward_grows_on_a_toy_verifiable_task(tmp_path, tokenizer):
     rewards = [h["reward"] for h in cb.history if "reward" in h]
     assert len(rewards) == 16 and "rewards/low_tokens/mean" in cb.history[-2]
     assert mean(rewards[-4:]) > mean(rewards[:4]) + 0.25
+
+
+def test_recipe_chains_sft_then_dpo_with_manifests_and_cli_objective(qwen_dir, pair_file, sft_file, tmp_path):
+    """`medtune run`: train (sft) -> merge -> align (dpo on the merged model) -> align-merged; a rerun skips
+    every stage; `medtune train RECIPE --set train.objective=dpo` trains DPO through the generated CLI."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    out = tmp_path / "run"
+    common = dict(max_steps=2, per_device_train_batch_size=4, save_steps=100, max_seq_length=128)
+    recipe = {"model": str(qwen_dir), "output_dir": str(out), "seed": 1,
+              "train": {"train_file": str(sft_file), **common}, "merge": {},
+              "align": {"train_file": str(pair_file), **common}}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    first = CliRunner().invoke(app, ["run", str(path)])
+    assert first.exit_code == 0, first.output
+    align_cfg = json.loads((out / "align" / "train_config.json").read_text())
+    assert align_cfg["objective"] == "dpo" and align_cfg["model"] == str(out / "merged")
+    assert json.loads((out / "align" / "medtune_base.json").read_text())["model"] == str(out / "merged")
+    assert (out / "align-merged" / "config.json").is_file()
+    assert all(json.loads((out / d / "manifest.json").read_text())["stage"] == s
+               for d, s in (("adapter", "train"), ("merged", "merge"), ("align", "align")))
+    again = CliRunner().invoke(app, ["run", str(path)])
+    assert again.exit_code == 0 and again.output.count("up to date") == 3, again.output
+    dpo = CliRunner().invoke(app, ["train", str(path), "--set", "train.objective=dpo", "--train-file", str(pair_file),
+                                   "--output-dir", str(tmp_path / "cli-dpo")])
+    assert dpo.exit_code == 0, dpo.output
+    assert json.loads((tmp_path / "cli-dpo" / "train_summary.json").read_text())["objective"] == "dpo"
