@@ -5,7 +5,7 @@
 | ``models list``          | :func:`medtune.models.pack_status`        |                |
 | ``models prepare NAME``  | :func:`medtune.models.prepare_pack`       |                |
 | ``data build RECIPE``    | :func:`medtune.data.build.build_data`     | ``data``       |
-| ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`         | ``train``      |
+| ``train [RECIPE]``       | :func:`medtune.train.objectives.run_training` | ``train``  |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
 | ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
@@ -242,9 +242,9 @@ def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
                config_file: Optional[str] = None) -> None:
     if launcher == "accelerate":
         raise typer.Exit(_launch_accelerate(config_file))
-    from medtune.train.sft import run_sft
+    from medtune.train.objectives import run_training
 
-    run_sft(resolve(r, create=("train",)).train)
+    run_training(resolve(r, create=("train",)).train)
 
 
 def _launch_accelerate(config_file: Optional[str]) -> int:
@@ -307,7 +307,7 @@ _stage_command(data_app, "build", "data", DataConfig, _run_data,
 _stage_command(app, "train", "train", TrainConfig, _run_train,
                extra={"launcher": (str, typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node).")),
                       "config_file": (Optional[str], typer.Option(None, help="accelerate config: a path or a shipped name (ddp, fsdp, zero2, zero3, cpu2)."))},
-               help="Fine-tune a model (LoRA, QLoRA or full) on Alpaca or messages data.")
+               help="Train a model: --objective sft (default), pt, dpo, kto, orpo or grpo, through --method lora (default), qlora or full. See docs/training.md.")
 _stage_command(app, "merge", "merge", MergeConfig, _run_merge,
                help="Merge a LoRA adapter into its base and check adapter-vs-merged logit parity.")
 _stage_command(app, "chat", "chat", ChatConfig, _run_chat,
@@ -326,7 +326,7 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
         force: bool = typer.Option(False, "--force", help="Redo stages even when up to date."),
         only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these stages (repeatable)."),
         ) -> None:
-    """Run a recipe's stages in order (data -> train -> merge -> samples -> eval), skipping up-to-date ones."""
+    """Run a recipe's stages in order (data -> pretrain -> train -> merge -> align -> samples -> eval), skipping up-to-date ones."""
     from medtune.run import run_recipe
 
     r = load_recipe(recipe, sets)

@@ -70,11 +70,27 @@ class SafetyConfig(Section):
         return v
 
 
+Objective = Literal["sft", "pt", "dpo", "kto", "orpo", "grpo"]
+
+
 class TrainConfig(Section):
-    """Supervised fine-tuning (LoRA, QLoRA or full) with trl's SFTTrainer."""
+    """One training run: an *objective* (what is learned: sft, pt, dpo, kto, orpo, grpo) through an
+    adapter *method* (how the weights are changed: lora, qlora, full); the two are orthogonal.
+
+    Why one section with an ``objective`` field rather than one section per method: every objective
+    shares the same model, adapter, optimiser, schedule, batch, logging and checkpoint fields, so a
+    second section per method would copy forty fields to add three. ``method`` keeps its old
+    meaning (lora|qlora|full), so every existing recipe still reads the same. A recipe that chains
+    objectives (``pt -> sft -> dpo``) gives each link its own section of this type: ``pretrain:``,
+    ``train:`` and ``align:`` (see :mod:`medtune.recipe`). Objective-specific fields are named as in
+    trl (``beta``, ``num_generations``, ``max_completion_length``, ``desirable_weight`` ...) and are
+    ignored by the objectives that have no use for them.
+    """
+
+    objective: Objective = Field("sft", description="What is learned: sft (chat answers, assistant-only loss); pt (continued pre-training on raw text, loss on every token); dpo, kto, orpo (preference pairs / labelled completions); grpo (RL with verifiable rewards). See docs/training.md.")
 
     model: str | None = Field(None, description="Base model; defaults to the recipe's `model`.")
-    train_file: Path | list[Path] = Field(Path("examples/medical_qa.jsonl"), description="Training data: JSONL/JSON file(s) in Alpaca (instruction/input/output) or messages form.")
+    train_file: Path | list[Path] = Field(Path("examples/medical_qa.jsonl"), description="Training data. sft: JSONL/JSON in Alpaca (instruction/input/output) or messages form; pt: .txt/.md text or JSONL with a `text` field; dpo/orpo: {prompt|messages, chosen, rejected} or {question, response_chosen, response_rejected}; kto: {prompt, completion, label}; grpo: {prompt|question, answer|expected, options?}.")
     validation_file: Path | None = Field(None, description="Optional validation data in the same forms; enables eval loss.")
     validation_split_percentage: float = Field(0.0, ge=0.0, lt=50.0, description="Percent of train_file held out for eval loss when no validation_file is given.")
     output_dir: Path | None = Field(None, description="Where the adapter, tokenizer and checkpoints go; defaults to <recipe output_dir>/adapter.")
@@ -111,6 +127,14 @@ class TrainConfig(Section):
     chat_template: Path | None = Field(None, description="Jinja chat template file, for models whose tokenizer has none.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (only when you trust it).")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples of each file (smoke runs).")
+    beta: float | None = Field(None, ge=0.0, description="dpo/kto/orpo/grpo: strength of the pull towards the reference model (dpo, kto; grpo's KL coefficient) or of the odds-ratio term (orpo); null: trl's default (0.1; grpo 0.0).")
+    dpo_loss_type: str = Field("sigmoid", description="dpo: trl loss_type (sigmoid = DPO; ipo, hinge, robust, ...).")
+    desirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the loss on desirable (label true) completions.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the loss on undesirable (label false) completions.")
+    num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group whose rewards are compared).")
+    max_completion_length: int = Field(128, ge=1, description="grpo: longest sampled completion in tokens; orpo: longest completion kept.")
+    temperature: float = Field(1.0, gt=0.0, description="grpo: sampling temperature of the completions.")
+    reward_funcs: list[str] = Field(default_factory=lambda: ["mcq_letter", "fact_recall", "format"], description="grpo: reward function names from medtune.rewards.REWARDS (mcq_letter, fact_recall, format, urgent_care, ...); each is applied to every completion and the rewards are summed.")
 
 
 class MergeConfig(Section):

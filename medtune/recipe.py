@@ -32,7 +32,8 @@ from medtune.errors import ConfigError
 from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
-STAGE_DIRS = {"data": "data", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval"}
+STAGE_DIRS = {"data": "data", "pretrain": "pretrain", "train": "adapter", "merge": "merged", "align": "align",
+              "samples": "samples", "eval": "eval"}
 
 
 class Recipe(Section):
@@ -43,8 +44,10 @@ class Recipe(Section):
     output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
     seed: int = Field(42, description="Seed for every stage.")
     data: DataConfig | None = None
+    pretrain: TrainConfig | None = Field(None, description="Continued pre-training before `train` (objective pt unless set); `train` then starts from its merged model.")
     train: TrainConfig | None = None
     merge: MergeConfig | None = None
+    align: TrainConfig | None = Field(None, description="Preference / RL tuning after `merge` (objective dpo unless set), starting from the merged SFT model; its adapter is merged into <output_dir>/align-merged.")
     samples: SamplesConfig | None = None
     chat: ChatConfig | None = None
     serve: ServeConfig | None = None
@@ -73,6 +76,20 @@ def data_stage_files(recipe: Recipe) -> dict:
     return update
 
 
+def _chained(recipe: Recipe, t: TrainConfig, stage: str, objective: str, start: str) -> TrainConfig:
+    """A training section of a chain with its defaults: objective, model (``start``), output dir, seed."""
+    return t.model_copy(update={"objective": t.objective if "objective" in t.model_fields_set else objective,
+                                "model": t.model or start, "output_dir": t.output_dir or recipe.stage_dir(stage),
+                                "seed": t.seed if "seed" in t.model_fields_set else recipe.seed})
+
+
+def pretrained_model(recipe: Recipe) -> str:
+    """The model the pretrain stage leaves: its merged adapter, or its output itself for full fine-tuning."""
+    pre = recipe.pretrain
+    out = pre.output_dir or recipe.stage_dir("pretrain")
+    return str(out) if pre.method == "full" else str(recipe.output_dir / "pretrain-merged")
+
+
 def _default_model(recipe: Recipe, prefer_merged: bool) -> str:
     merged = recipe.stage_dir("merge")
     return str(merged) if prefer_merged and merged.is_dir() else recipe.model
@@ -85,7 +102,11 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``train.model`` -> the recipe's ``model``; ``train.output_dir`` -> ``<output_dir>/adapter``;
       ``train.seed`` -> the recipe's ``seed`` unless set; ``train_file`` / ``validation_file``
       -> the data stage's outputs when the recipe has a ``data`` section and names no files;
+    - ``pretrain``: ``objective`` -> ``pt`` unless set; model, output dir (``<output_dir>/pretrain``) and seed
+      as for ``train``; ``train.model`` -> the pretrain stage's merged model (``<output_dir>/pretrain-merged``);
     - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
+    - ``align``: ``objective`` -> ``dpo`` unless set; ``model`` -> ``<output_dir>/merged`` when the recipe
+      merges (else the recipe's ``model``); output dir ``<output_dir>/align``; seed as for ``train``;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
       model when ``prefer_merged`` and it exists, else the recipe's ``model``.
 
@@ -102,11 +123,13 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     up: dict[str, Any] = {}
     if r.data is not None:
         up["data"] = r.data.model_copy(update={"output_dir": r.data.output_dir or r.stage_dir("data")})
+    if r.pretrain is not None:
+        up["pretrain"] = _chained(r, r.pretrain, "pretrain", "pt", r.model)
     if r.train is not None:
-        t = r.train
-        up["train"] = t.model_copy(update={**data_stage_files(r), "model": t.model or r.model,
-                                           "output_dir": t.output_dir or r.stage_dir("train"),
-                                           "seed": t.seed if "seed" in t.model_fields_set else r.seed})
+        start = pretrained_model(r) if r.pretrain is not None else r.model
+        up["train"] = _chained(r, r.train, "train", "sft", start).model_copy(update=data_stage_files(r))
+    if r.align is not None:
+        up["align"] = _chained(r, r.align, "align", "dpo", str(r.stage_dir("merge")) if r.merge is not None else r.model)
     if r.merge is not None:
         up["merge"] = r.merge.model_copy(update={"adapter": r.merge.adapter or r.stage_dir("train"),
                                                  "output_dir": r.merge.output_dir or r.stage_dir("merge")})

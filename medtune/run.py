@@ -2,9 +2,11 @@
 
 Stages and their directories under the recipe's ``output_dir``:
 
-- ``data``    -> ``data/``     (train/validation JSONL with provenance, stats.json, data card)
-- ``train``   -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
-- ``merge``   -> ``merged/``   (merged safetensors model + tokenizer + generation config)
+- ``data``     -> ``data/``     (train/validation JSONL with provenance, stats.json, data card)
+- ``pretrain`` -> ``pretrain/`` (continued pre-training adapter; merged into ``pretrain-merged/``, where ``train`` starts)
+- ``train``    -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
+- ``merge``    -> ``merged/``   (merged safetensors model + tokenizer + generation config)
+- ``align``    -> ``align/``    (DPO/KTO/ORPO/GRPO adapter on the merged model; merged into ``align-merged/``)
 - ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
 - ``eval``    -> ``eval/``     (base vs fine-tuned: MCQ, fact recall, held-out perplexity, ``report.html``)
 
@@ -39,15 +41,40 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, seed=recipe.seed)
 
 
-def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
-    from medtune.train.sft import run_sft
-
-    cfg = recipe.train
+def _train_inputs(cfg) -> dict:
     inputs = {"model": model_identity(cfg.model), "train_file": [tree_digests(f) for f in (
         cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file])]}
     if cfg.validation_file:
         inputs["validation_file"] = tree_digests(cfg.validation_file)
-    return cfg.model_dump(mode="json", exclude={"resume"}), inputs, lambda: run_sft(cfg)
+    return inputs
+
+
+def _train(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    from medtune.train.objectives import run_training
+
+    cfg = recipe.train
+    return cfg.model_dump(mode="json", exclude={"resume"}), _train_inputs(cfg), lambda: run_training(cfg)
+
+
+def train_then_merge(cfg, merged: Path) -> dict:
+    """Train ``cfg`` and merge its adapter into ``merged`` (a full fine-tune is already a whole model),
+    so the next stage of a chain starts from one plain model directory."""
+    from medtune.config import MergeConfig
+    from medtune.merge import merge_adapter
+    from medtune.train.objectives import run_training
+
+    summary = run_training(cfg)
+    if (Path(cfg.output_dir) / "adapter_config.json").is_file():
+        summary["merged"] = merge_adapter(MergeConfig(adapter=cfg.output_dir, output_dir=merged))["output_dir"]
+    return summary
+
+
+def _chain_stage(name: str):
+    def build(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+        cfg = getattr(recipe, name)
+        merged = recipe.output_dir / f"{STAGE_DIRS[name]}-merged"
+        return cfg.model_dump(mode="json", exclude={"resume"}), _train_inputs(cfg), lambda: train_then_merge(cfg, merged)
+    return build
 
 
 def _merge(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
@@ -114,7 +141,8 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
         recipe.seed, out, f"medtune: base vs fine-tuned ({recipe.output_dir})")
 
 
-STAGES = {"data": _data, "train": _train, "merge": _merge, "samples": _samples, "eval": _eval}
+STAGES = {"data": _data, "pretrain": _chain_stage("pretrain"), "train": _train, "merge": _merge,
+          "align": _chain_stage("align"), "samples": _samples, "eval": _eval}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:

@@ -8,6 +8,8 @@
 - :func:`find_format_tokens` / :func:`strip_format_tokens` — chat-template and special tokens
   (``</s>``, ``<|im_end|>``, ``[INST]``, ``<user>:`` ...) left in data by an earlier export.
 - :func:`dangling_reference` — a question that points at a document ("this report") it does not contain.
+- :func:`parse_answer` — the option letters a free-text reply chooses (MCQ evaluation and GRPO rewards).
+- :func:`item_hit` — whether an expected item (or a synonym) occurs in an answer (fact recall and rewards).
 """
 
 from __future__ import annotations
@@ -104,3 +106,40 @@ def dangling_reference(question: str, context: str = "") -> str | None:
     if m is None or len(context.strip()) >= 200:
         return None
     return m.group(0)
+
+
+_ANSWER_RE = re.compile(r"(?i:answer|correct answer|最终答案|正确答案|答案|정답)\s*(?:(?i:is)|是|为|은|는)?\s*[:：]?\s*"
+                        r"[\*\(（\[]*([A-J](?:\s*(?:,|、|，|和|及|and)?\s*[A-J])*)(?![A-Za-z])")
+_LEADING_RE = re.compile(r"^[\*\(（\[]*([A-J](?:\s*[,、，]?\s*[A-J])*)\s*(?:$|[\.\)）\]．:：、\n*])")
+
+
+def parse_answer(reply: str, options: dict[str, str]) -> str | None:
+    """Letters chosen in a free-text reply, or None when none can be found.
+
+    Tries, in order: the last ``Answer: X`` / ``答案：X`` / ``정답: X`` statement; letters at
+    the very start (``"C"``, ``"(B)"``, ``"A, C."``); a reply that is exactly one option's text.
+
+    Returns:
+        Sorted letters (e.g. ``"AC"``) that are all among ``options``, else None.
+    """
+    text = reply.strip()
+    found = [m.group(1) for m in _ANSWER_RE.finditer(text)]
+    letters = found[-1] if found else (m.group(1) if (m := _LEADING_RE.match(text)) else None)
+    if letters is None:
+        exact = [k for k, v in options.items() if v.strip().lower() == text.rstrip(".。").lower()]
+        letters = exact[0] if len(exact) == 1 else None
+    if letters is None:
+        return None
+    letters = "".join(sorted(set(re.sub(r"[^A-J]", "", letters))))
+    return letters if letters and all(c in options for c in letters) else None
+
+
+def item_hit(answer_norm: str, names: list[str]) -> bool:
+    """True when any normalised name occurs in the normalised answer (word-bounded for Latin script)."""
+    for name in filter(None, (match_form(n) for n in names)):
+        pattern = re.escape(name)
+        if re.search(r"[a-z0-9]", name):
+            pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
+        if re.search(pattern, answer_norm):
+            return True
+    return False

@@ -7,7 +7,7 @@ from pathlib import Path
 import medtune
 
 ROOT = Path(medtune.__file__).parent
-GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety",
+GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety", "preference", "rewards",
           "safety_model"}
 STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval"}
 TOP = {"recipe", "run", "cli", "__main__", "__init__"}

@@ -30,21 +30,10 @@ from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
 from medtune.errors import DataFileError
 from medtune.io import RecordError, Reject, read_rows, write_rejects
-from medtune.text import match_form
+from medtune.text import item_hit, match_form  # noqa: F401  (item_hit: imported from here by older code)
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
-
-
-def item_hit(answer_norm: str, names: list[str]) -> bool:
-    """True when any normalised name occurs in the normalised answer (word-bounded for Latin script)."""
-    for name in filter(None, (match_form(n) for n in names)):
-        pattern = re.escape(name)
-        if re.search(r"[a-z0-9]", name):
-            pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
-        if re.search(pattern, answer_norm):
-            return True
-    return False
 
 
 def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]]) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from medtune.text import detect_language
+from medtune.text import detect_language, parse_answer  # noqa: F401  (parse_answer: imported from here by older code)
 from medtune.errors import EvalError
 from medtune.eval.backends import Backend, generate, letter_logprobs, load_backend
 from medtune.eval.config import McqConfig
@@ -83,32 +82,6 @@ def pick_shots(item: MCQItem, pool: list[MCQItem], k: int, seed: int) -> list[MC
     if len(candidates) < k:
         raise EvalError(f"{k}-shot needs at least {k} other questions, the shot pool has {len(candidates)}")
     return random.Random(f"{seed}:{item.id}").sample(candidates, k)
-
-
-_ANSWER_RE = re.compile(r"(?i:answer|correct answer|最终答案|正确答案|答案|정답)\s*(?:(?i:is)|是|为|은|는)?\s*[:：]?\s*"
-                        r"[\*\(（\[]*([A-J](?:\s*(?:,|、|，|和|及|and)?\s*[A-J])*)(?![A-Za-z])")
-_LEADING_RE = re.compile(r"^[\*\(（\[]*([A-J](?:\s*[,、，]?\s*[A-J])*)\s*(?:$|[\.\)）\]．:：、\n*])")
-
-
-def parse_answer(reply: str, options: dict[str, str]) -> str | None:
-    """Letters chosen in a free-text reply, or None when none can be found.
-
-    Tries, in order: the last ``Answer: X`` / ``答案：X`` / ``정답: X`` statement; letters at
-    the very start (``"C"``, ``"(B)"``, ``"A, C."``); a reply that is exactly one option's text.
-
-    Returns:
-        Sorted letters (e.g. ``"AC"``) that are all among ``options``, else None.
-    """
-    text = reply.strip()
-    found = [m.group(1) for m in _ANSWER_RE.finditer(text)]
-    letters = found[-1] if found else (m.group(1) if (m := _LEADING_RE.match(text)) else None)
-    if letters is None:
-        exact = [k for k, v in options.items() if v.strip().lower() == text.rstrip(".。").lower()]
-        letters = exact[0] if len(exact) == 1 else None
-    if letters is None:
-        return None
-    letters = "".join(sorted(set(re.sub(r"[^A-J]", "", letters))))
-    return letters if letters and all(c in options for c in letters) else None
 
 
 def choose_letters(logprobs: dict[str, float], multi: bool) -> tuple[str, dict[str, float]]:

@@ -1,5 +1,8 @@
 """The SFT run: LoRA / QLoRA / full fine-tuning of any causal LM with trl's SFTTrainer + peft.
 
+The same run serves continued pre-training (``objective: pt``): only the data differs (raw text
+chunks with every token labelled, :mod:`medtune.train.pt`).
+
 medtune tokenizes the data itself (see :mod:`medtune.chat_tokens`) so the loss covers
 assistant tokens only, including each turn's end-of-turn token, and hands trl a dataset with
 ``input_ids`` and ``labels``. Packing uses trl's best-fit-decreasing packer with per-example
@@ -24,6 +27,7 @@ from medtune.config import TrainConfig
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.chat_tokens import DataStats, build_sft_examples
 from medtune.io import held_out_split, write_rejects
+from medtune.train.pt import build_pt_examples
 from medtune.train.speed import prepare_model, trainer_class
 
 console = Console(stderr=True)
@@ -123,17 +127,18 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     """
     from datasets import Dataset
 
+    build = build_pt_examples if cfg.objective == "pt" else build_sft_examples
     files = cfg.train_file if isinstance(cfg.train_file, list) else [cfg.train_file]
     train, rejects, stats = [], [], DataStats()
     for f in files:
-        ex, rej, st = build_sft_examples(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
+        ex, rej, st = build(f, tokenizer, cfg.max_seq_length, cfg.overlong, cfg.max_examples)
         train, rejects = train + ex, rejects + rej
         for key in ("read", "kept", "truncated", "tokens", "label_tokens"):
             setattr(stats, key, getattr(stats, key) + getattr(st, key))
         stats.rejected.update(st.rejected)
     evals = None
     if cfg.validation_file:
-        evals, ev_rejects, _ = build_sft_examples(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
+        evals, ev_rejects, _ = build(cfg.validation_file, tokenizer, cfg.max_seq_length, cfg.overlong)
         rejects += ev_rejects
     elif cfg.validation_split_percentage > 0:
         keep, held = held_out_split(len(train), cfg.validation_split_percentage, seed)
@@ -143,11 +148,13 @@ def load_datasets(cfg: TrainConfig, tokenizer, output_dir: Path, seed: int):
     return Dataset.from_list(train), (Dataset.from_list(evals) if evals else None), stats
 
 
-def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
+def common_args(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool) -> dict:
+    """``TrainingArguments`` fields every objective shares (optimiser, schedule, batch, precision,
+    logging, checkpoints), set explicitly so trl's per-trainer defaults (DPO: bf16 and gradient
+    checkpointing on) never differ between objectives."""
     import torch
-    from trl import SFTConfig
 
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir), seed=seed, data_seed=seed,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -155,7 +162,6 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_seq_length, packing=cfg.packing,
         gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, logging_first_step=True,
@@ -163,6 +169,12 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         report_to="none", disable_tqdm=True, dataset_num_proc=None, torch_compile=cfg.torch_compile,
     )
+
+
+def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(**common_args(cfg, output_dir, seed, has_eval), max_length=cfg.max_seq_length, packing=cfg.packing)
 
 
 def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
@@ -209,7 +221,7 @@ def _whole_run_loss(resume: str | None, resumed_loss: float, final_step: int) ->
 def _save_meta(trainer, cfg: TrainConfig, model_spec: str, output_dir: Path, stats: DataStats, history: list[dict]) -> None:
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     (output_dir / "medtune_base.json").write_text(json.dumps(
-        {"model": model_spec, "method": cfg.method, "fingerprint": base_fingerprint(base.config)}, indent=2))
+        {"model": model_spec, "method": cfg.method, "objective": cfg.objective, "fingerprint": base_fingerprint(base.config)}, indent=2))
     (output_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
     (output_dir / "train_log.json").write_text(json.dumps({"data": {**stats.__dict__, "rejected": dict(stats.rejected)},
                                                           "history": history}, indent=2, default=str))
@@ -283,22 +295,37 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, train_ds, eval_ds=None):
 
 
 def run_sft(cfg: TrainConfig) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.train_file`` and save the adapter or full model.
+    """Fine-tune ``cfg.model`` on ``cfg.train_file`` (objective sft or pt) and save the adapter or full model.
 
     Args: as :func:`build_trainer`.
+
+    Returns: as :func:`train_and_save`.
+
+    Raises:
+        As :func:`build_trainer`.
+    """
+    return train_and_save(cfg, build_trainer)
+
+
+def train_and_save(cfg: TrainConfig, build) -> dict:
+    """Build a trainer with ``build(cfg)``, train (resuming when asked), save, and summarise.
+
+    Every objective's run goes through here, so all write the same files and summary.
+
+    Args:
+        cfg: the resolved train config.
+        build: ``build(cfg) -> (trainer, DataStats, RichLogCallback)``, e.g. :func:`build_trainer`.
 
     Returns:
         Summary dict: ``output_dir``, ``steps``, ``losses`` (per logged step), ``train_loss``
         (mean over the whole run, also after a resume),
         ``eval_loss`` (or None), ``tokens_per_s`` (non-padding), ``peak_mem_gib``, ``seconds``,
-        ``examples``, ``rejected``. The adapter (or full model), tokenizer, ``train_config.json``,
+        ``examples``, ``rejected``, ``last_log`` (the last logged metrics: rewards/margins for
+        dpo, reward for grpo ...). The adapter (or full model), tokenizer, ``train_config.json``,
         ``medtune_base.json``, ``train_log.json`` and ``train_summary.json`` go to the output dir.
-
-    Raises:
-        As :func:`build_trainer`.
     """
     t0 = time.time()
-    trainer, stats, callback = build_trainer(cfg)
+    trainer, stats, callback = build(cfg)
     output_dir = Path(cfg.output_dir)
     resume = _last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and _is_main():
@@ -315,7 +342,9 @@ def run_sft(cfg: TrainConfig) -> dict:
         "tokens_per_s": _overall_tokens_per_s(callback.history, result.metrics.get("train_runtime", seconds)),
         "peak_mem_gib": round(peak_memory_gib(), 2), "seconds": round(seconds, 1),
         "examples": stats.kept, "rejected": sum(stats.rejected.values()), "world_size": trainer.args.world_size,
-        "speed": trainer.medtune_speed,
+        "speed": getattr(trainer, "medtune_speed", None), "objective": cfg.objective,
+        "last_log": next(({k: v for k, v in h.items() if isinstance(v, (int, float))} for h in reversed(callback.history)
+                          if "loss" in h), {}),
     }
     if trainer.is_world_process_zero():
         _save_meta(trainer, cfg, cfg.model, output_dir, stats, callback.history)
