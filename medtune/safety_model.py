@@ -130,6 +130,9 @@ def _embed_recent(views: tuple[str, ...]) -> np.ndarray:
     return x
 
 
+VIEW_CHARS = 600  # the longest training text has 447 characters; bounds the encoder work one request can cause
+
+
 def conversation_views(messages: list[dict]) -> list[str]:
     """The texts a conversation is scored on: last user turn, and the recent user turns joined.
 
@@ -143,7 +146,8 @@ def conversation_views(messages: list[dict]) -> list[str]:
     users = [u for u in users if u.strip()][-RECENT_USER_TURNS:]
     if not users:
         return [""]
-    return [users[-1]] if len(users) == 1 else [users[-1], "\n".join(users)]
+    views = [users[-1]] if len(users) == 1 else [users[-1], "\n".join(users)]
+    return [v[-VIEW_CHARS:] for v in views]  # bounded work per request; e5 reads 512 tokens at most
 
 
 def record_text(rec: dict) -> str:

@@ -82,21 +82,38 @@ def test_eval_safety_cli_reports_each_language(tmp_path):
     assert EVAL_SET.is_file()
 
 
-def test_red_flag_scan_is_linear_in_message_length():
-    # issue 11: "he is not unconscious " x 4000 (88 KB) took 50 s (clause rescan per negated match)
-    for n in (1000, 4000):
-        text = "he is not unconscious " * n
+def _best_time(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
         start = time.perf_counter()
-        assert detect_red_flags(text) == []
-        assert time.perf_counter() - start < 2.0, n
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_red_flag_scan_is_linear_in_message_length():
+    # issue 11: "he is not unconscious " x 4000 (88 KB) took 50 s (clause rescan per negated match):
+    # quadratic, so 4x the text took 16x the time. Linear work gives a ratio near 4 (< 8 allowed).
+    small = _best_time(lambda: detect_red_flags("he is not unconscious " * 500))
+    large = _best_time(lambda: detect_red_flags("he is not unconscious " * 2000))
+    assert large / small < 8, (small, large)
     assert detect_red_flags("he is not unconscious " * 4000 + ". Now he is unconscious.") == ["seizure"]
 
 
-def test_guard_scans_only_the_last_scan_chars_of_the_message():
+def test_guard_scans_only_the_last_scan_chars_of_the_message(monkeypatch):
+    """The rules see at most ``scan_chars`` characters and the classifier at most ``VIEW_CHARS`` per
+    view, whatever the message length (a 2 MB message once froze the server for minutes)."""
+    from medtune import safety, safety_model
+
+    seen = {"rules": [], "encoder": []}
+    rules = safety.detect_red_flags
+    monkeypatch.setattr(safety, "detect_red_flags", lambda text, lang=None: seen["rules"].append(len(text)) or rules(text, lang))
+    monkeypatch.setattr(safety_model, "_embed_recent", lambda views: seen["encoder"].extend(map(len, views))
+                        or safety_model.embed(list(views)))
     cfg = SafetyConfig(scan_chars=200)
     tail = [{"role": "user", "content": "x " * 1_000_000 + "I can't breathe"}]
-    start = time.perf_counter()
-    assert guard(tail, cfg).flags == ["breathing"]
-    assert time.perf_counter() - start < 1.0
+    assert "breathing" in guard(tail, cfg).flags
+    assert max(seen["rules"]) <= 200 and max(seen["encoder"]) <= safety_model.VIEW_CHARS
     head = [{"role": "user", "content": "I can't breathe. " + "x " * 200}]
-    assert guard(head, cfg).flags == [] and guard(head, SafetyConfig()).flags == ["breathing"]
+    rules_only = cfg.model_copy(update={"classifier": False})
+    assert guard(head, rules_only).flags == [] and guard(head, SafetyConfig(classifier=False)).flags == ["breathing"]
