@@ -107,6 +107,7 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
     - ``align``: ``objective`` -> ``dpo`` unless set; ``model`` -> ``<output_dir>/merged`` when the recipe
       merges (else the recipe's ``model``); output dir ``<output_dir>/align``; seed as for ``train``;
+      ``train_file`` -> the data stage's ``pairs.jsonl`` (from ``safety-pairs``) when unset;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
       model when ``prefer_merged`` and it exists, else the recipe's ``model``.
 
@@ -130,6 +131,8 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
         up["train"] = _chained(r, r.train, "train", "sft", start).model_copy(update=data_stage_files(r))
     if r.align is not None:
         up["align"] = _chained(r, r.align, "align", "dpo", str(r.stage_dir("merge")) if r.merge is not None else r.model)
+        if "train_file" not in r.align.model_fields_set and r.data is not None:  # the data stage's safety pairs
+            up["align"] = up["align"].model_copy(update={"train_file": up["data"].output_dir / "pairs.jsonl"})
     if r.merge is not None:
         up["merge"] = r.merge.model_copy(update={"adapter": r.merge.adapter or r.stage_dir("train"),
                                                  "output_dir": r.merge.output_dir or r.stage_dir("merge")})

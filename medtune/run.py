@@ -8,7 +8,7 @@ Stages and their directories under the recipe's ``output_dir``:
 - ``merge``    -> ``merged/``   (merged safetensors model + tokenizer + generation config)
 - ``align``    -> ``align/``    (DPO/KTO/ORPO/GRPO adapter on the merged model; merged into ``align-merged/``)
 - ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
-- ``eval``    -> ``eval/``     (base vs fine-tuned: MCQ, fact recall, held-out perplexity, ``report.html``)
+- ``eval``    -> ``eval/``     (base vs fine-tuned [vs aligned]: MCQ, fact recall, held-out perplexity, ``report.html``)
 
 Every stage writes ``manifest.json`` (see :mod:`medtune.manifest`).
 """
@@ -135,10 +135,14 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.stage_dir("merge"))
               or tree_digests(recipe.stage_dir("train")), "mcq_files": files,
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
-              "train": recipe.train.model_dump(mode="json") if recipe.train else None}
+              "train": recipe.train.model_dump(mode="json") if recipe.train else None,
+              "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None}
+    aligned = [recipe.output_dir / "align-merged", recipe.stage_dir("align")] if recipe.align is not None else None
+    if aligned:
+        inputs["aligned"] = tree_digests(aligned[0]) or tree_digests(aligned[1])
     return cfg.model_dump(mode="json"), inputs, lambda: run_eval_stage(
         cfg, recipe.model, [recipe.stage_dir("merge"), recipe.stage_dir("train")], resolve(recipe, create=("train",)).train,
-        recipe.seed, out, f"medtune: base vs fine-tuned ({recipe.output_dir})")
+        recipe.seed, out, f"medtune: base vs fine-tuned{' vs aligned' if aligned else ''} ({recipe.output_dir})", aligned)
 
 
 STAGES = {"data": _data, "pretrain": _chain_stage("pretrain"), "train": _train, "merge": _merge,

@@ -1,6 +1,7 @@
 """Preference readers: trl conversational, MedicalGPT and KTO forms; bad records become located rejects."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,62 @@ def test_kto_reads_labels_and_unpairs_pairs(tmp_path):
     got, rejects = read_preferences(write(tmp_path, rows), kind="kto")
     assert [(r["completion"][0]["content"], r["label"]) for r in got] == [(GOOD, True), (BAD, False), (GOOD, True), (BAD, False)]
     assert [(r.where, r.field) for r in rejects] == [("line 3", "label")]
+
+
+# ---------------------------------------------------------------- safety-pairs generator
+SAFETY = Path(__file__).resolve().parents[1] / "medtune" / "data" / "safety"
+LABELLED = [
+    {"id": "e1", "lang": "en", "text": "crushing chest pain spreading to my left arm, sweating", "expected": ["cardiac"], "type": "emergency"},
+    {"id": "h1", "lang": "en", "text": "what are the signs of a stroke?", "expected": [], "type": "hard_negative"},
+    {"id": "e2", "lang": "zh", "text": "孩子把一整瓶药吃下去了", "expected": ["poisoning"], "type": "emergency"},
+    {"id": "b1", "lang": "ko", "text": "감기약 먹고 졸려요", "expected": [], "type": "benign"},
+]
+
+
+def _pairs(tmp_path, rows=LABELLED):
+    from medtune.config import SafetyConfig
+    from medtune.data.generators import safety_pairs
+    from medtune.data.readers import read_labelled
+    from medtune.data.records import Tally
+    import random
+    tally, rng = Tally("t"), random.Random(0)
+    records = list(read_labelled(write(tmp_path, rows, "labelled.jsonl"), tally))
+    return [p for r in records for p in safety_pairs(r, SafetyConfig(), rng, tally)], tally
+
+
+def test_safety_pairs_urgent_for_red_flags_calm_for_the_rest(tmp_path):
+    from medtune.safety import urgent_message
+    pairs, tally = _pairs(tmp_path)
+    assert tally.kept == 8 and not tally.dropped  # 4 read + 4 generated
+    by_id = {p["meta"]["doc_id"].split(":")[-1]: p for p in pairs}
+    cardiac = by_id["e1"]
+    assert cardiac["chosen"][0]["content"].startswith(urgent_message(["cardiac"], "en", "911"))
+    assert "911" not in cardiac["rejected"][0]["content"]
+    assert by_id["e2"]["chosen"][0]["content"].startswith(urgent_message(["poisoning"], "zh", "120"))
+    for benign, number in (("h1", "911"), ("b1", "119")):  # no alarm for everyone: the urgent answer loses
+        assert number not in by_id[benign]["chosen"][0]["content"] and number in by_id[benign]["rejected"][0]["content"]
+        assert by_id[benign]["meta"]["chosen_is_urgent"] is False
+    path = write(tmp_path, pairs, "pairs.jsonl")
+    rows, rejects = read_preferences(path)  # the form training reads
+    assert len(rows) == 4 and not rejects and rows[0]["prompt"] == [{"role": "user", "content": LABELLED[0]["text"]}]
+
+
+def test_safety_pairs_refuse_heldout_and_count_bad_labels(tmp_path):
+    from medtune.data.readers import read_labelled
+    from medtune.data.records import Tally
+    with pytest.raises(DataFileError, match="held-out"):
+        list(read_labelled(SAFETY / "heldout" / "test_en.jsonl", Tally("t")))
+    _, tally = _pairs(tmp_path, [{"id": "x", "lang": "en", "text": "hi", "expected": "cardiac"}, *LABELLED[:1]])
+    assert list(tally.dropped) == ["expected must be a list of red-flag categories ([] for none)"]
+    assert tally.rejects[0].where == "line 1"
+
+
+def test_data_build_writes_pairs_from_the_shipped_training_labels(tmp_path):
+    from medtune.data.build import build_data
+    from medtune.data.config import DataConfig, SourceConfig
+    src = SourceConfig(path=SAFETY / "train_en.jsonl", type="labelled", max_items=30)
+    out = build_data(DataConfig(sources=[src], output_dir=tmp_path / "data"), seed=1)
+    rows, _ = read_preferences(out["pairs_file"])
+    metas = [json.loads(line)["meta"] for line in open(out["pairs_file"], encoding="utf-8")]
+    assert out["pairs"] == len(rows) == 30 and {m["generator"] for m in metas} == {"safety-pairs"}
+    assert any(m["chosen_is_urgent"] for m in metas) and not all(m["chosen_is_urgent"] for m in metas)

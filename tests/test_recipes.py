@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.recipe import load_recipe
+from medtune.recipe import load_recipe, resolve
 from medtune.llm import SensitiveDataError
 from medtune.run import run_recipe
 from medtune.chat_tokens import IGNORE_INDEX, tokenize_messages
@@ -163,3 +163,14 @@ def test_ko_radiology_keeps_reports_local_and_translates(tmp_path, monkeypatch, 
                           "data.teacher.model=remote-model", "data.teacher.max_retries=0"])
     with pytest.raises(SensitiveDataError):
         run_recipe(remote, only=["data"])
+
+
+def test_medical_alignment_recipe_chains_sft_then_dpo_on_safety_pairs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = resolve(load_recipe(ROOT / "recipes" / "medical_alignment.yaml"))
+    assert recipe.train.objective == "sft" and recipe.align.objective == "dpo"
+    assert recipe.align.model == str(recipe.output_dir / "merged")
+    assert recipe.align.train_file == recipe.output_dir / "data" / "pairs.jsonl"
+    labelled = [s for s in recipe.data.sources if s.type == "labelled"]
+    assert labelled and all("heldout" not in s.path.parts for s in labelled)  # trained on train_*, tested on heldout
+    assert "heldout" in recipe.eval.safety_file.parts and recipe.eval.safety_file.exists()

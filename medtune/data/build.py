@@ -4,6 +4,8 @@ Outputs in ``output_dir``:
 
 - ``train.jsonl`` / ``validation.jsonl``: ``{"messages": [...], "meta": {...}}`` per line (or Alpaca
   ``instruction``/``input``/``output`` + ``meta``); records of one source document never land in both.
+- ``pairs.jsonl``: preference pairs ``{"prompt", "chosen", "rejected", "meta"}`` from ``safety-pairs``
+  (only when a source makes them; read by :func:`medtune.preference.read_preferences`, not filtered or split).
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
 - ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,
   and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
@@ -28,6 +30,7 @@ from medtune.data import readers as R
 from medtune.data.audit import audit, audit_lines
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
 from medtune.data.records import Record, Tally, save_rejects
+from medtune.config import SafetyConfig
 from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
@@ -46,6 +49,8 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
         it = R.read_reports(src.path, tally, **kw)
     elif src.type == "qa_tree":
         it = R.read_qa_tree(src.path, tally, question_field=src.question_field, answer_field=src.answer_field, **kw)
+    elif src.type == "labelled":
+        it = R.read_labelled(src.path, tally, **kw)
     else:
         it = R.read_corpus(src.path, tally, columns=src.columns, **kw)
     records = []
@@ -58,8 +63,9 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
 
 
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
-                    seed: int, tallies: dict[str, Tally]) -> list[Record]:
-    """Run every source's generator (teacher calls run concurrently under the teacher's limits)."""
+                    seed: int, tallies: dict[str, Tally], pairs: list[dict]) -> list[Record]:
+    """Run every source's generator (teacher calls run concurrently under the teacher's limits);
+    preference pairs (``safety-pairs``) are appended to ``pairs``."""
     rng, templates, out, jobs = random.Random(seed), None, [], []
     for src, records in sources:
         gen = src.generator or DEFAULT_GENERATOR[src.type]
@@ -72,6 +78,11 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
             out.extend(records)
             tally.kept += len(records)
             tally.seen += len(records)
+        elif gen == "safety-pairs":
+            if src.type != "labelled":
+                raise ConfigError(f"source {src.path}: generator safety-pairs needs type: labelled (got {src.type})")
+            for r in records:
+                pairs.extend(G.safety_pairs(r, SafetyConfig(), rng, tally))
         elif gen == "kb-template":
             templates = templates or G.load_templates(cfg.templates)
             for r in records:
@@ -159,7 +170,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     seed = cfg.seed if cfg.seed is not None else seed
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
-    sources = []
+    sources, pairs = [], []
     for src in cfg.sources:
         tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
         sources.append((src, read_source(src, tally)))
@@ -169,7 +180,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
             console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     try:
-        generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies))
+        generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies, pairs))
     except DataFileError:
         save_rejects(list(tallies.values()), out / "rejects.jsonl")  # what made the input unusable
         raise
@@ -180,8 +191,11 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     train, val = split_by_document(kept, cfg.validation_fraction, seed)
     _write_jsonl(out / "train.jsonl", [to_line(r, cfg.format) for r in train])
     _write_jsonl(out / "validation.jsonl", [to_line(r, cfg.format) for r in val])
+    if pairs:
+        _write_jsonl(out / "pairs.jsonl", pairs)
     n_rejects = save_rejects(list(tallies.values()), out / "rejects.jsonl")
-    stats = {"records": {"generated": len(generated), "kept": len(kept), "train": len(train), "validation": len(val)},
+    stats = {"records": {"generated": len(generated), "kept": len(kept), "train": len(train), "validation": len(val),
+                         "pairs": len(pairs)},
              "steps": {k: t.summary() for k, t in tallies.items()}, "rejects": n_rejects,
              "phi_replacements": dict(phi.counts) if phi else {}, "teacher": {"model": teacher.model,
              "backend": cfg.teacher.base_url or "local (in process)", **teacher.usage},
@@ -199,7 +213,8 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
                   f"{n_rejects} rejects, teacher {teacher.usage['requests']} calls / {teacher.usage['cache_hits']} cached, "
                   f"{stats['wall_s']} s -> {out}")
     return {**stats["records"], "rejects": n_rejects, "train_file": str(out / "train.jsonl"),
-            "validation_file": str(out / "validation.jsonl"), "teacher_requests": teacher.usage["requests"],
+            "validation_file": str(out / "validation.jsonl"),
+            "pairs_file": str(out / "pairs.jsonl") if pairs else None, "teacher_requests": teacher.usage["requests"],
             "teacher_tokens": teacher.usage["prompt_tokens"] + teacher.usage["completion_tokens"], "wall_s": stats["wall_s"]}
 
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medtune.llm import LLMConfig
 
-GENERATORS = ("kb-template", "guideline-qa", "report-qa", "none")
+GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "none")
 DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
-                     "qa_tree": "none", "corpus": "none"}
+                     "qa_tree": "none", "corpus": "none", "labelled": "safety-pairs"}
 
 
 class _Section(BaseModel):
@@ -33,9 +33,9 @@ class SourceConfig(_Section):
     """One source: what it is, how to read it and which generator turns it into QA pairs."""
 
     path: Path = Field(..., description="File or directory (read recursively).")
-    type: Literal["guideline", "kb", "report", "qa_tree", "corpus"] = Field(..., description="guideline | kb | report | qa_tree | corpus.")
-    generator: Literal["kb-template", "guideline-qa", "report-qa", "none"] | None = Field(
-        None, description="kb-template | guideline-qa | report-qa | none (QA records pass through); default by type.")
+    type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/data/safety/LABELS.md).")
+    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "none"] | None = Field(
+        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | none (QA records pass through); default by type.")
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
     sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")

@@ -6,6 +6,7 @@
 | :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
+| :func:`safety_pairs` | none                                      | ``labelled`` (red-flag labels) |
 
 Prompt templates live in ``medtune/data/prompts/<language>/<name>.txt`` (English used when a
 language has none); a ``prompts_dir`` with the same layout overrides them. Each output record's
@@ -28,6 +29,8 @@ from medtune.errors import DataFileError
 from medtune.io import Reject, read_rows
 from medtune.text import dangling_reference, detect_language
 from medtune.llm import SensitiveDataError, LLMClient, LLMError
+from medtune.config import SafetyConfig
+from medtune.safety import CATEGORY_NAMES, detect_red_flags, emergency_number, urgent_message
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
@@ -388,3 +391,48 @@ async def translate(records: list[Record], target: str, teacher: LLMClient, prom
                                 "generator": f"{r.meta.get('generator')}+translate", "teacher_model": teacher.model,
                                 "prompt_template_hash": h}))
     return out
+
+
+# ---------------------------------------------------------------- safety-pairs (no LLM)
+CALM_ANSWER = {  # what a clinician would say to a message with no red flag: no alarm, a next step
+    "en": "From what you describe this does not sound like an emergency. Keep an eye on how it changes, and "
+          "see your doctor or pharmacist if it gets worse, does not settle in a few days, or new symptoms appear.",
+    "zh": "从您的描述来看，这不像是急症。请留意变化；如果加重、几天内没有好转或出现新的症状，请咨询医生或药师。",
+    "ko": "말씀하신 내용으로는 응급 상황으로 보이지 않습니다. 변화를 지켜보시고, 악화되거나 며칠 안에 나아지지 않거나 "
+          "새로운 증상이 생기면 의사나 약사와 상담하세요.",
+}
+
+
+def safety_pairs(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally) -> list[dict]:
+    """One preference pair from a red-flag-labelled message: urgent care first when it is an emergency,
+    no alarm when it is not (so the model does not learn to alarm everyone).
+
+    - red-flag message (``meta.expected`` non-empty): chosen = the safety layer's urgent-care message for
+      those categories naming the emergency number (:func:`medtune.safety.urgent_message`; the text is
+      never copied here); rejected = the calm answer (:data:`CALM_ANSWER`).
+    - benign / hard-negative message: chosen = the calm answer; rejected = an urgent-care message for the
+      category the rules detect (a rule false positive) or else a seeded random one.
+
+    Reads ``text`` | ``messages``, ``meta.language``, ``meta.expected``, ``meta.label_type``.
+
+    Returns:
+        ``[{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "meta": {...}}]``, the
+        form :func:`medtune.preference.read_preferences` reads; ``[]`` for a language with no calm
+        answer (counted in ``tally``).
+    """
+    lang = r.meta.get("language")
+    if lang not in CALM_ANSWER:
+        tally.drop(f"safety-pairs: no answers for language {lang!r} (have {', '.join(CALM_ANSWER)})")
+        return []
+    prompt = r.messages or [{"role": "user", "content": r.text}]
+    number, red = emergency_number(lang, cfg), bool(r.meta["expected"])
+    flags = r.meta["expected"] if red else (detect_red_flags(prompt[-1]["content"], lang)
+                                           or [rng.choice(sorted(CATEGORY_NAMES[lang]))])
+    urgent, calm = urgent_message(flags, lang, number), CALM_ANSWER[lang]
+    chosen, rejected = (urgent, calm) if red else (calm, urgent)
+    tally.keep()
+    return [{"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+             "rejected": [{"role": "assistant", "content": rejected}],
+             "meta": {"generator": "safety-pairs", "source_file": r.meta.get("source_file"), "doc_id": r.meta.get("doc_id"),
+                      "language": lang, "expected": r.meta["expected"], "label_type": r.meta.get("label_type"),
+                      "urgent_flags": flags, "emergency_number": number, "chosen_is_urgent": red}}]

@@ -479,3 +479,38 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
         if not kept.get(file):
             tally.rejects.append(Reject(str(file), "<file>", f"no record is a QA record; {columns_hint(fields)}",
                                         "<file>", None, tally.step))
+
+
+# ---------------------------------------------------------------- labelled red-flag messages
+def read_labelled(path: Path, tally: Tally, encoding: str | None = None, language: str | None = None) -> Iterator[Record]:
+    """Red-flag-labelled patient messages (``medtune/data/safety/LABELS.md``): JSONL/JSON/CSV records
+    ``{"id", "lang", "text" | "messages", "expected": [categories], "type"}``.
+
+    A file under a folder named ``heldout`` is refused: those are the test sets the safety measures
+    are reported on, and training on them would leak.
+
+    Fields written: ``text`` (single message) or ``messages`` (ending with a user turn);
+    ``meta.source_file``, ``doc_id`` (``<file>:<id or line>``), ``language``, ``expected``, ``label_type``.
+
+    Raises:
+        DataFileError: a held-out file, or a source that cannot be read.
+    """
+    for file in _files(path, (".json", ".jsonl", ".csv", ".tsv")):
+        if "heldout" in file.parts:
+            raise DataFileError(f"{file}: a held-out test file; train on medtune/data/safety/train_*.jsonl (or your own labelled file) instead")
+    for file, where, item in _structured_items(path, encoding, tally):
+        expected, text, messages = item.get("expected"), item.get("text"), item.get("messages")
+        if not isinstance(expected, list) or not all(isinstance(c, str) for c in expected):
+            tally.drop("expected must be a list of red-flag categories ([] for none)", file, where, str(item)[:200])
+            continue
+        if not (isinstance(text, str) and text.strip()) and not (isinstance(messages, list) and messages
+                                                                  and messages[-1].get("role") == "user"):
+            tally.drop("needs text, or messages ending with a user turn", file, where, str(item)[:200])
+            continue
+        doc_id = f"{_doc_id(file, path)}:{item.get('id') or where.split()[-1]}"
+        lang = language or item.get("lang") or detect_language(text or messages[-1].get("content", ""), default="en")
+        tally.keep()
+        yield Record(id=doc_id, kind="labelled", text=text if isinstance(text, str) else "",
+                     messages=None if isinstance(text, str) and text.strip() else messages,
+                     meta={"source_file": str(file), "doc_id": doc_id, "language": lang, "expected": expected,
+                           "label_type": item.get("type") or ("emergency" if expected else "benign")})

@@ -97,7 +97,8 @@ class AnswersConfig(Section):
 
 
 class EvalConfig(Section):
-    """Recipe ``eval`` stage: base vs fine-tuned (merged) model on MCQ, fact recall and held-out data, then a report."""
+    """Recipe ``eval`` stage: base vs fine-tuned (merged) model -- and the aligned model when the recipe has an
+    ``align`` stage -- on MCQ, fact recall, held-out data and (with ``safety_file``) urgent care, then a report."""
 
     mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")
     fact_file: Path | None = Field(Path("examples/eval/kb_facts.jsonl"), description="Fact-recall questions; None skips fact recall.")
@@ -105,3 +106,6 @@ class EvalConfig(Section):
     max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")
     fact_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=40))
     batch_size: int = Field(8, ge=1, description="Questions per forward pass.")
+    safety_file: Path | None = Field(None, description="Red-flag-labelled messages (e.g. medtune/data/safety/heldout/test_en.jsonl): share answered with urgent care by the model itself, safety layer off (medtune.eval.urgent); None skips it.")
+    max_safety_items: int | None = Field(12, ge=1, description="Red-flag messages, and as many without a red flag, answered per model.")
+    safety_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))

@@ -216,6 +216,9 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
                 measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True))
+        if task == "urgent":
+            measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True),
+                         ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False)]
         if task == "heldout" and r.get("perplexity_ci95") and o.get("perplexity_ci95"):
             measures.append(("held-out answer perplexity", lambda x: (x["perplexity"], *x["perplexity_ci95"]), False))
         if r.get("quality") and o.get("quality"):
@@ -229,10 +232,17 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
 
 
 def comparison_section(results: list[dict], base: Path) -> tuple[str, str]:
-    """The base vs fine-tuned table, with each change said in words."""
+    """The base vs fine-tuned table, with each change said in words; with an ``aligned`` model, one
+    table of the three side by side (each change said against the model before it)."""
     fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
-    rows = [[html.escape(c["measure"]), fmt(c["base"]), fmt(c["finetuned"]), html.escape(c["verdict"])]
-            for c in comparisons(results)]
+    tuned = comparisons(results)
+    aligned = {c["measure"]: c for c in comparisons(results, "finetuned", "aligned")}
+    if aligned:
+        rows = [[html.escape(c["measure"]), fmt(c["base"]), fmt(c["finetuned"]), html.escape(c["verdict"]),
+                 fmt(aligned[c["measure"]]["finetuned"]), html.escape(aligned[c["measure"]]["verdict"])]
+                for c in tuned if c["measure"] in aligned]
+        return _table(["measure", "base [95% CI]", "SFT [95% CI]", "SFT vs base", "aligned [95% CI]", "aligned vs SFT"], rows)
+    rows = [[html.escape(c["measure"]), fmt(c["base"]), fmt(c["finetuned"]), html.escape(c["verdict"])] for c in tuned]
     return _table(["measure", "base [95% CI]", "fine-tuned [95% CI]", "fine-tuned vs base"], rows) if rows else ("", "")
 
 

@@ -1,11 +1,13 @@
-"""The recipe's ``eval`` stage: base model vs fine-tuned (merged) model, ending with a report.
+"""The recipe's ``eval`` stage: base model vs fine-tuned (merged) model (vs the aligned model when the
+recipe has an ``align`` stage), ending with a report.
 
-For each of the two models (loaded one at a time) it runs log-likelihood MCQ scoring on
+For each model (loaded one at a time) it runs log-likelihood MCQ scoring on
 ``eval.mcq_files``, fact recall on ``eval.fact_file`` (a few short greedy answers: generation
-is the slow part on CPU) and held-out answer perplexity, then writes ``report.html`` and
+is the slow part on CPU), held-out answer perplexity and, with ``eval.safety_file``, urgent care
+with the safety layer off (:mod:`medtune.eval.urgent`), then writes ``report.html`` and
 ``report.md``. Output layout under ``<output_dir>/eval/``::
 
-    mcq/<file stem>/<base|finetuned>/   fact/<base|finetuned>/   heldout/<base|finetuned>/
+    mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>/   heldout/<model>/   urgent/<model>/
     report.html   report.md   summary.json
 """
 
@@ -24,6 +26,7 @@ from medtune.eval.fact import run_fact
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
 from medtune.eval.report import collect, comparisons, write_report
+from medtune.eval.urgent import run_urgent
 
 console = Console(stderr=True)
 
@@ -61,12 +64,16 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
         if r:
             summary["heldout"] = {"nll_per_token": r["nll_per_token"], "perplexity": r["perplexity"],
                                   "perplexity_ci95": r["perplexity_ci95"], "n": r["n"]}
+    if cfg.safety_file:
+        r = run_urgent(backend, name, cfg.safety_file, out / "urgent" / name, cfg.max_safety_items,
+                       cfg.safety_generation, cfg.batch_size)
+        summary["urgent"] = {k: r[k] for k in ("urgent_on_red_flag", "alarm_on_benign")}
     return summary
 
 
 def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: TrainConfig | None, seed: int,
-                   out: Path, title: str) -> dict:
-    """Compare the base model and the fine-tuned model; write the report.
+                   out: Path, title: str, aligned: list[Path] | None = None) -> dict:
+    """Compare the base model and the fine-tuned model (and the aligned one); write the report.
 
     Args:
         cfg: the ``eval:`` section.
@@ -76,21 +83,30 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
         seed: seed for every evaluation.
         out: the stage directory.
         title: report title.
+        aligned: candidate aligned model dirs (``align-merged``, ``align``), or None without an align stage.
 
     Returns:
-        ``{"base": {...}, "finetuned": {...}, "comparison": [...], "report": path}``; each
-        comparison is ``{"measure", "base", "finetuned", "verdict"}`` (:func:`medtune.eval.report.comparisons`).
+        ``{"base": {...}, "finetuned": {...}, ["aligned": {...},] "comparison": [...], "report": path}``; each
+        comparison is ``{"measure", "base", "finetuned", "verdict"}`` (:func:`medtune.eval.report.comparisons`);
+        with an aligned model also ``"comparison_aligned"`` (fine-tuned -> aligned, same keys) and
+        ``"comparison_base_aligned"`` (base -> aligned).
 
     Raises:
         EvalError: no fine-tuned model yet.
         medtune.errors.DataFileError: an evaluation file cannot be read.
     """
     models = {"base": base, "finetuned": finetuned_model(finetuned)}
+    if aligned:
+        models["aligned"] = finetuned_model(aligned)
     summary: dict = {name: evaluate_model(name, spec, cfg, train, seed, out) for name, spec in models.items()}
     report = write_report([out], out / "report.html", title)
-    summary["comparison"] = comparisons(collect([out]))
-    for c in summary["comparison"]:
-        console.print(f"  {c['measure']}: base {c['base'][0]:.3f} -> fine-tuned {c['finetuned'][0]:.3f}: {c['verdict']}")
+    results = collect([out])
+    pairs = [("comparison", "base", "finetuned")] + ([("comparison_aligned", "finetuned", "aligned"),
+                                                     ("comparison_base_aligned", "base", "aligned")] if aligned else [])
+    for key, a, b in pairs:
+        summary[key] = comparisons(results, a, b)
+        for c in summary[key]:
+            console.print(f"  {c['measure']}: {a} {c['base'][0]:.3f} -> {b} {c['finetuned'][0]:.3f}: {c['verdict']}")
     summary["report"] = report["html"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     console.print(f"eval: report at {report['html']}")
