@@ -5,6 +5,7 @@
 | ``models list``          | :func:`medtune.models.pack_status`        |                |
 | ``models prepare NAME``  | :func:`medtune.models.prepare_pack`       |                |
 | ``data build RECIPE``    | :func:`medtune.data.build.build_data`     | ``data``       |
+| ``index build [RECIPE]`` | :func:`medtune.rag.build.build_index`     | ``rag``        |
 | ``train [RECIPE]``       | :func:`medtune.train.sft.run_sft`         | ``train``      |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
@@ -49,6 +50,7 @@ from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
 from medtune.llm import LLMConfig
+from medtune.rag.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
@@ -59,6 +61,9 @@ eval_app = typer.Typer(help="Evaluate models: multiple-choice benchmarks, fact r
                        no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Retrieval index over guidelines and knowledge bases (chat/serve/web --index DIR).",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 safety_app = typer.Typer(help="Clinical safety layer: the learned red-flag classifier.", no_args_is_help=True)
 app.add_typer(safety_app, name="safety")
@@ -238,6 +243,37 @@ def _run_data(path: Optional[Path], r: Recipe) -> None:
     build_data(resolve(r).data, seed=r.seed)
 
 
+def _index_source(spec: str) -> IndexSource:
+    """``[guideline:|kb:]PATH``; without a prefix a .json/.jsonl/.csv file, or a path through a ``kb`` folder, is a kb."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("guideline", "kb"):
+        return IndexSource(path=Path(rest), type=kind)
+    p = Path(spec)
+    return IndexSource(path=p, type="kb" if p.suffix.lower() in (".json", ".jsonl", ".csv") or "kb" in p.parts else "guideline")
+
+
+def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = None) -> None:
+    """Compose the two stages: the data stage's readers give the passages, the rag stage indexes them."""
+    from medtune.data.build import read_source
+    from medtune.data.config import SourceConfig
+    from medtune.data.records import Tally
+    from medtune.rag.build import build_index
+
+    if source:
+        r = r.model_copy(update={"rag": (r.rag or RagConfig()).model_copy(update={"sources": [_index_source(s) for s in source]})})
+    cfg = resolve(r, create=("rag",)).rag
+    if not cfg.sources:
+        raise ConfigError(f"{path or 'medtune index build'}: nothing to index; give --source PATH (repeatable) "
+                          "or a recipe with rag.sources or guideline/kb data.sources")
+    tally, records = Tally("index"), []
+    for s in cfg.sources:
+        records += read_source(SourceConfig(**s.model_dump()), tally)
+    stats = build_index(records, cfg)
+    dropped = f", {sum(tally.dropped.values())} records rejected by the readers" if tally.dropped else ""
+    err.print(f"index {cfg.index_dir}: {stats['passages']} passages ({stats['embedded']} embedded, "
+              f"{stats['reused']} reused) in {stats['seconds']} s{dropped}", markup=False)
+
+
 def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
                config_file: Optional[str] = None) -> None:
     if launcher == "accelerate":
@@ -304,18 +340,21 @@ _DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sour
 _stage_command(data_app, "build", "data", DataConfig, _run_data,
                help="Read sources, generate QA pairs, filter, and write train/validation JSONL, stats.json and a data card.\n\n"
                     "Nested fields (use with --set):\n\n" + _DATA_HELP)
+_stage_command(index_app, "build", "rag", RagConfig, _run_index,
+               extra={"source": (Optional[List[str]], typer.Option(None, "--source", help="[guideline:|kb:]PATH to index (repeatable); replaces rag.sources."))},
+               help="Build (or update: only changed passages are re-embedded) a BM25 + e5 index over guideline and KB passages.")
 _stage_command(app, "train", "train", TrainConfig, _run_train,
                extra={"launcher": (str, typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node).")),
                       "config_file": (Optional[str], typer.Option(None, help="accelerate config: a path or a shipped name (ddp, fsdp, zero2, zero3, cpu2)."))},
                help="Fine-tune a model (LoRA, QLoRA or full) on Alpaca or messages data.")
 _stage_command(app, "merge", "merge", MergeConfig, _run_merge,
                help="Merge a LoRA adapter into its base and check adapter-vs-merged logit parity.")
-_stage_command(app, "chat", "chat", ChatConfig, _run_chat,
+_stage_command(app, "chat", "chat", ChatConfig, _run_chat, aliases={"rag_index": ["--index"]},
                extra={"prompt": (Optional[str], typer.Option(None, help="Answer this one message and exit (non-interactive)."))},
                help="Chat with a model: interactive (/reset, /exit) or one-shot with --prompt.")
-_stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"]},
+_stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"], "rag_index": ["--index"]},
                help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
-_stage_command(app, "web", "web", WebConfig, _run_web,
+_stage_command(app, "web", "web", WebConfig, _run_web, aliases={"rag_index": ["--index"]},
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
 
 

@@ -30,9 +30,10 @@ from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, Ser
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
 from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.rag.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
-STAGE_DIRS = {"data": "data", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval"}
+STAGE_DIRS = {"data": "data", "rag": "index", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval"}
 
 
 class Recipe(Section):
@@ -43,6 +44,7 @@ class Recipe(Section):
     output_dir: Path = Field(Path("runs/default"), description="Root for every stage's outputs.")
     seed: int = Field(42, description="Seed for every stage.")
     data: DataConfig | None = None
+    rag: RagConfig | None = None
     train: TrainConfig | None = None
     merge: MergeConfig | None = None
     samples: SamplesConfig | None = None
@@ -73,6 +75,13 @@ def data_stage_files(recipe: Recipe) -> dict:
     return update
 
 
+def rag_sources(recipe: Recipe) -> list:
+    """The data section's guideline and kb sources, as index sources (the ``rag`` section names none)."""
+    keep = ("path", "type", "encoding", "language", "max_chars", "overlap_chars")
+    return [IndexSource(**{k: getattr(s, k) for k in keep}) for s in (recipe.data.sources if recipe.data else [])
+            if s.type in ("guideline", "kb")]
+
+
 def _default_model(recipe: Recipe, prefer_merged: bool) -> str:
     merged = recipe.stage_dir("merge")
     return str(merged) if prefer_merged and merged.is_dir() else recipe.model
@@ -86,8 +95,10 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
       ``train.seed`` -> the recipe's ``seed`` unless set; ``train_file`` / ``validation_file``
       -> the data stage's outputs when the recipe has a ``data`` section and names no files;
     - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
+    - ``rag.index_dir`` -> ``<output_dir>/index``; ``rag.sources`` -> the data section's guideline/kb sources;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
-      model when ``prefer_merged`` and it exists, else the recipe's ``model``.
+      model when ``prefer_merged`` and it exists, else the recipe's ``model``; their ``rag.index``
+      -> ``rag.index_dir`` when the recipe has a ``rag`` section.
 
     Args:
         recipe: a validated recipe.
@@ -110,10 +121,15 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     if r.merge is not None:
         up["merge"] = r.merge.model_copy(update={"adapter": r.merge.adapter or r.stage_dir("train"),
                                                  "output_dir": r.merge.output_dir or r.stage_dir("merge")})
+    if r.rag is not None:
+        up["rag"] = r.rag.model_copy(update={"index_dir": r.rag.index_dir or r.stage_dir("rag"),
+                                             "sources": r.rag.sources or rag_sources(r)})
     for name in ("chat", "serve", "web"):
         cfg = getattr(r, name)
         if cfg is not None and cfg.model is None and not getattr(cfg, "adapter", None) and not getattr(cfg, "endpoint", None):
-            up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+            cfg = up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+        if cfg is not None and r.rag is not None and cfg.rag.index is None:
+            up[name] = cfg.model_copy(update={"rag": cfg.rag.model_copy(update={"index": up["rag"].index_dir})})
     return r.model_copy(update=up)
 
 

