@@ -150,3 +150,67 @@ def test_real_encoder_hybrid_finds_zh_ko_en_passages(tmp_path):
     for q, want in [("糖尿病的首选药物是什么？", "diabetes_zh"), ("흡입기를 어떻게 사용하나요?", "asthma_ko"),
                     ("What is the blood pressure target for adults?", "hypertension_en")]:
         assert want in index.search(q, k=1)[0].passage["source_file"], q
+
+
+# ---------------------------------------------------------------- chat, serve and web agree
+SHORT = {"bp_en.md": "Adults should keep blood pressure below 130/80 mmHg.\n\nCut salt to under 5 g a day.",
+         "dm_zh.txt": "二甲双胍是首选药物。\n\n每周运动一百五十分钟。"}
+
+
+@pytest.fixture
+def short_index(tmp_path, fake_encoder):
+    src = tmp_path / "guidelines"
+    src.mkdir()
+    for name, text in SHORT.items():
+        (src / name).write_text(text, encoding="utf-8")
+    _build(["--source", str(src), "--index-dir", str(tmp_path / "index")])
+    return tmp_path / "index"
+
+
+@pytest.mark.parametrize("message,min_score", [("What blood pressure should adults keep?", 0.0),
+                                               ("How do I fix a bicycle tyre?", 0.99)])
+def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score):
+    pytest.importorskip("gradio")
+    pytest.importorskip("fastapi")
+    import io
+
+    import openai
+    from gradio_client import Client
+    from rich.console import Console
+
+    from medtune.chat import chat
+    from medtune.config import ChatConfig, GenerationSettings, RagSettings, SafetyConfig, ServeConfig, WebConfig
+    from medtune.web import launch_web
+    from servekit import free_port, running_server
+
+    greedy = GenerationSettings(temperature=0.0, max_new_tokens=16)
+    rag = RagSettings(index=short_index, top_k=2, min_score=min_score)
+    common = dict(model=str(qwen_dir), generation=greedy, rag=rag, safety=SafetyConfig(system_prompt=None))  # tiny model: 512 positions
+    turn = chat(ChatConfig(**common), prompt=message,
+                out=Console(file=io.StringIO(), width=10_000))[-1]
+    said, cited = turn["content"], turn["citations"]
+    assert (cited != []) == (min_score == 0.0)
+    if not cited:
+        assert said.startswith("The indexed guidelines do not cover this question")
+    else:
+        assert cited[0]["source_file"].endswith("bp_en.md") and cited[0]["char_span"] == [0, len(SHORT["bp_en.md"])]
+    with running_server(ServeConfig(**common)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        ask = dict(model=str(qwen_dir), messages=[{"role": "user", "content": message}], temperature=0, max_tokens=16)
+        served = client.chat.completions.create(**ask).choices[0].message
+        chunks = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert served.content == streamed == said
+    assert served.model_extra["citations"] == chunks[0].choices[0].delta.model_extra["citations"] == cited
+    port = free_port()
+    ui = launch_web(WebConfig(**common, port=port), block=False)
+    try:
+        history, _banner, _, sources = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            message, [], "", 0.0, 1.0, 16, api_name="/respond")
+    finally:
+        ui.close()
+    content = history[-1]["content"]
+    shown = "".join(p["text"] for p in content) if isinstance(content, list) else content
+    assert shown == said.strip()
+    assert [f"[{c['marker']}] {c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
+    assert (sources == "") == (cited == [])
