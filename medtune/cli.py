@@ -14,6 +14,7 @@
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
 | ``eval fact [RECIPE]``   | :func:`medtune.eval.fact.run_fact`        | ``fact``       |
+| ``eval rag [RECIPE]``    | :func:`medtune.eval.rag.run_rag_eval`     | ``rag_eval``   |
 | ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
@@ -48,7 +49,7 @@ from rich.table import Table
 from medtune.config import ChatConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
 from medtune.llm import LLMConfig
 from medtune.rag.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
@@ -395,6 +396,8 @@ def _eval_runner(section: str, module: str, function: str) -> Callable:
 _stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq"), positional="data",
                aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
                help="Score a model on a multiple-choice benchmark (accuracy with 95% CI, per subject, per item).")
+_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig, _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval"),
+               positional="data", help="Retrieval quality of an index: recall@k and MRR per ranker, and a calibrated min_score.")
 _stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
                help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
 _stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",

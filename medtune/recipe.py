@@ -29,7 +29,7 @@ from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, Ser
                             WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
-from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
 from medtune.rag.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
@@ -56,6 +56,7 @@ class Recipe(Section):
     fact: FactConfig | None = None
     judge: JudgeConfig | None = None
     answers: AnswersConfig | None = None
+    rag_eval: RagEvalConfig | None = None
 
     def stage_dir(self, stage: str) -> Path:
         """``<output_dir>/<dir>`` of a stage (``train`` -> ``adapter``, ``merge`` -> ``merged`` ...)."""

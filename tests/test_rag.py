@@ -214,3 +214,22 @@ def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_i
     assert shown == said.strip()
     assert [f"[{c['marker']}] {c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
     assert (sources == "") == (cited == [])
+
+
+def test_eval_rag_scores_recall_mrr_and_calibrates(tmp_path, fake_encoder):
+    from medtune.config import RagSettings  # noqa: F401  (config import order as the CLI has it)
+    from medtune.eval.config import RagEvalConfig
+    from medtune.eval.rag import run_rag_eval
+
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    data = tmp_path / "q.jsonl"
+    rows = [{"question": "二甲双胍 首选药物", "passage_id": "diabetes_zh.txt#p3"},
+            {"messages": [{"role": "user", "content": "흡입기 사용 방법"}], "meta": {"passage_id": "asthma_ko.txt#p0"}},
+            {"question": "no source given"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    res = run_rag_eval(RagEvalConfig(data=data, index=out, k=[1, 5], output_dir=tmp_path / "eval"))
+    assert res["n"] == 2 and set(res["modes"]) == {"lexical", "dense", "hybrid"}
+    assert res["modes"]["lexical"]["recall@5"]["rate"] == 1.0 and 0 < res["modes"]["lexical"]["mrr"] <= 1
+    assert res["calibration"]["off_topic_let_through"]["n"] == 20
+    assert (tmp_path / "eval" / "rejects.jsonl").is_file()  # the row without a source is reported, not dropped silently
