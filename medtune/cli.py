@@ -399,6 +399,7 @@ _stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.e
 _stage_command(eval_app, "rag", "rag_eval", RagEvalConfig, _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval"),
                positional="data", help="Retrieval quality of an index: recall@k and MRR per ranker, and a calibrated min_score.")
 _stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
+               aliases={"rag_index": ["--index"]},
                help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
 _stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",
                aliases={"answer_columns": ["--answer"]},
