@@ -30,6 +30,7 @@ Index directory::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import threading
@@ -247,6 +248,33 @@ class Index:
                 for d in order]
 
 
+def _kb_text(fields: dict, name: str) -> str:
+    lines = [name]
+    for key, value in fields.items():
+        text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
+        if text and text != name:
+            lines.append(f"{key}: {text}")
+    return "\n".join(lines)
+
+
+def passage_of(record) -> dict:
+    """One index row (the fields listed in the module docstring) from a data-stage reader record.
+
+    Reads, for a guideline passage (``kind`` ``passage``): ``text``; ``meta.source_file``, ``doc_id``,
+    ``passage_id``, ``char_span``, ``language``. For a knowledge-base entry (``kind`` ``kb``): ``fields``
+    (rendered as ``name`` then ``field: value`` lines); ``meta.source_file``, ``doc_id``, ``name``,
+    ``language`` (passage id = doc id, no character span).
+    """
+    meta = record.meta
+    if record.kind == "kb":
+        text, pid, span = _kb_text(record.fields, meta.get("name") or record.id), meta.get("doc_id", record.id), None
+    else:
+        text, pid, span = record.text, meta.get("passage_id", record.id), meta.get("char_span")
+    return {"id": pid, "text": text, "source_file": meta.get("source_file", ""), "doc_id": meta.get("doc_id", record.id),
+            "passage_id": pid, "char_span": span, "language": meta.get("language"),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_index(path: str, stamp: float) -> Index:
     return Index.load(path)
@@ -273,10 +301,18 @@ NOTHING_FOUND = {
     "zh": "已索引的指南中没有与该问题相关的段落。请说明指南未涉及该问题，不要引用任何出处。",
     "ko": "색인된 지침에 이 질문과 관련된 문단이 없습니다. 지침에 해당 내용이 없다고 말하고 출처를 인용하지 마세요.",
 }
+# What a reply says when the guidelines do not cover the question: ``NOT_IN_GUIDELINES`` alone is the
+# whole answer of a ``rag-qa`` abstention example (the model learns to say it); ``NOT_COVERED`` is the
+# note the guard puts at the start of a reply when retrieval finds nothing relevant.
+NOT_IN_GUIDELINES = {
+    "en": "The indexed guidelines do not cover this question.",
+    "zh": "已索引的指南未涉及这个问题。",
+    "ko": "색인된 지침에는 이 질문에 대한 내용이 없습니다.",
+}
 NOT_COVERED = {
-    "en": "The indexed guidelines do not cover this question; what follows is general information without a source.",
-    "zh": "已索引的指南未涉及这个问题；以下为一般性信息，没有出处。",
-    "ko": "색인된 지침에는 이 질문에 대한 내용이 없습니다. 아래는 출처 없는 일반 정보입니다.",
+    "en": NOT_IN_GUIDELINES["en"][:-1] + "; what follows is general information without a source.",
+    "zh": NOT_IN_GUIDELINES["zh"][:-1] + "；以下为一般性信息，没有出处。",
+    "ko": NOT_IN_GUIDELINES["ko"] + " 아래는 출처 없는 일반 정보입니다.",
 }
 
 
@@ -305,6 +341,14 @@ def context_block(hits: list[Hit], lang: str) -> str:
         p = h.passage
         parts.append(f"[{n}] ({Path(p['source_file']).name}, {p['passage_id']})\n{p['text'].strip()}")
     return "\n\n".join(parts)
+
+
+def grounded_messages(messages: list[dict], hits: list[Hit], lang: str) -> list[dict]:
+    """``messages`` as the model sees them with retrieval: :func:`context_block` of ``hits`` (or, with
+    no hits, the nothing-found instruction) appended to the system turn. Used at run time by
+    :func:`ground` and for training by the ``rag-qa`` generator, so both see one prompt format."""
+    lang = lang if lang in CONTEXT_INTRO else "en"
+    return _with_system(messages, context_block(hits, lang) if hits else NOTHING_FOUND[lang])
 
 
 def _with_system(messages: list[dict], text: str) -> list[dict]:
@@ -339,6 +383,5 @@ def ground(messages: list[dict], index: Index, k: int = 3, mode: str = "hybrid",
     threshold = min_score if min_score is not None else index.settings.get("min_score" if dense else "min_lexical", 0.0)
     best = max((h.relevance for h in hits if h.relevance is not None), default=None)
     if best is None or best < threshold:
-        return Grounding(_with_system(messages, NOTHING_FOUND[lang]), [], False, NOT_COVERED[lang])
-    return Grounding(_with_system(messages, context_block(hits, lang)),
-                     [h.citation(n) for n, h in enumerate(hits, start=1)], True)
+        return Grounding(grounded_messages(messages, [], lang), [], False, NOT_COVERED[lang])
+    return Grounding(grounded_messages(messages, hits, lang), [h.citation(n) for n, h in enumerate(hits, start=1)], True)

@@ -233,3 +233,89 @@ def test_eval_rag_scores_recall_mrr_and_calibrates(tmp_path, fake_encoder):
     assert res["modes"]["lexical"]["recall@5"]["rate"] == 1.0 and 0 < res["modes"]["lexical"]["mrr"] <= 1
     assert res["calibration"]["off_topic_let_through"]["n"] == 20
     assert (tmp_path / "eval" / "rejects.jsonl").is_file()  # the row without a source is reported, not dropped silently
+
+
+# ---------------------------------------------------------------- rag-qa generator (RAFT)
+def _kb_file(tmp_path: Path) -> Path:
+    rows = [{"name": "Metformin", "indications": "Type 2 diabetes.", "dosage": "500 mg twice daily."},
+            {"name": "Amlodipine", "indications": "Hypertension and angina.", "dosage": "5 mg once daily."},
+            {"name": "Salbutamol", "indications": "Asthma and bronchospasm.", "dosage": "100 micrograms as needed."},
+            {"name": "Omeprazole", "indications": "Gastro-oesophageal reflux disease.", "dosage": "20 mg once daily."}]
+    path = tmp_path / "drugs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _kb_pairs(tmp_path: Path):
+    import random
+
+    from medtune.data import generators as G
+    from medtune.data.readers import read_kb
+    from medtune.data.records import Tally
+
+    entries = list(read_kb(_kb_file(tmp_path), Tally("read")))
+    templates = G.load_templates()
+    pairs = [p for e in entries for p in G.kb_template(e, templates, 1, random.Random(0), Tally("kb"))]
+    return entries, pairs
+
+
+@pytest.mark.parametrize("not_covered", [0.0, 1.0])
+def test_rag_qa_prompts_like_run_time_cites_gold_and_abstains(tmp_path, not_covered):
+    import random
+
+    from medtune.data.generators import rag_qa
+    from medtune.data.records import Tally
+    from medtune.retrieval import NOT_COVERED, NOT_IN_GUIDELINES, Hit, grounded_messages, passage_of
+
+    entries, pairs = _kb_pairs(tmp_path)
+    passages = {passage_of(e)["id"]: passage_of(e) for e in entries}
+    tally = Tally("rag-qa")
+    out = rag_qa(pairs, entries, k=3, not_covered=not_covered, rng=random.Random(1), tally=tally)
+    assert len(out) == len(pairs) == tally.kept > 0
+    for rec, pair in zip(out, pairs):
+        system, user, reply = rec.messages
+        shown = [passages[i] for i in rec.meta["context"]]
+        assert len(shown) == 3 and user == pair.messages[0]
+        # exactly the run-time prompt: retrieval's own formatting of these passages
+        assert rec.messages[:2] == grounded_messages([pair.messages[0]], [Hit(-1, p, 0.0) for p in shown], "en")
+        assert rec.meta["doc_id"] == pair.meta["doc_id"] and rec.meta["source_file"] == pair.meta["source_file"]
+        assert rec.meta["generator"] == "rag-qa" and rec.meta["qa_generator"] == "kb-template"
+        if not_covered == 0.0:
+            n = rec.meta["gold_marker"]
+            assert rec.meta["covered"] and rec.meta["context"][n - 1] == pair.meta["doc_id"]
+            assert f"[{n}] (drugs.jsonl, {pair.meta['doc_id']})" in system["content"]
+            assert f"[{n}]" in reply["content"] and reply["content"].startswith(pair.messages[1]["content"].rstrip(".")[:20])
+        else:
+            assert not rec.meta["covered"] and rec.meta["gold_marker"] is None
+            assert pair.meta["doc_id"] not in rec.meta["context"]
+            assert reply["content"] == NOT_IN_GUIDELINES["en"]
+            assert NOT_COVERED["en"].startswith(reply["content"][:-1])  # the run-time note's wording
+
+
+def test_cite_puts_the_marker_before_the_final_punctuation():
+    from medtune.data.generators import cite
+
+    assert cite("Type 2 diabetes.", 2) == "Type 2 diabetes [2]."
+    assert cite("二甲双胍是首选药物。", 1) == "二甲双胍是首选药物 [1]。"
+    assert cite("no stop", 3) == "no stop [3]"
+
+
+def test_data_build_with_rag_qa_writes_covered_and_not_covered_examples(tmp_path):
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(_kb_file(tmp_path)), "type": "kb", "generator": "rag-qa"}],
+        "paraphrases": 2, "rag_not_covered": 0.3, "validation_fraction": 0.0,
+        "filters": {"near_dup_threshold": None}}}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(r["meta"]["generator"] == "rag-qa" and r["messages"][0]["role"] == "system" for r in rows)
+    covered = [r for r in rows if r["meta"]["covered"]]
+    assert covered and len(covered) < len(rows)
+    assert all(f"[{r['meta']['gold_marker']}]" in r["messages"][-1]["content"] for r in covered)
+    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["steps"]["generate:rag-qa"]["kept"] == len(rows)

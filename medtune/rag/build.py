@@ -3,9 +3,8 @@
 The records come from the data stage's readers (``read_guidelines``, ``read_kb``), read by the
 caller (``cli`` composes the two stages); this module reads only their fields:
 
-- guideline passages: ``text``; ``meta.source_file``, ``doc_id``, ``passage_id``, ``char_span``, ``language``;
-- knowledge-base entries: ``fields`` (rendered as ``name`` then ``field: value`` lines); ``meta.source_file``,
-  ``doc_id``, ``name``, ``language`` (passage id = doc id, no character span).
+guideline passages and knowledge-base entries, turned into index rows by
+:func:`medtune.retrieval.passage_of` (the ``rag-qa`` generator renders its passages with it too).
 
 Incremental: every passage carries the sha256 of its text; a rebuild reuses the stored vector of
 any passage whose hash is already in the index and embeds only new or changed text. BM25 is
@@ -14,7 +13,6 @@ rebuilt from scratch (it is cheap: see docs/benchmarks.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,30 +24,9 @@ import numpy as np
 
 from medtune.errors import ConfigError
 from medtune.rag.config import RagConfig
-from medtune.retrieval import ENCODER, INSTALL_HINT, RetrievalMissing, tokenize
+from medtune.retrieval import ENCODER, INSTALL_HINT, RetrievalMissing, passage_of, tokenize
 
 VERSION = 1
-
-
-def _kb_text(fields: dict, name: str) -> str:
-    lines = [name]
-    for key, value in fields.items():
-        text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
-        if text and text != name:
-            lines.append(f"{key}: {text}")
-    return "\n".join(lines)
-
-
-def to_passage(record) -> dict:
-    """One index row from a reader record (``kind`` ``passage`` or ``kb``; fields listed in the module docstring)."""
-    meta = record.meta
-    if record.kind == "kb":
-        text, pid, span = _kb_text(record.fields, meta.get("name") or record.id), meta.get("doc_id", record.id), None
-    else:
-        text, pid, span = record.text, meta.get("passage_id", record.id), meta.get("char_span")
-    return {"id": pid, "text": text, "source_file": meta.get("source_file", ""), "doc_id": meta.get("doc_id", record.id),
-            "passage_id": pid, "char_span": span, "language": meta.get("language"),
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 def _stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
@@ -110,7 +87,7 @@ def build_index(records: Iterable, cfg: RagConfig) -> dict:
     t0 = time.perf_counter()
     passages, seen = [], set()
     for r in records:
-        p = to_passage(r)
+        p = passage_of(r)
         if p["id"] in seen:
             raise ConfigError(f"{p['source_file']}: passage id {p['id']!r} occurs twice; give each source its own file name")
         seen.add(p["id"])
