@@ -319,3 +319,22 @@ def test_data_build_with_rag_qa_writes_covered_and_not_covered_examples(tmp_path
     assert all(f"[{r['meta']['gold_marker']}]" in r["messages"][-1]["content"] for r in covered)
     stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text(encoding="utf-8"))
     assert stats["steps"]["generate:rag-qa"]["kept"] == len(rows)
+
+
+def test_rag_qa_not_covered_shows_no_passage_of_the_gold_document(tmp_path):
+    import random
+
+    from medtune.data.generators import rag_qa
+    from medtune.data.readers import read_guidelines
+    from medtune.data.records import Record, Tally
+
+    passages = list(read_guidelines(GUIDELINES, Tally("read")))
+    pairs = [Record(id=f"{p.id}/q0", kind="qa", messages=[{"role": "user", "content": p.text[:40] + "?"},
+                                                          {"role": "assistant", "content": p.text[:60]}],
+                    meta={**p.meta, "generator": "guideline-qa"}) for p in passages]
+    out = rag_qa(pairs, passages, k=3, not_covered=1.0, rng=random.Random(0), tally=Tally("rag-qa"))
+    doc_of = {p.meta["passage_id"]: p.meta["doc_id"] for p in passages}
+    assert len(out) == len(pairs)
+    for rec in out:
+        assert all(doc_of[i] != rec.meta["doc_id"] for i in rec.meta["context"])
+        assert rec.meta["passage_id"] not in rec.meta["context"]
