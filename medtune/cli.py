@@ -254,11 +254,7 @@ def _index_source(spec: str) -> IndexSource:
 
 
 def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = None) -> None:
-    """Compose the two stages: the data stage's readers give the passages, the rag stage indexes them."""
-    from medtune.data.build import read_source
-    from medtune.data.config import SourceConfig
-    from medtune.data.records import Tally
-    from medtune.rag.build import build_index
+    from medtune.run import build_index_from_sources
 
     if source:
         r = r.model_copy(update={"rag": (r.rag or RagConfig()).model_copy(update={"sources": [_index_source(s) for s in source]})})
@@ -266,11 +262,8 @@ def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = No
     if not cfg.sources:
         raise ConfigError(f"{path or 'medtune index build'}: nothing to index; give --source PATH (repeatable) "
                           "or a recipe with rag.sources or guideline/kb data.sources")
-    tally, records = Tally("index"), []
-    for s in cfg.sources:
-        records += read_source(SourceConfig(**s.model_dump()), tally)
-    stats = build_index(records, cfg)
-    dropped = f", {sum(tally.dropped.values())} records rejected by the readers" if tally.dropped else ""
+    stats = build_index_from_sources(cfg)
+    dropped = f", {stats['rejected']} records rejected by the readers" if stats["rejected"] else ""
     err.print(f"index {cfg.index_dir}: {stats['passages']} passages ({stats['embedded']} embedded, "
               f"{stats['reused']} reused) in {stats['seconds']} s{dropped}", markup=False)
 

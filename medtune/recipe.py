@@ -99,7 +99,7 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``rag.index_dir`` -> ``<output_dir>/index``; ``rag.sources`` -> the data section's guideline/kb sources;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
       model when ``prefer_merged`` and it exists, else the recipe's ``model``; their ``rag.index``
-      -> ``rag.index_dir`` when the recipe has a ``rag`` section.
+      -> ``rag.index_dir`` when the recipe has a ``rag`` section, and so does ``eval.rag_index``.
 
     Args:
         recipe: a validated recipe.
@@ -125,6 +125,8 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     if r.rag is not None:
         up["rag"] = r.rag.model_copy(update={"index_dir": r.rag.index_dir or r.stage_dir("rag"),
                                              "sources": r.rag.sources or rag_sources(r)})
+    if r.eval is not None and r.rag is not None and r.eval.rag_index is None:
+        up["eval"] = r.eval.model_copy(update={"rag_index": up["rag"].index_dir})
     for name in ("chat", "serve", "web"):
         cfg = getattr(r, name)
         if cfg is not None and cfg.model is None and not getattr(cfg, "adapter", None) and not getattr(cfg, "endpoint", None):

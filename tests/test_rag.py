@@ -338,3 +338,38 @@ def test_rag_qa_not_covered_shows_no_passage_of_the_gold_document(tmp_path):
     for rec in out:
         assert all(doc_of[i] != rec.meta["doc_id"] for i in rec.meta["context"])
         assert rec.meta["passage_id"] not in rec.meta["context"]
+
+
+def test_run_recipe_builds_the_index_stage_from_the_data_sources_and_skips_it_when_unchanged(tmp_path, fake_encoder):
+    from medtune.recipe import load_recipe, resolve
+    from medtune.run import run_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(_kb_file(tmp_path)), "type": "kb", "generator": "rag-qa"}],
+        "validation_fraction": 0.0, "filters": {"near_dup_threshold": None}}, "rag": {},
+        "eval": {"mcq_files": [], "fact_file": None}}), encoding="utf-8")
+    r = load_recipe(recipe)
+    assert resolve(r).eval.rag_index == tmp_path / "run" / "index"
+    first = run_recipe(r, only=["data", "rag"])
+    assert first["rag"]["status"] == "ran" and first["rag"]["summary"]["passages"] == 4
+    assert Index.load(tmp_path / "run" / "index").search("Salbutamol asthma", k=1)[0].passage["text"].startswith("Salbutamol")
+    assert run_recipe(r, only=["data", "rag"])["rag"]["status"] == "skipped"
+
+
+def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, qwen_dir, fake_encoder):
+    from medtune.recipe import load_recipe
+    from medtune.run import run_recipe
+
+    _build(["--source", str(GUIDELINES), "--source", f"kb:{EXAMPLES / 'kb' / 'drugs.jsonl'}", "--index-dir", str(tmp_path / "idx")])
+    out = tmp_path / "run"
+    shutil.copytree(qwen_dir, out / "merged")  # stands in for the fine-tuned model
+    recipe = load_recipe(None, [f"model={qwen_dir}", f"output_dir={out}", "eval.mcq_files=[]", "eval.heldout=false",
+                                f"eval.fact_file={EXAMPLES.parent / 'eval' / 'kb_facts.jsonl'}", "eval.max_fact_items=2",
+                                "eval.fact_generation.max_new_tokens=4", f"eval.rag_index={tmp_path / 'idx'}"])
+    summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
+    for name in ("base", "finetuned"):
+        assert set(summary[name]["fact"]) == set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
+    assert {c["model"] for c in summary["rag_comparison"]} == {"base", "finetuned"}
+    assert all(len(c["closed_book"]) == len(c["rag"]) == 3 for c in summary["rag_comparison"])

@@ -106,6 +106,8 @@ class EvalConfig(Section):
     max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")
     fact_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=40))
     batch_size: int = Field(8, ge=1, description="Questions per forward pass.")
+    rag_index: Path | None = Field(None, description="Also score fact recall with each question grounded in this index (closed-book vs RAG, both models); default: the recipe's rag index when it has a rag section.")
+    rag_top_k: int = Field(3, ge=1, le=20, description="Passages per question in the RAG fact run.")
 
 
 class RagEvalConfig(Section):
