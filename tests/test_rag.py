@@ -373,3 +373,19 @@ def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, 
         assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
     assert {c["model"] for c in summary["rag_comparison"]} == {"base", "finetuned"}
     assert all(len(c["closed_book"]) == len(c["rag"]) == 3 for c in summary["rag_comparison"])
+
+
+def test_rag_qa_distractors_prefer_the_question_language(tmp_path):
+    import random
+
+    from medtune.data.generators import _distractors
+    from medtune.retrieval import tokenize
+
+    pool = [{"id": f"{lang}{i}", "doc_id": f"{lang}{i}", "language": lang, "text": t}
+            for i, (lang, t) in enumerate([("zh", "阿托伐他汀 高胆固醇血症"), ("zh", "二甲双胍 糖尿病"), ("zh", "奥美拉唑 胃溃疡"),
+                                           ("en", "Metformin diabetes"), ("ko", "아세트아미노펜 발열"), ("en", "Gout uric acid")])]
+    terms = {p["id"]: set(tokenize(p["text"], "ngram")) for p in pool}
+    for seed in range(5):
+        shown = _distractors("氨氯地平的适应症是什么？", pool[0], pool, terms, 2, True, random.Random(seed))
+        assert len(shown) == 2 and pool[0] not in shown
+        assert sum(p["language"] == "zh" for p in shown) >= 1  # 2 of the 4 candidates are zh

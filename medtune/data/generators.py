@@ -406,12 +406,14 @@ def cite(answer: str, marker: int) -> str:
 def _distractors(question: str, gold: dict, pool: list[dict], terms: dict[str, set], n: int, covered: bool,
                  rng: random.Random) -> list[dict]:
     """``n`` passages other than ``gold``, drawn from the ``2n`` that share most ``ngram`` terms with the
-    question (hard negatives, like what retrieval returns). Not-covered examples exclude every passage of
-    the gold's document: an overlapping window of it could still answer the question."""
+    question, then are in its language (hard negatives, like what retrieval returns; ties in random
+    order). Not-covered examples exclude every passage of the gold's document: an overlapping window of
+    it could still answer the question."""
     q = set(tokenize(question, "ngram"))
     others = [p for p in pool if p["id"] != gold["id"] and (covered or p["doc_id"] != gold["doc_id"])]
-    ranked = sorted(others, key=lambda p: (-len(q & terms[p["id"]]), p["id"]))[: 2 * n]
-    return rng.sample(ranked, min(n, len(ranked)))
+    rng.shuffle(others)
+    ranked = sorted(others, key=lambda p: (-len(q & terms[p["id"]]), p.get("language") != gold.get("language")))
+    return rng.sample(ranked[: 2 * n], min(n, len(ranked)))
 
 
 def rag_qa(pairs: list[Record], sources: list[Record], k: int, not_covered: float, rng: random.Random,
