@@ -9,7 +9,7 @@ from rich.console import Console
 from medtune.config import ChatConfig
 from medtune.generation import stream_chat
 from medtune.models import load_chat_model
-from medtune.safety import guarded_stream
+from medtune.safety import guard, guarded_stream
 
 console = Console()
 HELP = "Commands: /reset clears the conversation, /exit quits."
@@ -19,18 +19,29 @@ def _start(system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
+def format_sources(citations: list[dict]) -> list[str]:
+    """``[n] file, passage id, chars s-e (score)`` lines for the terminal ("" list when there are none)."""
+    lines = []
+    for c in citations:
+        span = f", chars {c['char_span'][0]}-{c['char_span'][1]}" if c.get("char_span") else ""
+        lines.append(f"[{c['marker']}] {c['source_file']}, {c['passage_id']}{span} (score {c['score']:.4f})")
+    return (["Sources:"] + lines) if lines else []
+
+
 def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | None = None) -> list[dict]:
     """Chat with a model; one-shot when ``prompt`` is given, else an interactive loop on ``stdin``.
 
     Args:
         cfg: chat config (model / adapter / system prompt / generation settings / safety policy;
-            answers go through :func:`medtune.safety.guarded_stream`).
+            answers go through :func:`medtune.safety.guarded_stream`; with ``rag.index`` the reply
+            is grounded in the index and its sources are printed after it).
         prompt: a single user message; the reply is printed and the function returns.
         stdin: input stream for the interactive loop (default ``sys.stdin``).
         out: console to print to (default stdout).
 
     Returns:
-        The conversation as ``messages`` (system, user and assistant turns).
+        The conversation as ``messages`` (system, user and assistant turns; with retrieval each
+        assistant turn also has ``citations``).
     """
     out = out or console
     model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)
@@ -38,12 +49,19 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
 
     def answer(text: str) -> None:
         messages.append({"role": "user", "content": text})
+        citations = guard(messages, cfg.safety, rag=cfg.rag).citations if cfg.rag.index else None
         pieces = []
-        for piece in guarded_stream(messages, cfg.safety, lambda m: stream_chat(model, tokenizer, m, cfg.generation)):
+        for piece in guarded_stream(messages, cfg.safety, lambda m: stream_chat(model, tokenizer, m, cfg.generation),
+                                    rag=cfg.rag):
             pieces.append(piece)
             out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
         out.print()
-        messages.append({"role": "assistant", "content": "".join(pieces)})
+        reply = {"role": "assistant", "content": "".join(pieces)}
+        if citations is not None:
+            reply["citations"] = citations
+            for line in format_sources(citations):
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+        messages.append(reply)
 
     if prompt is not None:
         answer(prompt)

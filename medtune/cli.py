@@ -5,6 +5,7 @@
 | ``models list``          | :func:`medtune.models.pack_status`        |                |
 | ``models prepare NAME``  | :func:`medtune.models.prepare_pack`       |                |
 | ``data build RECIPE``    | :func:`medtune.data.build.build_data`     | ``data``       |
+| ``index build [RECIPE]`` | :func:`medtune.rag.build.build_index`     | ``rag``        |
 | ``train [RECIPE]``       | :func:`medtune.train.objectives.run_training` | ``train``  |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
@@ -13,6 +14,7 @@
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
 | ``eval fact [RECIPE]``   | :func:`medtune.eval.fact.run_fact`        | ``fact``       |
+| ``eval rag [RECIPE]``    | :func:`medtune.eval.rag.run_rag_eval`     | ``rag_eval``   |
 | ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
@@ -47,8 +49,9 @@ from rich.table import Table
 from medtune.config import ChatConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
 from medtune.llm import LLMConfig
+from medtune.rag.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
@@ -59,6 +62,9 @@ eval_app = typer.Typer(help="Evaluate models: multiple-choice benchmarks, fact r
                        no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Retrieval index over guidelines and knowledge bases (chat/serve/web --index DIR).",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 safety_app = typer.Typer(help="Clinical safety layer: the learned red-flag classifier.", no_args_is_help=True)
 app.add_typer(safety_app, name="safety")
@@ -238,6 +244,30 @@ def _run_data(path: Optional[Path], r: Recipe) -> None:
     build_data(resolve(r).data, seed=r.seed)
 
 
+def _index_source(spec: str) -> IndexSource:
+    """``[guideline:|kb:]PATH``; without a prefix a .json/.jsonl/.csv file, or a path through a ``kb`` folder, is a kb."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("guideline", "kb"):
+        return IndexSource(path=Path(rest), type=kind)
+    p = Path(spec)
+    return IndexSource(path=p, type="kb" if p.suffix.lower() in (".json", ".jsonl", ".csv") or "kb" in p.parts else "guideline")
+
+
+def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = None) -> None:
+    from medtune.run import build_index_from_sources
+
+    if source:
+        r = r.model_copy(update={"rag": (r.rag or RagConfig()).model_copy(update={"sources": [_index_source(s) for s in source]})})
+    cfg = resolve(r, create=("rag",)).rag
+    if not cfg.sources:
+        raise ConfigError(f"{path or 'medtune index build'}: nothing to index; give --source PATH (repeatable) "
+                          "or a recipe with rag.sources or guideline/kb data.sources")
+    stats = build_index_from_sources(cfg)
+    dropped = f", {stats['rejected']} records rejected by the readers" if stats["rejected"] else ""
+    err.print(f"index {cfg.index_dir}: {stats['passages']} passages ({stats['embedded']} embedded, "
+              f"{stats['reused']} reused) in {stats['seconds']} s{dropped}", markup=False)
+
+
 def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
                config_file: Optional[str] = None) -> None:
     if launcher == "accelerate":
@@ -304,18 +334,21 @@ _DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sour
 _stage_command(data_app, "build", "data", DataConfig, _run_data,
                help="Read sources, generate QA pairs, filter, and write train/validation JSONL, stats.json and a data card.\n\n"
                     "Nested fields (use with --set):\n\n" + _DATA_HELP)
+_stage_command(index_app, "build", "rag", RagConfig, _run_index,
+               extra={"source": (Optional[List[str]], typer.Option(None, "--source", help="[guideline:|kb:]PATH to index (repeatable); replaces rag.sources."))},
+               help="Build (or update: only changed passages are re-embedded) a BM25 + e5 index over guideline and KB passages.")
 _stage_command(app, "train", "train", TrainConfig, _run_train,
                extra={"launcher": (str, typer.Option("none", help="'none' (this process) or 'accelerate' (multi-GPU / multi-node).")),
                       "config_file": (Optional[str], typer.Option(None, help="accelerate config: a path or a shipped name (ddp, fsdp, zero2, zero3, cpu2)."))},
                help="Train a model: --objective sft (default), pt, dpo, kto, orpo or grpo, through --method lora (default), qlora or full. See docs/training.md.")
 _stage_command(app, "merge", "merge", MergeConfig, _run_merge,
                help="Merge a LoRA adapter into its base and check adapter-vs-merged logit parity.")
-_stage_command(app, "chat", "chat", ChatConfig, _run_chat,
+_stage_command(app, "chat", "chat", ChatConfig, _run_chat, aliases={"rag_index": ["--index"]},
                extra={"prompt": (Optional[str], typer.Option(None, help="Answer this one message and exit (non-interactive)."))},
                help="Chat with a model: interactive (/reset, /exit) or one-shot with --prompt.")
-_stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"]},
+_stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"], "rag_index": ["--index"]},
                help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
-_stage_command(app, "web", "web", WebConfig, _run_web,
+_stage_command(app, "web", "web", WebConfig, _run_web, aliases={"rag_index": ["--index"]},
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
 
 
@@ -356,7 +389,10 @@ def _eval_runner(section: str, module: str, function: str) -> Callable:
 _stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq"), positional="data",
                aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
                help="Score a model on a multiple-choice benchmark (accuracy with 95% CI, per subject, per item).")
+_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig, _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval"),
+               positional="data", help="Retrieval quality of an index: recall@k and MRR per ranker, and a calibrated min_score.")
 _stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
+               aliases={"rag_index": ["--index"]},
                help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
 _stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",
                aliases={"answer_columns": ["--answer"]},

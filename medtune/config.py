@@ -73,6 +73,15 @@ class SafetyConfig(Section):
 Objective = Literal["sft", "pt", "dpo", "kto", "orpo", "grpo"]
 
 
+class RagSettings(Section):
+    """Retrieval at answer time (chat, serve, web): top-k passages of an index in the prompt, cited as [1], [2]."""
+
+    index: Path | None = Field(None, description="Index directory built by `medtune index build`; none: no retrieval.")
+    top_k: int = Field(3, ge=1, le=20, description="Passages put into the prompt, numbered [1]..[k].")
+    mode: Literal["hybrid", "lexical", "dense"] = Field("hybrid", description="hybrid (reciprocal rank fusion of BM25 and e5), lexical (BM25) or dense (e5).")
+    min_score: float | None = Field(None, description="Best-hit relevance (e5 cosine; BM25 in lexical mode) below which the reply says the guideline does not cover the question; default: the index's calibrated value.")
+
+
 class TrainConfig(Section):
     """One training run: an *objective* (what is learned: sft, pt, dpo, kto, orpo, grpo) through an
     adapter *method* (how the weights are changed: lora, qlora, full); the two are orthogonal.
@@ -169,6 +178,7 @@ class ChatConfig(Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    rag: RagSettings = Field(default_factory=RagSettings)
 
 
 class ServeConfig(Section):
@@ -189,6 +199,7 @@ class ServeConfig(Section):
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Defaults for fields a request leaves out.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    rag: RagSettings = Field(default_factory=RagSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
 
 
@@ -205,4 +216,5 @@ class WebConfig(Section):
     system: str | None = Field(None, description="Initial system prompt (default: the safety layer's).")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    rag: RagSettings = Field(default_factory=RagSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")

@@ -29,11 +29,12 @@ from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, Ser
                             WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
-from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
+from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.rag.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
-STAGE_DIRS = {"data": "data", "pretrain": "pretrain", "train": "adapter", "merge": "merged", "align": "align",
-              "samples": "samples", "eval": "eval"}
+STAGE_DIRS = {"data": "data", "rag": "index", "pretrain": "pretrain", "train": "adapter", "merge": "merged",
+              "align": "align", "samples": "samples", "eval": "eval"}
 
 
 class Recipe(Section):
@@ -45,6 +46,7 @@ class Recipe(Section):
     seed: int = Field(42, description="Seed for every stage.")
     data: DataConfig | None = None
     pretrain: TrainConfig | None = Field(None, description="Continued pre-training before `train` (objective pt unless set); `train` then starts from its merged model.")
+    rag: RagConfig | None = None
     train: TrainConfig | None = None
     merge: MergeConfig | None = None
     align: TrainConfig | None = Field(None, description="Preference / RL tuning after `merge` (objective dpo unless set), starting from the merged SFT model; its adapter is merged into <output_dir>/align-merged.")
@@ -57,6 +59,7 @@ class Recipe(Section):
     fact: FactConfig | None = None
     judge: JudgeConfig | None = None
     answers: AnswersConfig | None = None
+    rag_eval: RagEvalConfig | None = None
 
     def stage_dir(self, stage: str) -> Path:
         """``<output_dir>/<dir>`` of a stage (``train`` -> ``adapter``, ``merge`` -> ``merged`` ...)."""
@@ -90,6 +93,13 @@ def pretrained_model(recipe: Recipe) -> str:
     return str(out) if pre.method == "full" else str(recipe.output_dir / "pretrain-merged")
 
 
+def rag_sources(recipe: Recipe) -> list:
+    """The data section's guideline and kb sources, as index sources (the ``rag`` section names none)."""
+    keep = ("path", "type", "encoding", "language", "max_chars", "overlap_chars")
+    return [IndexSource(**{k: getattr(s, k) for k in keep}) for s in (recipe.data.sources if recipe.data else [])
+            if s.type in ("guideline", "kb")]
+
+
 def _default_model(recipe: Recipe, prefer_merged: bool) -> str:
     merged = recipe.stage_dir("merge")
     return str(merged) if prefer_merged and merged.is_dir() else recipe.model
@@ -108,8 +118,10 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``align``: ``objective`` -> ``dpo`` unless set; ``model`` -> ``<output_dir>/merged`` when the recipe
       merges (else the recipe's ``model``); output dir ``<output_dir>/align``; seed as for ``train``;
       ``train_file`` -> the data stage's ``pairs.jsonl`` (from ``safety-pairs``) when unset;
+    - ``rag.index_dir`` -> ``<output_dir>/index``; ``rag.sources`` -> the data section's guideline/kb sources;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
-      model when ``prefer_merged`` and it exists, else the recipe's ``model``.
+      model when ``prefer_merged`` and it exists, else the recipe's ``model``; their ``rag.index``
+      -> ``rag.index_dir`` when the recipe has a ``rag`` section, and so does ``eval.rag_index``.
 
     Args:
         recipe: a validated recipe.
@@ -136,10 +148,17 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     if r.merge is not None:
         up["merge"] = r.merge.model_copy(update={"adapter": r.merge.adapter or r.stage_dir("train"),
                                                  "output_dir": r.merge.output_dir or r.stage_dir("merge")})
+    if r.rag is not None:
+        up["rag"] = r.rag.model_copy(update={"index_dir": r.rag.index_dir or r.stage_dir("rag"),
+                                             "sources": r.rag.sources or rag_sources(r)})
+    if r.eval is not None and r.rag is not None and r.eval.rag_index is None:
+        up["eval"] = r.eval.model_copy(update={"rag_index": up["rag"].index_dir})
     for name in ("chat", "serve", "web"):
         cfg = getattr(r, name)
         if cfg is not None and cfg.model is None and not getattr(cfg, "adapter", None) and not getattr(cfg, "endpoint", None):
-            up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+            cfg = up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+        if cfg is not None and r.rag is not None and cfg.rag.index is None:
+            up[name] = cfg.model_copy(update={"rag": cfg.rag.model_copy(update={"index": up["rag"].index_dir})})
     return r.model_copy(update=up)
 
 

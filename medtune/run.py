@@ -3,12 +3,14 @@
 Stages and their directories under the recipe's ``output_dir``:
 
 - ``data``     -> ``data/``     (train/validation JSONL with provenance, stats.json, data card)
+- ``rag``      -> ``index/``    (optional: BM25 + e5 retrieval index over the guideline / kb sources)
 - ``pretrain`` -> ``pretrain/`` (continued pre-training adapter; merged into ``pretrain-merged/``, where ``train`` starts)
 - ``train``    -> ``adapter/``  (LoRA adapter or full model, tokenizer, training config and log)
 - ``merge``    -> ``merged/``   (merged safetensors model + tokenizer + generation config)
 - ``align``    -> ``align/``    (DPO/KTO/ORPO/GRPO adapter on the merged model; merged into ``align-merged/``)
-- ``samples`` -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
-- ``eval``    -> ``eval/``     (base vs fine-tuned [vs aligned]: MCQ, fact recall, held-out perplexity, ``report.html``)
+- ``samples``  -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
+- ``eval``     -> ``eval/``     (base vs fine-tuned [vs aligned]: MCQ, fact recall (closed-book and, with an
+  index, RAG), held-out perplexity, ``report.html``)
 
 Every stage writes ``manifest.json`` (see :mod:`medtune.manifest`).
 """
@@ -39,6 +41,32 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
         if extra is not None:
             inputs[str(extra)] = tree_digests(extra)
     return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, seed=recipe.seed)
+
+
+def build_index_from_sources(cfg) -> dict:
+    """Compose two stages: the data stage's readers give the passages, the rag stage indexes them.
+
+    Args:
+        cfg: a resolved :class:`medtune.rag.config.RagConfig` (``sources`` and ``index_dir`` set).
+
+    Returns:
+        :func:`medtune.rag.build.build_index`'s stats plus ``rejected`` (records the readers rejected).
+    """
+    from medtune.data.build import read_source
+    from medtune.data.config import SourceConfig
+    from medtune.data.records import Tally
+    from medtune.rag.build import build_index
+
+    tally, records = Tally("index"), []
+    for s in cfg.sources:
+        records += read_source(SourceConfig(**s.model_dump()), tally)
+    return {**build_index(records, cfg), "rejected": sum(tally.dropped.values())}
+
+
+def _index(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    cfg = recipe.rag
+    inputs = {str(s.path): tree_digests(s.path) for s in cfg.sources}
+    return cfg.model_dump(mode="json"), inputs, lambda: build_index_from_sources(cfg)
 
 
 def _train_inputs(cfg) -> dict:
@@ -136,6 +164,7 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
               or tree_digests(recipe.stage_dir("train")), "mcq_files": files,
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
               "train": recipe.train.model_dump(mode="json") if recipe.train else None,
+              "rag_index": tree_digests(Path(cfg.rag_index) / "passages.jsonl") if cfg.rag_index else None,
               "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None}
     aligned = [recipe.output_dir / "align-merged", recipe.stage_dir("align")] if recipe.align is not None else None
     if aligned:
@@ -145,7 +174,7 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
         recipe.seed, out, f"medtune: base vs fine-tuned{' vs aligned' if aligned else ''} ({recipe.output_dir})", aligned)
 
 
-STAGES = {"data": _data, "pretrain": _chain_stage("pretrain"), "train": _train, "merge": _merge,
+STAGES = {"data": _data, "rag": _index, "pretrain": _chain_stage("pretrain"), "train": _train, "merge": _merge,
           "align": _chain_stage("align"), "samples": _samples, "eval": _eval}
 
 

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import medtune.safety_model as safety_model
-from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
+from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, RagSettings, SafetyConfig
+from medtune.retrieval import ground, open_index
 from medtune.text import detect_language
 
 LANGS = ("zh", "ko", "en")
@@ -288,6 +289,7 @@ class Guard:
     score: float | None = None
     prefix: str = ""
     suffix: str = ""
+    citations: list[dict] | None = None
 
 
 @dataclass
@@ -360,16 +362,20 @@ def urgent_message(flags: list[str], lang: str, number: str) -> str:
     return text + (CRISIS_LINE[lang] if "suicide" in flags else "")
 
 
-def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None) -> Guard:
-    """Apply the safety policy to a conversation before generation.
+def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None, rag: RagSettings | None = None) -> Guard:
+    """Apply the safety policy (and retrieval, when ``rag.index`` is set) to a conversation before generation.
 
     Args:
         messages: ``[{"role", "content"}, ...]`` ending with a user turn (not modified).
         cfg: safety policy.
         locale: the user's locale for this request (e.g. ``en-GB``), overriding ``cfg.locale``.
+        rag: retrieval settings; with an index the top passages go into the system turn
+            (:func:`medtune.retrieval.ground`) and ``citations`` lists them; when nothing relevant
+            is found the prefix says the guideline does not cover the question.
 
     Returns:
-        A :class:`Guard` with the messages to generate from and the prefix/suffix texts.
+        A :class:`Guard` with the messages to generate from, the prefix/suffix texts and the
+        citations (None without retrieval).
     """
     msgs = list(messages)
     if cfg.system_prompt and not any(m.get("role") == "system" for m in msgs):
@@ -383,6 +389,10 @@ def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None) ->
         g.flags, g.layer, g.score = found.flags, found.layer, found.score
         if g.flags:
             g.prefix = urgent_message(g.flags, lang, emergency_number(lang, cfg, locale)) + "\n\n"
+    if rag is not None and rag.index is not None:
+        found = ground(msgs, open_index(rag.index), rag.top_k, rag.mode, rag.min_score, lang)
+        g.messages, g.citations = found.messages, found.citations
+        g.prefix += found.note + "\n\n" if found.note else ""
     first_turn = not any(m.get("role") == "assistant" for m in msgs)
     if cfg.disclaimer == "always" or (cfg.disclaimer == "first_turn" and first_turn):
         g.suffix = "\n\n" + DISCLAIMER[lang]
@@ -390,7 +400,8 @@ def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None) ->
 
 
 def guarded_stream(messages: list[dict], cfg: SafetyConfig,
-                   generate: Callable[[list[dict]], Iterator[str]], locale: str | None = None) -> Iterator[str]:
+                   generate: Callable[[list[dict]], Iterator[str]], locale: str | None = None,
+                   rag: RagSettings | None = None) -> Iterator[str]:
     """Stream an answer with the safety layer: urgent message first, model text, then disclaimer.
 
     Args:
@@ -399,11 +410,12 @@ def guarded_stream(messages: list[dict], cfg: SafetyConfig,
         generate: function from messages to model text pieces (e.g. a partial of
             :func:`medtune.generation.stream_chat`).
         locale: the user's locale, see :func:`guard`.
+        rag: retrieval settings, see :func:`guard` (its ``citations`` are not yielded; call :func:`guard`).
 
     Yields:
         Text pieces; the first is the urgent-care message when a red flag was found.
     """
-    g = guard(messages, cfg, locale)
+    g = guard(messages, cfg, locale, rag)
     if g.prefix:
         yield g.prefix
     yield from generate(g.messages)

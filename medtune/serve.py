@@ -10,7 +10,10 @@ Endpoints (OpenAI API reference, "Chat Completions" and "Models"):
   API key unless ``metrics_public``). ``/docs`` and ``/openapi.json`` only with ``docs: true``.
 
 Every answer goes through the safety layer (:func:`medtune.safety.guard`): the urgent-care
-message is the first content of the answer, the disclaimer the last. Bad requests get 400 (401
+message is the first content of the answer, the disclaimer the last. With ``rag.index`` the top
+passages of the index go into the prompt numbered [1], [2] ... and the reply message carries an
+extra ``citations`` list (source file, passage id, char span, score, text); a streamed reply
+carries it on the first chunk's ``delta``. Bad requests get 400 (401
 without the right API key, 404 for an unknown model, 429 when the queue is full) with an
 OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``; never a bare 500.
 Request content cannot cause a 5xx: bodies over ``max_body_bytes`` get 413, invalid Unicode and
@@ -208,7 +211,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard
                        param="medtune_locale")
     messages = [m.model_dump() for m in req.messages]
     # system prompt + disclaimer only: the red-flag scan waits until the cheap checks have passed
-    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}), locale=req.medtune_locale)
+    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}), locale=req.medtune_locale, rag=cfg.rag)
     d = cfg.generation
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
@@ -218,7 +221,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard
                             f"{len(prompt_ids)} and max_tokens asks for {wanted or 1} more", param="messages",
                        code="context_length_exceeded")
     if cfg.safety.enabled:
-        g = guard(messages, cfg.safety, locale=req.medtune_locale)
+        g = guard(messages, cfg.safety, locale=req.medtune_locale, rag=cfg.rag)
     settings = GenerationSettings(
         temperature=d.temperature if req.temperature is None else req.temperature,
         top_p=d.top_p if req.top_p is None else req.top_p,
@@ -383,8 +386,11 @@ async def _complete(request, job: Job, g: Guard, events: asyncio.Queue, meta: di
         break
     metrics.completion_tokens += len(job.tokens)
     text = "".join(pieces) + g.suffix
+    message = {"role": "assistant", "content": text}
+    if g.citations is not None:
+        message["citations"] = g.citations  # extra field: clients that do not know it ignore it
     return JSONResponse({**meta, "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+        {"index": 0, "message": message, "finish_reason": reason}],
         "usage": _usage(job)})
 
 
@@ -398,7 +404,10 @@ async def _sse(job: Job, g: Guard, events: asyncio.Queue, meta: dict, include_us
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        first = {"role": "assistant", "content": ""}
+        if g.citations is not None:
+            first["citations"] = g.citations
+        yield chunk(first)
         if g.prefix:
             yield chunk({"content": g.prefix})
         while True:

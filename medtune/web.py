@@ -2,7 +2,8 @@
 
 The page has a multi-turn streaming chat, a system prompt box, generation settings, the medical
 disclaimer always visible and a red urgent-care banner that appears above the chat when the
-safety layer finds a red flag. Answers are produced by :func:`reply_stream`, which for a local
+safety layer finds a red flag. With ``rag.index`` (``--index DIR``) answers are grounded in the
+index and the sources of the last answer show under the chat as expandable blocks. Answers are produced by :func:`reply_stream`, which for a local
 model is exactly the chat path (:func:`medtune.safety.guarded_stream` over
 :func:`medtune.generation.stream_chat`), so chat, serve and web give the same greedy text.
 """
@@ -13,7 +14,7 @@ import html
 import os
 from typing import Callable, Iterator
 
-from medtune.config import GenerationSettings, SafetyConfig, WebConfig
+from medtune.config import GenerationSettings, RagSettings, SafetyConfig, WebConfig
 from medtune.safety import DISCLAIMER, guard, guarded_stream
 
 try:
@@ -76,11 +77,25 @@ def _without(pieces: Iterator[str], prefix: str, suffix: str) -> Iterator[str]:
 
 def reply_stream(messages: list[dict], settings: GenerationSettings, safety: SafetyConfig,
                  backend: Callable[[list[dict], GenerationSettings], Iterator[str]],
-                 remote: bool = False) -> Iterator[str]:
-    """The answer as text pieces: urgent message first, model text, then disclaimer (per ``safety``)."""
-    g = guard(messages, safety)
+                 remote: bool = False, rag: RagSettings | None = None) -> Iterator[str]:
+    """The answer as text pieces: urgent message first, model text, then disclaimer (per ``safety``);
+    grounded in ``rag.index`` when set (retrieval runs here, also in front of an endpoint)."""
+    g = guard(messages, safety, rag=rag)
     generate = (lambda m: _without(backend(m, settings), g.prefix, g.suffix)) if remote else (lambda m: backend(m, settings))
-    return guarded_stream(messages, safety, generate)
+    return guarded_stream(messages, safety, generate, rag=rag)
+
+
+def sources_html(citations: list[dict] | None) -> str:
+    """The reply's sources as expandable ``<details>`` blocks (summary: marker, file, passage id, span, score)."""
+    if not citations:
+        return ""
+    items = []
+    for c in citations:
+        span = f", chars {c['char_span'][0]}&ndash;{c['char_span'][1]}" if c.get("char_span") else ""
+        items.append(f"<details class='source'><summary>[{c['marker']}] {html.escape(str(c['source_file']))}, "
+                     f"{html.escape(str(c['passage_id']))}{span} (score {c['score']:.4f})</summary>"
+                     f"<blockquote style='white-space:pre-wrap'>{html.escape(c.get('text', ''))}</blockquote></details>")
+    return "<div id='sources-list'><b>Sources</b>" + "".join(items) + "</div>"
 
 
 def _text(content) -> str:
@@ -105,18 +120,20 @@ def build_ui(cfg: WebConfig, backend: Callable[[list[dict], GenerationSettings],
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + history
         messages.append({"role": "user", "content": message})
         banner = banner_html(messages, cfg.safety)
+        sources = sources_html(guard(messages, cfg.safety, rag=cfg.rag).citations) if cfg.rag.index else ""
         settings = g0.model_copy(update={"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_tokens)})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        yield history, banner, ""
-        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote):
+        yield history, banner, "", sources
+        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote, rag=cfg.rag):
             history[-1]["content"] += piece
-            yield history, banner, ""
+            yield history, banner, "", sources
 
     with gr.Blocks(title="medtune chat") as ui:
         gr.Markdown("## medtune chat\n" + f"*{DISCLAIMER['en']} {DISCLAIMER['zh']} {DISCLAIMER['ko']}*",
                     elem_id="disclaimer")
         banner = gr.HTML("", elem_id="urgent-banner")
         chatbot = gr.Chatbot(elem_id="chat", label="conversation", height=420)
+        sources = gr.HTML("", elem_id="sources")
         with gr.Row():
             box = gr.Textbox(placeholder="Describe your question or symptoms...", show_label=False, elem_id="msg", scale=5)
             send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
@@ -127,9 +144,9 @@ def build_ui(cfg: WebConfig, backend: Callable[[list[dict], GenerationSettings],
             max_tokens = gr.Slider(1, 2048, value=g0.max_new_tokens, step=1, label="max tokens")
         clear = gr.Button("Clear conversation")
         inputs = [box, chatbot, system, temperature, top_p, max_tokens]
-        send.click(respond, inputs, [chatbot, banner, box], api_name="respond")
-        box.submit(respond, inputs, [chatbot, banner, box], api_name=False)
-        clear.click(lambda: ([], ""), None, [chatbot, banner], api_name=False)
+        send.click(respond, inputs, [chatbot, banner, box, sources], api_name="respond")
+        box.submit(respond, inputs, [chatbot, banner, box, sources], api_name=False)
+        clear.click(lambda: ([], "", ""), None, [chatbot, banner, sources], api_name=False)
     return ui
 
 

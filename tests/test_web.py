@@ -33,7 +33,7 @@ def web_local(qwen_dir):
 def _web_answer(url: str, message: str) -> str:
     from gradio_client import Client
 
-    history, banner, _ = Client(url, verbose=False).predict(message, [], "", 0.0, 1.0, GREEDY.max_new_tokens,
+    history, banner, _, _sources = Client(url, verbose=False).predict(message, [], "", 0.0, 1.0, GREEDY.max_new_tokens,
                                                              api_name="/respond")
     content = history[-1]["content"]
     return "".join(p["text"] for p in content) if isinstance(content, list) else content

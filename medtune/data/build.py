@@ -65,10 +65,21 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
                     seed: int, tallies: dict[str, Tally], pairs: list[dict]) -> list[Record]:
     """Run every source's generator (teacher calls run concurrently under the teacher's limits);
-    preference pairs (``safety-pairs``) are appended to ``pairs``."""
+    preference pairs (``safety-pairs``) are appended to ``pairs``.
+
+    A ``rag-qa`` source first gets its type's QA (kb-template / guideline-qa); :func:`G.rag_qa` then puts
+    retrieved passages around each pair, drawing distractors from every ``rag-qa`` source.
+    """
     rng, templates, out, jobs = random.Random(seed), None, [], []
+    rag_sources, rag_pairs = [], []
     for src, records in sources:
         gen = src.generator or DEFAULT_GENERATOR[src.type]
+        sink = out
+        if gen == "rag-qa":
+            if src.type not in ("guideline", "kb"):
+                raise ConfigError(f"data.sources {src.path}: generator rag-qa needs type guideline or kb, not {src.type}")
+            rag_sources += records
+            gen, sink = DEFAULT_GENERATOR[src.type], rag_pairs
         tally = tallies.setdefault(f"generate:{gen}", Tally(f"generate:{gen}"))
         if gen == "none":
             if src.type not in ("qa_tree", "corpus"):
@@ -86,14 +97,17 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         elif gen == "kb-template":
             templates = templates or G.load_templates(cfg.templates)
             for r in records:
-                out.extend(G.kb_template(r, templates, cfg.paraphrases, rng, tally))
+                sink.extend(G.kb_template(r, templates, cfg.paraphrases, rng, tally))
         else:
             kind = "guideline" if gen == "guideline-qa" else "report"
-            jobs += [G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally,
-                                        multi_turn=src.multi_turn)
+            jobs += [(sink, G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally,
+                                          multi_turn=src.multi_turn and sink is out))
                      for r in records]
-    for batch in await asyncio.gather(*jobs):
-        out.extend(batch)
+    for sink, batch in zip([s for s, _ in jobs], await asyncio.gather(*(job for _, job in jobs))):
+        sink.extend(batch)
+    if rag_sources:
+        out.extend(G.rag_qa(rag_pairs, rag_sources, cfg.rag_passages, cfg.rag_not_covered, rng,
+                            tallies.setdefault("generate:rag-qa", Tally("generate:rag-qa"))))
     if cfg.dialogue is not None:
         out.extend(await G.dialogue(cfg.dialogue, teacher, cfg.prompts_dir, rng, tallies.setdefault("generate:dialogue", Tally("generate:dialogue"))))
     if cfg.translate_to:
@@ -238,5 +252,6 @@ def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int 
     lines += audit_lines(stats["audit"]) + ["## Examples", ""]
     for rec in kept[:: max(1, len(kept) // n_examples)][:n_examples]:
         lines += [f"- **{rec.meta.get('generator')}** ({rec.meta.get('language')}, {rec.meta.get('doc_id')}): "
-                  f"Q: {rec.messages[0]['content'][:160]!r} A: {rec.messages[-1]['content'][:200]!r}"]
+                  f"Q: {next(m['content'] for m in rec.messages if m['role'] == 'user')[:160]!r} "
+                  f"A: {rec.messages[-1]['content'][:200]!r}"]
     return "\n".join(lines) + "\n"

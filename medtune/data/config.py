@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medtune.llm import LLMConfig
 
-GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "none")
+GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "rag-qa", "none")
 DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
                      "qa_tree": "none", "corpus": "none", "labelled": "safety-pairs"}
 
@@ -34,8 +34,8 @@ class SourceConfig(_Section):
 
     path: Path = Field(..., description="File or directory (read recursively).")
     type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/data/safety/LABELS.md).")
-    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "none"] | None = Field(
-        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | none (QA records pass through); default by type.")
+    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "rag-qa", "none"] | None = Field(
+        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
     sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")
@@ -88,6 +88,8 @@ class DataConfig(_Section):
     templates: Path | None = Field(None, description="kb-template YAML (default: medtune/data/kb_templates.yaml).")
     prompts_dir: Path | None = Field(None, description="Folder with <language>/<name>.txt prompt templates overriding the shipped ones.")
     paraphrases: int = Field(2, ge=1, description="kb-template: question paraphrases used per field.")
+    rag_passages: int = Field(3, ge=1, le=20, description="rag-qa: passages in each prompt, numbered [1]..[k] (use the top_k of chat/serve/web).")
+    rag_not_covered: float = Field(0.2, ge=0.0, le=1.0, description="rag-qa: share of examples whose gold passage is removed; their answer says the guideline does not cover the question.")
     judge: bool = Field(False, description="guideline-qa / report-qa: ask the teacher whether each answer is supported; drop unsupported.")
     dialogue: DialogueConfig | None = Field(None, description="Self-instruct scenario dialogues (absent: not generated).")
     translate_to: str | None = Field(None, description="Also translate generated pairs into this language (zh, ko, en) with the teacher.")

@@ -7,6 +7,7 @@
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
 | :func:`safety_pairs` | none                                      | ``labelled`` (red-flag labels) |
+| :func:`rag_qa`       | none (wraps kb-template / guideline-qa)   | ``qa`` + passages |
 
 Prompt templates live in ``medtune/data/prompts/<language>/<name>.txt`` (English used when a
 language has none); a ``prompts_dir`` with the same layout overrides them. Each output record's
@@ -31,6 +32,7 @@ from medtune.text import dangling_reference, detect_language
 from medtune.llm import SensitiveDataError, LLMClient, LLMError
 from medtune.config import SafetyConfig
 from medtune.safety import CATEGORY_NAMES, detect_red_flags, emergency_number, urgent_message
+from medtune.retrieval import NOT_IN_GUIDELINES, Hit, grounded_messages, passage_of, tokenize
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
@@ -436,3 +438,76 @@ def safety_pairs(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally)
              "meta": {"generator": "safety-pairs", "source_file": r.meta.get("source_file"), "doc_id": r.meta.get("doc_id"),
                       "language": lang, "expected": r.meta["expected"], "label_type": r.meta.get("label_type"),
                       "urgent_flags": flags, "emergency_number": number, "chosen_is_urgent": red}}]
+
+
+# ---------------------------------------------------------------- rag-qa (RAFT; no LLM of its own)
+_END = re.compile(r"([.!?。！？]+)\s*$")
+
+
+def cite(answer: str, marker: int) -> str:
+    """``answer`` with `` [marker]`` before its final sentence punctuation (``"... enough [2]."``)."""
+    answer = answer.strip()
+    m = _END.search(answer)
+    return f"{answer[:m.start()]} [{marker}]{m.group(1)}" if m else f"{answer} [{marker}]"
+
+
+def _distractors(question: str, gold: dict, pool: list[dict], terms: dict[str, set], n: int, covered: bool,
+                 rng: random.Random) -> list[dict]:
+    """``n`` passages other than ``gold``, drawn from the ``2n`` that share most ``ngram`` terms with the
+    question, then are in its language (hard negatives, like what retrieval returns; ties in random
+    order). Not-covered examples exclude every passage of the gold's document: an overlapping window of
+    it could still answer the question."""
+    q = set(tokenize(question, "ngram"))
+    others = [p for p in pool if p["id"] != gold["id"] and (covered or p["doc_id"] != gold["doc_id"])]
+    rng.shuffle(others)
+    ranked = sorted(others, key=lambda p: (-len(q & terms[p["id"]]), p.get("language") != gold.get("language")))
+    return rng.sample(ranked[: 2 * n], min(n, len(ranked)))
+
+
+def rag_qa(pairs: list[Record], sources: list[Record], k: int, not_covered: float, rng: random.Random,
+           tally: Tally) -> list[Record]:
+    """SFT examples with retrieved passages in context (Zhang et al., 2024, "RAFT: Adapting Language
+    Model to Domain Specific RAG").
+
+    For each single-turn pair from ``kb-template`` or ``guideline-qa``, ``k`` passages go into the
+    prompt exactly as retrieval puts them there at run time (:func:`medtune.retrieval.grounded_messages`,
+    numbered [1]..[k]): with probability ``1 - not_covered`` its gold passage at a random position among
+    ``k - 1`` distractors and the answer citing it (:func:`cite`); otherwise ``k`` distractors from other
+    documents and the answer :data:`medtune.retrieval.NOT_IN_GUIDELINES` (the model learns to abstain).
+
+    Args:
+        pairs: ``qa`` records whose ``meta`` names their source passage (``passage_id``, or ``doc_id``
+            for a kb entry).
+        sources: the reader records the pairs were made from (passages / kb entries): gold and distractors.
+        k: passages per prompt (the ``top_k`` used at run time).
+        not_covered: share of examples with the gold passage removed (0-1).
+
+    Returns:
+        Records with ``messages`` [system: passages, user: question, assistant: answer] and ``meta``: the
+        pair's provenance plus ``generator: rag-qa``, ``qa_generator``, ``covered``, ``gold_marker``
+        (None when not covered) and ``context`` (passage ids in marker order).
+    """
+    pool = [passage_of(r) for r in sources]
+    by_id = {p["id"]: p for p in pool}
+    terms = {p["id"]: set(tokenize(p["text"], "ngram")) for p in pool}
+    out = []
+    for pair in pairs:
+        gold = by_id.get(pair.meta.get("passage_id") or pair.meta.get("doc_id"))
+        question, answer = pair.messages[0]["content"], pair.messages[-1]["content"]
+        if gold is None or len(pair.messages) != 2 or dangling_reference(question):
+            why = "no source passage" if gold is None else "multi-turn pair" if len(pair.messages) != 2 else "question refers to its passage"
+            tally.drop(f"rag-qa: {why}", pair.meta.get("source_file"), pair.id, question[:120])
+            continue
+        covered = rng.random() >= not_covered
+        shown = _distractors(question, gold, pool, terms, k - 1 if covered else k, covered, rng)
+        if covered:
+            shown.insert(rng.randrange(len(shown) + 1), gold)
+        lang = pair.meta.get("language") if pair.meta.get("language") in NOT_IN_GUIDELINES else "en"
+        marker = shown.index(gold) + 1 if covered else None
+        messages = grounded_messages([{"role": "user", "content": question}], [Hit(-1, p, 0.0) for p in shown], lang)
+        messages.append({"role": "assistant", "content": cite(answer, marker) if covered else NOT_IN_GUIDELINES[lang]})
+        tally.keep()
+        out.append(Record(id=f"{pair.id}/rag", kind="qa", messages=messages,
+                          meta={**pair.meta, "generator": "rag-qa", "qa_generator": pair.meta.get("generator"),
+                                "covered": covered, "gold_marker": marker, "context": [p["id"] for p in shown]}))
+    return out

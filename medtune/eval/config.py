@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medtune.config import GenerationSettings, Section
+from medtune.config import GenerationSettings, RagSettings, Section
 
 
 class McqConfig(Section):
@@ -57,6 +57,7 @@ class FactConfig(Section):
     batch_size: int = Field(4, ge=1, description="Questions per generate call.")
     max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
+    rag: RagSettings = Field(default_factory=RagSettings, description="With rag.index (--index DIR): each question is grounded in the index first (RAG); without: closed-book.")
     output_dir: Path = Field(Path("runs/eval/fact"), description="Where results.json, predictions.jsonl and manifest.json go.")
     seed: int = Field(42, description="Seed for sampled decoding.")
     overwrite: bool = Field(False, description="Discard predictions of a different earlier run in output_dir.")
@@ -109,3 +110,19 @@ class EvalConfig(Section):
     safety_file: Path | None = Field(None, description="Red-flag-labelled messages (e.g. medtune/data/safety/heldout/test_en.jsonl): share answered with urgent care by the model itself, safety layer off (medtune.eval.urgent); None skips it.")
     max_safety_items: int | None = Field(12, ge=1, description="Red-flag messages, and as many without a red flag, answered per model.")
     safety_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
+
+    rag_index: Path | None = Field(None, description="Also score fact recall with each question grounded in this index (closed-book vs RAG, both models); default: the recipe's rag index when it has a rag section.")
+    rag_top_k: int = Field(3, ge=1, le=20, description="Passages per question in the RAG fact run.")
+
+
+class RagEvalConfig(Section):
+    """Retrieval quality of an index (``medtune eval rag``): recall@k and MRR on question -> passage pairs."""
+
+    data: Path = Field(..., description="JSONL of questions that know their source: a data build's train/validation.jsonl ({messages, meta: {passage_id | doc_id}}) or {question, passage_id | doc_id}.")
+    index: Path = Field(..., description="Index directory built by `medtune index build` over the same sources.")
+    k: list[int] = Field([1, 3, 5, 10], description="Cut-offs for recall@k.")
+    modes: list[Literal["hybrid", "lexical", "dense"]] = Field(["lexical", "dense", "hybrid"], description="Rankers to compare.")
+    off_topic: Path | None = Field(None, description="Questions the sources do not cover (one per line or JSONL {question}), for calibrating min_score; default: the shipped zh/ko/en set.")
+    target_coverage: float = Field(0.95, gt=0, le=1, description="Calibration: the suggested min_score keeps at least this share of answerable questions covered.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
+    output_dir: Path = Field(Path("runs/eval/rag"), description="Where results.json and predictions.jsonl go.")

@@ -28,6 +28,7 @@ from medtune.eval.quality import answer_quality, quality_summary
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
 from medtune.manifest import tree_digests
+from medtune.retrieval import ground, open_index
 from medtune.errors import DataFileError
 from medtune.io import RecordError, Reject, read_rows, write_rejects
 from medtune.text import item_hit, match_form  # noqa: F401  (item_hit: imported from here by older code)
@@ -121,6 +122,14 @@ def _fact(rec: dict, line: int, shared: dict, seen: set, qcol: str | None, ecol:
     return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn}}
 
 
+def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> list[dict]:
+    """The question as messages; grounded in ``cfg.rag.index`` when set (RAG), else closed-book."""
+    messages = sys_msg + [{"role": "user", "content": question}]
+    if cfg.rag.index is None:
+        return messages
+    return ground(messages, open_index(cfg.rag.index), cfg.rag.top_k, cfg.rag.mode, cfg.rag.min_score).messages
+
+
 def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """Generate answers to the fact questions and score them; write results, predictions and manifest.
 
@@ -152,7 +161,7 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
         task = bar.add_task(f"fact recall {backend.name}", total=len(items), completed=len(items) - len(todo))
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
-            replies = generate_replies(backend, [sys_msg + [{"role": "user", "content": it["question"]}] for it in batch], settings)
+            replies = generate_replies(backend, [_prompt(sys_msg, it["question"], cfg) for it in batch], settings)
             rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply.text,
                      **score_answer(reply.text, it["expected"], it["synonyms"]),
                      **answer_quality(it["question"], reply.text, reply.stopped), "run_key": key}

