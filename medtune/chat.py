@@ -33,7 +33,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
         The conversation as ``messages`` (system, user and assistant turns).
     """
     out = out or console
-    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)
+    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code, cfg.backend)
     messages = _start(cfg.system)
 
     def answer(text: str) -> None:

@@ -10,6 +10,7 @@
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
 | ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
 | ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
+| ``export [RECIPE]``      | :func:`medtune.export.stage.export_model` | ``export``     |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
 | ``eval fact [RECIPE]``   | :func:`medtune.eval.fact.run_fact`        | ``fact``       |
@@ -44,7 +45,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ChatConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
+from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
@@ -299,6 +300,24 @@ def _run_web(path: Optional[Path], r: Recipe) -> None:
     _optional("medtune.web", "launch_web")(resolve(r, create=("web",), prefer_merged=path is not None).web)
 
 
+def _run_export(path: Optional[Path], r: Recipe) -> None:
+    from medtune.export.stage import export_model
+
+    given = r.export.model_fields_set if r.export is not None else set()
+    cfg = resolve(r, create=("export",), prefer_merged=path is not None).export
+    if path is None and "output_dir" not in given:  # no recipe: next to the model (or the adapter)
+        source = Path(str(cfg.adapter or cfg.model))
+        cfg = cfg.model_copy(update={"output_dir": source.with_name(source.name + "-gguf") if source.exists()
+                                     else Path(source.name + "-gguf")})
+    if cfg.adapter is not None:  # base + adapter: merge first (with its own parity check), then export
+        from medtune.merge import merge_adapter
+
+        merged = merge_adapter(MergeConfig(model=cfg.model if "model" in given else None, adapter=cfg.adapter,
+                                           output_dir=cfg.output_dir / "merged-hf"))
+        cfg = cfg.model_copy(update={"model": merged["output_dir"], "adapter": None})
+    export_model(cfg)
+
+
 _DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sources[i]"), (LLMConfig, "data.teacher"),
                                                        (FilterConfig, "data.filters")))
 _stage_command(data_app, "build", "data", DataConfig, _run_data,
@@ -317,6 +336,9 @@ _stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapter
                help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
 _stage_command(app, "web", "web", WebConfig, _run_web,
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
+_stage_command(app, "export", "export", ExportConfig, _run_export, positional="model",
+               help="Export to GGUF (f16, q8_0, q4_k_m) or Ollama with llama.cpp's converter and quantizer; "
+                    "checks greedy parity with transformers (parity.json) and writes a model card.")
 
 
 @app.command(epilog="Fields (use with --set):\n\n" + field_help(Recipe, "recipe"))

@@ -25,14 +25,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, ServeConfig, TrainConfig,
-                            WebConfig)
+from medtune.config import (ChatConfig, ExportConfig, MergeConfig, SamplesConfig, Section, ServeConfig,
+                            TrainConfig, WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
 from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
-STAGE_DIRS = {"data": "data", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval"}
+STAGE_DIRS = {"data": "data", "train": "adapter", "merge": "merged", "samples": "samples", "eval": "eval",
+              "export": "export"}
 
 
 class Recipe(Section):
@@ -50,6 +51,7 @@ class Recipe(Section):
     serve: ServeConfig | None = None
     web: WebConfig | None = None
     eval: EvalConfig | None = None
+    export: ExportConfig | None = None
     mcq: McqConfig | None = None
     fact: FactConfig | None = None
     judge: JudgeConfig | None = None
@@ -87,7 +89,10 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
       -> the data stage's outputs when the recipe has a ``data`` section and names no files;
     - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
-      model when ``prefer_merged`` and it exists, else the recipe's ``model``.
+      model when ``prefer_merged`` and it exists, else the recipe's ``model``;
+    - ``export.model`` -> ``<output_dir>/merged`` when the recipe merges (or ``prefer_merged`` and it
+      exists), else the recipe's ``model``; ``export.output_dir`` -> ``<output_dir>/export``;
+      ``export.prompts`` -> ``samples.prompts`` when the recipe has samples and export names none.
 
     Args:
         recipe: a validated recipe.
@@ -114,6 +119,13 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
         cfg = getattr(r, name)
         if cfg is not None and cfg.model is None and not getattr(cfg, "adapter", None) and not getattr(cfg, "endpoint", None):
             up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
+    if r.export is not None:
+        e = r.export
+        model = e.model or (str(r.stage_dir("merge")) if r.merge is not None and not e.adapter
+                            else _default_model(r, prefer_merged))
+        prompts = r.samples.prompts if r.samples is not None and "prompts" not in e.model_fields_set else e.prompts
+        up["export"] = e.model_copy(update={"model": model, "output_dir": e.output_dir or r.stage_dir("export"),
+                                            "prompts": prompts})
     return r.model_copy(update=up)
 
 

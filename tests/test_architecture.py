@@ -8,8 +8,8 @@ import medtune
 
 ROOT = Path(medtune.__file__).parent
 GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety",
-          "safety_model"}
-STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval"}
+          "safety_model", "llamacpp", "card"}
+STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval", "export"}
 TOP = {"recipe", "run", "cli", "__main__", "__init__"}
 
 
