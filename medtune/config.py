@@ -104,6 +104,7 @@ class TrainConfig(Section):
     fp16: bool = Field(False, description="float16 mixed precision (CUDA only).")
     seed: int = Field(42, description="Random seed; in a recipe it defaults to the recipe's `seed`.")
     logging_steps: int = Field(1, ge=1, description="Log loss, learning rate, tokens/s and peak memory every N steps.")
+    report_to: Literal["none", "tensorboard", "wandb", "swanlab", "mlflow"] = Field("none", description="Experiment tracker, through transformers' integrations: tensorboard (offline, event files under <output_dir>/runs), wandb, swanlab or mlflow (each needs its package; offline modes are theirs, e.g. WANDB_MODE=offline).")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
     save_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
