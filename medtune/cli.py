@@ -301,7 +301,7 @@ def _run_web(path: Optional[Path], r: Recipe) -> None:
 
 
 def _run_export(path: Optional[Path], r: Recipe) -> None:
-    from medtune.export.stage import export_model
+    from medtune.run import export_merged
 
     given = r.export.model_fields_set if r.export is not None else set()
     cfg = resolve(r, create=("export",), prefer_merged=path is not None).export
@@ -309,13 +309,7 @@ def _run_export(path: Optional[Path], r: Recipe) -> None:
         source = Path(str(cfg.adapter or cfg.model))
         cfg = cfg.model_copy(update={"output_dir": source.with_name(source.name + "-gguf") if source.exists()
                                      else Path(source.name + "-gguf")})
-    if cfg.adapter is not None:  # base + adapter: merge first (with its own parity check), then export
-        from medtune.merge import merge_adapter
-
-        merged = merge_adapter(MergeConfig(model=cfg.model if "model" in given else None, adapter=cfg.adapter,
-                                           output_dir=cfg.output_dir / "merged-hf"))
-        cfg = cfg.model_copy(update={"model": merged["output_dir"], "adapter": None})
-    export_model(cfg)
+    export_merged(cfg, base_given="model" in given)  # base + adapter: merged first, then exported
 
 
 _DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sources[i]"), (LLMConfig, "data.teacher"),
@@ -357,6 +351,9 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
     if merged.is_dir():
         print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
               f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+        if not r.stage_dir("export").is_dir():
+            print(f"Export it for llama.cpp / Ollama / LM Studio (needs pip install 'medtune[gguf]'):\n"
+                  f"  medtune export {merged} --quant q8_0 --format ollama --output-dir {r.stage_dir('export')}")
 
 
 # ----------------------------------------------------------------------------- eval

@@ -61,8 +61,9 @@ def load_gguf(path: Path | str, n_ctx: int = 4096, logits_all: bool = False):
                           n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
     except ValueError as e:
         raise ModelError(f"llama.cpp cannot load {path}: {e}") from None
-    if llm.n_ctx() > llm.n_ctx_train() > 0:
-        llm = llama.Llama(model_path=str(path), n_ctx=llm.n_ctx_train(), logits_all=logits_all, verbose=False,
+    trained = llama.llama_model_n_ctx_train(llm.model)
+    if llm.n_ctx() > trained > 0:
+        llm = llama.Llama(model_path=str(path), n_ctx=trained, logits_all=logits_all, verbose=False,
                           n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
     return llm
 
@@ -156,7 +157,10 @@ def quantize(src: Path, dst: Path, level: str) -> Path:
     Raises:
         ModelError: llama-cpp-python missing, or llama.cpp reports a failure.
     """
+    import logging
+
     llama = import_llama_cpp()
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's per-tensor log: errors only
     params = llama.llama_model_quantize_default_params()
     params.ftype = getattr(llama, QUANT_FTYPES[level])
     params.nthread = os.cpu_count() or 1

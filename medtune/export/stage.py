@@ -78,6 +78,9 @@ def export_model(cfg: ExportConfig) -> dict:
     """
     t0 = time.time()
     import_llama_cpp()  # fail early with the install hint
+    if cfg.adapter is not None:
+        raise ExportError("export_model exports a merged model; merge the adapter first (medtune.run.export_merged, "
+                          "or `medtune export BASE --adapter ADAPTER`)")
     if cfg.model is None or cfg.output_dir is None:
         raise ExportError("export needs a model and an output_dir (give --model, or a recipe with merge/export)")
     model_dir, out = Path(resolve_model(cfg.model)), Path(cfg.output_dir)
