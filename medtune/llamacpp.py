@@ -157,14 +157,22 @@ def quantize(src: Path, dst: Path, level: str) -> Path:
     Raises:
         ModelError: llama-cpp-python missing, or llama.cpp reports a failure.
     """
-    import logging
+    import tempfile
 
     llama = import_llama_cpp()
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's per-tensor log: errors only
     params = llama.llama_model_quantize_default_params()
     params.ftype = getattr(llama, QUANT_FTYPES[level])
     params.nthread = os.cpu_count() or 1
-    rc = llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with tempfile.TemporaryFile() as log:  # llama.cpp logs every tensor to stderr; shown only on failure
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            rc = llama.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode("utf-8", "replace")
     if rc != 0 or not dst.is_file():
-        raise ModelError(f"llama.cpp could not quantize {src} to {level} (code {rc})")
+        raise ModelError(f"llama.cpp could not quantize {src} to {level} (code {rc}):\n{text[-1500:]}")
     return dst

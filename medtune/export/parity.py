@@ -8,7 +8,9 @@ transformers model (float32) decodes ``n_tokens`` greedily; that is the referenc
 - is fed the reference tokens (teacher forcing, one pass): ``agreement`` is the share of positions
   where its top-1 token is the reference token, ``mean_abs_dlogprob`` the mean |log p_gguf(t) -
   log p_hf(t)| over the reference tokens t (nats);
-- tokenises the rendered prompt text with its own tokenizer: ``tokenizer_match``.
+- tokenises the rendered prompt text with its own tokenizer: ``tokenizer_match`` (a difference is
+  reported, not fatal: the model itself is compared on the same ids; a deployment that tokenises
+  with the GGUF would see other ids for those prompts).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def compare_gguf(path: Path, reference: list[dict], stops: list[int]) -> dict:
         own = list(model.stream_tokens(p, greedy.model_copy(update={"max_new_tokens": len(t)})))
         matches.append(next((i for i, (a, b) in enumerate(zip(own, t)) if a != b), min(len(own), len(t))))
     tokens = [len(r["tokens"]) for r in reference]
-    return {"exact": matches == tokens and all(tok_ok), "greedy_match": matches, "tokens": tokens,
+    return {"exact": matches == tokens, "greedy_match": matches, "tokens": tokens,
             "agreement": round(sum(agree) / max(len(agree), 1), 4),
             "mean_abs_dlogprob": round(float(np.mean(dlp)) if dlp else 0.0, 5),
             "max_abs_dlogprob": round(float(np.max(dlp)) if dlp else 0.0, 5), "tokenizer_match": all(tok_ok),

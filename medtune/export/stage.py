@@ -96,6 +96,9 @@ def export_model(cfg: ExportConfig) -> dict:
         files.pop("f16").unlink()
     if report and not report["levels"]["f16"]["exact"]:
         raise ExportError(f"f16 GGUF does not reproduce the transformers model's greedy tokens; see {out / 'parity.json'}")
+    if report and not report["levels"]["f16"]["tokenizer_match"]:
+        console.print("[yellow]warning:[/] llama.cpp's tokenizer (GGUF) splits some parity prompts differently from the "
+                      "transformers tokenizer; check export.tokenizer_pre (parity.json: tokenizer_match)")
     if report and not all(r["stops_are_eog"] for r in report["levels"].values()):
         raise ExportError(f"llama.cpp would not stop at every end-of-turn token of {model_dir}; see {out / 'parity.json'}")
     written = None
