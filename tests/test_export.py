@@ -160,3 +160,14 @@ def test_llamacpp_backend_without_the_extra_gives_the_install_hint(monkeypatch, 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelError, match=r"pip install 'medtune\[gguf\]'"):
         load_chat_model(str(tmp_path / "m.gguf"), backend="llamacpp")
+
+
+def test_recipe_export_section_resolves_to_the_merged_model_and_sample_prompts(tmp_path):
+    from medtune.recipe import load_recipe, resolve
+    from medtune.run import STAGES
+
+    r = resolve(load_recipe(None, [f"output_dir={tmp_path}", "merge.tolerance=0.001", "samples.prompts=[hi]",
+                                   "export.quant=[q4_k_m]"]))
+    assert r.export.model == str(tmp_path / "merged") and r.export.output_dir == tmp_path / "export"
+    assert r.export.prompts == ["hi"] and r.export.quant == ["q4_k_m"]
+    assert list(STAGES).index("export") == list(STAGES).index("merge") + 2  # after samples, before eval
