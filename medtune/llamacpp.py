@@ -40,8 +40,15 @@ def llama_cpp_version() -> str:
     return import_llama_cpp().__version__
 
 
+def threads() -> int:
+    """llama.cpp threads: ``$MEDTUNE_LLAMA_THREADS``, else half the logical CPUs (llama-cpp-python's default:
+    the physical cores on SMT machines). More threads than free cores is far slower, not a little: ggml's
+    threads wait for each other at every step (2 threads on a busy 2-core machine: 0.23 tokens/s, 1 thread: 2.2)."""
+    return int(os.environ.get("MEDTUNE_LLAMA_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+
+
 def load_gguf(path: Path | str, n_ctx: int = 4096, logits_all: bool = False):
-    """Open a ``.gguf`` file with llama.cpp on all CPU cores.
+    """Open a ``.gguf`` file with llama.cpp on :func:`threads` CPU threads.
 
     Args:
         path: the GGUF file.
@@ -58,13 +65,13 @@ def load_gguf(path: Path | str, n_ctx: int = 4096, logits_all: bool = False):
     llama = import_llama_cpp()
     try:
         llm = llama.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                          n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
+                          n_threads=threads(), n_threads_batch=threads())
     except ValueError as e:
         raise ModelError(f"llama.cpp cannot load {path}: {e}") from None
     trained = llama.llama_model_n_ctx_train(llm.model)
     if llm.n_ctx() > trained > 0:
         llm = llama.Llama(model_path=str(path), n_ctx=trained, logits_all=logits_all, verbose=False,
-                          n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
+                          n_threads=threads(), n_threads_batch=threads())
     return llm
 
 

@@ -85,7 +85,7 @@ def compare_gguf(path: Path, reference: list[dict], stops: list[int]) -> dict:
         lp = _log_softmax(np.array(llm.scores[len(p) - 1: len(p) - 1 + len(t)]))
         agree += [int(lp[i].argmax() == tok) for i, tok in enumerate(t)]
         dlp += [abs(float(lp[i, tok]) - r["logprobs"][i]) for i, tok in enumerate(t)]
-        llm.reset()
+        # no reset: llama-cpp-python's prefix match reuses the prompt's KV cache from the pass above
         own = list(model.stream_tokens(p, greedy.model_copy(update={"max_new_tokens": len(t)})))
         matches.append(next((i for i, (a, b) in enumerate(zip(own, t)) if a != b), min(len(own), len(t))))
     tokens = [len(r["tokens"]) for r in reference]

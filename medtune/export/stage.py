@@ -135,10 +135,10 @@ def _print_commands(files: dict[str, Path], modelfile_path: Path | None, cfg: Ex
     gguf = files[cfg.quant[0]]
     console.print(f"\n[bold]Run it[/]\n  llama.cpp:  llama-cli -m {gguf} -cnv\n"
                   f"  medtune:    medtune chat --backend llamacpp --model {gguf}\n"
-                  f"  server:     medtune serve --backend llamacpp --model {gguf}", highlight=False)
+                  f"  server:     medtune serve --backend llamacpp --model {gguf}", highlight=False, soft_wrap=True)
     if modelfile_path:
         console.print(f"  Ollama:     cd {modelfile_path.parent} && ollama create medtune-model -f Modelfile "
-                      "&& ollama run medtune-model", highlight=False)
+                      "&& ollama run medtune-model", highlight=False, soft_wrap=True)
 
 
 def push_to_hub(folder: Path, repo: str) -> str:
