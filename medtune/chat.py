@@ -44,7 +44,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
         assistant turn also has ``citations``).
     """
     out = out or console
-    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)
+    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code, cfg.backend)
     messages = _start(cfg.system)
 
     def answer(text: str) -> None:

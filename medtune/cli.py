@@ -11,6 +11,7 @@
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
 | ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
 | ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
+| ``export [RECIPE]``      | :func:`medtune.export.stage.export_model` | ``export``     |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
 | ``eval fact [RECIPE]``   | :func:`medtune.eval.fact.run_fact`        | ``fact``       |
@@ -46,7 +47,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ChatConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
+from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
@@ -329,6 +330,18 @@ def _run_web(path: Optional[Path], r: Recipe) -> None:
     _optional("medtune.web", "launch_web")(resolve(r, create=("web",), prefer_merged=path is not None).web)
 
 
+def _run_export(path: Optional[Path], r: Recipe) -> None:
+    from medtune.run import export_merged
+
+    given = r.export.model_fields_set if r.export is not None else set()
+    cfg = resolve(r, create=("export",), prefer_merged=path is not None).export
+    if path is None and "output_dir" not in given:  # no recipe: next to the model (or the adapter)
+        source = Path(str(cfg.adapter or cfg.model))
+        cfg = cfg.model_copy(update={"output_dir": source.with_name(source.name + "-gguf") if source.exists()
+                                     else Path(source.name + "-gguf")})
+    export_merged(cfg, base_given="model" in given)  # base + adapter: merged first, then exported
+
+
 _DATA_HELP = "\n\n".join(field_help(m, p) for m, p in ((SourceConfig, "data.sources[i]"), (LLMConfig, "data.teacher"),
                                                        (FilterConfig, "data.filters")))
 _stage_command(data_app, "build", "data", DataConfig, _run_data,
@@ -350,6 +363,9 @@ _stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapter
                help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
 _stage_command(app, "web", "web", WebConfig, _run_web, aliases={"rag_index": ["--index"]},
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
+_stage_command(app, "export", "export", ExportConfig, _run_export, positional="model",
+               help="Export to GGUF (f16, q8_0, q4_k_m) or Ollama with llama.cpp's converter and quantizer; "
+                    "checks greedy parity with transformers (parity.json) and writes a model card.")
 
 
 @app.command(epilog="Fields (use with --set):\n\n" + field_help(Recipe, "recipe"))
@@ -368,6 +384,9 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
     if merged.is_dir():
         print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
               f"  medtune chat --model {merged} --prompt \"What is hypertension?\"")
+        if not r.stage_dir("export").is_dir():
+            print(f"Export it for llama.cpp / Ollama / LM Studio (needs pip install 'medtune[gguf]'):\n"
+                  f"  medtune export {merged} --quant q8_0 --format ollama --output-dir {r.stage_dir('export')}")
 
 
 # ----------------------------------------------------------------------------- eval

@@ -129,6 +129,7 @@ class TrainConfig(Section):
     fp16: bool = Field(False, description="float16 mixed precision (CUDA only).")
     seed: int = Field(42, description="Random seed; in a recipe it defaults to the recipe's `seed`.")
     logging_steps: int = Field(1, ge=1, description="Log loss, learning rate, tokens/s and peak memory every N steps.")
+    report_to: Literal["none", "tensorboard", "wandb", "swanlab", "mlflow"] = Field("none", description="Experiment tracker, through transformers' integrations: tensorboard (offline, event files under <output_dir>/runs), wandb, swanlab or mlflow (each needs its package; offline modes are theirs, e.g. WANDB_MODE=offline).")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
     save_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
@@ -178,6 +179,7 @@ class ChatConfig(Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    backend: Literal["transformers", "llamacpp"] = Field("transformers", description="Inference backend; llamacpp runs a .gguf file with llama.cpp (pip install 'medtune[gguf]').")
     rag: RagSettings = Field(default_factory=RagSettings)
 
 
@@ -193,7 +195,7 @@ class ServeConfig(Section):
     metrics_public: bool = Field(False, description="Serve /metrics without the API key.")
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (behind the API key when one is set).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes; larger gets 413.")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU.")
+    backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU; llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
     batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
@@ -217,4 +219,25 @@ class WebConfig(Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     rag: RagSettings = Field(default_factory=RagSettings)
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    backend: Literal["transformers", "llamacpp"] = Field("transformers", description="Local inference backend; llamacpp runs a .gguf file with llama.cpp (pip install 'medtune[gguf]').")
+
+
+GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+class ExportConfig(Section):
+    """Export a model to GGUF (llama.cpp, LM Studio) or Ollama with llama.cpp's own converter and quantizer."""
+
+    model: str | None = Field(None, description="Model to export: a merged directory or pack; with adapter, the base to merge it into.")
+    adapter: Path | None = Field(None, description="Optional LoRA adapter: merged into model first (logit parity checked).")
+    output_dir: Path | None = Field(None, description="Where the .gguf files, parity.json, README.md (and Modelfile) go; defaults to <recipe output_dir>/export.")
+    format: Literal["gguf", "ollama"] = Field("gguf", description="gguf: .gguf files; ollama: the same plus a Modelfile (FROM, TEMPLATE, stop tokens, SYSTEM).")
+    quant: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(default_factory=lambda: ["q8_0"], description="Levels to write: f16, q8_0, q4_k_m (several: --quant f16,q4_k_m); the Modelfile uses the first.")
+    parity: bool = Field(True, description="Greedy-decode the prompts with llama.cpp and transformers and compare (parity.json); f16 must match token for token.")
+    parity_tokens: int = Field(32, ge=1, description="Tokens decoded per prompt in the parity check.")
+    prompts: list[str] = Field(default_factory=lambda: list(SamplesConfig().prompts), description="User prompts of the parity check (with the safety system prompt).")
+    system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="SYSTEM of the Modelfile and system turn of the parity prompts (medtune's safety system prompt).")
+    tokenizer_pre: str | None = Field(None, description="llama.cpp pre-tokenizer name for a BPE tokenizer its converter does not recognise (e.g. gpt-2 for a plain GPT-2 byte-level BPE).")
+    push_to_hub: str | None = Field(None, description="Hugging Face repo id to upload the export to (needs network and a token).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")

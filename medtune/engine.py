@@ -9,7 +9,9 @@ exactly the computation ``stream_chat`` does. A per-row stopping criterion strea
 new text to its job as it is produced and ends rows that hit an end-of-turn id, a stop string,
 their own ``max_tokens`` or a cancelled client, so a disconnected client frees its row at once.
 
-Backends: ``transformers`` (default) and ``vllm`` (optional extra, GPU only; not tested here).
+Backends: ``transformers`` (default), ``llamacpp`` (a ``.gguf`` file run by llama.cpp, optional extra
+``medtune[gguf]``; requests are decoded one after another) and ``vllm`` (optional extra, GPU only;
+not tested here).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from medtune.config import GenerationSettings, ServeConfig
 from medtune.generation import generate_kwargs, render_prompt, stop_ids
+from medtune.llamacpp import load_gguf_chat
 from medtune.models import ModelError, attach_adapter, load_model, load_tokenizer
 
 VLLM_HINT = "the vllm backend needs `pip install 'medtune[vllm]'` on a CUDA machine"
@@ -92,7 +95,7 @@ class Engine:
         self._tokenizer_lock = threading.Lock()  # request threads render prompts concurrently
         self.batches = self.batched_jobs = 0
         self._stop = False
-        self._eos = set(stop_ids(model, tokenizer)) if backend == "transformers" else set()
+        self._eos = set(stop_ids(model, tokenizer)) if backend == "transformers" else set(getattr(model, "stop_ids", ()))
         self.worker = threading.Thread(target=self._loop, name="medtune-engine", daemon=True)
         self.worker.start()
 
@@ -139,7 +142,7 @@ class Engine:
             self.batches += 1
             self.batched_jobs += len(batch)
             try:
-                (self._run_vllm if self.backend == "vllm" else self._run)(batch)
+                {"vllm": self._run_vllm, "llamacpp": self._run_llamacpp}.get(self.backend, self._run)(batch)
             except Exception as e:  # reported to each client as an error; the worker keeps going
                 for job in batch:
                     if not job.done:
@@ -216,6 +219,18 @@ class Engine:
         job.on_done(reason, None)
         return True
 
+    def _run_llamacpp(self, batch: list[Job]) -> None:
+        """llama.cpp path: the jobs one after another (llama.cpp decodes one sequence here), each token
+        through :meth:`_step` like a batch row, so stops, stop strings, streaming and cancelling are shared."""
+        for job in batch:
+            if self._finish_if_cancelled(job):
+                continue
+            for token in self.model.stream_tokens(job.prompt_ids, job.settings):
+                if self._step(job, token):
+                    break
+            if not job.done:
+                self._finish(job, "length")
+
     def _run_vllm(self, batch: list[Job]) -> None:
         """vllm path (untested here: needs a GPU and ``pip install medtune[vllm]``); whole texts, no token streaming."""
         from vllm import SamplingParams
@@ -266,6 +281,12 @@ def load_engine(cfg: ServeConfig) -> Engine:
         raise ModelError("no model given: pass --model (a merged dir, pack name or hub id)")
     if cfg.backend == "vllm":
         return _load_vllm(cfg)
+    if cfg.backend == "llamacpp":
+        if cfg.adapters:
+            raise ModelError("the llamacpp backend serves one .gguf file; merge and export adapters first (medtune export)")
+        model, tokenizer = load_gguf_chat(cfg.model)
+        return Engine(model, tokenizer, {}, cfg.max_batch_size, cfg.batch_wait_ms, backend="llamacpp",
+                      context_length=model.llm.n_ctx())
     first = next(iter(cfg.adapters.values()), None)
     tok_source = first if first and (Path(first) / "tokenizer_config.json").is_file() else cfg.model
     tokenizer = load_tokenizer(str(tok_source), cfg.trust_remote_code)

@@ -46,3 +46,7 @@ class LLMError(MedtuneError, RuntimeError):
 
 class SensitiveDataError(LLMError):
     """A ``sensitive`` source would be sent to a non-local endpoint without an explicit override."""
+
+
+class ExportError(MedtuneError, RuntimeError):
+    """An export that cannot run (missing llama.cpp converter, unknown tokenizer) or failed its parity check."""

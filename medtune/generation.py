@@ -93,6 +93,9 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
         Decoded text pieces; their concatenation is the whole reply without special tokens and
         without a partial UTF-8 character (``U+FFFD``) left at the end by ``max_new_tokens``.
     """
+    if getattr(model, "backend", None) == "llamacpp":
+        yield from _llamacpp_pieces(model, tokenizer, messages, settings)
+        return
     import torch
     from transformers import TextIteratorStreamer
 
@@ -118,6 +121,20 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
     thread.join()
     if errors:
         raise errors[0]
+
+
+def _llamacpp_pieces(model, tokenizer, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+    """Text pieces of a reply from a :class:`medtune.llamacpp.LlamaCppModel`: the end-of-turn token is not
+    shown, and a partial UTF-8 character (``U+FFFD``) waits for its other bytes or is dropped at the end."""
+    tokens, sent = [], ""
+    for token in model.stream_tokens(render_prompt(tokenizer, messages)[0].tolist(), settings):
+        if token in model.stop_ids:
+            break
+        tokens.append(token)
+        stable = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+        if len(stable) > len(sent):
+            yield stable[len(sent):]
+            sent = stable
 
 
 def drop_partial_tail(pieces: Iterable[str]) -> Iterator[str]:

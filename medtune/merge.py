@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medtune.card import write_model_card
 from medtune.errors import MergeError, ModelError
 from medtune.config import MergeConfig
 from medtune.generation import render_prompt, stop_ids
@@ -77,6 +78,7 @@ def merge_adapter(cfg: MergeConfig) -> dict:
     summary = {"output_dir": str(out), "base": base, "adapter": str(adapter),
                "max_abs_logit_diff": diff, "tolerance": cfg.tolerance, "seconds": round(time.time() - t0, 1)}
     (out / "medtune_merge.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(out)
     console.print(f"[green]merged[/] {adapter} into {base} -> {out}; parity: max |dlogit| = {diff:.2e} "
                   f"(tolerance {cfg.tolerance}) in {summary['seconds']} s")
     return summary

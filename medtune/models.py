@@ -370,12 +370,25 @@ def adapter_base(adapter: Path) -> str | None:
     return json.loads(info.read_text())["model"] if info.is_file() else None
 
 
-def load_chat_model(model: str | None, adapter: Path | None = None, trust_remote_code: bool = False):
+def load_chat_model(model: str | None, adapter: Path | None = None, trust_remote_code: bool = False,
+                    backend: str = "transformers"):
     """Load ``(model, tokenizer)`` for inference: a model (dir, pack, .gguf, hub id) or base + adapter.
+
+    With ``backend="llamacpp"`` the model is a ``.gguf`` file run by llama.cpp
+    (:func:`medtune.llamacpp.load_gguf_chat`); adapters must be merged and exported first.
 
     Raises:
         ModelError: no model given and the adapter does not record its base, or loading fails.
     """
+    if backend == "llamacpp":
+        from medtune.llamacpp import load_gguf_chat
+
+        if adapter is not None:
+            raise ModelError("the llamacpp backend runs one .gguf file; merge and export the adapter first "
+                             "(medtune export BASE --adapter ADAPTER --format gguf)")
+        if model is None:
+            raise ModelError("no model given: pass --model file.gguf")
+        return load_gguf_chat(model)
     base = model or (adapter_base(adapter) if adapter else None)
     if base is None:
         raise ModelError("no model given: pass --model (or an --adapter trained by medtune, which records its base)")

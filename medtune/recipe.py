@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from medtune.config import (ChatConfig, MergeConfig, SamplesConfig, Section, ServeConfig, TrainConfig,
-                            WebConfig)
+from medtune.config import (ChatConfig, ExportConfig, MergeConfig, SamplesConfig, Section, ServeConfig,
+                            TrainConfig, WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
 from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
@@ -34,7 +34,7 @@ from medtune.rag.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
 STAGE_DIRS = {"data": "data", "rag": "index", "pretrain": "pretrain", "train": "adapter", "merge": "merged",
-              "align": "align", "samples": "samples", "eval": "eval"}
+              "align": "align", "samples": "samples", "export": "export", "eval": "eval"}
 
 
 class Recipe(Section):
@@ -55,6 +55,7 @@ class Recipe(Section):
     serve: ServeConfig | None = None
     web: WebConfig | None = None
     eval: EvalConfig | None = None
+    export: ExportConfig | None = None
     mcq: McqConfig | None = None
     fact: FactConfig | None = None
     judge: JudgeConfig | None = None
@@ -122,6 +123,9 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
       model when ``prefer_merged`` and it exists, else the recipe's ``model``; their ``rag.index``
       -> ``rag.index_dir`` when the recipe has a ``rag`` section, and so does ``eval.rag_index``.
+    - ``export.model`` -> ``<output_dir>/merged`` when the recipe merges (or ``prefer_merged`` and it
+      exists), else the recipe's ``model``; ``export.output_dir`` -> ``<output_dir>/export``;
+      ``export.prompts`` -> ``samples.prompts`` when the recipe has samples and export names none.
 
     Args:
         recipe: a validated recipe.
@@ -159,6 +163,13 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
             cfg = up[name] = cfg.model_copy(update={"model": _default_model(r, prefer_merged)})
         if cfg is not None and r.rag is not None and cfg.rag.index is None:
             up[name] = cfg.model_copy(update={"rag": cfg.rag.model_copy(update={"index": up["rag"].index_dir})})
+    if r.export is not None:
+        e = r.export
+        model = e.model or (str(r.stage_dir("merge")) if r.merge is not None and not e.adapter
+                            else _default_model(r, prefer_merged))
+        prompts = r.samples.prompts if r.samples is not None and "prompts" not in e.model_fields_set else e.prompts
+        up["export"] = e.model_copy(update={"model": model, "output_dir": e.output_dir or r.stage_dir("export"),
+                                            "prompts": prompts})
     return r.model_copy(update=up)
 
 

@@ -9,6 +9,7 @@ Stages and their directories under the recipe's ``output_dir``:
 - ``merge``    -> ``merged/``   (merged safetensors model + tokenizer + generation config)
 - ``align``    -> ``align/``    (DPO/KTO/ORPO/GRPO adapter on the merged model; merged into ``align-merged/``)
 - ``samples``  -> ``samples/``  (``samples.jsonl``: answers of the merged model to a few prompts)
+- ``export``   -> ``export/``   (optional: GGUF files, parity.json, Modelfile, model card; needs medtune[gguf])
 - ``eval``     -> ``eval/``     (base vs fine-tuned [vs aligned]: MCQ, fact recall (closed-book and, with an
   index, RAG), held-out perplexity, ``report.html``)
 
@@ -155,6 +156,29 @@ def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     return cfg.model_dump(mode="json"), {"model": tree_digests(model_dir)}, lambda: write_samples(model_dir, cfg, out, recipe.seed)
 
 
+def export_merged(cfg, base_given: bool) -> dict:
+    """Export ``cfg.model``; with ``cfg.adapter``, merge it first (the merge stage's parity check) into
+    ``<output_dir>/merged-hf`` and export that. ``base_given``: ``cfg.model`` was named by the user
+    (else the adapter's recorded base is used)."""
+    from medtune.config import MergeConfig
+    from medtune.export.stage import export_model
+    from medtune.merge import merge_adapter
+
+    if cfg.adapter is not None:
+        merged = merge_adapter(MergeConfig(model=cfg.model if base_given else None, adapter=cfg.adapter,
+                                           output_dir=cfg.output_dir / "merged-hf"))
+        cfg = cfg.model_copy(update={"model": merged["output_dir"], "adapter": None})
+    return export_model(cfg)
+
+
+def _export(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
+    cfg = recipe.export
+    model = Path(cfg.model)
+    inputs = {"model": tree_digests(model) if model.exists() else model_identity(cfg.model),
+              "adapter": tree_digests(cfg.adapter) if cfg.adapter else None}
+    return cfg.model_dump(mode="json", exclude={"push_to_hub"}), inputs, lambda: export_merged(cfg, True)
+
+
 def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     from medtune.eval.stage import run_eval_stage
 
@@ -175,7 +199,7 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
 
 
 STAGES = {"data": _data, "rag": _index, "pretrain": _chain_stage("pretrain"), "train": _train, "merge": _merge,
-          "align": _chain_stage("align"), "samples": _samples, "eval": _eval}
+          "align": _chain_stage("align"), "samples": _samples, "export": _export, "eval": _eval}
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None) -> dict:

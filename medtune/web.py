@@ -31,7 +31,7 @@ def local_backend(cfg: WebConfig) -> Callable[[list[dict], GenerationSettings], 
     from medtune.models import load_chat_model
     from medtune.generation import stream_chat
 
-    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code)
+    model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code, cfg.backend)
     return lambda messages, settings: stream_chat(model, tokenizer, messages, settings)
 
 

@@ -102,3 +102,17 @@ def sft_file(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in SAMPLES * 4) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(qwen_dir, tmp_path_factory):
+    """The tiny Qwen2 model as an f16 GGUF written by llama.cpp's converter (needs the medtune[gguf] extra).
+
+    The converter comes from ``$MEDTUNE_LLAMA_CPP`` or the cache, else it is downloaded once (see
+    :mod:`medtune.export.gguf`). The tiny tokenizer is a plain GPT-2 byte-level BPE, which the converter's
+    hash table cannot know: ``tokenizer_pre="gpt-2"``.
+    """
+    pytest.importorskip("llama_cpp", reason="needs the gguf extra: pip install 'medtune[gguf]'")
+    from medtune.export.gguf import convert_to_gguf
+
+    return convert_to_gguf(qwen_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", tokenizer_pre="gpt-2")

@@ -8,8 +8,8 @@ import medtune
 
 ROOT = Path(medtune.__file__).parent
 GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety", "preference", "rewards",
-          "safety_model", "embed", "retrieval"}
-STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval", "rag"}
+          "safety_model", "embed", "retrieval", "llamacpp", "card"}
+STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval", "rag", "export"}
 TOP = {"recipe", "run", "cli", "__main__", "__init__"}
 
 

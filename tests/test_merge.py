@@ -30,6 +30,8 @@ def test_merge_parity_and_greedy_equality(qwen_dir, adapter, tmp_path):
     assert summary["max_abs_logit_diff"] <= 1e-4
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()  # model card: merge parity, training recipe, safety notice
+    assert "## Merge" in card and "| learning_rate | 0.02 |" in card and "## Safety notice" in card
     tok = load_tokenizer(str(out))
     assert tok.chat_template  # chat template travels with the merged model
     with_adapter = load_model(str(qwen_dir), adapter=adapter).eval()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -42,22 +43,38 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
 
 
-def _expected(qwen_dir, messages, adapter=None, max_tokens=16):
-    model, tok = load_chat_model(str(qwen_dir), adapter)
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def backend(request, server, qwen_dir):
+    """The core cases run on both backends: the transformers server above, and the same tiny model as
+    an f16 GGUF served by llama.cpp (``serve.backend=llamacpp``; needs the medtune[gguf] extra)."""
+    if request.param == "transformers":
+        yield SimpleNamespace(server=server, model=str(qwen_dir), expected=lambda m, n=16: _expected(qwen_dir, m, max_tokens=n))
+        return
+    gguf = request.getfixturevalue("tiny_gguf")
+    cfg = ServeConfig(model=str(gguf), backend="llamacpp", api_key=KEY, generation=GenerationSettings(max_new_tokens=16))
+    with running_server(cfg) as s:
+        yield SimpleNamespace(server=s, model=str(gguf),
+                              expected=lambda m, n=16: _expected(gguf, m, max_tokens=n, backend="llamacpp"))
+
+
+def _expected(model_spec, messages, adapter=None, max_tokens=16, backend="transformers"):
+    model, tok = load_chat_model(str(model_spec), adapter, backend=backend)
     g = guard(messages, SafetyConfig())
     return g.prefix + chat_once(model, tok, g.messages, GenerationSettings(max_new_tokens=max_tokens)) + g.suffix
 
 
-def test_openai_client_plain_and_streaming(server, client, qwen_dir):
-    r = client.chat.completions.create(model=str(qwen_dir), messages=HI, temperature=0, max_tokens=16)
+def test_openai_client_plain_and_streaming(backend):
+    server, model = backend.server, backend.model
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    r = client.chat.completions.create(model=model, messages=HI, temperature=0, max_tokens=16)
     text = r.choices[0].message.content
-    assert text == _expected(qwen_dir, HI)
+    assert text == backend.expected(HI)
     assert r.choices[0].finish_reason in ("stop", "length")
     prompt = render_prompt(server.engine.tokenizer, guard(HI, SafetyConfig()).messages).shape[1]
     assert r.usage.prompt_tokens == prompt and 0 < r.usage.completion_tokens <= 16
     assert r.usage.total_tokens == prompt + r.usage.completion_tokens
 
-    chunks = list(client.chat.completions.create(model=str(qwen_dir), messages=HI, max_tokens=16, stream=True,
+    chunks = list(client.chat.completions.create(model=model, messages=HI, max_tokens=16, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
@@ -65,9 +82,9 @@ def test_openai_client_plain_and_streaming(server, client, qwen_dir):
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
 
-def test_sse_wire_format_ends_with_done(server, qwen_dir):
-    body = {"model": str(qwen_dir), "messages": HI, "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+def test_sse_wire_format_ends_with_done(backend):
+    body = {"model": backend.model, "messages": HI, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", backend.server.url + "/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}) as r:
         lines = [ln for ln in r.iter_lines() if ln]
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -96,11 +113,12 @@ def test_models_health_metrics(server, client, qwen_dir):
         assert value >= (0 if name == "medtune_request_errors_total" else 1), name
 
 
-def test_red_flag_message_comes_first_in_both_modes(client, qwen_dir):
+def test_red_flag_message_comes_first_in_both_modes(backend):
+    client = openai.OpenAI(base_url=backend.server.url + "/v1", api_key=KEY, max_retries=0)
     msgs = [{"role": "user", "content": "我爸胸口很痛，一直出冷汗。"}]
-    r = client.chat.completions.create(model=str(qwen_dir), messages=msgs, max_tokens=8)
+    r = client.chat.completions.create(model=backend.model, messages=msgs, max_tokens=8)
     assert r.choices[0].message.content.startswith("⚠️ 紧急提示") and "120" in r.choices[0].message.content
-    stream = client.chat.completions.create(model=str(qwen_dir), messages=msgs, max_tokens=8, stream=True)
+    stream = client.chat.completions.create(model=backend.model, messages=msgs, max_tokens=8, stream=True)
     first = next(c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content)
     assert first.startswith("⚠️ 紧急提示")
 
@@ -122,9 +140,9 @@ LONG = "hypertension " * 600
     ({"model": "M", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "text"),
     ({"model": "no-such-model", "messages": HI}, 404, "not found"),
 ])
-def test_bad_requests_get_openai_style_4xx(server, qwen_dir, body, status, needle):
-    body = {k: (str(qwen_dir) if v == "M" else v) for k, v in body.items()}
-    r = httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+def test_bad_requests_get_openai_style_4xx(backend, body, status, needle):
+    body = {k: (backend.model if v == "M" else v) for k, v in body.items()}
+    r = httpx.post(backend.server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert needle in err["message"] and err["type"]

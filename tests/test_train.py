@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medtune.config import TrainConfig
+from medtune.errors import ConfigError
 from medtune.models import load_model
 from medtune.train.sft import TrainError, build_trainer, run_sft
 
@@ -111,3 +112,24 @@ def test_resume_skips_an_incomplete_checkpoint_and_reports_whole_run_loss(qwen_d
     assert second["steps"] == 14 and len(second["losses"]) == 4
     whole = first["losses"] + second["losses"]
     assert second["train_loss"] == pytest.approx(sum(whole) / len(whole), abs=1e-3)
+
+
+def test_report_to_tensorboard_writes_event_files_offline(qwen_dir, sft_file, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    run_sft(cfg(qwen_dir, sft_file, tmp_path / "o", max_steps=3, report_to="tensorboard"))
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 3
+
+
+def test_report_to_without_its_package_says_what_to_install(qwen_dir, sft_file, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "swanlab" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install swanlab"):
+        run_sft(cfg(qwen_dir, sft_file, tmp_path / "o", max_steps=1, report_to="swanlab"))

@@ -22,7 +22,7 @@ from rich.console import Console
 from transformers import TrainerCallback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from medtune.errors import TrainError
+from medtune.errors import ConfigError, TrainError
 from medtune.config import TrainConfig
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.chat_tokens import DataStats, build_sft_examples
@@ -167,7 +167,7 @@ def common_args(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool) -
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if (has_eval and cfg.eval_steps) else "no", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        report_to="none", disable_tqdm=True, dataset_num_proc=None, torch_compile=cfg.torch_compile,
+        report_to=_tracker(cfg.report_to), disable_tqdm=True, dataset_num_proc=None, torch_compile=cfg.torch_compile,
     )
 
 
@@ -175,6 +175,20 @@ def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
     from trl import SFTConfig
 
     return SFTConfig(**common_args(cfg, output_dir, seed, has_eval), max_length=cfg.max_seq_length, packing=cfg.packing)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
+
+
+def _tracker(name: str) -> str:
+    """``train.report_to`` checked: the tracker's package must be importable (else ConfigError with the pip command)."""
+    import importlib.util
+
+    package = TRACKER_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None and not (name == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        raise ConfigError(f"train.report_to={name} needs the {package} package: pip install {package}"
+                          + (" (or pip install 'medtune[tracking]')" if name == "tensorboard" else ""))
+    return name
 
 
 def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
