@@ -102,6 +102,13 @@ def llamacpp_arm(model: str, gguf_dir: Path, rounds: int, max_tokens: int) -> No
     if not all(files.values()):
         summary = export_model(ExportConfig(model=model, output_dir=gguf_dir, quant=["q8_0", "q4_k_m"]))
         files = {q: Path(summary["files"][q]) for q in ("q8_0", "q4_k_m")}
+    import os
+
+    import torch
+
+    from medtune.llamacpp import threads
+
+    torch.set_num_threads(threads())  # the same CPU threads for both backends
     settings = GenerationSettings(max_new_tokens=max_tokens)
     arms = {"transformers fp32": (model, "transformers"), **{f"llama.cpp {q}": (str(p), "llamacpp") for q, p in files.items()}}
     rows = {}
@@ -113,7 +120,8 @@ def llamacpp_arm(model: str, gguf_dir: Path, rounds: int, max_tokens: int) -> No
         rows[name] = (sum(n for _, n in runs) / sum(s for s, _ in runs), statistics.median(s for s, _ in runs))
         del m, tok
     base = rows["transformers fp32"][0]
-    print(f"\nmodel: {model}; {len(LLAMA_PROMPTS)} prompts x {rounds} rounds, greedy, max_tokens {max_tokens}, one at a time\n")
+    print(f"\nmodel: {model}; {len(LLAMA_PROMPTS)} prompts x {rounds} rounds, greedy, max_tokens {max_tokens}, one at a time, "
+          f"{threads()} CPU thread(s) for both backends (MEDTUNE_LLAMA_THREADS; {os.cpu_count()} logical CPUs)\n")
     print("| arm | decode tokens/s | p50 latency per answer (s) | speed-up |\n|---|---|---|---|")
     for name, (tps, p50) in rows.items():
         print(f"| {name} | {tps:.1f} | {p50:.2f} | {tps / base:.2f}x |")
