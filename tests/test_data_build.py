@@ -157,7 +157,7 @@ def test_train_stage_defaults_to_the_data_stage_outputs(tmp_path):
     assert config["validation_file"] == str(tmp_path / "run" / "data" / "validation.jsonl")
     explicit = load_recipe(write_recipe(tmp_path, "http://127.0.0.1:9/v1"), ["train.train_file=mine.jsonl"])
     assert STAGES["train"](resolve(explicit), tmp_path / "a")[0]["train_file"] == "mine.jsonl"
-    assert list(STAGES)[:3] == ["data", "rag", "train"]  # the optional index stage sits between them
+    assert list(STAGES)[:4] == ["data", "rag", "pretrain", "train"]  # the optional index and pretrain stages sit between them
 
 
 def test_single_turn_report_qa_carries_its_report_and_max_items_caps_the_read_tally(tmp_path):
