@@ -38,6 +38,7 @@ def test_reply_cut_inside_a_character_drops_the_partial_bytes_only():
     assert list(drop_partial_tail(["a\ufffd", "b", ""])) == ["a", "\ufffdb"]  # not at the end: kept as generated
 
 
+@pytest.mark.slow
 def test_chat_interactive_reset_and_exit(qwen_dir):
     r = medtune("chat", "--model", qwen_dir, "--max-new-tokens", 4, "--system", "Be brief.",
                 stdin="What is asthma?\n/reset\nAnd gout?\n/exit\n")
@@ -45,6 +46,7 @@ def test_chat_interactive_reset_and_exit(qwen_dir):
     assert r.stdout.count("assistant>") == 2 and "conversation cleared" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear_and_exit_2(tmp_path, qwen_dir):
     r = medtune("train", "--set", "train.learnin_rate=1")
     assert r.returncode == 2 and "train.learnin_rate" in r.stderr and "Traceback" not in r.stderr
@@ -97,6 +99,7 @@ def test_run_recipe_manifests_skip_and_force(tmp_path, qwen_dir, sft_file):
     assert list(forced) == ["train"] and forced["train"]["status"] == "ran"
 
 
+@pytest.mark.slow
 def test_run_cli_prints_how_to_chat(tmp_path, qwen_dir, sft_file):
     p = recipe_file(tmp_path, qwen_dir, sft_file)
     r = medtune("run", p, "--set", "samples.prompts=[Hi]")

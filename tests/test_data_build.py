@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import os
@@ -256,6 +258,7 @@ def _cached_keys(db: Path) -> set[str]:
         return {row[0] for row in con.execute("SELECT key FROM replies")}
 
 
+@pytest.mark.slow
 def test_kill_at_random_points_never_asks_a_saved_answer_again(tmp_path):
     """issue 11: kill -9 a data build at several random points; a reply in the cache is never requested again.
 

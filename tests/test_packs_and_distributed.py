@@ -45,6 +45,7 @@ def test_resolve_errors(tmp_path):
     assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_gloo(tmp_path, qwen_dir, sft_file):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {qwen_dir}\noutput_dir: {tmp_path}\ntrain: {{train_file: {sft_file}, max_steps: 3, "

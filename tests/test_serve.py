@@ -183,6 +183,7 @@ def test_disconnect_mid_stream_frees_the_row(server, qwen_dir):
     assert httpx.get(server.url + "/health").json()["queue_depth"] == 0
 
 
+@pytest.mark.slow
 def test_load_200_requests_at_concurrency_16(server, qwen_dir):
     """200 requests (half streaming) at concurrency 16: no 5xx, every answer complete, batching used."""
     batches_before, jobs_before = server.engine.batches, server.engine.batched_jobs
@@ -214,6 +215,7 @@ def test_load_200_requests_at_concurrency_16(server, qwen_dir):
     assert server.engine.batched_jobs - jobs_before == 200 and batches < 200  # several requests shared a generate call
 
 
+@pytest.mark.slow
 def test_cli_serve_subprocess(qwen_dir):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medtune", "serve", "--model", str(qwen_dir), "--port", str(port)],

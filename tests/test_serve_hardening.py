@@ -104,6 +104,7 @@ def test_internal_error_hides_its_text_and_keeps_the_connection(server, qwen_dir
     assert conn.post(_body(qwen_dir))[0] == 200
 
 
+@pytest.mark.slow
 def test_health_answers_while_a_large_request_is_checked(qwen_dir):
     """A 3.5 MB message is parsed, tokenised and screened off the event loop: /health stays fast."""
     cfg = ServeConfig(model=str(qwen_dir), generation=GenerationSettings(max_new_tokens=2))

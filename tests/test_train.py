@@ -98,6 +98,7 @@ def test_gbk_train_file_tokenises_like_utf8(tokenizer, tmp_path):
     assert gbk == build_sft_examples(tmp_path / "utf8.jsonl", tokenizer, 256)[0]
 
 
+@pytest.mark.slow
 def test_resume_skips_an_incomplete_checkpoint_and_reports_whole_run_loss(qwen_dir, sft_file, tmp_path, capsys):
     """issue 11: --resume picked a newer checkpoint without trainer_state.json; train_loss covered only resumed steps."""
     out = tmp_path / "out"

@@ -101,6 +101,7 @@ def test_explicit_gpu_only_settings_fail_clearly_on_cpu(qwen_dir, sft_file, tmp_
     assert resolve_attention(TrainConfig(attn_implementation="eager")) == "eager"
 
 
+@pytest.mark.slow
 def test_gpu_bench_harness_runs_on_cpu(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n")
