@@ -15,6 +15,7 @@ def medtune(*args, stdin=None, env=None):
                           text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_chat_one_shot_matches_library_greedy(qwen_dir):
     from medtune.models import load_chat_model
     from medtune.config import GenerationSettings, SafetyConfig

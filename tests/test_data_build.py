@@ -128,6 +128,7 @@ def test_multi_turn_report_chat_keeps_the_report_in_the_first_turn(tmp_path):
         assert r["messages"][2]["content"] == "What should a patient do?"  # later turns: the question only
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_with_no_repeated_call_and_no_lost_record(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "medtune", "data", "build"]

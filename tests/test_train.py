@@ -55,6 +55,7 @@ def test_adapter_round_trip_and_metadata(qwen_dir, sft_file, tmp_path, tokenizer
         assert torch.equal(reloaded(ids).logits, again(ids).logits)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_saved_step(qwen_dir, sft_file, tmp_path):
     out = tmp_path / "out"
     run_sft(cfg(qwen_dir, sft_file, out, max_steps=10, save_steps=5))
