@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medtune.config import EMERGENCY_NUMBERS, GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
+from medtune.generation import model_settings
 from medtune.errors import ConfigError
 from medtune.safety import Guard, guard
 
@@ -212,7 +213,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard
     messages = [m.model_dump() for m in req.messages]
     # system prompt + disclaimer only: the red-flag scan waits until the cheap checks have passed
     g = guard(messages, cfg.safety.model_copy(update={"enabled": False}), locale=req.medtune_locale, rag=cfg.rag)
-    d = cfg.generation
+    d = model_settings(engine.model, cfg.generation)  # the model's own sampling defaults where unset
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
     wanted = req.max_completion_tokens or req.max_tokens

@@ -37,6 +37,25 @@ def test_exact_and_near_dedup_on_chinese():
     assert tallies["near"].rejects[0].where == "c"
 
 
+def test_near_dedup_keeps_kb_template_paraphrases_and_look_alike_entries():
+    """Two drugs with the same indication and two phrasings of one question are distinct training
+    facts; a corpus pair of the same shape is still removed."""
+    def kb(rid, q, a):
+        r = qa(q, a, rid=rid)
+        r.meta["generator"] = "kb-template"
+        return r
+    recs = [kb("amlodipine/0", "What is amlodipine used for?", "Indications of amlodipine: hypertension, angina"),
+            kb("amlodipine/1", "When is amlodipine prescribed?", "Indications of amlodipine: hypertension, angina"),
+            kb("nifedipine/0", "What is nifedipine used for?", "Indications of nifedipine: hypertension, angina"),
+            qa("What is amlodipine used for?", "Indications of amlodipine: hypertension, angina", rid="c1"),
+            qa("What is nifedipine used for?", "Indications of nifedipine: hypertension, angina", rid="c2")]
+    near = NearDedup(0.7, ngram=5, num_perm=128)
+    tallies: dict[str, Tally] = {}
+    kept = [r.id for r in run_filters(recs, [("near", near)], tallies)]
+    assert kept == ["amlodipine/0", "amlodipine/1", "nifedipine/0", "c1"]
+    assert near.exempt == 3 and tallies["near"].dropped == {"near duplicate": 1}
+
+
 def test_phi_placeholders_by_type():
     s = PHIScrubber(mrn_patterns=[r"住院号\s*[:：]?\s*(\d{6,})", r"MRN[:#]?\s*(\d+)"])
     text = ("患者姓名：王小明，身份证11010519491231002X，手机138 1234 5678，2023年5月3日入院，住院号：2023001。"

@@ -45,3 +45,18 @@ def test_unset_decoding_fields_take_the_models_defaults():
     assert (mine.temperature, mine.top_p, mine.repetition_penalty) == (0.0, 0.8, 1.3)
     plain = SimpleNamespace(generation_config=GenerationConfig(bos_token_id=1))  # no tuned defaults: medtune's
     assert model_settings(plain, GenerationSettings()) == GenerationSettings()
+
+
+def test_server_requests_take_the_models_defaults_unless_they_set_them():
+    from medtune.config import ServeConfig
+    from medtune.serve import ChatRequest, _job
+
+    model = SimpleNamespace(generation_config=GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8,
+                                                               repetition_penalty=1.1))
+    engine = SimpleNamespace(model=model, context_length=4096, prompt_ids=lambda messages: [1, 2, 3])
+    cfg = ServeConfig(model="m")
+    ask = {"model": "m", "messages": [{"role": "user", "content": "What is gout?"}]}
+    job, _ = _job(ChatRequest(**ask), cfg, engine)
+    assert (job.settings.temperature, job.settings.top_p, job.settings.repetition_penalty) == (0.7, 0.8, 1.1)
+    job, _ = _job(ChatRequest(**ask, temperature=0.0, top_p=0.5), cfg, engine)
+    assert (job.settings.temperature, job.settings.top_p, job.settings.repetition_penalty) == (0.0, 0.5, 1.1)

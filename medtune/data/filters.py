@@ -138,6 +138,13 @@ class NearDedup:
     deterministic across runs, several times faster than hashing each shingle with SHA-1). A record is dropped when its estimated Jaccard similarity
     to an already kept record is >= ``threshold``.
 
+    ``kb-template`` records are not compared: they are built from structured fields, so two of them
+    that look alike are either paraphrased questions about one fact (kept on purpose, ``paraphrases``)
+    or different entries with similar values ("Indications of amlodipine: hypertension" vs "... of
+    losartan: hypertension"), which are distinct facts. On a real 1,782-record disease KB the check
+    removed 22% of them. Their exact duplicates are still removed by :class:`ExactDedup`; they are
+    counted in ``exempt``.
+
     Args:
         threshold: Jaccard threshold (0-1).
         ngram: shingle length in characters.
@@ -155,7 +162,7 @@ class NearDedup:
         self._a = gen.randint(1, PRIME32, size=num_perm, dtype=np.uint64)
         self._b = gen.randint(0, PRIME32, size=num_perm, dtype=np.uint64)
         self._scheme = {"scheme": "legacy"} if "scheme" in LeanMinHash.__init__.__code__.co_varnames else {}
-        self.count = 0
+        self.count = self.exempt = 0
 
     def signature(self, text: str):
         """A datasketch ``LeanMinHash`` whose ``(num_perm,)`` values are computed here in one vectorised step."""
@@ -165,6 +172,9 @@ class NearDedup:
         return self._minhash(seed=self.seed, hashvalues=values, **self._scheme)
 
     def __call__(self, r: Record) -> tuple[bool, str]:
+        if r.meta.get("generator") == "kb-template":
+            self.exempt += 1
+            return True, ""
         m = self.signature(question_of(r) + "\n" + answer_of(r))
         if self.lsh.query(m):
             return False, "near duplicate"
