@@ -297,3 +297,20 @@ def test_kill_at_random_points_never_asks_a_saved_answer_again(tmp_path):
     repeats = len(asked) - len(set(asked))
     assert repeats <= 4 * len(saved_at_kill)  # only answers in flight at a kill
     assert (tmp_path / "run" / "data" / "train.jsonl").is_file()
+
+
+def test_a_source_with_validation_false_stays_whole_in_training():
+    from medtune.data.build import split_by_document
+    from medtune.data.records import Record
+
+    def rec(src, doc):
+        return Record(id=f"{doc}/0", kind="qa", messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                      meta={"source_file": src, "doc_id": doc})
+    facts = [rec("kb/facts.jsonl", f"facts:{i}") for i in range(10)]
+    qa = [rec("corpus/qa.jsonl", f"qa:{i}") for i in range(10)]
+    for seed in range(5):
+        train, val = split_by_document(facts + qa, 0.5, seed, train_only=(Path("kb"),))
+        assert val and all(r.meta["source_file"] == "corpus/qa.jsonl" for r in val)
+        assert all(f in train for f in facts) and len(train) + len(val) == 20
+    train, val = split_by_document(facts + qa, 0.5, 0)
+    assert any(r.meta["source_file"] == "kb/facts.jsonl" for r in val)  # without it, facts can be held out

@@ -87,6 +87,8 @@ def test_decontamination_char_and_word_ngrams(tmp_path):
     assert d(qa("请问：空腹血糖达到多少毫摩尔每升可以诊断为糖尿病", "7.0"))[0] is False
     assert d(qa("Tell me: which two classes of blood pressure medicine should never be combined?", "ACEi + ARB"))[0] is False
     assert d(qa("空腹血糖正常值是多少？", "3.9到6.1。")) == (True, "")
+    assert d(qa("short ONE", "An answer.")) == (False, "benchmark question (whole, too short for n-grams)")
+    assert d(qa("Short one, please explain?", "An answer.")) == (True, "")
 
 
 def test_rouge_l_and_teacher_reply_parsing():

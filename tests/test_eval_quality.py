@@ -60,3 +60,37 @@ def test_server_requests_take_the_models_defaults_unless_they_set_them():
     assert (job.settings.temperature, job.settings.top_p, job.settings.repetition_penalty) == (0.7, 0.8, 1.1)
     job, _ = _job(ChatRequest(**ask, temperature=0.0, top_p=0.5), cfg, engine)
     assert (job.settings.temperature, job.settings.top_p, job.settings.repetition_penalty) == (0.0, 0.5, 1.1)
+
+
+def test_exact_mcnemar_matches_the_binomial_tail():
+    from medtune.eval.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == 0.0625  # 2 * 0.5**5
+    assert mcnemar_exact(0, 6) == 0.03125
+    assert mcnemar_exact(1, 8) == round(2 * (1 + 9) / 2 ** 9, 6)
+    assert mcnemar_exact(4, 4) == 1.0
+
+
+def test_paired_before_after_is_tested_on_the_items_both_models_answered(tmp_path):
+    import json
+
+    from medtune.eval.report import comparisons
+
+    def result(model, hits):
+        d = tmp_path / model
+        d.mkdir()
+        rows = [{"id": f"q{i}", "hit_any": h, "hit_half": h} for i, h in enumerate(hits)]
+        (d / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        from medtune.eval.stats import proportion
+        k = sum(hits)
+        return {"task": "fact", "model": model, "data": "facts.jsonl", "_dir": str(d),
+                "hit_any": proportion(k, len(hits)), "hit_half": proportion(k, len(hits))}
+
+    base, tuned = result("base", [False] * 18), result("finetuned", [True] * 6 + [False] * 12)
+    c = comparisons([base, tuned])[0]
+    assert c["paired_p"] == 0.03125 and base["hit_any"]["ci95"][1] > tuned["hit_any"]["ci95"][0]  # CIs overlap
+    assert c["verdict"].startswith("better (paired exact McNemar p = 0.0312")
+    (tmp_path / "finetuned" / "predictions.jsonl").write_text("", encoding="utf-8")  # no per-item data: CIs only
+    c = comparisons([base, tuned])[0]
+    assert c["paired_p"] is None and "not shown to improve" in c["verdict"]

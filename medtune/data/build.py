@@ -135,13 +135,19 @@ def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrub
     return steps, phi
 
 
-def split_by_document(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_by_document(records: list[Record], fraction: float, seed: int,
+                      train_only: tuple[Path, ...] = ()) -> tuple[list[Record], list[Record]]:
     """Train / validation split over source documents (``meta.doc_id``), never splitting a document.
 
     ``ceil``-free: ``round(fraction * n_docs)`` documents (at least one when fraction > 0 and there are
-    two or more documents) chosen with ``seed`` go to validation.
+    two or more documents) chosen with ``seed`` go to validation. Records whose ``meta.source_file`` is
+    one of ``train_only`` (files or folders; sources with ``validation: false``) always stay in training.
     """
-    docs = sorted({r.meta.get("doc_id", r.id) for r in records})
+    def fixed(r: Record) -> bool:
+        f = Path(r.meta.get("source_file", ""))
+        return any(f == p or p in f.parents for p in train_only)
+
+    docs = sorted({r.meta.get("doc_id", r.id) for r in records if not fixed(r)})
     k = round(fraction * len(docs))
     k = max(k, 1) if fraction > 0 and len(docs) >= 2 else k
     val_docs = set(random.Random(seed).sample(docs, min(k, len(docs) - 1 if len(docs) > 1 else 0)))
@@ -202,7 +208,8 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
         teacher.close()
     steps, phi = filter_steps(cfg.filters, seed)
     kept = list(F.run_filters(generated, steps, tallies))
-    train, val = split_by_document(kept, cfg.validation_fraction, seed)
+    train, val = split_by_document(kept, cfg.validation_fraction, seed,
+                                   tuple(Path(s.path) for s in cfg.sources if not s.validation))
     _write_jsonl(out / "train.jsonl", [to_line(r, cfg.format) for r in train])
     _write_jsonl(out / "validation.jsonl", [to_line(r, cfg.format) for r in val])
     if pairs:

@@ -46,6 +46,7 @@ class SourceConfig(_Section):
     max_chars: int = Field(800, ge=50, description="guideline: maximum passage length in characters.")
     overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
+    validation: bool = Field(True, description="False keeps all of this source's records in training, out of the validation split (e.g. the KB whose facts an evaluation asks about in other words).")
     questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
     multi_turn: bool = Field(False, description="guideline-qa / report-qa: join the kept pairs of one passage or report into one multi-turn conversation whose first user turn carries the source text (a chat that keeps the report in context, as Ko-Radiology-GPT trained).")
 

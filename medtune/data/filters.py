@@ -327,8 +327,10 @@ class Decontaminator:
 
     Space-delimited text uses word n-grams (``word_ngram``, 13 as in Brown et al., "Language
     Models are Few-Shot Learners", 2020, appendix C); Chinese/Korean text uses character n-grams
-    (``char_ngram``) of the normalised text. Questions shorter than one n-gram are counted in
-    ``too_short`` and not used.
+    (``char_ngram``) of the normalised text. Questions shorter than one n-gram (counted in
+    ``too_short``) are matched whole instead: a training question equal to one after
+    :func:`medtune.text.dedup_key` is dropped, so a short evaluation question cannot be trained on
+    word for word either.
 
     Args:
         files: benchmark files (see :func:`_benchmark_questions`).
@@ -342,7 +344,7 @@ class Decontaminator:
     def __init__(self, files: list[Path], word_ngram: int = 13, char_ngram: int = 15):
         self.word_n, self.char_n = word_ngram, char_ngram
         self.word_grams: set[int] = set()
-        char_grams = []
+        char_grams, self.whole = [], set()
         self.questions = self.too_short = 0
         for f in files:
             for q in _benchmark_questions(f):
@@ -355,6 +357,8 @@ class Decontaminator:
                     self.word_grams.update(grams)
                     short = not grams
                 self.too_short += short
+                if short:
+                    self.whole.add(dedup_key(q))
         import numpy as np
 
         self._np = np
@@ -371,6 +375,8 @@ class Decontaminator:
         return {hash(" ".join(w[i:i + self.word_n])) for i in range(len(w) - self.word_n + 1)}
 
     def __call__(self, r: Record) -> tuple[bool, str]:
+        if self.whole and dedup_key(question_of(r)) in self.whole:
+            return False, "benchmark question (whole, too short for n-grams)"
         text = question_of(r) + "\n" + answer_of(r)
         if self.char_grams and not self.char_grams.isdisjoint(self._char(text).tolist()):
             return False, "benchmark overlap (character n-gram)"

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medtune.errors import EvalError
+from medtune.eval.stats import mcnemar_exact
 
 console = Console(stderr=True)
 
@@ -188,9 +189,12 @@ def _decoding(d: dict | None) -> str:
     return f"{mode}, repetition penalty {d['repetition_penalty']}, max {d['max_new_tokens']} tokens"
 
 
-def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool) -> str:
-    """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned; a change counts as
-    clear only when the two 95% intervals do not overlap (conservative for independent estimates)."""
+def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool,
+            paired_p: float | None = None) -> str:
+    """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned. A change is clear
+    when the two 95% intervals do not overlap, or, for per-item yes/no outcomes on the same items,
+    when the exact McNemar test on the paired items gives ``paired_p`` < 0.05
+    (:func:`medtune.eval.stats.mcnemar_exact`)."""
     up = tuned[1] > base[2]
     down = tuned[2] < base[1]
     if up or down:
@@ -198,36 +202,61 @@ def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float],
     if tuned[0] == base[0]:
         return "no change: the fine-tune did not improve this"
     moved = "higher" if tuned[0] > base[0] else "lower"
-    return f"{moved}, but the 95% CIs overlap: no clear difference, not shown to improve"
+    if paired_p is not None and paired_p < 0.05:
+        word = "better" if (tuned[0] > base[0]) == higher_is_better else "WORSE"
+        return f"{word} (paired exact McNemar p = {paired_p:.3g}; the 95% CIs overlap)"
+    tested = f" (paired p = {paired_p:.2g})" if paired_p is not None else ""
+    return f"{moved}, but the 95% CIs overlap{tested}: no clear difference, not shown to improve"
+
+
+def _outcomes(r: dict, field: str) -> dict[str, bool]:
+    """Per-item yes/no ``field`` of one result's predictions file, by item id ({} when unreadable)."""
+    path = Path(r.get("_dir", "")) / r.get("predictions_file", "predictions.jsonl")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return {}
+    return {str(x["id"]): bool(x[field]) for x in rows if isinstance(x, dict) and "id" in x and isinstance(x.get(field), bool)}
+
+
+def paired_p(r: dict, o: dict, field: str) -> float | None:
+    """Exact McNemar p for ``field`` over the items both results share, or None without per-item data."""
+    a, b = _outcomes(r, field), _outcomes(o, field)
+    common = a.keys() & b.keys()
+    if not common:
+        return None
+    return mcnemar_exact(sum(a[i] and not b[i] for i in common), sum(b[i] and not a[i] for i in common))
 
 
 def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> list[dict]:
-    """Base vs fine-tuned on every measure both have: ``{"measure", "base", "finetuned", "verdict"}``
-    (values as ``(value, low, high)``)."""
+    """Base vs fine-tuned on every measure both have: ``{"measure", "base", "finetuned", "verdict",
+    "paired_p"}`` (values as ``(value, low, high)``; ``paired_p`` for per-item yes/no measures)."""
     by = {(r["task"], r["model"], Path(r["data"]).name): r for r in results if "model" in r}  # judge runs have none
     out = []
     for (task, model, data), r in by.items():
         o = by.get((task, b, data))
         if model != a or o is None:
             continue
-        measures = []
+        measures = []  # (name, getter, higher is better, per-item field)
         if task == "mcq":
-            measures.append((f"MCQ accuracy ({data})", lambda x: (x["accuracy"], *x["ci95"]), True))
+            measures.append((f"MCQ accuracy ({data})", lambda x: (x["accuracy"], *x["ci95"]), True, "correct"))
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
-                measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True))
+                measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True, c))
         if task == "urgent":
-            measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True),
-                         ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False)]
+            measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True, None),
+                         ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False, None)]
         if task == "heldout" and r.get("perplexity_ci95") and o.get("perplexity_ci95"):
-            measures.append(("held-out answer perplexity", lambda x: (x["perplexity"], *x["perplexity_ci95"]), False))
+            measures.append(("held-out answer perplexity", lambda x: (x["perplexity"], *x["perplexity_ci95"]), False, None))
         if r.get("quality") and o.get("quality"):
-            for k, label, hib in (("stops", "answers that stop", True), ("loops", "answers that loop", False),
-                                  ("language_match", "answers in the question's language", True)):
+            for k, label, hib, field in (("stops", "answers that stop", True, "stopped"), ("loops", "answers that loop", False, "loop"),
+                                         ("language_match", "answers in the question's language", True, "language_match")):
                 if r["quality"][k]["n"] and o["quality"][k]["n"]:
-                    measures.append((f"{label} ({task})", lambda x, k=k: (x["quality"][k]["rate"], *x["quality"][k]["ci95"]), hib))
-        for name, get, hib in measures:
-            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib)})
+                    measures.append((f"{label} ({task})", lambda x, k=k: (x["quality"][k]["rate"], *x["quality"][k]["ci95"]), hib, field))
+        for name, get, hib, field in measures:
+            p = paired_p(r, o, field) if field else None
+            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib, p),
+                        "paired_p": p})
     return out
 
 

@@ -45,3 +45,25 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return float(s[mid]) if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes on the same items.
+
+    Source: Q. McNemar, "Note on the sampling error of the difference between correlated proportions
+    or percentages", Psychometrika 12 (1947); the exact form is a two-sided binomial test of the
+    discordant pairs at 1/2. For a before/after on the same questions it is the right test: the
+    overlap of two separate 95% intervals ignores the pairing and is far more conservative.
+
+    Args:
+        only_a: items where only model A's outcome is yes.
+        only_b: items where only model B's outcome is yes.
+
+    Returns:
+        p in [0, 1]; 1.0 when there is no discordant item.
+    """
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return round(min(1.0, 2 * tail), 6)
