@@ -215,8 +215,10 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
     sources, pairs = [], []
-    for src in cfg.sources:
-        tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
+    for k, src in enumerate(cfg.sources):
+        step = f"read:{src.type}:{src.path}"
+        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
+        tally = tallies[step] = Tally(step)
         sources.append((src, read_source(src, tally)))
         console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
         if not sources[-1][1] and tally.rejects:
