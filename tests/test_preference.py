@@ -136,7 +136,7 @@ def fake_pair_judge(seen: list[str]):
     def reply(req):
         text = req["messages"][0]["content"]
         seen.append(text)
-        question, a1, a2 = re.search(_PAIR, text, re.S).groups()
+        question, a1, a2 = re.search(_PAIR, text, re.DOTALL).groups()
         if question.startswith("Garbage"):
             return "Both answers look fine to me."
         winner = {"Consistent": "1" if a1 < a2 else "2", "Position-biased": "1", "Tie": "tie"}[question.split()[0]]
