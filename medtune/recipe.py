@@ -118,7 +118,7 @@ def resolve(recipe: Recipe, create: tuple[str, ...] = (), prefer_merged: bool = 
     - ``merge.adapter`` -> ``<output_dir>/adapter``; ``merge.output_dir`` -> ``<output_dir>/merged``;
     - ``align``: ``objective`` -> ``dpo`` unless set; ``model`` -> ``<output_dir>/merged`` when the recipe
       merges (else the recipe's ``model``); output dir ``<output_dir>/align``; seed as for ``train``;
-      ``train_file`` -> the data stage's ``pairs.jsonl`` (from ``safety-pairs``) when unset;
+      ``train_file`` -> the data stage's ``pairs.jsonl`` (from ``safety-pairs`` and ``pairwise-judge``) when unset;
     - ``rag.index_dir`` -> ``<output_dir>/index``; ``rag.sources`` -> the data section's guideline/kb sources;
     - ``chat`` / ``serve`` / ``web`` ``model`` (when no adapter or endpoint is given) -> the merged
       model when ``prefer_merged`` and it exists, else the recipe's ``model``; their ``rag.index``

@@ -8,7 +8,7 @@ import medtune
 
 ROOT = Path(medtune.__file__).parent
 GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety", "preference", "rewards",
-          "safety_model", "embed", "retrieval", "llamacpp", "card"}
+          "safety_model", "embed", "retrieval", "llamacpp", "card", "judging"}
 STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval", "rag", "export"}
 TOP = {"recipe", "run", "cli", "__main__", "__init__"}
 

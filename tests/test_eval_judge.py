@@ -14,7 +14,8 @@ from medtune.eval.backends import load_backend
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig
 from medtune.eval.fact import run_fact, score_answer
 from medtune.text import match_form as normalize
-from medtune.eval.judge import InvalidReply, parse_rubric, parse_verdict, run_judge
+from medtune.eval.judge import parse_rubric, run_judge
+from medtune.judging import InvalidReply, parse_verdict
 from medtune.eval.mcq import run_mcq
 from medtune.eval.report import write_report
 from tests.fake_openai import FakeOpenAI
@@ -97,7 +98,8 @@ def test_pairwise_swaps_order_and_reports_inconsistency(tmp_path):
     assert (p["win"]["k"], p["loss"]["k"], p["tie"]["k"]) == (1, 1, 1)
     assert p["order_inconsistency"]["k"] == 1 and p["order_inconsistency"]["rate"] == pytest.approx(1 / 3, abs=1e-3)
     rows = [json.loads(x)["judgement"] for x in (tmp_path / "p" / "judgements.jsonl").read_text().splitlines()]
-    assert rows[2] == {"verdict": "tie", "order_ab": "ft_answer", "order_ba": "base_answer", "consistent": False}
+    assert rows[2] == {"verdict": "tie", "order_ab": "ft_answer", "order_ba": "base_answer", "consistent": False,
+                       "rationale_ab": "first", "rationale_ba": "first"}
 
 
 def test_sampled_judge_takes_the_median(tmp_path):

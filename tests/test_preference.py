@@ -116,3 +116,86 @@ def test_data_build_writes_pairs_from_the_shipped_training_labels(tmp_path):
     metas = [json.loads(line)["meta"] for line in open(out["pairs_file"], encoding="utf-8")]
     assert out["pairs"] == len(rows) == 30 and {m["generator"] for m in metas} == {"safety-pairs"}
     assert any(m["chosen_is_urgent"] for m in metas) and not all(m["chosen_is_urgent"] for m in metas)
+
+
+# ---------------------------------------------------------------- pairwise-judge generator
+JUDGED = [  # the fake judge's behaviour is keyed on a word in the question
+    {"instruction": "Consistent judge: how do I treat a mild fever?", "output": "Rest, fluids, paracetamol if needed."},
+    {"instruction": "Position-biased judge: how do I treat a cough?", "output": "Honey and warm drinks."},
+    {"instruction": "Tie judge: how do I treat a sore throat?", "output": "Salt-water gargles."},
+    {"instruction": "Garbage judge: how do I treat a headache?", "output": "Water and rest."},
+]
+_PAIR = r"Question:\n(.*?)\n.*?Answer 1:\n(.*?)\n\nAnswer 2:\n(.*?)\n\nReply with only"
+
+
+def fake_pair_judge(seen: list[str]):
+    """A judge over HTTP: 'Consistent' prefers the alphabetically first answer (same in both orders),
+    'Position' always says 1 (position bias), 'Tie' says tie, 'Garbage' never replies in JSON."""
+    import re
+
+    def reply(req):
+        text = req["messages"][0]["content"]
+        seen.append(text)
+        question, a1, a2 = re.search(_PAIR, text, re.DOTALL).groups()
+        if question.startswith("Garbage"):
+            return "Both answers look fine to me."
+        winner = {"Consistent": "1" if a1 < a2 else "2", "Position-biased": "1", "Tie": "tie"}[question.split()[0]]
+        return json.dumps({"winner": winner, "rationale": f"picked {winner} for {question.split()[0]}"})
+    return reply
+
+
+def _judge_cfg(tmp_path, qwen_dir, base_url, **pj):
+    from medtune.data.config import DataConfig, SourceConfig
+    src = SourceConfig(path=write(tmp_path, JUDGED, "prompts.jsonl"), type="corpus", generator="pairwise-judge")
+    sampler = {"model": str(qwen_dir), "temperature": 1.0, "top_p": 1.0, "max_tokens": 8}
+    judge = {"base_url": base_url, "model": "judge-m", "backoff_initial_s": 0.01}
+    return DataConfig(sources=[src], output_dir=tmp_path / "data",
+                      pairwise_judge={"sampler": sampler, "samples": 3, "judge": judge, "max_retries": 1, **pj})
+
+
+def test_pairwise_judge_keeps_only_consistent_verdicts_with_provenance(tmp_path, qwen_dir):
+    from medtune.data.build import build_data
+    from tests.fake_openai import FakeOpenAI
+    seen: list[str] = []
+    with FakeOpenAI(reply=fake_pair_judge(seen)) as srv:
+        cfg = _judge_cfg(tmp_path, qwen_dir, srv.base_url)
+        out = build_data(cfg, seed=5)
+        calls, first = srv.calls, Path(out["pairs_file"]).read_text(encoding="utf-8")
+        again = build_data(cfg, seed=5)  # resumed: every sample and verdict comes from the cache
+        assert srv.calls == calls and Path(again["pairs_file"]).read_text(encoding="utf-8") == first
+    # 4 prompts x 3 sampled answers -> 3 pairs each, each judged in both orders (+1 re-ask per garbage reply)
+    assert calls == 4 * 3 * 2 + 3 * 2
+    assert all("Reference answer (written by an expert):\n" + JUDGED[0]["output"] in t for t in seen if t.count("Consistent"))
+    stats = json.loads((tmp_path / "data" / "stats.json").read_text())
+    step = stats["steps"]["generate:pairwise-judge"]
+    assert step["kept"] == out["pairs"] == 3 and step["dropped"] == {
+        "pairwise-judge: order-inconsistent verdict (position bias)": 3, "pairwise-judge: tie": 3,
+        "pairwise-judge: judge reply invalid after retries": 3}
+    assert stats["pairwise_judge"]["judge"]["model"] == "judge-m" and not stats["pairwise_judge"]["shared_client"]
+    rows, rejects = read_preferences(out["pairs_file"])  # the form training reads
+    assert len(rows) == 3 and not rejects
+    metas = [json.loads(line)["meta"] for line in first.splitlines()]
+    for row, meta in zip(rows, metas):
+        assert row["prompt"] == [{"role": "user", "content": JUDGED[0]["instruction"]}]
+        a, b = meta["answers"]
+        assert a != b and row["chosen"][0]["content"] == min(a, b) and row["rejected"][0]["content"] == max(a, b)
+        assert meta["chosen_index"] == meta["answers"].index(min(a, b))
+        assert meta["verdicts"]["order_ab"] == meta["verdicts"]["order_ba"] == "AB"[meta["chosen_index"]]
+        assert meta["rationales"]["order_ab"].startswith("picked") and meta["judge_model"] == "judge-m"
+        assert meta["source_file"].endswith("prompts.jsonl") and meta["doc_id"].endswith(":1")
+        assert meta["sampler_model"] == str(qwen_dir) and meta["generator"] == "pairwise-judge"
+    assert len({s for m in metas for s in m["sample_seeds"]}) == 3  # three samples, seeds 5, 6, 7
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "data" / "rejects.jsonl").read_text().splitlines()]
+    assert reasons.count("pairwise-judge: tie") == 3
+
+
+def test_pairwise_judge_refuses_greedy_sampling_and_shares_one_local_client(tmp_path, qwen_dir):
+    from medtune.data.build import build_data, pairwise_clients
+    from medtune.errors import ConfigError
+    with pytest.raises(ConfigError, match="temperature"):
+        build_data(_judge_cfg(tmp_path, qwen_dir, None, sampler={"model": str(qwen_dir), "temperature": 0.0}))
+    local = _judge_cfg(tmp_path, qwen_dir, None, judge={"model": str(qwen_dir)})
+    sampler, judge = pairwise_clients(local, tmp_path)
+    assert sampler is judge  # one model in memory for both
+    sampler, judge = pairwise_clients(_judge_cfg(tmp_path, qwen_dir, "http://127.0.0.1:9/v1"), tmp_path)
+    assert sampler is not judge and judge.model == "judge-m"

@@ -4,13 +4,15 @@ Outputs in ``output_dir``:
 
 - ``train.jsonl`` / ``validation.jsonl``: ``{"messages": [...], "meta": {...}}`` per line (or Alpaca
   ``instruction``/``input``/``output`` + ``meta``); records of one source document never land in both.
-- ``pairs.jsonl``: preference pairs ``{"prompt", "chosen", "rejected", "meta"}`` from ``safety-pairs``
-  (only when a source makes them; read by :func:`medtune.preference.read_preferences`, not filtered or split).
+- ``pairs.jsonl``: preference pairs ``{"prompt", "chosen", "rejected", "meta"}`` from ``safety-pairs`` and
+  ``pairwise-judge`` (only when a source makes them; read by :func:`medtune.preference.read_preferences`, not
+  filtered or split).
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
 - ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,
   and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
 - ``DATA_CARD.md``: sources, sizes, languages, generators, filters, the audit and a few examples.
 - ``teacher_cache.sqlite``: the teacher's reply cache (a killed build re-run pays for nothing twice).
+- ``pairwise_cache.sqlite``: the ``pairwise-judge`` sampler's and judge's reply cache (same purpose).
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medtune.config import SafetyConfig
 from medtune.data import filters as F
 from medtune.data import generators as G
 from medtune.data import readers as R
 from medtune.data.audit import audit, audit_lines
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
 from medtune.data.records import Record, Tally, save_rejects
-from medtune.config import SafetyConfig
 from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
 console = Console(stderr=True)
 OUTPUTS = ("train.jsonl", "validation.jsonl", "stats.json", "DATA_CARD.md", "rejects.jsonl")
+PROMPT_TYPES = ("corpus", "qa_tree", "labelled")  # sources whose records carry a user turn to answer
 
 
 def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
@@ -63,9 +66,11 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
 
 
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
-                    seed: int, tallies: dict[str, Tally], pairs: list[dict]) -> list[Record]:
+                    seed: int, tallies: dict[str, Tally], pairs: list[dict],
+                    judges: tuple[LLMClient, LLMClient] | None = None) -> list[Record]:
     """Run every source's generator (teacher calls run concurrently under the teacher's limits);
-    preference pairs (``safety-pairs``) are appended to ``pairs``.
+    preference pairs (``safety-pairs``, ``pairwise-judge`` with ``judges`` = (sampler, judge)) are
+    appended to ``pairs``.
 
     A ``rag-qa`` source first gets its type's QA (kb-template / guideline-qa); :func:`G.rag_qa` then puts
     retrieved passages around each pair, drawing distractors from every ``rag-qa`` source.
@@ -94,6 +99,11 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
                 raise ConfigError(f"source {src.path}: generator safety-pairs needs type: labelled (got {src.type})")
             for r in records:
                 pairs.extend(G.safety_pairs(r, SafetyConfig(), rng, tally))
+        elif gen == "pairwise-judge":
+            if src.type not in PROMPT_TYPES:
+                raise ConfigError(f"source {src.path}: generator pairwise-judge needs type {' | '.join(PROMPT_TYPES)} (got {src.type})")
+            pj_seed = cfg.pairwise_judge.sampler.seed if cfg.pairwise_judge.sampler.seed is not None else seed
+            jobs += [(pairs, G.pairwise_judge(r, *judges, cfg.pairwise_judge, pj_seed, tally)) for r in records]
         elif gen == "kb-template":
             templates = templates or G.load_templates(cfg.templates)
             for r in records:
@@ -115,7 +125,27 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         out.extend(await G.translate(pick, cfg.translate_to, teacher, cfg.prompts_dir,
                                      tallies.setdefault("generate:translate", Tally("generate:translate"))))
     await teacher.aclose()
+    for client in judges or ():
+        await client.aclose()
     return out
+
+
+def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] | None:
+    """``(sampler, judge)`` clients of the ``pairwise-judge`` generator (one shared client when both name the
+    same model on the same backend); None when no source uses it.
+
+    Raises:
+        ConfigError: the sampler is greedy (temperature 0): every sample would be the same answer.
+    """
+    if not any(s.generator == "pairwise-judge" for s in cfg.sources):
+        return None
+    pj = cfg.pairwise_judge
+    if pj.sampler.temperature <= 0:
+        raise ConfigError("data.pairwise_judge.sampler.temperature is 0: greedy sampling gives identical answers; "
+                          "set it > 0 (e.g. 0.8)")
+    sampler = LLMClient(pj.sampler, cache_path=out / "pairwise_cache.sqlite")
+    same = (pj.judge.base_url, pj.judge.model or sampler.model) == (pj.sampler.base_url, sampler.model)
+    return sampler, sampler if same else LLMClient(pj.judge, cache_path=out / "pairwise_cache.sqlite")
 
 
 def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrubber | None]:
@@ -191,21 +221,25 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
     sources, pairs = [], []
-    for src in cfg.sources:
-        tally = tallies.setdefault(f"read:{src.type}:{src.path}", Tally(f"read:{src.type}:{src.path}"))
+    for k, src in enumerate(cfg.sources):
+        step = f"read:{src.type}:{src.path}"
+        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
+        tally = tallies[step] = Tally(step)
         sources.append((src, read_source(src, tally)))
         console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
         if not sources[-1][1] and tally.rejects:
             first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
             console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
+    judges = pairwise_clients(cfg, out)
     try:
-        generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies, pairs))
+        generated = asyncio.run(_generate(cfg, sources, teacher, seed, tallies, pairs, judges))
     except DataFileError:
         save_rejects(list(tallies.values()), out / "rejects.jsonl")  # what made the input unusable
         raise
     finally:
-        teacher.close()
+        for client in {id(c): c for c in (teacher, *(judges or ()))}.values():
+            client.close()
     steps, phi = filter_steps(cfg.filters, seed)
     kept = list(F.run_filters(generated, steps, tallies))
     train, val = split_by_document(kept, cfg.validation_fraction, seed,
@@ -223,6 +257,10 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
              "languages": dict(Counter(r.meta.get("language") for r in kept)),
              "generators": dict(Counter(r.meta.get("generator") for r in kept)), "seed": seed,
              "wall_s": round(time.time() - t0, 2), "audit": audit(kept, tallies)}
+    if judges:
+        stats["pairwise_judge"] = {"sampler": {"model": judges[0].model, **judges[0].usage},
+                                   "judge": {"model": judges[1].model, **judges[1].usage},
+                                   "shared_client": judges[0] is judges[1]}
     (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
     (out / "DATA_CARD.md").write_text(data_card(cfg, stats, kept), encoding="utf-8")
     for warning in stats["audit"]["warnings"]:
@@ -248,6 +286,7 @@ def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int 
         lines.append(f"| {cfg.dialogue.seed_file} | seed tasks | dialogue | False |")
     r = stats["records"]
     lines += ["", "## Sizes", "", f"- generated: {r['generated']}, kept: {r['kept']} (train {r['train']}, validation {r['validation']})",
+              f"- preference pairs: {r['pairs']}" + (" (pairs.jsonl)" if r["pairs"] else ""),
               f"- rejects: {stats['rejects']} (see rejects.jsonl)", f"- languages: {stats['languages']}",
               f"- generators: {stats['generators']}",
               f"- teacher: {stats['teacher']['model']} via {stats['teacher']['backend']}; {stats['teacher']['requests']} calls, "

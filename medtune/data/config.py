@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medtune.llm import LLMConfig
 
-GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "rag-qa", "none")
+GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "pairwise-judge", "rag-qa", "none")
 DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
                      "qa_tree": "none", "corpus": "none", "labelled": "safety-pairs"}
 
@@ -34,8 +34,8 @@ class SourceConfig(_Section):
 
     path: Path = Field(..., description="File or directory (read recursively).")
     type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/data/safety/LABELS.md).")
-    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "rag-qa", "none"] | None = Field(
-        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
+    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "pairwise-judge", "rag-qa", "none"] | None = Field(
+        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | pairwise-judge (corpus / qa_tree / labelled prompts -> sampled answers judged in both orders -> preference pairs in pairs.jsonl; settings in data.pairwise_judge) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
     sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")
@@ -61,6 +61,22 @@ class DialogueConfig(_Section):
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
     consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
     language: str = Field("en", description="Language of the prompts and tasks: en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
+
+
+class PairwiseJudgeConfig(_Section):
+    """``pairwise-judge`` preference pairs: answers sampled from a model, every two judged in both orders and
+    kept only when the two verdicts agree (Zheng et al. 2023, "Judging LLM-as-a-judge with MT-Bench and
+    Chatbot Arena"). When sampler and judge name the same model on the same backend one client serves both
+    (the sampler's limits), so a local model is loaded once."""
+
+    sampler: LLMConfig = Field(default_factory=lambda: LLMConfig(temperature=0.8, top_p=0.95, max_tokens=128),
+                               description="Model that writes the answers (default: the local offline pack in process, temperature 0.8, top_p 0.95, 128 tokens); its seed (default: the data seed) is the seed of sample 0, sample i uses seed + i.")
+    samples: int = Field(2, ge=2, description="Answers sampled per prompt; each of the samples*(samples-1)/2 pairs is judged in both orders.")
+    judge: LLMConfig = Field(default_factory=lambda: LLMConfig(max_tokens=128), description="Judge model (default: the local offline pack, greedy); an OpenAI-compatible endpoint for a stronger judge.")
+    judge_samples: int = Field(1, ge=1, description="Judgements per order (majority verdict); > 1 only helps with judge.temperature > 0.")
+    max_retries: int = Field(2, ge=0, description="Re-asks after an off-format judge reply before the pair is dropped as invalid.")
+    reference: bool = Field(True, description="Show the source record's own answer (when it has one) to the judge as the expert reference.")
+    prompts_dir: Path | None = Field(None, description="Folder with replacement pairwise_<lang>.txt judge prompts (shipped: medtune/judge_prompts).")
 
 
 class FilterConfig(_Section):
@@ -93,6 +109,7 @@ class DataConfig(_Section):
     rag_not_covered: float = Field(0.2, ge=0.0, le=1.0, description="rag-qa: share of examples whose gold passage is removed; their answer says the guideline does not cover the question.")
     judge: bool = Field(False, description="guideline-qa / report-qa: ask the teacher whether each answer is supported; drop unsupported.")
     dialogue: DialogueConfig | None = Field(None, description="Self-instruct scenario dialogues (absent: not generated).")
+    pairwise_judge: PairwiseJudgeConfig = Field(default_factory=PairwiseJudgeConfig, description="Sampler and judge of the pairwise-judge generator (used only by sources with generator: pairwise-judge).")
     translate_to: str | None = Field(None, description="Also translate generated pairs into this language (zh, ko, en) with the teacher.")
     translate_max: int = Field(10, ge=1, description="Translate at most this many pairs.")
     filters: FilterConfig = Field(default_factory=FilterConfig)

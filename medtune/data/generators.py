@@ -7,6 +7,7 @@
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
 | :func:`safety_pairs` | none                                      | ``labelled`` (red-flag labels) |
+| :func:`pairwise_judge` | N samples + 2 x N(N-1)/2 judge per prompt | ``corpus``, ``qa_tree``, ``labelled`` |
 | :func:`rag_qa`       | none (wraps kb-template / guideline-qa)   | ``qa`` + passages |
 
 Prompt templates live in ``medtune/data/prompts/<language>/<name>.txt`` (English used when a
@@ -25,14 +26,26 @@ from pathlib import Path
 
 import yaml
 
+from medtune.config import SafetyConfig
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
 from medtune.io import Reject, read_rows
+from medtune.judging import judge_swapped, load_template, reference_block
+from medtune.llm import LLMClient, LLMError, SensitiveDataError
+from medtune.retrieval import (
+    NOT_IN_GUIDELINES,
+    Hit,
+    grounded_messages,
+    passage_of,
+    tokenize,
+)
+from medtune.safety import (
+    CATEGORY_NAMES,
+    detect_red_flags,
+    emergency_number,
+    urgent_message,
+)
 from medtune.text import dangling_reference, detect_language
-from medtune.llm import SensitiveDataError, LLMClient, LLMError
-from medtune.config import SafetyConfig
-from medtune.safety import CATEGORY_NAMES, detect_red_flags, emergency_number, urgent_message
-from medtune.retrieval import NOT_IN_GUIDELINES, Hit, grounded_messages, passage_of, tokenize
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
@@ -326,7 +339,7 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
     return out
 
 
-_TURN = re.compile(r"^\s*\**\s*(Patient|Doctor|患者|医生|환자|의사)\s*\**\s*[:：]\s*(.*)$", re.I)
+_TURN = re.compile(r"^\s*\**\s*(Patient|Doctor|患者|医生|환자|의사)\s*\**\s*[:：]\s*(.*)$", re.IGNORECASE)
 _ROLE = {"patient": "user", "患者": "user", "환자": "user", "doctor": "assistant", "医生": "assistant", "의사": "assistant"}
 
 
@@ -438,6 +451,115 @@ def safety_pairs(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally)
              "meta": {"generator": "safety-pairs", "source_file": r.meta.get("source_file"), "doc_id": r.meta.get("doc_id"),
                       "language": lang, "expected": r.meta["expected"], "label_type": r.meta.get("label_type"),
                       "urgent_flags": flags, "emergency_number": number, "chosen_is_urgent": red}}]
+
+
+# ---------------------------------------------------------------- pairwise-judge (sampled answers, judged)
+def prompt_of(r: Record) -> tuple[list[dict], str | None]:
+    """``(prompt messages ending with a user turn, the record's own answer or None)`` of a corpus / qa_tree /
+    labelled record; the prompt is empty when the record has no user turn."""
+    messages = r.messages or [{"role": "user", "content": r.text}]
+    answer = messages[-1]["content"] if messages[-1]["role"] == "assistant" else None
+    prompt = messages[:-1] if answer is not None else messages
+    return (prompt if prompt and prompt[-1]["role"] == "user" else []), answer
+
+
+def _judge_question(prompt: list[dict]) -> str:
+    """What the judge sees as the question: the user's text, or the whole exchange when multi-turn."""
+    turns = [m for m in prompt if m["role"] != "system"]
+    return turns[0]["content"] if len(turns) == 1 else "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+
+
+async def _sample_answers(r: Record, prompt: list[dict], sampler: LLMClient, cfg, seed: int, tally: Tally) -> list[tuple[int, str]]:
+    """``[(seed, answer)]`` of ``cfg.samples`` sampled answers; failed or empty samples are counted and left out."""
+    s = cfg.sampler
+    seeds = [seed + i for i in range(cfg.samples)]
+    replies = await asyncio.gather(*(sampler.complete(prompt, sensitive=bool(r.meta.get("sensitive")), temperature=s.temperature,
+                                                      top_p=s.top_p, max_tokens=s.max_tokens, seed=k) for k in seeds),
+                                   return_exceptions=True)
+    out = []
+    for k, rep in zip(seeds, replies):
+        if isinstance(rep, SensitiveDataError):
+            raise rep
+        if isinstance(rep, BaseException) or not rep.text.strip():
+            tally.drop("pairwise-judge: sampler call failed or empty answer", r.meta.get("source_file"), r.id,
+                       f"seed {k}: {rep if isinstance(rep, BaseException) else 'empty'}")
+            continue
+        out.append((k, rep.text.strip()))
+    return out
+
+
+def _judge_outcome(v: dict) -> str | None:
+    """The drop reason of a :func:`medtune.judging.judge_swapped` result, or None when it is a usable preference."""
+    if v["verdict"] is None:
+        return "pairwise-judge: judge reply invalid after retries"
+    if not v["consistent"]:
+        return "pairwise-judge: order-inconsistent verdict (position bias)"
+    return "pairwise-judge: tie" if v["verdict"] == "tie" else None
+
+
+async def pairwise_judge(r: Record, sampler: LLMClient, judge: LLMClient, cfg, seed: int, tally: Tally) -> list[dict]:
+    """Preference pairs from answers sampled for one prompt, judged pairwise in both orders.
+
+    1. ``cfg.samples`` answers to the record's prompt from ``sampler`` (sample i with seed ``seed + i``);
+    2. every two of them judged as (A, B) and as (B, A) by ``judge`` with the pairwise prompt of the
+       record's language (:func:`medtune.judging.judge_swapped`; the record's own answer shown as the
+       reference when ``cfg.reference``);
+    3. kept only when both orders name the same winner; ties, order-inconsistent verdicts, invalid
+       judge replies and identical answers are counted in ``tally`` with the reason and located rejects.
+
+    Reads ``messages`` | ``text``, ``meta.language``, ``meta.sensitive``. Zheng et al. 2023 (NeurIPS),
+    "Judging LLM-as-a-judge with MT-Bench and Chatbot Arena", for the position swap.
+
+    Args:
+        cfg: :class:`medtune.data.config.PairwiseJudgeConfig`.
+        seed: seed of sample 0 and of the judge.
+
+    Returns:
+        ``[{"prompt", "chosen", "rejected", "meta"}]`` (:func:`medtune.preference.read_preferences` form);
+        ``meta`` holds the source (file, ``doc_id`` = file:line), both answers and their seeds, which won,
+        the sampler and judge models, both orders' verdicts and the judge's reasons.
+
+    Raises:
+        SensitiveDataError: a sensitive source and a remote sampler or judge.
+    """
+    prompt, own_answer = prompt_of(r)
+    if not prompt:
+        tally.drop("pairwise-judge: no user turn to answer", r.meta.get("source_file"), r.id)
+        return []
+    lang = r.meta.get("language") if r.meta.get("language") in ("en", "zh", "ko") else "en"
+    template = load_template("pairwise", lang, cfg.prompts_dir)
+    answers = await _sample_answers(r, prompt, sampler, cfg, seed, tally)
+    todo = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1:]]
+    j = cfg.judge
+    verdicts = await asyncio.gather(*(judge_swapped(
+        judge, template, _judge_question(prompt), {"A": a[1], "B": b[1]},
+        reference_block(own_answer if cfg.reference else None, lang), samples=cfg.judge_samples,
+        max_retries=cfg.max_retries, seed=seed, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
+        sensitive=bool(r.meta.get("sensitive"))) if a[1] != b[1] else _identical() for a, b in todo))
+    meta = {**_provenance(r), "generator": "pairwise-judge", "language": lang, "sampler_model": sampler.model,
+            "sampler_params": {"temperature": cfg.sampler.temperature, "top_p": cfg.sampler.top_p,
+                               "max_tokens": cfg.sampler.max_tokens},
+            "judge_model": judge.model, "judge_backend": judge.cfg.base_url or "local (in process)",
+            "judge_prompt_hash": hashlib.sha256(template.template.encode()).hexdigest()[:12],
+            "reference_shown": bool(cfg.reference and own_answer)}
+    out = []
+    for (a, b), v in zip(todo, verdicts):
+        why = "pairwise-judge: identical answers" if v is None else _judge_outcome(v)
+        if why:
+            tally.drop(why, r.meta.get("source_file"), r.id, json.dumps({"answers": [a[1], b[1]], **(v or {})}, ensure_ascii=False))
+            continue
+        tally.keep()
+        (win, lose) = (a, b) if v["verdict"] == "A" else (b, a)
+        out.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": win[1]}],
+                    "rejected": [{"role": "assistant", "content": lose[1]}],
+                    "meta": {**meta, "answers": [a[1], b[1]], "sample_seeds": [a[0], b[0]], "chosen_index": 0 if win is a else 1,
+                             "verdicts": {"order_ab": v["order_ab"], "order_ba": v["order_ba"]},
+                             "rationales": {"order_ab": v["rationale_ab"], "order_ba": v["rationale_ba"]}}})
+    return out
+
+
+async def _identical() -> None:
+    return None  # two equal samples: nothing to prefer, no judge call
 
 
 # ---------------------------------------------------------------- rag-qa (RAFT; no LLM of its own)

@@ -2,7 +2,7 @@
 
 Rubric: the judge scores each answer 1-4 on **accuracy, conciseness, understandability**
 with a short rationale (the three-criterion protocol of radiology patient-QA studies). The
-rubric prompts live in ``prompts/rubric_<lang>.txt`` (replaceable with ``prompts_dir``).
+rubric prompts live in ``medtune/judge_prompts/rubric_<lang>.txt`` (replaceable with ``prompts_dir``).
 
 Pairwise: A vs B is judged twice, once in each order; a verdict counts only when both
 orders agree, otherwise it is a tie and an order inconsistency (position bias; Zheng et al.,
@@ -21,43 +21,29 @@ import asyncio
 import hashlib
 import json
 import time
-from collections import Counter
 from pathlib import Path
-from string import Template
 
 from rich.console import Console
 
 from medtune.errors import EvalError
 from medtune.eval.backends import endpoint_client
-from medtune.text import detect_language
 from medtune.eval.config import JudgeConfig
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import median, proportion
-from medtune.manifest import tree_digests
 from medtune.io import Reject, read_rows
+from medtune.judging import (
+    InvalidReply,
+    json_object,
+    judge_swapped,
+    load_template,
+    reference_block,
+    sampled,
+)
+from medtune.manifest import tree_digests
+from medtune.text import detect_language
 
 console = Console(stderr=True)
 CRITERIA = ("accuracy", "conciseness", "understandability")
-PROMPTS_DIR = Path(__file__).parent / "prompts"
-REFERENCE = {"en": "\nReference answer (written by an expert):\n", "zh": "\n参考答案（专家撰写）：\n",
-             "ko": "\n참고 답변(전문가 작성):\n"}
-
-
-class InvalidReply(ValueError):
-    """A judge reply that is not the required JSON object; the message says what is wrong."""
-
-
-def _json_object(reply: str) -> dict:
-    start, end = reply.find("{"), reply.rfind("}")
-    if start < 0 or end < start:
-        raise InvalidReply("no JSON object in the reply")
-    try:
-        obj = json.loads(reply[start:end + 1])
-    except json.JSONDecodeError as e:
-        raise InvalidReply(f"the JSON object does not parse ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise InvalidReply("the reply is not a JSON object")
-    return obj
 
 
 def parse_rubric(reply: str) -> dict:
@@ -66,7 +52,7 @@ def parse_rubric(reply: str) -> dict:
     Raises:
         InvalidReply: missing field, a score that is not an integer 1-4, or no rationale.
     """
-    obj = _json_object(reply)
+    obj = json_object(reply)
     out = {}
     for c in CRITERIA:
         v = obj.get(c)
@@ -78,53 +64,9 @@ def parse_rubric(reply: str) -> dict:
     return {**out, "rationale": obj["rationale"].strip()}
 
 
-def parse_verdict(reply: str) -> dict:
-    """``{"winner": "1"|"2"|"tie", "rationale": str}`` from a pairwise judge reply.
-
-    Raises:
-        InvalidReply: a winner other than "1", "2" or "tie".
-    """
-    obj = _json_object(reply)
-    winner = str(obj.get("winner", "")).strip().lower()
-    if winner not in ("1", "2", "tie"):
-        raise InvalidReply(f"'winner' must be \"1\", \"2\" or \"tie\", got {obj.get('winner')!r}")
-    return {"winner": winner, "rationale": str(obj.get("rationale", "")).strip()}
-
-
-def load_template(kind: str, lang: str, prompts_dir: Path | None = None) -> Template:
-    """The ``<kind>_<lang>.txt`` prompt template (``$question``, ``$answer`` ... placeholders).
-
-    Raises:
-        EvalError: the file does not exist in ``prompts_dir`` or the shipped prompts.
-    """
-    for folder in filter(None, (prompts_dir, PROMPTS_DIR)):
-        path = Path(folder) / f"{kind}_{lang}.txt"
-        if path.is_file():
-            return Template(path.read_text(encoding="utf-8"))
-    raise EvalError(f"no judge prompt {kind}_{lang}.txt in {prompts_dir or PROMPTS_DIR}")
-
-
-async def ask(judge, messages: list[dict], parse, max_retries: int, seed: int, max_tokens: int) -> tuple[dict | None, int]:
-    """One judgement with strict parsing; off-format replies are re-asked with the reason.
-
-    Returns:
-        ``(parsed or None when still invalid, attempts used)``.
-    """
-    for attempt in range(max_retries + 1):
-        reply = (await judge.complete(messages, seed=seed, max_tokens=max_tokens)).text
-        try:
-            return parse(reply), attempt + 1
-        except InvalidReply as e:
-            messages = messages + [{"role": "assistant", "content": reply},
-                                   {"role": "user", "content": f"Your reply was not valid: {e}. "
-                                                               "Reply again with only the JSON object."}]
-    return None, max_retries + 1
-
-
 async def _sampled(judge, messages, parse, cfg: JudgeConfig) -> tuple[list[dict], int]:
     k = cfg.samples if cfg.temperature > 0 else 1
-    got = await asyncio.gather(*(ask(judge, messages, parse, cfg.max_retries, cfg.seed + i, cfg.max_tokens) for i in range(k)))
-    return [g for g, _ in got if g is not None], sum(n for _, n in got)
+    return await sampled(judge, messages, parse, k, cfg.max_retries, cfg.seed, max_tokens=cfg.max_tokens)
 
 
 async def judge_rubric_item(judge, row: dict, cfg: JudgeConfig, lang: str) -> dict:
@@ -140,25 +82,14 @@ async def judge_rubric_item(judge, row: dict, cfg: JudgeConfig, lang: str) -> di
     return out
 
 
-async def _verdict(judge, template: Template, row: dict, first: str, second: str, cfg: JudgeConfig) -> str | None:
-    prompt = template.substitute(question=row["question"], answer_1=row[first], answer_2=row[second],
-                                 reference=row["reference_block"])
-    valid, _ = await _sampled(judge, [{"role": "user", "content": prompt}], parse_verdict, cfg)
-    if not valid:
-        return None
-    counts = Counter(v["winner"] for v in valid).most_common()
-    win = "tie" if len(counts) > 1 and counts[0][1] == counts[1][1] else counts[0][0]
-    return {"1": first, "2": second, "tie": "tie"}[win]
-
-
 async def judge_pair_item(judge, row: dict, cfg: JudgeConfig, lang: str) -> dict:
-    """Pairwise verdict of one row: judged as (A, B) and as (B, A); agreement or a tie."""
+    """Pairwise verdict of one row: judged as (A, B) and as (B, A); agreement or a tie
+    (:func:`medtune.judging.judge_swapped`), with the judge's reason for each order."""
     a, b = cfg.answer_columns
-    template = load_template("pairwise", lang, cfg.prompts_dir)
-    ab, ba = await asyncio.gather(_verdict(judge, template, row, a, b, cfg), _verdict(judge, template, row, b, a, cfg))
-    if ab is None or ba is None:
-        return {"verdict": None, "order_ab": ab, "order_ba": ba, "consistent": None}
-    return {"verdict": ab if ab == ba else "tie", "order_ab": ab, "order_ba": ba, "consistent": ab == ba}
+    return await judge_swapped(judge, load_template("pairwise", lang, cfg.prompts_dir), row["question"],
+                               {a: row[a], b: row[b]}, row["reference_block"],
+                               samples=cfg.samples if cfg.temperature > 0 else 1, max_retries=cfg.max_retries,
+                               seed=cfg.seed, max_tokens=cfg.max_tokens)
 
 
 def load_judge_rows(cfg: JudgeConfig) -> tuple[list[dict], list[Reject]]:
@@ -176,7 +107,7 @@ def load_judge_rows(cfg: JudgeConfig) -> tuple[list[dict], list[Reject]]:
         lang = cfg.language if cfg.language != "auto" else detect_language(q, default="en")
         ref = str(rec.get(cfg.reference_column) or "") if cfg.reference_column else ""
         rows.append({"id": str(rec.get("id") or n), "question": q, "lang": lang,
-                     "reference_block": REFERENCE[lang] + ref + "\n" if ref else "",
+                     "reference_block": reference_block(ref, lang),
                      **{c: str(rec[c]) for c in cfg.answer_columns}})
     return rows, rejects
 
@@ -233,7 +164,8 @@ def run_judge(cfg: JudgeConfig, judge=None) -> dict:
         tie / loss of A with CIs and the order-inconsistency rate. Both pin the judge identity.
 
     Raises:
-        EvalError: pairwise without exactly two answer columns, or a missing prompt file.
+        EvalError: pairwise without exactly two answer columns.
+        medtune.errors.ConfigError: a missing prompt file.
         medtune.llm.LLMError: the judge endpoint failed for good (finished rows are kept).
     """
     if cfg.mode == "pairwise" and len(cfg.answer_columns) != 2:
