@@ -97,8 +97,8 @@ def test_web_on_llamacpp_gives_the_chat_and_serve_answer_and_safety_flag(tiny_gg
     said = chat(ChatConfig(model=model, backend="llamacpp", generation=GREEDY), prompt=message,
                 out=Console(file=io.StringIO(), width=10_000))[-1]["content"]
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
-    request = dict(model=model, messages=[{"role": "user", "content": message}], temperature=0,
-                   max_tokens=GREEDY.max_new_tokens)
+    request = {"model": model, "messages": [{"role": "user", "content": message}], "temperature": 0,
+               "max_tokens": GREEDY.max_new_tokens}
     served = client.chat.completions.create(**request).choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**request, stream=True)
                        if c.choices)
