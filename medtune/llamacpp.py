@@ -63,16 +63,26 @@ def load_gguf(path: Path | str, n_ctx: int = 4096, logits_all: bool = False):
         raise ModelError(f"{path}: not a .gguf file (the llamacpp backend runs GGUF files; export one with "
                          "`medtune export MODEL --format gguf`)")
     llama = import_llama_cpp()
+    trained = trained_context(path)
     try:
-        llm = llama.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                          n_threads=threads(), n_threads_batch=threads())
+        return llama.Llama(model_path=str(path), n_ctx=min(n_ctx, trained) if trained > 0 else n_ctx,
+                           logits_all=logits_all, verbose=False, n_threads=threads(), n_threads_batch=threads())
     except ValueError as e:
         raise ModelError(f"llama.cpp cannot load {path}: {e}") from None
-    trained = llama.llama_model_n_ctx_train(llm.model)
-    if llm.n_ctx() > trained > 0:
-        llm = llama.Llama(model_path=str(path), n_ctx=trained, logits_all=logits_all, verbose=False,
-                          n_threads=threads(), n_threads_batch=threads())
-    return llm
+
+
+def trained_context(path: Path) -> int:
+    """The model's training context in tokens (``<arch>.context_length`` in the GGUF metadata; 0 if absent),
+    read before llama.cpp is asked for a context, so a longer one is neither allocated nor warned about."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+    except (ValueError, IndexError, KeyError, OSError) as e:  # how the reader fails on a truncated or foreign file
+        raise ModelError(f"llama.cpp cannot load {path}: not a readable GGUF file ({e.__class__.__name__}: {e})") from None
+    arch = fields.get("general.architecture")
+    length = fields.get(f"{arch.contents()}.context_length") if arch else None
+    return int(length.contents()) if length else 0
 
 
 def eog_ids(llm) -> list[int]:

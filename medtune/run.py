@@ -159,11 +159,17 @@ def _samples(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
 def export_merged(cfg, base_given: bool) -> dict:
     """Export ``cfg.model``; with ``cfg.adapter``, merge it first (the merge stage's parity check) into
     ``<output_dir>/merged-hf`` and export that. ``base_given``: ``cfg.model`` was named by the user
-    (else the adapter's recorded base is used)."""
+    (else the adapter's recorded base is used).
+
+    Raises:
+        ModelError: llama-cpp-python is not installed (install hint; checked before merging).
+    """
     from medtune.config import MergeConfig
     from medtune.export.stage import export_model
+    from medtune.llamacpp import import_llama_cpp
     from medtune.merge import merge_adapter
 
+    import_llama_cpp()  # a missing medtune[gguf] extra: the install hint before the merge, not after it
     if cfg.adapter is not None:
         merged = merge_adapter(MergeConfig(model=cfg.model if base_given else None, adapter=cfg.adapter,
                                            output_dir=cfg.output_dir / "merged-hf"))

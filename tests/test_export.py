@@ -171,3 +171,164 @@ def test_recipe_export_section_resolves_to_the_merged_model_and_sample_prompts(t
     assert r.export.model == str(tmp_path / "merged") and r.export.output_dir == tmp_path / "export"
     assert r.export.prompts == ["hi"] and r.export.quant == ["q4_k_m"]
     assert list(STAGES).index("export") == list(STAGES).index("samples") + 1 < list(STAGES).index("eval")  # after samples, before eval
+
+
+def _reference(base, adapter, report: dict) -> list[list[int]]:
+    """transformers' greedy tokens (float32) for the parity prompts of ``report``, base with ``adapter`` attached."""
+    import torch
+
+    from medtune.export.parity import hf_reference
+    from medtune.models import load_model, load_tokenizer
+
+    model = load_model(str(base), adapter=adapter, dtype=torch.float32).eval()
+    ref = hf_reference(model, load_tokenizer(str(base)), report["prompts"], report["system_prompt"], report["n_tokens"])
+    return [r["tokens"] for r in ref]
+
+
+def _gguf_greedy(path, n=16) -> str:
+    from medtune.config import GenerationSettings
+    from medtune.generation import chat_once
+    from medtune.models import load_chat_model
+
+    model, tok = load_chat_model(str(path), backend="llamacpp")
+    return chat_once(model, tok, [{"role": "user", "content": PROMPTS[0]}], GenerationSettings(max_new_tokens=n))
+
+
+@pytest.mark.slow
+def test_export_base_plus_adapter_merges_before_converting(qwen_dir, tiny_gguf, tmp_path):
+    """``medtune export BASE --adapter DIR``: the adapter is merged (merge stage, with its parity check), the
+    merged model converted; the f16 GGUF reproduces base+adapter exactly, not the base."""
+    pytest.importorskip("llama_cpp", reason="needs the gguf extra: pip install 'medtune[gguf]'")
+    from servekit import make_adapter
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    adapter = make_adapter(qwen_dir, tmp_path / "lora")
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(qwen_dir), "--adapter", str(adapter), "--format", "gguf", "--quant",
+                                      "f16", "--tokenizer-pre", "gpt-2", "--output-dir", str(out), "--prompts", PROMPTS[0]])
+    assert result.exit_code == 0, result.output
+    assert (out / "merged-hf" / "model.safetensors").is_file() and not (out / "Modelfile").exists()
+    report = json.loads((out / "parity.json").read_text())
+    assert report["levels"]["f16"]["exact"] and report["levels"]["f16"]["greedy_match"] == report["levels"]["f16"]["tokens"]
+    # the parity reference (transformers on the merged model) is base + adapter, unmerged, and not the base
+    assert report["reference_tokens"] == _reference(qwen_dir, adapter, report) != _reference(qwen_dir, None, report)
+    gguf = json.loads((out / "medtune_export.json").read_text())["files"]["f16"]
+    assert _gguf_greedy(gguf) != _gguf_greedy(tiny_gguf)
+
+
+@pytest.mark.parametrize("command", [["export", "{model}", "--format", "gguf"],
+                                     ["export", "{model}", "--format", "ollama", "--quant", "q8_0"],
+                                     ["chat", "--backend", "llamacpp", "--model", "{gguf}", "--prompt", "hi"],
+                                     ["serve", "--backend", "llamacpp", "--model", "{gguf}"],
+                                     ["web", "--backend", "llamacpp", "--model", "{gguf}"]],
+                         ids=["export-gguf", "export-ollama", "chat", "serve", "web"])
+def test_missing_llama_cpp_gives_the_install_hint_on_the_cli(monkeypatch, tmp_path, qwen_dir, command):
+    """Without llama-cpp-python every command that needs it stops with ``pip install 'medtune[gguf]'``
+    before any work (nothing written for export)."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError, as when not installed
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    args = [a.format(model=qwen_dir, gguf=tmp_path / "m.gguf") for a in command] + (
+        ["--output-dir", str(tmp_path / "out")] if command[0] == "export" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "pip install 'medtune[gguf]'" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_with_adapter_checks_for_llama_cpp_before_merging(monkeypatch, tmp_path, qwen_dir):
+    import sys
+
+    from servekit import make_adapter
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    adapter = make_adapter(qwen_dir, tmp_path / "lora")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    result = CliRunner().invoke(app, ["export", str(qwen_dir), "--adapter", str(adapter), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "pip install 'medtune[gguf]'" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out" / "merged-hf").exists()  # failed before the (slow) merge
+
+
+def test_cli_chat_serve_and_web_run_a_gguf_with_llamacpp(tiny_gguf, monkeypatch):
+    """``medtune chat|serve|web --backend llamacpp --model file.gguf`` parse into a llama.cpp model and give
+    the same greedy answer (uvicorn's and gradio's blocking launches are replaced by in-process calls)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("gradio")
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    import medtune.web
+    from medtune.cli import app
+    from medtune.config import GenerationSettings, SafetyConfig
+    from medtune.llamacpp import LlamaCppModel
+    from medtune.web import reply_stream
+
+    question, n = "What is hypertension?", 12
+    common = ["--backend", "llamacpp", "--model", str(tiny_gguf), "--max-new-tokens", str(n)]
+    said = CliRunner().invoke(app, ["chat", *common, "--prompt", question])
+    assert said.exit_code == 0, said.output
+
+    served = {}
+
+    def fake_uvicorn(api, **kw):
+        with TestClient(api) as http:
+            r = http.post("/v1/chat/completions", json={"model": str(tiny_gguf), "max_tokens": n,
+                                                        "messages": [{"role": "user", "content": question}]})
+        served.update(status=r.status_code, text=r.json()["choices"][0]["message"]["content"], port=kw["port"])
+
+    monkeypatch.setattr(uvicorn, "run", fake_uvicorn)
+    result = CliRunner().invoke(app, ["serve", *common, "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert "backend llamacpp" in " ".join(result.output.split())
+    assert served["status"] == 200 and served["port"] == 8123
+
+    web = {}
+    monkeypatch.setattr(medtune.web, "build_ui", lambda cfg, backend: web.update(cfg=cfg, backend=backend) or _NoUI())
+    result = CliRunner().invoke(app, ["web", *common, "--port", "8124"])
+    assert result.exit_code == 0, result.output
+    assert web["cfg"].backend == "llamacpp" and web["cfg"].port == 8124
+    assert isinstance(web["backend"].__closure__[0].cell_contents, LlamaCppModel)
+    shown = "".join(reply_stream([{"role": "user", "content": question}], GenerationSettings(max_new_tokens=n),
+                                 SafetyConfig(), web["backend"]))
+    assert said.output.strip() == served["text"].strip() == shown.strip() and shown.strip()
+
+
+class _NoUI:
+    """Stands in for the gradio page in CLI tests: ``queue`` and ``launch`` do nothing."""
+
+    def queue(self, **kw):
+        return self
+
+    def launch(self, **kw):
+        return self
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF", b"GGUF\x03\x00\x00\x00" + bytes(16)], ids=["empty", "magic-only", "no-tensors"])
+def test_llamacpp_backend_names_a_broken_gguf(tmp_path, content):
+    pytest.importorskip("llama_cpp", reason="needs the gguf extra: pip install 'medtune[gguf]'")
+    from medtune.errors import ModelError
+    from medtune.models import load_chat_model
+
+    (tmp_path / "broken.gguf").write_bytes(content)
+    with pytest.raises(ModelError, match=r"llama\.cpp cannot load \S*broken\.gguf: "):
+        load_chat_model(str(tmp_path / "broken.gguf"), backend="llamacpp")
+
+
+def test_llamacpp_context_is_capped_at_the_trained_length(tiny_gguf, qwen_dir):
+    from transformers import AutoConfig
+
+    from medtune.llamacpp import load_gguf, trained_context
+
+    trained = AutoConfig.from_pretrained(qwen_dir).max_position_embeddings
+    assert trained_context(tiny_gguf) == trained < 4096
+    assert load_gguf(tiny_gguf, n_ctx=4096).n_ctx() == trained > load_gguf(tiny_gguf, n_ctx=128).n_ctx()

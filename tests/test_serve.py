@@ -48,12 +48,13 @@ def backend(request, server, qwen_dir):
     """The core cases run on both backends: the transformers server above, and the same tiny model as
     an f16 GGUF served by llama.cpp (``serve.backend=llamacpp``; needs the medtune[gguf] extra)."""
     if request.param == "transformers":
-        yield SimpleNamespace(server=server, model=str(qwen_dir), expected=lambda m, n=16: _expected(qwen_dir, m, max_tokens=n))
+        yield SimpleNamespace(server=server, model=str(qwen_dir), names=[str(qwen_dir), "cardio"],
+                              expected=lambda m, n=16: _expected(qwen_dir, m, max_tokens=n))
         return
     gguf = request.getfixturevalue("tiny_gguf")
     cfg = ServeConfig(model=str(gguf), backend="llamacpp", api_key=KEY, generation=GenerationSettings(max_new_tokens=16))
     with running_server(cfg) as s:
-        yield SimpleNamespace(server=s, model=str(gguf),
+        yield SimpleNamespace(server=s, model=str(gguf), names=[str(gguf)],
                               expected=lambda m, n=16: _expected(gguf, m, max_tokens=n, backend="llamacpp"))
 
 
@@ -101,10 +102,12 @@ def test_adapter_is_chosen_by_model_field(client, qwen_dir, adapter_dir):
     assert again == base  # the adapter was switched off again for base requests
 
 
-def test_models_health_metrics(server, client, qwen_dir):
-    assert [m.id for m in client.models.list().data] == [str(qwen_dir), "cardio"]
+def test_models_health_metrics(backend):
+    server = backend.server
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == backend.names
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    client.chat.completions.create(model=str(qwen_dir), messages=HI, max_tokens=4)
+    client.chat.completions.create(model=backend.model, messages=HI, max_tokens=4)
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'medtune_requests_total{path="/v1/chat/completions",status="200"}' in text
     for name in ("medtune_request_latency_seconds_count", "medtune_completion_tokens_total",
@@ -148,11 +151,12 @@ def test_bad_requests_get_openai_style_4xx(backend, body, status, needle):
     assert needle in err["message"] and err["type"]
 
 
-def test_non_json_body_and_api_key(server, qwen_dir):
+def test_non_json_body_and_api_key(backend):
+    server = backend.server
     url = server.url + "/v1/chat/completions"
     r = httpx.post(url, content=b"{not json", headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
-    body = {"model": str(qwen_dir), "messages": HI, "max_tokens": 2}
+    body = {"model": backend.model, "messages": HI, "max_tokens": 2}
     assert httpx.post(url, json=body).status_code == 401
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(server.url + "/v1/models").status_code == 401
@@ -161,12 +165,13 @@ def test_non_json_body_and_api_key(server, qwen_dir):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
-def test_disconnect_mid_stream_frees_the_row(server, qwen_dir):
+def test_disconnect_mid_stream_frees_the_row(backend):
+    server = backend.server
     jobs = []
     submit = server.engine.submit
     server.engine.submit = lambda job: (jobs.append(job), submit(job))[1]
     try:
-        body = {"model": str(qwen_dir), "messages": [{"role": "user", "content": "Tell me about asthma."}],
+        body = {"model": backend.model, "messages": [{"role": "user", "content": "Tell me about asthma."}],
                 "max_tokens": 200, "stream": True}
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
                           headers={"Authorization": f"Bearer {KEY}"}) as r:
