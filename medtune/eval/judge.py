@@ -29,12 +29,12 @@ from rich.console import Console
 
 from medtune.errors import EvalError
 from medtune.eval.backends import endpoint_client
-from medtune.text import detect_language
 from medtune.eval.config import JudgeConfig
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import median, proportion
-from medtune.manifest import tree_digests
 from medtune.io import Reject, read_rows
+from medtune.manifest import tree_digests
+from medtune.text import detect_language
 
 console = Console(stderr=True)
 CRITERIA = ("accuracy", "conciseness", "understandability")
@@ -47,7 +47,12 @@ class InvalidReply(ValueError):
     """A judge reply that is not the required JSON object; the message says what is wrong."""
 
 
-def _json_object(reply: str) -> dict:
+def json_object(reply: str) -> dict:
+    """The one JSON object in a judge reply (text around it is ignored).
+
+    Raises:
+        InvalidReply: no object, or it does not parse.
+    """
     start, end = reply.find("{"), reply.rfind("}")
     if start < 0 or end < start:
         raise InvalidReply("no JSON object in the reply")
@@ -66,7 +71,7 @@ def parse_rubric(reply: str) -> dict:
     Raises:
         InvalidReply: missing field, a score that is not an integer 1-4, or no rationale.
     """
-    obj = _json_object(reply)
+    obj = json_object(reply)
     out = {}
     for c in CRITERIA:
         v = obj.get(c)
@@ -84,7 +89,7 @@ def parse_verdict(reply: str) -> dict:
     Raises:
         InvalidReply: a winner other than "1", "2" or "tie".
     """
-    obj = _json_object(reply)
+    obj = json_object(reply)
     winner = str(obj.get("winner", "")).strip().lower()
     if winner not in ("1", "2", "tie"):
         raise InvalidReply(f"'winner' must be \"1\", \"2\" or \"tie\", got {obj.get('winner')!r}")
