@@ -16,7 +16,7 @@ pytest.importorskip("bm25s")
 import medtune.embed  # noqa: E402
 from medtune import retrieval  # noqa: E402
 from medtune.retrieval import Index, ground, rrf, tokenize  # noqa: E402
-from tests.fake_openai import FakeOpenAI  # noqa: E402
+from tests.fake_openai import FakeOpenAI
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sources"
 GUIDELINES = EXAMPLES / "guidelines"

@@ -126,7 +126,7 @@ class RagEvalConfig(Section):
     modes: list[Literal["hybrid", "lexical", "dense"]] = Field(["lexical", "dense", "hybrid"], description="Rankers to compare.")
     off_topic: Path | None = Field(None, description="Questions the sources do not cover (one per line or JSONL {question}), for calibrating min_score; default: the shipped zh/ko/en set.")
     target_coverage: float = Field(0.95, gt=0, le=1, description="Calibration: the suggested min_score keeps at least this share of answerable questions covered.")
-    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions (and judge only the first N answers).")
     answers: Path | None = Field(None, description="RAG answers whose citations the judge checks: predictions.jsonl of `medtune eval fact --index DIR` (rows with question, answer and citations = the passages shown).")
     judge: str | None = Field(None, description="Judge of citation precision: URL#MODEL endpoint or a local model spec (as `eval judge --judge`); needed with answers.")
     judge_max_retries: int = Field(2, ge=0, description="Re-asks after an off-format judge reply before counting it invalid.")
