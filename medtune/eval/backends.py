@@ -52,9 +52,10 @@ class Backend:
 
 
 def parse_model_arg(arg: str) -> tuple[str, str]:
-    """Split ``"NAME=SPEC"`` into ``(name, spec)``; the name defaults to a slug of SPEC."""
+    """Split ``"NAME=SPEC"`` into ``(name, spec)``; the name defaults to a slug of SPEC. A name may hold
+    ``+`` (``base+rag=SPEC``: the report pairs ``base`` and ``base+rag`` runs as closed-book vs RAG)."""
     name, sep, spec = arg.partition("=")
-    if sep and not name.startswith(("http:", "https:")) and re.fullmatch(r"[\w.\-]+", name):
+    if sep and not name.startswith(("http:", "https:")) and re.fullmatch(r"[\w.+\-]+", name):
         return name, spec
     spec = arg
     tail = spec.split("#", 1)[1] if "#" in spec else Path(spec.rstrip("/")).name or spec

@@ -113,16 +113,24 @@ class EvalConfig(Section):
 
     rag_index: Path | None = Field(None, description="Also score fact recall with each question grounded in this index (closed-book vs RAG, both models); default: the recipe's rag index when it has a rag section.")
     rag_top_k: int = Field(3, ge=1, le=20, description="Passages per question in the RAG fact run.")
+    rag_judge: str | None = Field(None, description="Judge of citation precision of the RAG fact answers (URL#MODEL endpoint or a local model spec); None skips it.")
 
 
 class RagEvalConfig(Section):
-    """Retrieval quality of an index (``medtune eval rag``): recall@k and MRR on question -> passage pairs."""
+    """Retrieval quality of an index (``medtune eval rag``): recall@k and MRR on question -> passage pairs;
+    with ``answers`` and ``judge``, citation precision of RAG answers (does the cited passage support the sentence?)."""
 
-    data: Path = Field(..., description="JSONL of questions that know their source: a data build's train/validation.jsonl ({messages, meta: {passage_id | doc_id}}) or {question, passage_id | doc_id}.")
-    index: Path = Field(..., description="Index directory built by `medtune index build` over the same sources.")
+    data: Path | None = Field(None, description="JSONL of questions that know their source: a data build's train/validation.jsonl ({messages, meta: {passage_id | doc_id}}) or {question, passage_id | doc_id}; None: citation precision only.")
+    index: Path | None = Field(None, description="Index directory built by `medtune index build` over the same sources (needed with data).")
     k: list[int] = Field([1, 3, 5, 10], description="Cut-offs for recall@k.")
     modes: list[Literal["hybrid", "lexical", "dense"]] = Field(["lexical", "dense", "hybrid"], description="Rankers to compare.")
     off_topic: Path | None = Field(None, description="Questions the sources do not cover (one per line or JSONL {question}), for calibrating min_score; default: the shipped zh/ko/en set.")
     target_coverage: float = Field(0.95, gt=0, le=1, description="Calibration: the suggested min_score keeps at least this share of answerable questions covered.")
-    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N questions (and judge only the first N answers).")
+    answers: Path | None = Field(None, description="RAG answers whose citations the judge checks: predictions.jsonl of `medtune eval fact --index DIR` (rows with question, answer and citations = the passages shown).")
+    judge: str | None = Field(None, description="Judge of citation precision: URL#MODEL endpoint or a local model spec (as `eval judge --judge`); needed with answers.")
+    judge_max_retries: int = Field(2, ge=0, description="Re-asks after an off-format judge reply before counting it invalid.")
+    judge_max_tokens: int = Field(128, ge=16, description="Judge reply length limit (tokens).")
+    prompts_dir: Path | None = Field(None, description="Directory with replacement citation_<lang>.txt judge prompts ($question, $passage, $sentence).")
+    seed: int = Field(42, description="Seed sent to the judge.")
     output_dir: Path = Field(Path("runs/eval/rag"), description="Where results.json and predictions.jsonl go.")

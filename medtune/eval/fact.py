@@ -22,16 +22,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from medtune.errors import DataFileError
 from medtune.eval.backends import Backend, generate_replies, load_backend
 from medtune.eval.config import FactConfig
 from medtune.eval.quality import answer_quality, quality_summary
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
+from medtune.io import RecordError, Reject, read_rows, write_rejects
 from medtune.manifest import tree_digests
 from medtune.retrieval import ground, open_index
-from medtune.errors import DataFileError
-from medtune.io import RecordError, Reject, read_rows, write_rejects
-from medtune.text import item_hit, match_form  # noqa: F401  (item_hit: imported from here by older code)
+from medtune.text import item_hit, match_form
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
@@ -122,12 +122,16 @@ def _fact(rec: dict, line: int, shared: dict, seen: set, qcol: str | None, ecol:
     return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn}}
 
 
-def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> list[dict]:
-    """The question as messages; grounded in ``cfg.rag.index`` when set (RAG), else closed-book."""
+def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[dict], dict]:
+    """The question as messages, grounded in ``cfg.rag.index`` when set (RAG), else closed-book; and the
+    fields a RAG prediction row adds: ``citations`` (the passages shown as [1]..[k], with their text, for
+    the citation-precision judge of ``eval rag --answers``) and ``covered``."""
     messages = sys_msg + [{"role": "user", "content": question}]
     if cfg.rag.index is None:
-        return messages
-    return ground(messages, open_index(cfg.rag.index), cfg.rag.top_k, cfg.rag.mode, cfg.rag.min_score).messages
+        return messages, {}
+    g = ground(messages, open_index(cfg.rag.index), cfg.rag.top_k, cfg.rag.mode, cfg.rag.min_score)
+    cited = [{k: c[k] for k in ("marker", "source_file", "passage_id", "char_span", "text")} for c in g.citations]
+    return g.messages, {"citations": cited, "covered": g.covered}
 
 
 def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
@@ -161,11 +165,12 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
         task = bar.add_task(f"fact recall {backend.name}", total=len(items), completed=len(items) - len(todo))
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i:i + cfg.batch_size]
-            replies = generate_replies(backend, [_prompt(sys_msg, it["question"], cfg) for it in batch], settings)
+            prompts = [_prompt(sys_msg, it["question"], cfg) for it in batch]
+            replies = generate_replies(backend, [messages for messages, _ in prompts], settings)
             rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply.text,
                      **score_answer(reply.text, it["expected"], it["synonyms"]),
-                     **answer_quality(it["question"], reply.text, reply.stopped), "run_key": key}
-                    for it, reply in zip(batch, replies)]
+                     **answer_quality(it["question"], reply.text, reply.stopped), **grounding, "run_key": key}
+                    for it, reply, (_, grounding) in zip(batch, replies, prompts)]
             append_rows(out / "predictions.jsonl", rows)
             done.update({r["id"]: r for r in rows})
             bar.advance(task, len(rows))

@@ -3,7 +3,8 @@
 Collects every ``results.json`` under the given directories and renders tables and
 matplotlib plots (inlined as base64 PNG, so the file opens offline with no external
 assets): accuracy with 95% CI error bars per model and benchmark and per subject, fact-recall
-hit rates, held-out answer perplexity, judge score distributions and pairwise win rates,
+hit rates (closed-book vs RAG when a ``<model>+rag`` run is there), retrieval recall@k / MRR and
+citation precision (``eval rag``), held-out answer perplexity, judge score distributions and pairwise win rates,
 with relative links to each run's per-item results.
 """
 
@@ -190,17 +191,17 @@ def _decoding(d: dict | None) -> str:
 
 
 def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool,
-            paired_p: float | None = None) -> str:
-    """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned. A change is clear
-    when the two 95% intervals do not overlap, or, for per-item yes/no outcomes on the same items,
-    when the exact McNemar test on the paired items gives ``paired_p`` < 0.05
-    (:func:`medtune.eval.stats.mcnemar_exact`)."""
+            paired_p: float | None = None, change: str = "the fine-tune") -> str:
+    """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned (or closed-book and RAG,
+    ``change`` = "retrieval"). A change is clear when the two 95% intervals do not overlap, or, for
+    per-item yes/no outcomes on the same items, when the exact McNemar test on the paired items gives
+    ``paired_p`` < 0.05 (:func:`medtune.eval.stats.mcnemar_exact`)."""
     up = tuned[1] > base[2]
     down = tuned[2] < base[1]
     if up or down:
         return "better" if up == higher_is_better else "WORSE"
     if tuned[0] == base[0]:
-        return "no change: the fine-tune did not improve this"
+        return f"no change: {change} did not improve this"
     moved = "higher" if tuned[0] > base[0] else "lower"
     if paired_p is not None and paired_p < 0.05:
         word = "better" if (tuned[0] > base[0]) == higher_is_better else "WORSE"
@@ -263,7 +264,7 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
 def comparison_section(results: list[dict], base: Path) -> tuple[str, str]:
     """The base vs fine-tuned table, with each change said in words; with an ``aligned`` model, one
     table of the three side by side (each change said against the model before it)."""
-    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
     tuned = comparisons(results)
     aligned = {c["measure"]: c for c in comparisons(results, "finetuned", "aligned")}
     if aligned:
@@ -273,6 +274,44 @@ def comparison_section(results: list[dict], base: Path) -> tuple[str, str]:
         return _table(["measure", "base [95% CI]", "SFT [95% CI]", "SFT vs base", "aligned [95% CI]", "aligned vs SFT"], rows)
     rows = [[html.escape(c["measure"]), fmt(c["base"]), fmt(c["finetuned"]), html.escape(c["verdict"])] for c in tuned]
     return _table(["measure", "base [95% CI]", "fine-tuned [95% CI]", "fine-tuned vs base"], rows) if rows else ("", "")
+
+
+def rag_comparison_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Closed-book vs RAG fact recall of every model that has a ``<model>+rag`` fact run, said in words."""
+    models = dict.fromkeys(r["model"] for r in results if r.get("task") == "fact" and not r["model"].endswith("+rag"))
+    rows = [[html.escape(m), html.escape(c["measure"]), _interval(c["base"]), _interval(c["finetuned"]),
+             html.escape(verdict(c["base"], c["finetuned"], True, c.get("paired_p"), change="retrieval"))]
+            for m in models for c in comparisons(results, m, f"{m}+rag") if c["measure"].startswith("fact recall")]
+    return _table(["model", "measure", "closed-book [95% CI]", "RAG [95% CI]", "RAG vs closed-book"], rows) if rows else ("", "")
+
+
+def rag_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """Retrieval (recall@k and MRR per ranker) and citation precision of RAG answers (``eval rag``)."""
+    parts = []
+    ks = sorted({int(k.split("@")[1]) for r in results for m in (r.get("modes") or {}).values() for k in m if k.startswith("recall@")})
+    rows = [[html.escape(Path(r["data"]).name), mode, str(r["n"]), *(_ci(m[f"recall@{k}"]) if f"recall@{k}" in m else "-" for k in ks),
+             f"{m['mrr']:.3f}", _link(r, base)] for r in results for mode, m in (r.get("modes") or {}).items()]
+    if rows:
+        parts.append(_table(["questions", "ranker", "n", *(f"recall@{k} [95% CI]" for k in ks), "MRR", "per-item"], rows))
+    rows = [[html.escape(c.get("model") or Path(c["answers_file"]).parent.name), html.escape(str(c["judge"]["model"])),
+             str(c["answers"]), str(c["not_covered"]), str(c["citations"]), _ci(c["citation_precision"]),
+             _ci(c["answers_with_citation"]), _ci(c["sentences_without_citation"]), str(c["markers_naming_no_passage"]),
+             str(c["invalid_judge_replies"]), _file_link(Path(r["_dir"]) / "citations.jsonl", base)]
+            for r in results if (c := r.get("citations"))]
+    if rows:
+        parts.append(_table(["answers", "judge", "n", "not covered", "citations", "citation precision [95% CI]",
+                             "answers with >=1 citation", "sentences without citation", "markers naming no passage",
+                             "invalid judge replies", "per-answer"], rows))
+    return "".join(h for h, _ in parts), "\n".join(m for _, m in parts)
+
+
+def _interval(v: tuple[float, float, float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def _file_link(target: Path, base: Path) -> str:
+    rel = os.path.relpath(target, base)
+    return f'<a href="{html.escape(rel)}">{html.escape(rel)}</a>'
 
 
 def judge_section(results: list[dict], base: Path) -> tuple[str, str]:
@@ -323,6 +362,7 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
         by_task[r["task"]].append(r)
     sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
                 ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
+                ("Closed-book vs RAG", "*", rag_comparison_section), ("Retrieval and citations", "rag", rag_section),
                 ("LLM-as-judge", "judge", judge_section)]
     body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}\n"]
     for heading, task, fn in sections:

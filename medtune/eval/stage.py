@@ -8,7 +8,7 @@ is the slow part on CPU) — closed-book and, with ``eval.rag_index``, grounded 
 layer off (:mod:`medtune.eval.urgent`), then writes ``report.html`` and ``report.md``. Output
 layout under ``<output_dir>/eval/``::
 
-    mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>[+rag]/   heldout/<model>/   urgent/<model>/
+    mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>[+rag]/   rag/<model>+rag/   heldout/<model>/   urgent/<model>/
     report.html   report.md   summary.json
 """
 
@@ -23,11 +23,12 @@ from rich.console import Console
 from medtune.config import RagSettings, TrainConfig
 from medtune.errors import EvalError
 from medtune.eval.backends import load_backend
-from medtune.eval.config import EvalConfig, FactConfig, McqConfig
+from medtune.eval.config import EvalConfig, FactConfig, McqConfig, RagEvalConfig
 from medtune.eval.fact import run_fact
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
-from medtune.eval.report import collect, comparisons, write_report
+from medtune.eval.rag import run_rag_eval
+from medtune.eval.report import collect, comparisons, verdict, write_report
 from medtune.eval.urgent import run_urgent
 
 console = Console(stderr=True)
@@ -67,6 +68,10 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                                 output_dir=out / "fact" / f"{name}+rag", overwrite=True),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
         summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
+    if cfg.fact_file and cfg.rag_index and cfg.rag_judge:
+        r = run_rag_eval(RagEvalConfig(answers=out / "fact" / f"{name}+rag" / "predictions.jsonl", judge=cfg.rag_judge, seed=seed,
+                                       output_dir=out / "rag" / f"{name}+rag"))["citations"]
+        summary["citations"] = {k: r[k] for k in ("citation_precision", "answers_with_citation", "sentences_without_citation")}
     if cfg.heldout and train is not None:
         r = run_heldout(backend, train, train.seed, out / "heldout" / name)
         if r:
@@ -118,7 +123,7 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
             console.print(f"  {c['measure']}: {a} {c['base'][0]:.3f} -> {b} {c['finetuned'][0]:.3f}: {c['verdict']}")
     if cfg.rag_index:
         summary["rag_comparison"] = [{"model": name, "measure": c["measure"], "closed_book": c["base"], "rag": c["finetuned"],
-                                      "verdict": c["verdict"]}
+                                      "verdict": verdict(c["base"], c["finetuned"], True, change="retrieval")}
                                      for name in models for c in comparisons(results, name, f"{name}+rag") if "fact" in c["measure"]]
         for c in summary["rag_comparison"]:
             console.print(f"  {c['model']} {c['measure']}: closed-book {c['closed_book'][0]:.3f} -> RAG {c['rag'][0]:.3f}: {c['verdict']}")
