@@ -332,3 +332,25 @@ def test_llamacpp_context_is_capped_at_the_trained_length(tiny_gguf, qwen_dir):
     trained = AutoConfig.from_pretrained(qwen_dir).max_position_embeddings
     assert trained_context(tiny_gguf) == trained < 4096
     assert load_gguf(tiny_gguf, n_ctx=4096).n_ctx() == trained > load_gguf(tiny_gguf, n_ctx=128).n_ctx()
+
+
+def test_parity_reference_is_plain_greedy_whatever_the_models_sampling_defaults(qwen_dir):
+    """A model whose generation_config carries a repetition penalty (as Qwen2.5's does) must still be
+    compared with llama.cpp on plain greedy tokens: each reference token is the argmax of the logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medtune.export.parity import hf_reference
+    from medtune.generation import render_prompt
+    from medtune.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir).eval()
+    model.generation_config.repetition_penalty = 0.05  # < 1 favours seen tokens: greedy would change
+    tok = load_tokenizer(str(qwen_dir))
+    ref = hf_reference(model, tok, ["What is gout?"], None, 12)[0]
+    ids = torch.tensor([ref["prompt_ids"]])
+    with torch.no_grad():
+        for t in ref["tokens"]:
+            assert model(ids).logits[0, -1].argmax().item() == t
+            ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+    assert render_prompt(tok, [{"role": "user", "content": "What is gout?"}])[0].tolist() == ref["prompt_ids"]

@@ -42,7 +42,8 @@ def hf_reference(model, tokenizer, prompts: list[str], system: str | None, n_tok
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n_tokens,
                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, output_logits=True,
-                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
+                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
+                                 repetition_penalty=1.0)  # plain greedy: not the generation_config's penalty
         tokens = gen.sequences[0, ids.shape[1]:].tolist()
         logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(gen.logits, tokens)]
         text = tokenizer.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True)
