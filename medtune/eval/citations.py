@@ -109,8 +109,8 @@ async def _check(judge, row: dict, sentence: str, marker: int, settings: dict) -
     lang = detect_language(row["question"] or row["answer"], default="en")
     template = load_template("citation", lang if lang in ("en", "zh", "ko") else "en", settings["prompts_dir"])
     prompt = template.substitute(question=row["question"], passage=passage["text"].strip(), sentence=sentence)
-    got, _ = await ask(judge, [{"role": "user", "content": prompt}], parse_support, settings["max_retries"], settings["seed"],
-                       settings["max_tokens"])
+    got, _ = await ask(judge, [{"role": "user", "content": prompt}], parse_support, settings["max_retries"],
+                       seed=settings["seed"], max_tokens=settings["max_tokens"])
     return {"marker": marker, "passage_id": passage.get("passage_id"), "supported": None if got is None else got["supported"],
             "reason": None if got is None else got["reason"], "judged": True}
 
