@@ -47,7 +47,9 @@ from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: safety cat
 
 DATA_DIR = Path(__file__).parent / "data" / "safety"
 WEIGHTS = DATA_DIR / "classifier.npz"
-HELDOUT_FILES = sorted((DATA_DIR / "heldout").glob("test_*.jsonl"))  # evaluation only: never fit or tune on these
+DEV_DIR = DATA_DIR / "dev"    # development set: scored during development, used to choose between approaches
+TEST_DIR = DATA_DIR / "test"  # test set, written separately and scored once; may be absent
+EVAL_DIRS = (DEV_DIR, TEST_DIR)  # never fit on these, never pick thresholds on them
 CATEGORIES = ("cardiac", "stroke", "anaphylaxis", "breathing", "bleeding", "suicide", "poisoning",
               "infant_fever", "seizure", "head_injury", "meningitis")
 LANGS = ("zh", "ko", "en")
@@ -220,6 +222,22 @@ def pick_threshold(p: np.ndarray, y: np.ndarray, recall: float = TARGET_RECALL) 
     return float(pos[k - 1])
 
 
+def dev_files() -> list[Path]:
+    """The development set files ``dev/dev_{zh,ko,en}.jsonl``."""
+    return sorted(DEV_DIR.glob("dev_*.jsonl"))
+
+
+def test_files() -> list[Path]:
+    """The test set files ``test/test_{zh,ko,en}.jsonl``; empty when the folder is not there (yet)."""
+    return sorted(TEST_DIR.glob("test_*.jsonl")) if TEST_DIR.is_dir() else []
+
+
+def is_eval_file(path: Path) -> bool:
+    """Whether ``path`` lies in the development or test folder (or a legacy ``heldout`` folder)."""
+    path = Path(path).resolve()
+    return "heldout" in path.parts or any(path.is_relative_to(d.resolve()) for d in EVAL_DIRS)
+
+
 def load_records(paths: list[Path] | None = None) -> list[dict]:
     """Labelled messages from JSONL files (fields read: id, lang, text | messages, expected, type).
 
@@ -297,7 +315,13 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
 
     Returns:
         ``{"n_train", "n_val", "thresholds": {lang: t}, "val": {lang: {"recall", "precision"}}, "path"}``.
+
+    Raises:
+        ValueError: a file of the development or test set is among ``paths`` (see :func:`is_eval_file`).
     """
+    leaked = [str(p) for p in paths or [] if is_eval_file(p)]
+    if leaked:
+        raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
     train, val = split(load_records(paths), seed=seed)
     clf = fit(embed_cached([record_text(r) for r in train], cache), train, l2=l2)
     p_val = clf.prob(embed_cached([record_text(r) for r in val], cache))
