@@ -140,7 +140,7 @@ def test_classifier_flags_emergencies_the_rules_miss(text):
 
 @encoder
 @pytest.mark.parametrize("lang, emergency, ordinary", [
-    pytest.param("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): the 죽겠어요 idiom scores higher (0.82) than the overdose (0.52)")),
+    ("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지"),  # v1 ranked the idiom above the overdose
     ("zh", "我儿子五周大，摸着很烫，量了38.6", "累死了，今天加班到十点"),
     ("en", "my dad collapsed and I can't wake him up", "What's a normal resting heart rate for an adult?"),
 ])
