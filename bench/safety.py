@@ -1,6 +1,6 @@
 """Red-flag detection benchmark: latency per message and extra memory of the safety layer on CPU.
 
-    PYTHONPATH=. python bench/safety.py              # 300 messages from the training validation split
+    PYTHONPATH=. python bench/safety.py              # 300 training messages (the 80/20 split's 20%; latency only)
     PYTHONPATH=. python bench/safety.py --n 100 --rules-only
 
 Times :func:`medtune.safety.screen` (rules on the last user turn + classifier on the recent user

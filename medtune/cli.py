@@ -437,21 +437,31 @@ def report(runs: List[Path] = typer.Argument(..., help="Directories holding resu
 @eval_app.command("safety")
 @friendly_errors
 def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSONL set (default: the shipped rule set, "
-                                                                "the training validation split and the held-out test set)."),
+                                                                "the training validation split, the development set and the test set)."),
                 classifier: bool = typer.Option(True, help="Also run the learned classifier (--no-classifier: rules only)."),
                 errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
-    """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category."""
+    """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category.
+
+    Sets: the training validation split (thresholds are chosen there), the development set
+    ``medtune/data/safety/dev/`` (scored during development, used to choose between approaches) and the
+    test set ``medtune/data/safety/test/`` (written separately, scored once; skipped with a note when absent).
+    """
+    from medtune import safety_model as sm
     from medtune.config import SafetyConfig
     from medtune.safety import EVAL_SET, evaluate_safety, load_eval_set
-    from medtune.safety_model import HELDOUT_FILES, load_records, split
 
     sets = {str(file): load_eval_set(file)} if file else {
         f"shipped rule set {EVAL_SET.name}": load_eval_set(EVAL_SET),
-        "training validation split (20%, seed 0)": split(load_records())[1],
-        "held-out test set (heldout/test_*.jsonl)": load_records(HELDOUT_FILES)}
+        "training validation (5-fold out-of-fold; thresholds chosen here)": sm.load_records(),
+        "development set (dev/dev_*.jsonl; used for model selection)": sm.load_records(sm.dev_files())}
+    if not file and sm.test_files():
+        sets["test set (test/test_*.jsonl; scored once)"] = sm.load_records(sm.test_files())
     for name, records in sets.items():
-        result = evaluate_safety(records=records, cfg=SafetyConfig(classifier=classifier))
+        oof = sm.load_out_of_fold() if name.startswith("training validation") else None
+        result = evaluate_safety(records=records, cfg=SafetyConfig(classifier=classifier), oof=oof)
         _print_safety(name, result, errors)
+    if not file and not sm.test_files():
+        Console().print(f"test set: skipped, no {sm.TEST_DIR}/test_*.jsonl (the separately written test set is not there yet)")
 
 
 def _print_safety(name: str, result: dict, errors: bool) -> None:

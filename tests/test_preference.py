@@ -97,11 +97,21 @@ def test_safety_pairs_urgent_for_red_flags_calm_for_the_rest(tmp_path):
     assert len(rows) == 4 and not rejects and rows[0]["prompt"] == [{"role": "user", "content": LABELLED[0]["text"]}]
 
 
-def test_safety_pairs_refuse_heldout_and_count_bad_labels(tmp_path):
+def test_safety_pairs_refuse_dev_and_test_files_and_count_bad_labels(tmp_path, monkeypatch):
+    from medtune import safety_model
     from medtune.data.readers import read_labelled
     from medtune.data.records import Tally
+    for held_out in (SAFETY / "dev" / "dev_en.jsonl", SAFETY / "dev"):  # a file, or the folder as a source
+        with pytest.raises(DataFileError, match="held-out"):
+            list(read_labelled(held_out, Tally("t")))
+    test_dir = tmp_path / "test"  # the test set, once it is placed (stand-in folder)
+    test_dir.mkdir()
+    write(test_dir, LABELLED[:1], "test_en.jsonl")
+    monkeypatch.setattr(safety_model, "EVAL_DIRS", (safety_model.DEV_DIR, test_dir))
     with pytest.raises(DataFileError, match="held-out"):
-        list(read_labelled(SAFETY / "heldout" / "test_en.jsonl", Tally("t")))
+        list(read_labelled(test_dir / "test_en.jsonl", Tally("t")))
+    with pytest.raises(ValueError, match="evaluation only"):
+        safety_model.train_classifier([SAFETY / "train_en.jsonl", test_dir / "test_en.jsonl"], out=None)
     _, tally = _pairs(tmp_path, [{"id": "x", "lang": "en", "text": "hi", "expected": "cardiac"}, *LABELLED[:1]])
     assert list(tally.dropped) == ["expected must be a list of red-flag categories ([] for none)"]
     assert tally.rejects[0].where == "line 1"

@@ -172,8 +172,8 @@ def test_medical_alignment_recipe_chains_sft_then_dpo_on_safety_pairs(monkeypatc
     assert recipe.align.model == str(recipe.output_dir / "merged")
     assert recipe.align.train_file == recipe.output_dir / "data" / "pairs.jsonl"
     labelled = [s for s in recipe.data.sources if s.type == "labelled"]
-    assert labelled and all("heldout" not in s.path.parts for s in labelled)  # trained on train_*, tested on heldout
-    assert "heldout" in recipe.eval.safety_file.parts and recipe.eval.safety_file.exists()
+    assert labelled and all("dev" not in s.path.parts for s in labelled)  # trained on train_*, measured on dev
+    assert "dev" in recipe.eval.safety_file.parts and recipe.eval.safety_file.exists()
     judged, pj = [s for s in recipe.data.sources if s.generator == "pairwise-judge"], recipe.data.pairwise_judge
     assert judged and all(s.type == "corpus" and s.max_items and s.max_items <= 8 for s in judged)  # a handful of prompts
     assert pj.samples == 2 and pj.sampler.temperature > 0 and pj.sampler.max_tokens <= 128 and pj.judge.base_url is None

@@ -68,13 +68,20 @@ def test_disclaimer_policy_and_default_system_prompt():
     assert guard(own, SafetyConfig()).messages == own
 
 
-def test_eval_safety_cli_reports_each_language(tmp_path):
+def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
+    from medtune import safety_model
+    monkeypatch.setattr(safety_model, "TEST_DIR", tmp_path / "test")  # not placed yet: skipped with a note
     result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
     assert result.exit_code == 0, result.output
     for lang in ("zh", "ko", "en"):
         assert f"│ {lang}" in result.output
-    for name in ("shipped rule set", "training validation split", "held-out test set"):
+    for name in ("shipped rule set", "training validation", "development set", "test set: skipped"):
         assert name in result.output
+    (tmp_path / "test").mkdir()  # once the lead places the test set, it is scored too
+    (tmp_path / "test" / "test_en.jsonl").write_text(json.dumps(
+        {"id": "t1", "lang": "en", "text": "my dad collapsed and won't wake up", "expected": ["seizure"]}) + "\n")
+    result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
+    assert "test set (test/test_*.jsonl; scored once)" in result.output and "skipped" not in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x", "lang": "en", "text": "I can't breathe", "expected": []}) + "\n")
     result = CliRunner().invoke(app, ["eval", "safety", "--file", str(bad), "--errors"])

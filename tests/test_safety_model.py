@@ -34,6 +34,30 @@ def test_logistic_newton_separates_and_softmax_learns_classes():
     assert (np.argmax(x @ cw + cb, axis=1) == labels).mean() > 0.9
 
 
+def test_ngram_head_learns_cue_words_and_scores_like_its_training_features():
+    texts = ["chest pain now", "my chest pain is gone", "chest pain right now", "chest pain, all gone",
+             "can't breathe now", "breathing fine, gone"] * 3
+    y = np.array([1, 0, 1, 0, 1, 0] * 3, dtype=float)
+    vocab, w, b = safety_model.fit_ngram(texts, y, l2=1e-3)
+    assert "gone" in vocab and w[vocab["gone"]] < 0 < w[vocab["now"]]
+    clf = safety_model.Classifier(np.zeros(2), np.ones(2), np.zeros(2), 0.0, np.zeros((2, 11)), np.zeros(11),
+                                  {"en": 0.5}, vocab, w, b)
+    p = clf.prob(np.zeros((2, 2)), ["Chest  pain NOW", "chest pain gone"])  # case and spaces do not matter
+    assert p[0] > 0.5 > p[1]
+    grams = [g for g in safety_model.char_ngrams("chest pain now") if g in vocab]
+    assert clf.ngram_logit(["chest pain now"])[0] == pytest.approx(b + w[[vocab[g] for g in grams]].sum() / np.sqrt(len(grams)))
+
+
+def test_folds_are_stratified_deterministic_and_balanced():
+    recs = safety_model.load_records()
+    fold = safety_model.folds(recs)
+    assert (fold == safety_model.folds(recs)).all() and set(fold) == set(range(5))
+    for lang in ("zh", "ko", "en"):
+        pos = np.array([r["lang"] == lang and bool(r["expected"]) for r in recs])
+        counts = np.bincount(fold[pos], minlength=5)
+        assert counts.max() - counts.min() <= 2, counts
+
+
 def test_threshold_keeps_target_recall():
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1, 0.65, 0.3])
     y = np.array([1, 1, 1, 1, 1, 0, 0, 0])
@@ -116,7 +140,7 @@ def test_classifier_flags_emergencies_the_rules_miss(text):
 
 @encoder
 @pytest.mark.parametrize("lang, emergency, ordinary", [
-    pytest.param("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지", marks=pytest.mark.xfail(strict=True, reason="known limit (docs/safety.md): the 죽겠어요 idiom scores higher (0.82) than the overdose (0.52)")),
+    ("ko", "수면제 한 통을 다 먹었어요", "배고파 죽겠어요 점심 뭐 먹지"),  # v1 ranked the idiom above the overdose
     ("zh", "我儿子五周大，摸着很烫，量了38.6", "累死了，今天加班到十点"),
     ("en", "my dad collapsed and I can't wake him up", "What's a normal resting heart rate for an adult?"),
 ])
@@ -152,6 +176,7 @@ def test_refit_reproduces_the_shipped_weights(tmp_path):
     out = tmp_path / "classifier.npz"
     report = safety_model.train_classifier(out=out)
     shipped, refit = np.load(safety_model.WEIGHTS), np.load(out)
-    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds"):
+    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds", "ng_w", "ng_b", "oof_p"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
+    assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()
     assert all(v["recall"] >= 0.95 for v in report["val"].values())

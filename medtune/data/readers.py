@@ -486,18 +486,22 @@ def read_labelled(path: Path, tally: Tally, encoding: str | None = None, languag
     """Red-flag-labelled patient messages (``medtune/data/safety/LABELS.md``): JSONL/JSON/CSV records
     ``{"id", "lang", "text" | "messages", "expected": [categories], "type"}``.
 
-    A file under a folder named ``heldout`` is refused: those are the test sets the safety measures
-    are reported on, and training on them would leak.
+    A file in the development or test set (``medtune/data/safety/dev/``, ``medtune/data/safety/test/``,
+    or any folder named ``heldout``) is refused: the safety measures are reported on them, and
+    training on them would leak (:func:`medtune.safety_model.is_eval_file`).
 
     Fields written: ``text`` (single message) or ``messages`` (ending with a user turn);
     ``meta.source_file``, ``doc_id`` (``<file>:<id or line>``), ``language``, ``expected``, ``label_type``.
 
     Raises:
-        DataFileError: a held-out file, or a source that cannot be read.
+        DataFileError: a development or test file, or a source that cannot be read.
     """
+    from medtune.safety_model import is_eval_file
+
     for file in _files(path, (".json", ".jsonl", ".csv", ".tsv")):
-        if "heldout" in file.parts:
-            raise DataFileError(f"{file}: a held-out test file; train on medtune/data/safety/train_*.jsonl (or your own labelled file) instead")
+        if is_eval_file(file):
+            raise DataFileError(f"{file}: a held-out (development or test) file; train on "
+                                "medtune/data/safety/train_*.jsonl (or your own labelled file) instead")
     for file, where, item in _structured_items(path, encoding, tally):
         expected, text, messages = item.get("expected"), item.get("text"), item.get("messages")
         if not isinstance(expected, list) or not all(isinstance(c, str) for c in expected):
