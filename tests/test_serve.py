@@ -253,9 +253,11 @@ def test_real_pack_answers_the_openai_client():
     with running_server(cfg) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         msgs = [{"role": "user", "content": "What is hypertension? One sentence."}]
-        text = client.chat.completions.create(model=cfg.model, messages=msgs, max_tokens=12).choices[0].message.content
+        # greedy: without temperature a request takes the pack's own sampling defaults (T 0.7, top-p 0.8)
+        text = client.chat.completions.create(model=cfg.model, messages=msgs, max_tokens=12,
+                                              temperature=0).choices[0].message.content
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model=cfg.model, messages=msgs, max_tokens=12, stream=True) if c.choices)
+            model=cfg.model, messages=msgs, max_tokens=12, temperature=0, stream=True) if c.choices)
         assert streamed == text and len(text.split()) > 3
         assert httpx.get(server.url + "/health").status_code == 200
 
