@@ -286,7 +286,7 @@ def lf_arm(spec: dict) -> dict:
         per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=hp["batch_size"],
         gradient_accumulation_steps=1, learning_rate=hp["learning_rate"], lr_scheduler_type=hp["lr_scheduler"],
         warmup_ratio=hp["warmup_ratio"], max_steps=spec["steps"], bf16=True, seed=hp["seed"], logging_steps=1,
-        save_strategy="no", report_to="none", disable_gradient_checkpointing=True, flash_attn="sdpa", plot_loss=False,
+        save_strategy="no", report_to="none", use_cpu=True, disable_gradient_checkpointing=True, flash_attn="sdpa", plot_loss=False,
     ))
     return box
 
@@ -335,6 +335,7 @@ def run_arm(kind: str, python: Path, spec: dict, workdir: Path) -> dict:
         raise RuntimeError(f"{kind} arm failed (wait status {status}); see {log.name}")
     result = json.loads(Path(spec["result"]).read_text())
     return {**result, "arm": kind, "process_wall_s": wall, "process_cpu_s": usage.ru_utime + usage.ru_stime,
+            "process_user_s": usage.ru_utime, "process_sys_s": usage.ru_stime, "minor_page_faults": usage.ru_minflt,
             "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
@@ -351,7 +352,8 @@ def summarize(runs: list[dict]) -> dict:
     for kind in ("medtune", "llamafactory"):
         rs = [r for r in runs if r["arm"] == kind]
         arms[kind] = {k: _median([r.get(k) for r in rs]) for k in
-                      ("tokens_per_s", "loop_wall_s", "loop_cpu_s", "process_cpu_s", "peak_rss_gib", "tokens",
+                      ("tokens_per_s", "loop_wall_s", "loop_cpu_s", "process_cpu_s", "process_sys_s",
+                       "minor_page_faults", "peak_rss_gib", "tokens",
                        "label_tokens", "eval_loss")}
         arms[kind]["first_loss"] = _median([r["losses"][0] for r in rs if r["losses"]])
         arms[kind]["final_loss"] = _median([r["losses"][-1] for r in rs if r["losses"]])
@@ -369,6 +371,7 @@ def summarize(runs: list[dict]) -> dict:
 def print_table(summary: dict) -> None:
     cols = [("tokens/s", "tokens_per_s", "{:.1f}"), ("loop wall s", "loop_wall_s", "{:.1f}"),
             ("loop CPU s", "loop_cpu_s", "{:.1f}"), ("process CPU s", "process_cpu_s", "{:.1f}"),
+            ("of which sys s", "process_sys_s", "{:.1f}"), ("minor faults", "minor_page_faults", "{:.0f}"),
             ("peak RSS GiB", "peak_rss_gib", "{:.2f}"), ("tokens", "tokens", "{:.0f}"),
             ("answer tokens", "label_tokens", "{:.0f}"), ("first loss", "first_loss", "{:.4f}"),
             ("final loss", "final_loss", "{:.4f}"), ("held-out loss", "eval_loss", "{:.4f}")]
