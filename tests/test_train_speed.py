@@ -122,3 +122,27 @@ def test_gpu_bench_harness_runs_on_cpu(tmp_path):
     assert result["ratio_tokens_per_s"] == pytest.approx(arms["medtune"]["tokens_per_s"] / arms["baseline"]["tokens_per_s"], rel=1e-3)
     table = docs.read_text()
     assert "| baseline |" in table and "| medtune |" in table and "bench/train_gpu.py --cpu" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU packed path")
+def test_cpu_packed_path_is_padding_free_sdpa_without_a_redraw_thread(tiny_model_dir, sft_file, tmp_path):
+    # On CPU the packed default stays trl's padding-free rows with per-example position ids under SDPA
+    # (per-example causal SDPA calls measured slower than the dense block-diagonal mask, issue 16), and
+    # no rich redraw thread competes with torch's intra-op threads during training.
+    import threading
+
+    from rich.live import _RefreshThread
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Threads(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            seen.append([type(t) for t in threading.enumerate()])
+
+    trainer, _, cb = build_trainer(cfg(tiny_model_dir, sft_file, tmp_path / "p", max_steps=2))
+    trainer.add_callback(Threads())
+    trainer.train()
+    assert trainer.padding_free and trainer.medtune_speed["attn_implementation"] == "sdpa"
+    assert len(seen) == 2 and not any(_RefreshThread in types for types in seen)
+    assert [h["step"] for h in cb.history if "loss" in h] == [1, 2]

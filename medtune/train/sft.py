@@ -56,16 +56,18 @@ class RichLogCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
+            # auto_refresh off: rich's default redraws from its own thread 10 times a second, which on a
+            # small CPU competes with torch's intra-op threads (one per core); the bar is redrawn per step.
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=console)
+                                     console=console, auto_refresh=False)
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
         self._t = time.time()
 
     def on_step_end(self, args, state, control, **kw):
         if self.progress:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(self.task, completed=state.global_step, refresh=True)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -81,7 +83,7 @@ class RichLogCallback(TrainerCallback):
             keys = ("loss", "eval_loss", "learning_rate", "tokens_per_s", "peak_mem_gib")
             line = "  ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
             self.progress.console.print(f"step {state.global_step}: {line}")
-            self.progress.update(self.task, info=f"loss {logs.get('loss', logs.get('eval_loss', 0)):.3f}")
+            self.progress.update(self.task, info=f"loss {logs.get('loss', logs.get('eval_loss', 0)):.3f}", refresh=True)
 
     def on_train_end(self, args, state, control, **kw):
         if self.progress:

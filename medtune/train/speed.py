@@ -7,7 +7,9 @@ defaults pick the fastest path this machine supports. None of them changes the m
 - ``packing`` (default on): trl's best-fit-decreasing packer puts several examples in one
   row; its padding-free collator gives each example position ids that restart at 0, from
   which transformers builds a block-diagonal causal mask (SDPA, eager) or variable-length
-  offsets (FlashAttention), so packed examples never attend to each other.
+  offsets (FlashAttention), so packed examples never attend to each other. On CPU the dense
+  block-diagonal mask stays: one causal SDPA call per example measured slower there (issue 16,
+  docs/benchmarks.md).
 - ``fused_loss`` (default on with CUDA, off on CPU): trl 1.16's fused LM head projects hidden states onto the
   vocabulary in tiles of 4,096 tokens x 32,768 vocabulary entries and folds each tile into
   an online log-sum-exp, so the ``(tokens, vocab)`` fp32 logits never exist at once (with
