@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,9 @@ class Engine:
                 self.cond.wait()
             if self._stop:
                 return []
-            if self.batch_wait and len(self.pending) < self.max_batch_size:
-                self.cond.wait(timeout=self.batch_wait)
+            deadline = time.monotonic() + self.batch_wait  # the whole window, not until the next arrival
+            while len(self.pending) < self.max_batch_size and not self._stop and time.monotonic() < deadline:
+                self.cond.wait(timeout=deadline - time.monotonic())
             key = self.pending[0].key()
             batch = [j for j in self.pending if j.key() == key][: self.max_batch_size]
             for j in batch:

@@ -277,7 +277,11 @@ def test_batched_answer_equals_the_same_request_sent_alone(server, qwen_dir):
         return [r.json()["choices"][0]["message"]["content"] for r in rs]
 
     batches_before, jobs_before = server.engine.batches, server.engine.batched_jobs
-    batched = asyncio.run(together())
+    wait, server.engine.batch_wait = server.engine.batch_wait, 1.0  # each request is screened before it queues
+    try:
+        batched = asyncio.run(together())
+    finally:
+        server.engine.batch_wait = wait
     assert server.engine.batches - batches_before < len(prompts), "the requests were not batched"
     alone = []
     with httpx.Client(base_url=server.url, timeout=120, headers=headers) as http:
