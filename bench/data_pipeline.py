@@ -11,7 +11,6 @@ throughput against a local OpenAI-compatible server (tests/fake_openai.py) with 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random

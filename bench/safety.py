@@ -53,8 +53,8 @@ def main() -> None:
     wall.sort()
     p95 = wall[min(len(wall) - 1, int(0.95 * len(wall)))]
     extra = rss_mib() - rss0
-    print(f"| detector | messages | median ms | p95 ms | CPU ms/msg | first call s | extra RSS MiB | load avg |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| detector | messages | median ms | p95 ms | CPU ms/msg | first call s | extra RSS MiB | load avg |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {'rules' if args.rules_only else 'rules + classifier'} | {len(records)} | {statistics.median(wall):.1f} "
           f"| {p95:.1f} | {cpu_ms:.1f} | {load_s:.2f} | {extra:.0f} (after load {rss1 - rss0:.0f}) "
           f"| {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores |")

@@ -17,7 +17,6 @@ from medtune.text import match_form as normalize
 from medtune.eval.judge import parse_rubric, run_judge
 from medtune.judging import InvalidReply, parse_verdict
 from medtune.eval.mcq import run_mcq
-from medtune.eval.report import write_report
 from tests.fake_openai import FakeOpenAI
 from tests.test_eval_mcq import FIX
 
