@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtune.generation import render_prompt, stop_ids
+from medtune.generation import generate_kwargs, render_prompt
 from medtune.config import GenerationSettings
 from medtune.llamacpp import LlamaCppModel, load_gguf
 
@@ -36,14 +36,15 @@ def hf_reference(model, tokenizer, prompts: list[str], system: str | None, n_tok
     import torch
 
     out = []
-    stops = stop_ids(model, tokenizer)
+    # plain greedy through the one generation path: explicit settings, so the model's generation_config
+    # sampling defaults (e.g. a repetition penalty) never reach the reference
+    greedy = GenerationSettings(max_new_tokens=n_tokens, temperature=0.0, repetition_penalty=1.0)
+    kw = generate_kwargs(model, tokenizer, greedy)
     for prompt in prompts:
         ids = render_prompt(tokenizer, _messages(prompt, system))
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n_tokens,
-                                 eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, output_logits=True,
-                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
-                                 repetition_penalty=1.0)  # plain greedy: not the generation_config's penalty
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), output_logits=True,
+                                 return_dict_in_generate=True, **kw)
         tokens = gen.sequences[0, ids.shape[1]:].tolist()
         logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(gen.logits, tokens)]
         text = tokenizer.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True)
