@@ -453,7 +453,9 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
     sets = {str(file): load_eval_set(file)} if file else {
         f"shipped rule set {EVAL_SET.name}": load_eval_set(EVAL_SET),
         "training validation (5-fold out-of-fold; thresholds chosen here)": sm.load_records(),
-        "development set (dev/dev_*.jsonl; used for model selection)": sm.load_records(sm.dev_files())}
+        "development set A (dev/dev_*.jsonl; used for model selection)": sm.load_records(sm.dev_files()),
+        "development set B (dev/devb_*.jsonl; the v2 test set, scored once as a test set, then used for selection)":
+            sm.load_records(sm.dev_files("devb"))}
     if not file and sm.test_files():
         sets["test set (test/test_*.jsonl; scored once)"] = sm.load_records(sm.test_files())
     for name, records in sets.items():

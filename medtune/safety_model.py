@@ -310,9 +310,9 @@ def pick_threshold(p: np.ndarray, y: np.ndarray, recall: float = TARGET_RECALL) 
     return float(pos[k - 1])
 
 
-def dev_files() -> list[Path]:
-    """The development set files ``dev/dev_{zh,ko,en}.jsonl``."""
-    return sorted(DEV_DIR.glob("dev_*.jsonl"))
+def dev_files(name: str = "dev") -> list[Path]:
+    """Development set files ``dev/<name>_{zh,ko,en}.jsonl``: ``dev`` (set A) or ``devb`` (set B, the v2 test set)."""
+    return sorted(DEV_DIR.glob(f"{name}_*.jsonl"))
 
 
 def test_files() -> list[Path]:
