@@ -146,3 +146,33 @@ def test_cpu_packed_path_is_padding_free_sdpa_without_a_redraw_thread(tiny_model
     assert trainer.padding_free and trainer.medtune_speed["attn_implementation"] == "sdpa"
     assert len(seen) == 2 and not any(_RefreshThread in types for types in seen)
     assert [h["step"] for h in cb.history if "loss" in h] == [1, 2]
+
+
+def test_cpu_packed_rows_are_padded_to_one_shape_without_changing_the_losses(tiny_model_dir, sft_file, tmp_path):
+    # Issue 16: varying row lengths let glibc fragment the heap (peak RSS +1.2 GiB over 36 steps); on
+    # CPU every packed row is padded to max_seq_length with one-token sequences labelled -100.
+    from medtune.train.speed import pad_multiple
+
+    assert pad_multiple(TrainConfig(max_seq_length=256), cuda=False) == 256
+    assert pad_multiple(TrainConfig(max_seq_length=256), cuda=True) is None
+    assert pad_multiple(TrainConfig(packing=False), cuda=False) is None
+    assert pad_multiple(TrainConfig(pad_to_multiple_of=0), cuda=False) is None
+    shapes = []
+    padded, t_pad = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", per_device_train_batch_size=1,
+                                     max_seq_length=128))
+    plain, t_plain = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", per_device_train_batch_size=1,
+                                      max_seq_length=128, pad_to_multiple_of=0))
+    assert t_pad.medtune_speed["pad_to_multiple_of"] == (None if torch.cuda.is_available() else 128)
+    if torch.cuda.is_available():
+        return
+    for trainer in (t_pad, t_plain):
+        batch = next(iter(trainer.get_train_dataloader()))
+        shapes.append(tuple(batch["input_ids"].shape))
+        real = sum(len(ids) for ids in trainer.train_dataset[:1]["input_ids"])
+        assert int((batch["labels"] != -100).sum()) == int((batch["labels"][:, :real] != -100).sum())
+    assert shapes[0] == (1, 128) and shapes[1][1] < 128, shapes
+    assert padded[0] == pytest.approx(plain[0], rel=1e-5)
+    assert padded[1:] == pytest.approx(plain[1:], rel=1e-3)
+    # trl's num_tokens log counts real tokens only, padded or not
+    tokens = [[h["num_tokens"] for h in t.state.log_history if "num_tokens" in h] for t in (t_pad, t_plain)]
+    assert tokens[0] == tokens[1] and tokens[0][-1] > 0

@@ -28,7 +28,7 @@ from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.chat_tokens import DataStats, build_sft_examples
 from medtune.io import held_out_split, write_rejects
 from medtune.train.pt import build_pt_examples
-from medtune.train.speed import prepare_model, trainer_class
+from medtune.train.speed import pad_multiple, prepare_model, trainer_class
 
 console = Console(stderr=True)
 
@@ -176,7 +176,8 @@ def common_args(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool) -
 def _sft_config(cfg: TrainConfig, output_dir: Path, seed: int, has_eval: bool):
     from trl import SFTConfig
 
-    return SFTConfig(**common_args(cfg, output_dir, seed, has_eval), max_length=cfg.max_seq_length, packing=cfg.packing)
+    return SFTConfig(**common_args(cfg, output_dir, seed, has_eval), max_length=cfg.max_seq_length, packing=cfg.packing,
+                     pad_to_multiple_of=pad_multiple(cfg))
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
