@@ -20,6 +20,7 @@
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
+| ``eval safety --model``  | :func:`medtune.eval.guarded.run_guarded`  |                |
 | ``safety train``         | :func:`medtune.safety_model.train_classifier` |            |
 
 Every stage command is made the same way (:func:`_stage_command`): an optional YAML recipe,
@@ -437,15 +438,32 @@ def report(runs: List[Path] = typer.Argument(..., help="Directories holding resu
 @eval_app.command("safety")
 @friendly_errors
 def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSONL set (default: the shipped rule set, "
-                                                                "the training validation split, the development set and the test set)."),
+                                                                "the training validation split, the development set and the test set; "
+                                                                "with --model: the test set)."),
                 classifier: bool = typer.Option(True, help="Also run the learned classifier (--no-classifier: rules only)."),
-                errors: bool = typer.Option(False, "--errors", help="List every misclassified item.")) -> None:
+                errors: bool = typer.Option(False, "--errors", help="List every misclassified item."),
+                model: Optional[str] = typer.Option(None, help="End to end: answer every message with this model (pack, "
+                                                               "model dir, hub id; as `medtune chat --model`) through the safety layer."),
+                adapter: Optional[Path] = typer.Option(None, help="LoRA adapter on --model (as `medtune chat --adapter`)."),
+                max_items: Optional[int] = typer.Option(None, min=1, help="With --model: per language, at most this many "
+                                                                          "red-flag and this many other messages."),
+                max_new_tokens: Optional[int] = typer.Option(None, min=1, help="With --model: tokens generated after the "
+                                                                               "urgent message, greedy (default 16)."),
+                output: Optional[Path] = typer.Option(None, help="With --model: write results.json and predictions.jsonl here.")) -> None:
     """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category.
 
-    Sets: the training validation split (thresholds are chosen there), the development set
+    Sets: the training validation split (thresholds are chosen here), the development set
     ``medtune/data/safety/dev/`` (scored during development, used to choose between approaches) and the
     test set ``medtune/data/safety/test/`` (written separately, scored once; skipped with a note when absent).
+
+    With --model (or --adapter) the check is end to end instead (:func:`medtune.eval.guarded.run_guarded`):
+    every message goes through the chat path (chat template, generation, safety layer) and the share of
+    red-flag answers that begin with the urgent-care message, and of other answers that wrongly do, is reported.
     """
+    if model or adapter:
+        return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output)
+    if max_items or max_new_tokens or output:
+        raise ConfigError("--max-items, --max-new-tokens and --output need --model (the end-to-end check)")
     from medtune import safety_model as sm
     from medtune.config import SafetyConfig
     from medtune.safety import EVAL_SET, evaluate_safety, load_eval_set
@@ -464,6 +482,29 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
         _print_safety(name, result, errors)
     if not file and not sm.test_files():
         Console().print(f"test set: skipped, no {sm.TEST_DIR}/test_*.jsonl (the separately written test set is not there yet)")
+
+
+def _eval_safety_guarded(model: str | None, adapter: Path | None, file: Path | None, classifier: bool, errors: bool,
+                         max_items: int | None, max_new_tokens: int | None, output: Path | None) -> None:
+    from medtune.eval.guarded import run_guarded
+
+    result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or 16, classifier)
+    table = Table(title=f"safety layer end to end: {result['model']} on {result['data']} "
+                        f"({result['n']} messages, {result['seconds']:.0f} s)")
+    for col in ("lang", "red-flag", "urgent answer (95% CI)", "no red flag", "false alarm (95% CI)"):
+        table.add_column(col)
+    for lang, r in [*result["by_lang"].items(), ("all", result["overall"])]:
+        u, a = r["urgent_on_red_flag"], r["alarm_on_benign"]
+        table.add_row(lang, str(u["n"]), f"{u['rate']:.3f} ({u['ci95'][0]:.3f}-{u['ci95'][1]:.3f})",
+                      str(a["n"]), f"{a['rate']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})")
+    Console().print(table)
+    for r in rows if errors else ():
+        if r["urgent"] != bool(r["expected"]):
+            kind = "missed" if r["expected"] else "false alarm"
+            Console().print(f"[{kind}] {r['id']}: expected {r['expected'] or 'none'}, answer {r['answer'][:80]!r}",
+                            markup=False, soft_wrap=True)
+    if output:
+        Console().print(f"wrote {output / 'results.json'} and {output / 'predictions.jsonl'}", markup=False)
 
 
 def _print_safety(name: str, result: dict, errors: bool) -> None:

