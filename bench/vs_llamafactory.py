@@ -149,8 +149,10 @@ class StepMeter:
 
     def add(self, inputs: dict) -> None:
         labels, mask = inputs["labels"], inputs.get("attention_mask")
-        if mask is None:  # padding-free row: every token is real
-            real = labels.numel()
+        if mask is None:  # padding-free row; medtune pads it on CPU with a tail of one-token sequences (position 0)
+            pos = inputs.get("position_ids")
+            nonzero = (pos[0] != 0).nonzero() if pos is not None else []
+            real = int(nonzero[-1]) + 1 if len(nonzero) else labels.numel()
         elif mask.dim() == 4:  # LLaMA-Factory's additive block-diagonal mask: padding rows attend to nothing
             real = int((mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0).sum())
         else:
