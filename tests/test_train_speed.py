@@ -176,3 +176,33 @@ def test_cpu_packed_rows_are_padded_to_one_shape_without_changing_the_losses(tin
     # trl's num_tokens log counts real tokens only, padded or not
     tokens = [[h["num_tokens"] for h in t.state.log_history if "num_tokens" in h] for t in (t_pad, t_plain)]
     assert tokens[0] == tokens[1] and tokens[0][-1] > 0
+
+
+def test_answer_only_logits_give_transformers_loss_and_gradients(tiny_model_dir, sft_file, tmp_path):
+    # Issue 16: the LM head runs only where there is a target; loss and LoRA gradients must equal
+    # transformers' full-logits ForCausalLMLoss on the same packed batch.
+    from transformers import Trainer
+
+    from medtune.train.speed import keeps_logits
+
+    trainer, _, _ = build_trainer(cfg(tiny_model_dir, sft_file, tmp_path / "o", per_device_train_batch_size=4,
+                                      max_seq_length=256))
+    assert type(trainer).__name__ == "PlainLossSFTTrainer" or torch.cuda.is_available()
+    model = trainer.model
+    assert keeps_logits(model)
+    batch = next(iter(trainer.get_train_dataloader()))
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    results = []
+    for compute in (Trainer.compute_loss, type(trainer).compute_loss):
+        model.zero_grad()
+        torch.manual_seed(0)  # the same LoRA-dropout masks in both passes
+        loss, out = compute(trainer, model, dict(batch), return_outputs=True, num_items_in_batch=None)
+        loss.backward()
+        results.append((loss.item(), out.logits.shape, [p.grad.clone() for p in lora]))
+    (full, full_shape, full_grads), (mine, mine_shape, mine_grads) = results
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert mine_shape[0] == targets < batch["labels"].numel() == full_shape[0] * full_shape[1]
+    assert mine == pytest.approx(full, rel=1e-5)
+    for a, b in zip(full_grads, mine_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in mine_grads)
