@@ -198,6 +198,9 @@ def fused_loss_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
     return cfg.fused_loss if cfg.fused_loss is not None else (_cuda() if cuda is None else cuda)
 
 
+LOGITS_BUCKET = 128  # logit rows come in multiples of this (see answer_only_loss)
+
+
 def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     """Causal-LM loss with logits built only where there is a target: ``(loss, outputs)``.
 
@@ -215,8 +218,12 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
         inputs: the collated batch with ``labels: (batch, seq_len)``, -100 where there is no target.
         num_items_in_batch: targets in the whole accumulated batch (the Trainer's count), or None.
 
+    The number of logit rows is rounded up to a multiple of :data:`LOGITS_BUCKET` with positions
+    whose target is -100 (ignored by the loss), so a run sees a handful of logits shapes, not one
+    per step: on CPU, glibc's allocator fragments under ever-new sizes and peak RSS creeps up.
+
     Returns:
-        ``(loss, outputs)``; ``outputs.logits`` is ``(targets, vocab)``.
+        ``(loss, outputs)``; ``outputs.logits`` is ``(kept positions, vocab)``.
     """
     import torch
 
@@ -224,9 +231,11 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     targets = torch.full_like(labels, -100)
     targets[:, :-1] = labels[:, 1:]
     keep = targets != -100
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+    extra = -int(keep.sum()) % LOGITS_BUCKET  # round the kept rows up to a multiple of LOGITS_BUCKET ...
+    keep.view(-1)[(~keep).view(-1).nonzero()[:extra, 0]] = True  # ... with positions whose target is -100 (ignored)
     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
     loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets[keep], reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
     return loss / count, outputs
 
 
