@@ -1,6 +1,6 @@
 """Red-flag detection benchmark: latency per message and extra memory of the safety layer on CPU.
 
-    PYTHONPATH=. python bench/safety.py              # 300 training messages (the 80/20 split's 20%; latency only)
+    PYTHONPATH=. python bench/safety.py              # 300 training messages (a seeded sample of the 80/20 split's 20%)
     PYTHONPATH=. python bench/safety.py --n 100 --rules-only
 
 Times :func:`medtune.safety.screen` (rules on the last user turn + classifier on the recent user
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import resource
 import statistics
 import time
@@ -39,7 +40,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="conversations to time")
     ap.add_argument("--rules-only", action="store_true", help="time the rules alone")
     args = ap.parse_args()
-    records = split(load_records())[1][: args.n]
+    val = split(load_records())[1]  # sorted by (lang, type, category): draw a seeded sample across all of them
+    records = [val[i] for i in random.Random(0).sample(range(len(val)), min(args.n, len(val)))]
     cfg = SafetyConfig(classifier=not args.rules_only)
     rss0, t0 = rss_mib(), time.perf_counter()
     screen(conversation(records[0]), records[0]["lang"], cfg)  # loads the encoder and weights

@@ -21,7 +21,7 @@
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
 | ``eval safety --model``  | :func:`medtune.eval.guarded.run_guarded`  |                |
-| ``safety train``         | :func:`medtune.safety_model.train_classifier` |            |
+| ``safety train``         | :func:`medtune.safety.train_classifier`       |            |
 
 Every stage command is made the same way (:func:`_stage_command`): an optional YAML recipe,
 ``--set SECTION.FIELD=VALUE`` overrides, and one option per field of the section's config
@@ -540,7 +540,8 @@ def safety_train(files: List[Path] = typer.Argument(None, help="Labelled JSONL f
                  output: Path = typer.Option(None, help="Weights file (default: the shipped medtune/data/safety/classifier.npz)."),
                  seed: int = typer.Option(0, help="Seed of the 80/20 train/validation split.")) -> None:
     """Refit the learned red-flag classifier and write its weights; prints the validation thresholds and metrics."""
-    from medtune.safety_model import WEIGHTS, train_classifier
+    from medtune.safety import train_classifier
+    from medtune.safety_model import WEIGHTS
 
     report = train_classifier(files or None, output or WEIGHTS, seed=seed)
     Console().print_json(json.dumps(report))

