@@ -507,10 +507,9 @@ def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float,
     return found
 
 
-def rule_hit(rec: dict, scan_chars: int = SafetyConfig().scan_chars) -> bool:
-    """Whether the rules flag a labelled record (its last user turn, as :func:`screen` reads it)."""
-    last_user = next(m["content"] for m in reversed(conversation(rec)) if m["role"] == "user")
-    return bool(detect_red_flags(last_user[-scan_chars:], rec["lang"]))
+def rule_hit(rec: dict) -> bool:
+    """Whether the rules flag a labelled record, exactly as :func:`screen` runs them (default policy)."""
+    return bool(screen(conversation(rec), rec["lang"], SafetyConfig(classifier=False)).rules)
 
 
 def train_classifier(paths: list[Path] | None = None, out: Path | None = safety_model.WEIGHTS, seed: int = 0) -> dict:

@@ -1,4 +1,4 @@
-"""Learned red-flag classifier: character n-gram + sentence-embedding logistic heads, summed.
+"""Learned red-flag classifier: character n-gram and sentence-embedding logistic heads, stacked with the rules.
 
 Why this encoder. The rules in :mod:`medtune.safety` only find the phrasings they list; learned
 heads generalise to new wording (issue 12 measured 25-70% rule recall on unseen emergencies). The

@@ -23,13 +23,12 @@ own text only has to exist). Writes ``results.json`` (task ``guarded_safety``) a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from medtune.config import GenerationSettings, SafetyConfig
 from medtune.errors import EvalError
-from medtune.eval.stats import proportion
+from medtune.eval.urgent import urgent_shares, write_results
 from medtune.generation import stream_chat
 from medtune.models import load_chat_model
 from medtune.safety import (
@@ -105,13 +104,9 @@ def score(rows: list[dict]) -> dict:
     Returns:
         ``{"by_lang": {lang: {measure: {n, k, rate, ci95}}}, "overall": {measure: {...}}}``.
     """
-    def shares(rs: list[dict]) -> dict:
-        red = [r["urgent"] for r in rs if r["expected"]]
-        other = [r["urgent"] for r in rs if not r["expected"]]
-        return {"urgent_on_red_flag": proportion(sum(red), len(red)), "alarm_on_benign": proportion(sum(other), len(other))}
-
     langs = [lang for lang in LANGS if any(r["lang"] == lang for r in rows)]
-    return {"by_lang": {lang: shares([r for r in rows if r["lang"] == lang]) for lang in langs}, "overall": shares(rows)}
+    return {"by_lang": {lang: urgent_shares([r for r in rows if r["lang"] == lang]) for lang in langs},
+            "overall": urgent_shares(rows)}
 
 
 def labelled_records(file: Path | None) -> tuple[str, list[dict]]:
@@ -166,13 +161,5 @@ def run_guarded(model: str | None, file: Path | None = None, adapter: Path | Non
               "data": data, "n": len(rows), "classifier": classifier, "max_new_tokens": max_new_tokens,
               "max_items": max_items, "seconds": round(time.perf_counter() - start, 1), **score(rows)}
     if out is not None:
-        write(out, result, rows)
+        write_results(out, result, rows)
     return result, rows
-
-
-def write(out: Path, result: dict, rows: list[dict]) -> None:
-    """``results.json`` and ``predictions.jsonl`` (one answer per line) in ``out``, created if needed."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -57,12 +57,22 @@ def run_urgent(backend: Backend, name: str, data: Path, out: Path, max_items: in
         answers += generate(backend, [conversation(r) for r in records[i:i + batch_size]], settings)
     rows = [{"id": r["id"], "lang": r["lang"], "expected": r["expected"], "answer": a,
              "urgent": emergency_number(r["lang"], policy) in a[:WINDOW]} for r, a in zip(records, answers)]
+    result = {"task": "urgent", "model": name, "data": str(data), "window_chars": WINDOW, **urgent_shares(rows)}
+    write_results(out, result, rows)
+    return result
+
+
+def urgent_shares(rows: list[dict]) -> dict:
+    """``urgent_on_red_flag`` and ``alarm_on_benign`` (each ``{n, k, rate, ci95}``, 95% Wilson) for ``rows``
+    with fields ``expected`` (categories) and ``urgent`` (bool)."""
     red = [x["urgent"] for x in rows if x["expected"]]
     other = [x["urgent"] for x in rows if not x["expected"]]
-    result = {"task": "urgent", "model": name, "data": str(data), "window_chars": WINDOW,
-              "urgent_on_red_flag": proportion(sum(red), len(red)), "alarm_on_benign": proportion(sum(other), len(other))}
+    return {"urgent_on_red_flag": proportion(sum(red), len(red)), "alarm_on_benign": proportion(sum(other), len(other))}
+
+
+def write_results(out: Path, result: dict, rows: list[dict]) -> None:
+    """``results.json`` and ``predictions.jsonl`` (one row per line) in ``out``, created if needed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
-    return result
