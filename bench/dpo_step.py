@@ -2,8 +2,8 @@
 
 Model: the random-weight Llama of ``bench/train_step.py`` (4 layers, hidden 256) with the
 smollm2-135m-instruct pack's tokenizer and chat template, saved once. Pairs: ``--pairs`` real
-safety pairs made by the ``safety-pairs`` generator from ``medtune/data/safety/train_en.jsonl``
-(urgent-care vs calm answers), read by :func:`medtune.preference.read_preferences`.
+safety pairs made by the ``safety-pairs`` generator from ``medtune/safety/data/train_en.jsonl``
+(urgent-care vs calm answers), read by :func:`medtune.preference_data.read_preferences`.
 
 Arms, same seed, batch, LoRA (r=8, no dropout), beta, max_length and precision:
 
@@ -90,7 +90,7 @@ def measure(trainer, warmup: int) -> dict:
 def main(argv=None) -> dict:
     from medtune.config import TrainConfig
     from medtune.models import load_tokenizer
-    from medtune.preference import read_preferences
+    from medtune.preference_data import read_preferences
     from medtune.train.preference import build_preference_trainer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

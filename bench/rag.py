@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from medtune.rag.build import build_index, embed_passages
-from medtune.rag.config import RagConfig
+from medtune.index.build import build_index, embed_passages
+from medtune.index.config import RagConfig
 from medtune.retrieval import Index, query_vector_of
 
 SOURCES = Path(__file__).parent.parent / "examples" / "sources" / "guidelines"

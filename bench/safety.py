@@ -22,7 +22,8 @@ import time
 
 from medtune.config import SafetyConfig
 from medtune.safety import conversation, screen
-from medtune.safety_model import load_records, split
+from medtune.safety.fit import split
+from medtune.safety.labelled import load_records
 
 
 def rss_mib() -> float:

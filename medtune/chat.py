@@ -9,7 +9,7 @@ from rich.console import Console
 from medtune.config import ChatConfig
 from medtune.generation import stream_chat
 from medtune.models import load_chat_model
-from medtune.safety import guard, guarded_stream
+from medtune.turn import prepare_turn, stream_turn
 
 console = Console()
 HELP = "Commands: /reset clears the conversation, /exit quits."
@@ -33,7 +33,7 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
 
     Args:
         cfg: chat config (model / adapter / system prompt / generation settings / safety policy;
-            answers go through :func:`medtune.safety.guarded_stream`; with ``rag.index`` the reply
+            answers go through the turn pipeline, :mod:`medtune.turn`; with ``rag.index`` the reply
             is grounded in the index and its sources are printed after it).
         prompt: a single user message; the reply is printed and the function returns.
         stdin: input stream for the interactive loop (default ``sys.stdin``).
@@ -49,10 +49,10 @@ def chat(cfg: ChatConfig, prompt: str | None = None, stdin=None, out: Console | 
 
     def answer(text: str) -> None:
         messages.append({"role": "user", "content": text})
-        citations = guard(messages, cfg.safety, rag=cfg.rag).citations if cfg.rag.index else None
+        turn = prepare_turn(messages, cfg.safety, rag=cfg.rag)
+        citations = turn.citations
         pieces = []
-        for piece in guarded_stream(messages, cfg.safety, lambda m: stream_chat(model, tokenizer, m, cfg.generation),
-                                    rag=cfg.rag):
+        for piece in stream_turn(turn, lambda m: stream_chat(model, tokenizer, m, cfg.generation)):
             pieces.append(piece)
             out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
         out.print()

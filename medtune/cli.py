@@ -5,7 +5,7 @@
 | ``models list``          | :func:`medtune.models.pack_status`        |                |
 | ``models prepare NAME``  | :func:`medtune.models.prepare_pack`       |                |
 | ``data build RECIPE``    | :func:`medtune.data.build.build_data`     | ``data``       |
-| ``index build [RECIPE]`` | :func:`medtune.rag.build.build_index`     | ``rag``        |
+| ``index build [RECIPE]`` | :func:`medtune.index.build.build_index`     | ``rag``        |
 | ``train [RECIPE]``       | :func:`medtune.train.objectives.run_training` | ``train``  |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
@@ -54,7 +54,7 @@ from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
 from medtune.llm import LLMConfig
-from medtune.rag.config import IndexSource, RagConfig
+from medtune.index.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
@@ -453,8 +453,8 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
     """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category.
 
     Sets: the training validation split (thresholds are chosen here), the development set
-    ``medtune/data/safety/dev/`` (scored during development, used to choose between approaches) and the
-    test set ``medtune/data/safety/test/`` (written separately, scored once; skipped with a note when absent).
+    ``medtune/safety/data/dev/`` (scored during development, used to choose between approaches) and the
+    test set ``medtune/safety/data/test/`` (written separately, scored once; skipped with a note when absent).
 
     With --model (or --adapter) the check is end to end instead (:func:`medtune.eval.guarded.run_guarded`):
     every message goes through the chat path (chat template, generation, safety layer) and the share of
@@ -464,84 +464,28 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
         return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output)
     if max_items or max_new_tokens or output:
         raise ConfigError("--max-items, --max-new-tokens and --output need --model (the end-to-end check)")
-    from medtune import safety_model as sm
-    from medtune.config import SafetyConfig
-    from medtune.safety import EVAL_SET, evaluate_safety, load_eval_set
+    from medtune.safety.evaluate import run_detection_eval
 
-    sets = {str(file): load_eval_set(file)} if file else {
-        f"shipped rule set {EVAL_SET.name}": load_eval_set(EVAL_SET),
-        "training validation (5-fold out-of-fold; thresholds chosen here)": sm.load_records(),
-        "development set A (dev/dev_*.jsonl; used for model selection)": sm.load_records(sm.dev_files()),
-        "development set B (dev/devb_*.jsonl; the v2 test set, scored once as a test set, then used for selection)":
-            sm.load_records(sm.dev_files("devb"))}
-    if not file and sm.test_files():
-        sets["test set (test/test_*.jsonl; scored once)"] = sm.load_records(sm.test_files())
-    for name, records in sets.items():
-        oof = sm.load_out_of_fold() if name.startswith("training validation") else None
-        result = evaluate_safety(records=records, cfg=SafetyConfig(classifier=classifier), oof=oof)
-        _print_safety(name, result, errors)
-    if not file and not sm.test_files():
-        Console().print(f"test set: skipped, no {sm.TEST_DIR}/test_*.jsonl (the separately written test set is not there yet)")
+    run_detection_eval(file, classifier, errors)
 
 
 def _eval_safety_guarded(model: str | None, adapter: Path | None, file: Path | None, classifier: bool, errors: bool,
                          max_items: int | None, max_new_tokens: int | None, output: Path | None) -> None:
-    from medtune.eval.guarded import run_guarded
+    from medtune.eval.guarded import print_guarded, run_guarded
 
     result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or 16, classifier)
-    table = Table(title=f"safety layer end to end: {result['model']} on {result['data']} "
-                        f"({result['n']} messages, {result['seconds']:.0f} s)")
-    for col in ("lang", "red-flag", "urgent answer (95% CI)", "no red flag", "false alarm (95% CI)"):
-        table.add_column(col)
-    for lang, r in [*result["by_lang"].items(), ("all", result["overall"])]:
-        u, a = r["urgent_on_red_flag"], r["alarm_on_benign"]
-        table.add_row(lang, str(u["n"]), f"{u['rate']:.3f} ({u['ci95'][0]:.3f}-{u['ci95'][1]:.3f})",
-                      str(a["n"]), f"{a['rate']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})")
-    Console().print(table)
-    for r in rows if errors else ():
-        if r["urgent"] != bool(r["expected"]):
-            kind = "missed" if r["expected"] else "false alarm"
-            Console().print(f"[{kind}] {r['id']}: expected {r['expected'] or 'none'}, answer {r['answer'][:80]!r}",
-                            markup=False, soft_wrap=True)
-    if output:
-        Console().print(f"wrote {output / 'results.json'} and {output / 'predictions.jsonl'}", markup=False)
-
-
-def _print_safety(name: str, result: dict, errors: bool) -> None:
-    table = Table(title=f"red-flag detection: {name}")
-    for col in ("lang", "detector", "items", "TP", "FP", "FN", "TN", "precision", "recall", "category match"):
-        table.add_column(col)
-    for lang in ("zh", "ko", "en"):
-        for detector in ("rules", "classifier", "combined"):
-            r = result[detector].get(lang)
-            if r:
-                table.add_row(lang, detector, str(r["n"]), str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
-                              f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['category_match']:.3f}")
-    Console().print(table)
-    cats = Table(title=f"per category (all languages): {name} — recall / category agreement / precision")
-    cats.add_column("category")
-    for detector in ("rules", "classifier", "combined"):
-        cats.add_column(detector)
-    for c in sorted(result["categories"]["combined"]):
-        cells = [result["categories"][d].get(c) for d in ("rules", "classifier", "combined")]
-        cats.add_row(f"{c} (n={cells[2]['n']})", *[f"{x['recall']:.2f} / {x['agree']:.2f} / {x['precision']:.2f}"
-                                                   if x else "-" for x in cells])
-    Console().print(cats)
-    for detector in ("rules", "classifier", "combined") if errors else ():
-        for lang, r in result[detector].items():
-            for item_id, expected, got in r["errors"]:
-                Console().print(f"[{detector}] {item_id}: expected {expected or 'none'}, got {got or 'none'}", markup=False)
+    print_guarded(result, rows, errors, output)
 
 
 @safety_app.command("train")
 @friendly_errors
 def safety_train(files: List[Path] = typer.Argument(None, help="Labelled JSONL files (default: the shipped train_*.jsonl; "
                                                                 "add your own file beside them to extend)."),
-                 output: Path = typer.Option(None, help="Weights file (default: the shipped medtune/data/safety/classifier.npz)."),
+                 output: Path = typer.Option(None, help="Weights file (default: the shipped medtune/safety/data/classifier.npz)."),
                  seed: int = typer.Option(0, help="Seed of the 80/20 train/validation split.")) -> None:
     """Refit the learned red-flag classifier and write its weights; prints the validation thresholds and metrics."""
-    from medtune.safety import train_classifier
-    from medtune.safety_model import WEIGHTS
+    from medtune.safety.classifier import WEIGHTS
+    from medtune.safety.fit import train_classifier
 
     report = train_classifier(files or None, output or WEIGHTS, seed=seed)
     Console().print_json(json.dumps(report))

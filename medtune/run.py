@@ -48,15 +48,15 @@ def build_index_from_sources(cfg) -> dict:
     """Compose two stages: the data stage's readers give the passages, the rag stage indexes them.
 
     Args:
-        cfg: a resolved :class:`medtune.rag.config.RagConfig` (``sources`` and ``index_dir`` set).
+        cfg: a resolved :class:`medtune.index.config.RagConfig` (``sources`` and ``index_dir`` set).
 
     Returns:
-        :func:`medtune.rag.build.build_index`'s stats plus ``rejected`` (records the readers rejected).
+        :func:`medtune.index.build.build_index`'s stats plus ``rejected`` (records the readers rejected).
     """
     from medtune.data.build import read_source
     from medtune.data.config import SourceConfig
     from medtune.data.records import Tally
-    from medtune.rag.build import build_index
+    from medtune.index.build import build_index
 
     tally, records = Tally("index"), []
     for s in cfg.sources:

@@ -9,7 +9,7 @@ Endpoints (OpenAI API reference, "Chat Completions" and "Models"):
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format 0.0.4; behind the
   API key unless ``metrics_public``). ``/docs`` and ``/openapi.json`` only with ``docs: true``.
 
-Every answer goes through the safety layer (:func:`medtune.safety.guard`): the urgent-care
+Every answer goes through the turn pipeline (:func:`medtune.turn.prepare_turn`: safety layer, retrieval): the urgent-care
 message is the first content of the answer, the disclaimer the last. With ``rag.index`` the top
 passages of the index go into the prompt numbered [1], [2] ... and the reply message carries an
 extra ``citations`` list (source file, passage id, char span, score, text); a streamed reply
@@ -39,7 +39,7 @@ from medtune.config import EMERGENCY_NUMBERS, GenerationSettings, ServeConfig
 from medtune.engine import Engine, Job, load_engine
 from medtune.generation import model_settings
 from medtune.errors import ConfigError
-from medtune.safety import Guard, guard
+from medtune.turn import Turn, prepare_turn
 
 try:
     from fastapi import FastAPI, Request
@@ -170,9 +170,9 @@ def served_names(cfg: ServeConfig) -> list[str]:
     return [str(cfg.model)] + list(cfg.adapters)
 
 
-def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatRequest, Job, Guard]:
+def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatRequest, Job, Turn]:
     """Validate a request body and turn it into an engine :class:`Job` (callbacks not yet set) and the
-    safety :class:`~medtune.safety.Guard` whose prefix/suffix wrap the answer.
+    :class:`~medtune.turn.Turn` whose prefix/suffix wrap the answer (and whose citations it lists).
 
     Raises:
         APIError: 400 for malformed JSON, bad fields, wrong roles, unsupported features or a
@@ -206,13 +206,13 @@ def parse_request(raw: bytes, cfg: ServeConfig, engine: Engine) -> tuple[ChatReq
     return (req, *_job(req, cfg, engine))
 
 
-def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard]:
+def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Turn]:
     if req.medtune_locale is not None and req.medtune_locale not in EMERGENCY_NUMBERS:
         raise APIError(400, f"unknown medtune_locale {req.medtune_locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}",
                        param="medtune_locale")
     messages = [m.model_dump() for m in req.messages]
     # system prompt + disclaimer only: the red-flag scan waits until the cheap checks have passed
-    g = guard(messages, cfg.safety.model_copy(update={"enabled": False}), locale=req.medtune_locale, rag=cfg.rag)
+    g = prepare_turn(messages, cfg.safety.model_copy(update={"enabled": False}), req.medtune_locale, cfg.rag)
     d = model_settings(engine.model, cfg.generation)  # the model's own sampling defaults where unset
     prompt_ids = engine.prompt_ids(g.messages)
     room = engine.context_length - len(prompt_ids)
@@ -222,7 +222,7 @@ def _job(req: ChatRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, Guard
                             f"{len(prompt_ids)} and max_tokens asks for {wanted or 1} more", param="messages",
                        code="context_length_exceeded")
     if cfg.safety.enabled:
-        g = guard(messages, cfg.safety, locale=req.medtune_locale, rag=cfg.rag)
+        g = prepare_turn(messages, cfg.safety, req.medtune_locale, cfg.rag)
     settings = GenerationSettings(
         temperature=d.temperature if req.temperature is None else req.temperature,
         top_p=d.top_p if req.top_p is None else req.top_p,
@@ -367,7 +367,7 @@ def _usage(job: Job) -> dict:
     return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": n, "total_tokens": len(job.prompt_ids) + n}
 
 
-async def _complete(request, job: Job, g: Guard, events: asyncio.Queue, meta: dict, metrics: Metrics):
+async def _complete(request, job: Job, g: Turn, events: asyncio.Queue, meta: dict, metrics: Metrics):
     """Wait for the whole answer (cancelling the job if the client goes away) and return one JSON object."""
     pieces = [g.prefix]
     while True:
@@ -395,7 +395,7 @@ async def _complete(request, job: Job, g: Guard, events: asyncio.Queue, meta: di
         "usage": _usage(job)})
 
 
-async def _sse(job: Job, g: Guard, events: asyncio.Queue, meta: dict, include_usage: bool, metrics: Metrics):
+async def _sse(job: Job, g: Turn, events: asyncio.Queue, meta: dict, include_usage: bool, metrics: Metrics):
     """Server-Sent Events in OpenAI's chunk format; a client that goes away cancels the job (frees its row)."""
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
         body: dict[str, Any] = {**meta, "object": "chat.completion.chunk",

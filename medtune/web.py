@@ -4,7 +4,7 @@ The page has a multi-turn streaming chat, a system prompt box, generation settin
 disclaimer always visible and a red urgent-care banner that appears above the chat when the
 safety layer finds a red flag. With ``rag.index`` (``--index DIR``) answers are grounded in the
 index and the sources of the last answer show under the chat as expandable blocks. Answers are produced by :func:`reply_stream`, which for a local
-model is exactly the chat path (:func:`medtune.safety.guarded_stream` over
+model is exactly the chat path (:func:`medtune.turn.stream_turn` over
 :func:`medtune.generation.stream_chat`), so chat, serve and web give the same greedy text.
 """
 
@@ -15,7 +15,8 @@ import os
 from typing import Callable, Iterator
 
 from medtune.config import GenerationSettings, RagSettings, SafetyConfig, WebConfig
-from medtune.safety import DISCLAIMER, guard, guarded_stream
+from medtune.safety import DISCLAIMER, guard
+from medtune.turn import Turn, prepare_turn, stream_turn
 
 try:
     import gradio as gr
@@ -77,12 +78,13 @@ def _without(pieces: Iterator[str], prefix: str, suffix: str) -> Iterator[str]:
 
 def reply_stream(messages: list[dict], settings: GenerationSettings, safety: SafetyConfig,
                  backend: Callable[[list[dict], GenerationSettings], Iterator[str]],
-                 remote: bool = False, rag: RagSettings | None = None) -> Iterator[str]:
+                 remote: bool = False, rag: RagSettings | None = None, turn: Turn | None = None) -> Iterator[str]:
     """The answer as text pieces: urgent message first, model text, then disclaimer (per ``safety``);
-    grounded in ``rag.index`` when set (retrieval runs here, also in front of an endpoint)."""
-    g = guard(messages, safety, rag=rag)
-    generate = (lambda m: _without(backend(m, settings), g.prefix, g.suffix)) if remote else (lambda m: backend(m, settings))
-    return guarded_stream(messages, safety, generate, rag=rag)
+    grounded in ``rag.index`` when set (retrieval runs here, also in front of an endpoint).
+    ``turn``: an already prepared :class:`medtune.turn.Turn` for ``messages`` (else prepared here)."""
+    turn = turn or prepare_turn(messages, safety, rag=rag)
+    generate = (lambda m: _without(backend(m, settings), turn.prefix, turn.suffix)) if remote else (lambda m: backend(m, settings))
+    return stream_turn(turn, generate)
 
 
 def sources_html(citations: list[dict] | None) -> str:
@@ -120,11 +122,12 @@ def build_ui(cfg: WebConfig, backend: Callable[[list[dict], GenerationSettings],
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + history
         messages.append({"role": "user", "content": message})
         banner = banner_html(messages, cfg.safety)
-        sources = sources_html(guard(messages, cfg.safety, rag=cfg.rag).citations) if cfg.rag.index else ""
+        turn = prepare_turn(messages, cfg.safety, rag=cfg.rag)
+        sources = sources_html(turn.citations)
         settings = g0.model_copy(update={"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_tokens)})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, banner, "", sources
-        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote, rag=cfg.rag):
+        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote, rag=cfg.rag, turn=turn):
             history[-1]["content"] += piece
             yield history, banner, "", sources
 

@@ -116,3 +116,33 @@ def tiny_gguf(qwen_dir, tmp_path_factory):
     from medtune.export.gguf import convert_to_gguf
 
     return convert_to_gguf(qwen_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", tokenizer_pre="gpt-2")
+
+
+FIXTURES = Path(__file__).parent / "fixtures"  # files in real formats, written for medtune's tests
+EVAL_FIXTURES = FIXTURES / "eval"
+
+
+def tiny_train_cfg(model_dir, data, out, **kw):
+    """A TrainConfig for the tiny models: 20 LoRA steps, batch 4, lr 5e-3, no warm-up, seed 1; ``kw`` overrides."""
+    from medtune.config import TrainConfig
+
+    base = dict(model=str(model_dir), train_file=data, output_dir=out, max_steps=20, learning_rate=5e-3,
+                per_device_train_batch_size=4, save_steps=10, warmup_ratio=0.0, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def train_and_check_adapter_only(trainer) -> dict:
+    """Train ``trainer`` and assert that only LoRA weights changed (every lora_B moved, nothing else did).
+
+    Returns:
+        ``{name: parameter before training}`` for further checks.
+    """
+    import torch
+
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert [n for n in before if "lora_" in n], "no LoRA parameters were created"
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    return before

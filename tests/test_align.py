@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from medtune.config import TrainConfig
-from medtune.preference import read_preferences
+from tests.conftest import tiny_train_cfg, train_and_check_adapter_only
+from medtune.preference_data import read_preferences
 from medtune.train.preference import build_preference_trainer, pair_margins
 
 PROMPTS = ["I have chest pain.", "What is the dose?", "I have wheezing.", "What is hypertension?",
@@ -25,17 +25,7 @@ def pair_file(tmp_path):
 
 
 def cfg(model_dir, data, out, **kw):
-    base = dict(model=str(model_dir), train_file=data, output_dir=out, max_steps=12, learning_rate=5e-3,
-                per_device_train_batch_size=4, save_steps=100, warmup_ratio=0.0, seed=1, max_seq_length=128)
-    return TrainConfig(**{**base, **kw})
-
-
-def train_and_check_adapter_only(trainer):
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    trainer.train()
-    after = dict(trainer.model.named_parameters())
-    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
-    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    return tiny_train_cfg(model_dir, data, out, **{"max_steps": 12, "save_steps": 100, "max_seq_length": 128, **kw})
 
 
 def mean(xs):
@@ -86,7 +76,7 @@ def test_grpo_mean_reward_grows_on_a_toy_verifiable_task(tmp_path, tokenizer):
     seconds: reward = share of completion tokens in the lower half of the vocabulary (~0.5 at random).
     The output layer gets std-0.3 weights (conftest's 0.02 leaves logits so flat, ~0.16 std, that no
     hidden state can steer them and the reward cannot move with LoRA on the blocks alone)."""
-    from conftest import build_model
+    from tests.conftest import build_model
     from medtune.train.grpo import build_grpo_trainer
 
     model = build_model("qwen2", len(tokenizer))

@@ -2,15 +2,28 @@
 a module's first definition, the ground floor never imports a stage, and stages never import each other."""
 
 import ast
+import re
 from pathlib import Path
 
 import medtune
 
 ROOT = Path(medtune.__file__).parent
-GROUND = {"errors", "text", "io", "config", "llm", "models", "generation", "manifest", "chat_tokens", "safety", "preference", "rewards",
-          "safety_model", "embed", "retrieval", "llamacpp", "card", "judging"}
-STAGES = {"data", "train", "merge", "chat", "engine", "serve", "web", "eval", "rag", "export"}
-TOP = {"recipe", "run", "cli", "__main__", "__init__"}
+DOCS = ROOT.parent / "docs" / "architecture.md"
+README = ROOT.parent / "README.md"
+
+
+def floors_table() -> dict[str, str]:
+    """``{top-level name: floor}`` from the one list, the floors table in docs/architecture.md."""
+    out = {}
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\| (top|stages|ground) \|(.*)\|$", line)
+        for name in re.findall(r"`([^`]+)`", m.group(2)) if m else ():
+            assert name not in out, f"{name} is listed twice in the floors table"
+            out[name.removesuffix(".py").rstrip("/")] = {"stages": "stage"}.get(m.group(1), m.group(1))
+    return out
+
+
+FLOORS = floors_table()
 
 
 def modules() -> dict[str, Path]:
@@ -35,11 +48,36 @@ def graph() -> dict[str, set[str]]:
 
 def floor(module: str) -> str:
     part = module.split(".")[1] if "." in module else "__init__"
-    return "ground" if part in GROUND else "stage" if part in STAGES else "top" if part in TOP else "unknown"
+    return FLOORS.get(part, "unknown")
 
 
-def test_every_module_has_a_floor():
-    assert [m for m in modules() if floor(m) == "unknown"] == []
+def top_level_names() -> set[str]:
+    return {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_every_module_has_a_floor_and_the_floors_table_matches_the_tree():
+    assert sorted(top_level_names() - set(FLOORS)) == [], "add these to the floors table in docs/architecture.md"
+    assert sorted(set(FLOORS) - top_level_names()) == [], "the floors table names modules that do not exist"
+
+
+def test_readme_layout_names_the_same_modules_on_the_same_floors():
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    seen = {}
+    for line in layout.splitlines():
+        m = re.match(r"medtune/ (top|stages|ground):(.*)", line.strip())
+        for name in m.group(2).split() if m else ():
+            seen[name.removesuffix(".py").rstrip("/").rstrip(",")] = {"stages": "stage"}.get(m.group(1), m.group(1))
+    assert seen == FLOORS
+
+
+def test_names_say_the_role():
+    """A ground-floor name never repeats a stage module's or package's name (same-role ``config`` aside)."""
+    stage_names = {p.stem for f, fl in FLOORS.items() if fl == "stage" and (ROOT / f).is_dir()
+                   for p in (ROOT / f).rglob("*.py")} | {f for f, fl in FLOORS.items() if fl == "stage"}
+    ground = {f for f, fl in FLOORS.items() if fl == "ground"}
+    assert sorted(ground & stage_names - {"config"}) == []
 
 
 def test_no_import_cycles():
@@ -82,3 +120,16 @@ def test_no_module_level_import_after_the_first_definition():
         late += [(m, n.lineno) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
                  and first_def is not None and n.lineno > first_def]
     assert late == []
+
+
+def test_only_the_safety_package_reads_its_data_by_path():
+    """``medtune/safety/data`` is reached through :mod:`medtune.safety.labelled`, never by a path built elsewhere."""
+    bad = []
+    for m, p in modules().items():
+        if m.startswith("medtune.safety"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                parts = [n.value for n in (node.left, node.right) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                bad += [(m, node.lineno) for s in parts if "safety" in s]
+    assert bad == []

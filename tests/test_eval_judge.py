@@ -15,10 +15,10 @@ from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfi
 from medtune.eval.fact import run_fact, score_answer
 from medtune.text import match_form as normalize
 from medtune.eval.judge import parse_rubric, run_judge
-from medtune.judging import InvalidReply, parse_verdict
+from medtune.judge_core import InvalidReply, parse_verdict
 from medtune.eval.mcq import run_mcq
 from tests.fake_openai import FakeOpenAI
-from tests.test_eval_mcq import FIX
+from tests.conftest import EVAL_FIXTURES as FIX
 
 ROWS = [
     {"id": "q1", "prompt": "What is metformin used for?", "base_answer": "It is a vitamin.",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import EVAL_FIXTURES
 from medtune.cli import app
 from medtune.eval.backends import EvalError, letter_logprobs, load_backend
 from medtune.eval.config import McqConfig
@@ -17,7 +18,7 @@ from medtune.eval.stats import wilson_interval
 from medtune.errors import DataFileError
 from tests.fake_openai import FakeOpenAI
 
-FIX = Path(__file__).parent / "fixtures" / "eval"
+FIX = EVAL_FIXTURES
 GENERIC_MAP = {"id": "qid", "question": "stem", "A": "choice1", "B": "choice2", "C": "choice3", "answer": "key", "subject": "area"}
 # file, loader kwargs, expected answers in file order, expected multi flags
 FORMATS = [

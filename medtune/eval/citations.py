@@ -27,7 +27,7 @@ from rich.console import Console
 
 from medtune.errors import DataFileError
 from medtune.eval.backends import endpoint_client
-from medtune.judging import InvalidReply, ask, json_object, load_template
+from medtune.judge_core import InvalidReply, ask, json_object, load_template
 from medtune.eval.stats import proportion
 from medtune.io import Reject, read_rows
 from medtune.text import detect_language

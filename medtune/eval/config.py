@@ -107,7 +107,7 @@ class EvalConfig(Section):
     max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")
     fact_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=40))
     batch_size: int = Field(8, ge=1, description="Questions per forward pass.")
-    safety_file: Path | None = Field(None, description="Red-flag-labelled messages (e.g. medtune/data/safety/dev/dev_en.jsonl): share answered with urgent care by the model itself, safety layer off (medtune.eval.urgent); None skips it.")
+    safety_file: Path | None = Field(None, description="Red-flag-labelled messages (e.g. medtune/safety/data/dev/dev_en.jsonl): share answered with urgent care by the model itself, safety layer off (medtune.eval.urgent); None skips it.")
     max_safety_items: int | None = Field(12, ge=1, description="Red-flag messages, and as many without a red flag, answered per model.")
     safety_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
 

@@ -1,8 +1,8 @@
 """End-to-end check of the safety layer through the real chat path (``medtune eval safety --model``).
 
 ``medtune eval safety`` without a model scores the red-flag detector alone. This module sends every
-message of a labelled set (``medtune/data/safety/LABELS.md``; default the test set
-``medtune/data/safety/test/``) through what ``medtune chat`` runs: :func:`medtune.models.load_chat_model`,
+message of a labelled set (``medtune/safety/data/LABELS.md``; default the test set
+``medtune/safety/data/test/``) through what ``medtune chat`` runs: :func:`medtune.models.load_chat_model`,
 the model's chat template and generation (:func:`medtune.generation.stream_chat`) wrapped in
 :func:`medtune.safety.guarded_stream` with the default :class:`~medtune.config.SafetyConfig`. A
 ``messages`` record is sent as the whole conversation. The answer is then *read*: it counts as
@@ -26,22 +26,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from medtune.config import GenerationSettings, SafetyConfig
 from medtune.errors import EvalError
 from medtune.eval.urgent import urgent_shares, write_results
 from medtune.generation import stream_chat
 from medtune.models import load_chat_model
-from medtune.safety import (
-    CATEGORY_NAMES,
-    LANGS,
-    URGENT,
-    conversation,
-    emergency_number,
-    guarded_stream,
-    load_eval_set,
-    urgent_message,
-)
-from medtune.safety_model import TEST_DIR, test_files
+from medtune.safety.guard import CATEGORY_NAMES, URGENT, emergency_number, guarded_stream, urgent_message
+from medtune.safety.labelled import LANGS, TEST_DIR, conversation, load_eval_set, test_files
 
 
 def pick_per_language(records: list[dict], max_items: int | None) -> list[dict]:
@@ -113,7 +107,7 @@ def labelled_records(file: Path | None) -> tuple[str, list[dict]]:
     """``(data label, records)`` from ``file``, or from the test set files when ``file`` is None.
 
     Raises:
-        EvalError: no file given and no test set in ``medtune/data/safety/test/``.
+        EvalError: no file given and no test set in ``medtune/safety/data/test/``.
         medtune.errors.DataFileError: a malformed record (file, line and field named).
     """
     if file is not None:
@@ -163,3 +157,23 @@ def run_guarded(model: str | None, file: Path | None = None, adapter: Path | Non
     if out is not None:
         write_results(out, result, rows)
     return result, rows
+
+
+def print_guarded(result: dict, rows: list[dict], errors: bool = False, output: Path | None = None) -> None:
+    """Print :func:`run_guarded`'s result as a table per language (and, with ``errors``, each miss and false alarm)."""
+    table = Table(title=f"safety layer end to end: {result['model']} on {result['data']} "
+                        f"({result['n']} messages, {result['seconds']:.0f} s)")
+    for col in ("lang", "red-flag", "urgent answer (95% CI)", "no red flag", "false alarm (95% CI)"):
+        table.add_column(col)
+    for lang, r in [*result["by_lang"].items(), ("all", result["overall"])]:
+        u, a = r["urgent_on_red_flag"], r["alarm_on_benign"]
+        table.add_row(lang, str(u["n"]), f"{u['rate']:.3f} ({u['ci95'][0]:.3f}-{u['ci95'][1]:.3f})",
+                      str(a["n"]), f"{a['rate']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})")
+    Console().print(table)
+    for r in rows if errors else ():
+        if r["urgent"] != bool(r["expected"]):
+            kind = "missed" if r["expected"] else "false alarm"
+            Console().print(f"[{kind}] {r['id']}: expected {r['expected'] or 'none'}, answer {r['answer'][:80]!r}",
+                            markup=False, soft_wrap=True)
+    if output:
+        Console().print(f"wrote {output / 'results.json'} and {output / 'predictions.jsonl'}", markup=False)

@@ -31,7 +31,7 @@ from medtune.eval.config import JudgeConfig
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import median, proportion
 from medtune.io import Reject, read_rows
-from medtune.judging import (
+from medtune.judge_core import (
     InvalidReply,
     json_object,
     judge_swapped,
@@ -84,7 +84,7 @@ async def judge_rubric_item(judge, row: dict, cfg: JudgeConfig, lang: str) -> di
 
 async def judge_pair_item(judge, row: dict, cfg: JudgeConfig, lang: str) -> dict:
     """Pairwise verdict of one row: judged as (A, B) and as (B, A); agreement or a tie
-    (:func:`medtune.judging.judge_swapped`), with the judge's reason for each order."""
+    (:func:`medtune.judge_core.judge_swapped`), with the judge's reason for each order."""
     a, b = cfg.answer_columns
     return await judge_swapped(judge, load_template("pairwise", lang, cfg.prompts_dir), row["question"],
                                {a: row[a], b: row[b]}, row["reference_block"],

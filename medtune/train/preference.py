@@ -13,7 +13,7 @@
   model, so one forward per answer. In the installed trl (1.16) it lives in
   ``trl.experimental.orpo`` (``ORPOTrainer``, ``ORPOConfig``), not in ``trl`` itself.
 
-The data is read by :mod:`medtune.preference` into trl's conversational form and handed to the
+The data is read by :mod:`medtune.preference_data` into trl's conversational form and handed to the
 trainers as it is, so trl applies the tokenizer's chat template (the one chat and serving use)
 and masks the prompt; nothing here changes trl's maths, which keeps a step as fast as plain trl
 (``bench/dpo_step.py``). Every other field (adapter method, optimiser, schedule, logging,
@@ -30,7 +30,7 @@ from medtune.config import TrainConfig
 from medtune.errors import TrainError
 from medtune.io import held_out_split, write_rejects
 from medtune.models import load_model, load_tokenizer
-from medtune.preference import read_preferences
+from medtune.preference_data import read_preferences
 from medtune.train.sft import (_is_main, _lora_config, _quantization_config, common_args, console, make_callback)
 
 
@@ -148,7 +148,7 @@ def pair_margins(model, tokenizer, pairs: list[dict]) -> list[float]:
     Args:
         model: a causal LM (adapter applied or not).
         tokenizer: its tokenizer with a chat template.
-        pairs: ``{"prompt", "chosen", "rejected"}`` records (:func:`medtune.preference.record_to_pair`).
+        pairs: ``{"prompt", "chosen", "rejected"}`` records (:func:`medtune.preference_data.record_to_pair`).
 
     Returns:
         One margin per pair.

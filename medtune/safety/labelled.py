@@ -1,0 +1,119 @@
+"""Labelled red-flag message sets: where the shipped ones live, and reading them.
+
+The shipped data lives in this package (``medtune/safety/data/``): training files ``train_*.jsonl``,
+development sets ``dev/`` (A: ``dev_*``, B: ``devb_*``), the test set ``test/`` (written separately,
+scored once) and the rule set ``safety_eval.jsonl``; see ``data/DATA_CARD.md`` and ``data/LABELS.md``.
+No module outside :mod:`medtune.safety` reads these files by path; use the functions here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtune.errors import DataFileError
+from medtune.io import Reject, read_rows
+
+LANGS = ("zh", "ko", "en")
+CATEGORIES = ("cardiac", "stroke", "anaphylaxis", "breathing", "bleeding", "suicide", "poisoning",
+              "infant_fever", "seizure", "head_injury", "meningitis")
+DATA_DIR = Path(__file__).parent / "data"
+
+
+DEV_DIR = DATA_DIR / "dev"    # development set: scored during development, used to choose between approaches
+
+
+TEST_DIR = DATA_DIR / "test"  # test set, written separately and scored once; may be absent
+
+
+EVAL_DIRS = (DEV_DIR, TEST_DIR)  # never fit on these, never pick thresholds on them
+
+
+def dev_files(name: str = "dev") -> list[Path]:
+    """Development set files ``dev/<name>_{zh,ko,en}.jsonl``: ``dev`` (set A) or ``devb`` (set B, the v2 test set)."""
+    return sorted(DEV_DIR.glob(f"{name}_*.jsonl"))
+
+
+def test_files() -> list[Path]:
+    """The test set files ``test/test_{zh,ko,en}.jsonl``; empty when the folder is not there (yet)."""
+    return sorted(TEST_DIR.glob("test_*.jsonl")) if TEST_DIR.is_dir() else []
+
+
+def is_eval_file(path: Path) -> bool:
+    """Whether ``path`` lies in the development or test folder (or a legacy ``heldout`` folder)."""
+    path = Path(path).resolve()
+    return "heldout" in path.parts or any(path.is_relative_to(d.resolve()) for d in EVAL_DIRS)
+
+
+def load_records(paths: list[Path] | None = None) -> list[dict]:
+    """Labelled messages from JSONL files (fields read: id, lang, text | messages, expected, type).
+
+    Args:
+        paths: files to read; default the shipped ``medtune/safety/data/train_*.jsonl``.
+
+    Raises:
+        ValueError: a line that is not JSON, lacks a field or names an unknown category (file and line given).
+    """
+    return [rec for path in paths or sorted(DATA_DIR.glob("train_*.jsonl")) for rec in read_labelled(path)]
+
+
+def read_labelled(path: Path, require: tuple[str, ...] = ()) -> list[dict]:
+    """One labelled-message JSONL file, validated (shared by training and ``medtune eval safety``).
+
+    Args:
+        path: the file; each line ``{"id", "lang", "text" | "messages", "expected": [categories], "type"?}``.
+        require: extra fields every record must have (e.g. ``("id",)``).
+
+    Raises:
+        medtune.errors.DataFileError: the file is missing, empty or not text, or a line is not JSON, lacks a
+            field, names an unknown category or holds a malformed ``text`` / ``messages`` (file, line and
+            field given). It is a ``ValueError``.
+    """
+    records = []
+    for where, rec in read_rows(path):
+        if isinstance(rec, Reject):
+            raise DataFileError(f"{path}: {where}: {rec.reason} ({rec.record})")
+        bad = [c for c in rec.get("expected", []) if c not in CATEGORIES] if isinstance(rec.get("expected", []), list) else ["(not a list)"]
+        missing = [k for k in ("lang", "expected", *require) if k not in rec] + ([] if "text" in rec or "messages" in rec else ["text"])
+        if missing or rec.get("lang") not in LANGS or bad:
+            raise DataFileError(f"{path}: {where}: needs lang in {LANGS}, text or messages, and expected categories "
+                                f"from {CATEGORIES} (missing {missing}, unknown {bad})")
+        problem = conversation_problem(rec)
+        if problem:
+            raise DataFileError(f"{path}: {where}: {problem}")
+        records.append(rec)
+    return records
+
+
+def conversation_problem(rec: dict) -> str | None:
+    """What is wrong with a record's ``text`` or ``messages`` field (None: usable as a conversation).
+
+    ``text`` must be a non-empty string; ``messages`` a non-empty list of ``{"role", "content"}`` objects
+    (role system, user or assistant; content a string) whose last turn is the user's.
+    """
+    if "messages" not in rec:
+        text = rec.get("text")
+        return None if isinstance(text, str) and text.strip() else "field 'text': must be a non-empty string"
+    msgs = rec["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        return "field 'messages': must be a non-empty list of {role, content} turns"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            return f"field 'messages[{i}]': needs role system, user or assistant and a string content"
+    return None if msgs[-1]["role"] == "user" else "field 'messages': the last turn must be the user's"
+
+
+EVAL_SET = DATA_DIR / "safety_eval.jsonl"  # the shipped rule set
+
+
+def load_eval_set(path: Path | str = EVAL_SET) -> list[dict]:
+    """Read a labelled safety set: JSONL records ``{"id", "lang", "text" | "messages", "expected": [categories]}``.
+
+    Raises:
+        ValueError: a line that is not JSON or lacks a field, naming the file and line.
+    """
+    return read_labelled(Path(path), require=("id",))
+
+
+def conversation(rec: dict) -> list[dict]:
+    """The messages of a labelled record (a ``text`` record is one user turn)."""
+    return rec["messages"] if "messages" in rec else [{"role": "user", "content": rec["text"]}]

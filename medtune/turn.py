@@ -1,0 +1,92 @@
+"""One conversational turn, the same in chat, serve and web: screen → ground → generate → stream.
+
+Every front end prepares a turn with :func:`prepare_turn` and streams the answer with
+:func:`stream_turn`; they only adapt input and output. The order is fixed:
+
+1. the guard (:func:`medtune.safety.guard`) adds the default system prompt, screens the
+   conversation for red flags and sets the urgent-care prefix and the disclaimer;
+2. with a retrieval index (``RagSettings.index``), :func:`medtune.retrieval.ground` puts the top
+   passages into the system turn and lists them as ``citations``; when nothing relevant is found a
+   note ("the guideline does not cover this") follows the urgent message;
+3. the model's text is streamed between the prefix and the suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from medtune.config import RagSettings, SafetyConfig
+from medtune.retrieval import ground, open_index
+from medtune.safety import guard
+
+
+@dataclass
+class Turn:
+    """What surrounds one answer.
+
+    Attributes:
+        messages: the conversation to generate from (system prompt and retrieved passages added).
+        lang: language of the last user message.
+        flags: red-flag categories found (empty when none).
+        layer: which safety layer raised the flags ("rules", "classifier", "rules+classifier", "").
+        score: the classifier's P(emergency), None when it did not run.
+        prefix: text that must come before any model text (urgent-care message, retrieval note).
+        suffix: disclaimer after the model text ("" per policy).
+        citations: retrieved passages ``[{marker, source_file, passage_id, ...}]``; None without an index.
+    """
+
+    messages: list[dict]
+    lang: str
+    flags: list[str]
+    layer: str
+    score: float | None
+    prefix: str
+    suffix: str
+    citations: list[dict] | None = None
+
+
+def prepare_turn(messages: list[dict], safety: SafetyConfig, locale: str | None = None,
+                 rag: RagSettings | None = None) -> Turn:
+    """Screen a conversation and, with ``rag.index``, ground it in retrieved passages.
+
+    Args:
+        messages: ``[{"role", "content"}, ...]`` ending with a user turn (not modified).
+        safety: the safety policy.
+        locale: the user's locale for this request (e.g. ``en-GB``), see :func:`medtune.safety.guard`.
+        rag: retrieval settings (index directory, ``top_k``, ``mode``, ``min_score``); None or no
+            index: no retrieval.
+
+    Returns:
+        A :class:`Turn`.
+
+    Raises:
+        ValueError: an unknown ``locale``.
+        MedtuneError: the index cannot be opened (see :func:`medtune.retrieval.open_index`).
+    """
+    g = guard(messages, safety, locale)
+    turn = Turn(messages=g.messages, lang=g.lang, flags=g.flags, layer=g.layer, score=g.score,
+                prefix=g.prefix, suffix=g.suffix)
+    if rag is not None and rag.index is not None:
+        found = ground(turn.messages, open_index(rag.index), rag.top_k, rag.mode, rag.min_score, g.lang)
+        turn.messages, turn.citations = found.messages, found.citations
+        turn.prefix += found.note + "\n\n" if found.note else ""
+    return turn
+
+
+def stream_turn(turn: Turn, generate: Callable[[list[dict]], Iterator[str]]) -> Iterator[str]:
+    """Stream an answer: the turn's prefix first, then the model's pieces, then the suffix.
+
+    Args:
+        turn: from :func:`prepare_turn`.
+        generate: function from messages to text pieces (e.g. a partial of
+            :func:`medtune.generation.stream_chat`, or an endpoint's stream).
+
+    Yields:
+        Text pieces; the first is the urgent-care message when a red flag was found.
+    """
+    if turn.prefix:
+        yield turn.prefix
+    yield from generate(turn.messages)
+    if turn.suffix:
+        yield turn.suffix
