@@ -11,7 +11,7 @@ import pytest
 
 from medtune.config import SafetyConfig
 from medtune.safety import classifier, fit, labelled
-from medtune.safety import emergency_number, guard, train_classifier
+from medtune.safety import emergency_number, guard, screen, train_classifier
 from medtune.safety.classifier import conversation_views
 from medtune.safety.fit import fit_logistic, fit_softmax, pick_threshold
 
@@ -183,3 +183,97 @@ def test_refit_reproduces_the_shipped_weights(tmp_path):
         np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
     assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()
     assert all(v["recall"] >= 0.95 for v in report["val"].values())
+
+
+LONG_FILLER = {
+    "zh": "你好，我想问一下医保异地报销的流程。我户口在外省，现在在这边上班，去年住院花了两万多。单位说要先备案，"
+          "备案以后是直接结算还是回去报？门诊的钱能不能报？发票丢了一张还能补吗？另外孩子的疫苗本也找不到了，"
+          "社区医院能不能补办？需要带户口本吗？我们下个月还要搬家，新小区的社区医院怎么建档？",
+    "ko": "안녕하세요 실손보험 청구 때문에 여쭤봐요. 작년에 입원했던 서류를 뭘 떼야 하나요? 진단서랑 영수증만 있으면 "
+          "되나요? 병원 홈페이지에서도 뗄 수 있나요? 그리고 아이 예방접종 수첩을 잃어버렸는데 보건소에서 다시 받을 수 "
+          "있나요? 다음 달에 이사를 가는데 새 동네 병원으로 기록을 옮기려면 어떻게 해야 하나요?",
+    "en": "Hi, I need to claim back the cost of last year's hospital stay from my insurer. Which forms do I need from you? "
+          "Is the discharge summary and the invoice enough, or do I need a letter from the consultant? Also I've lost my "
+          "son's vaccination record, can the practice print another one? We're moving next month, how do we transfer to a "
+          "new surgery and do we need to re-register the whole family?",
+}
+
+
+BURIED_FLAG = {
+    "zh": "对了，我爸现在胸口压着疼，一直出冷汗，左胳膊发麻，已经半个小时了。",
+    "ko": "아 그리고 지금 아버지가 가슴을 쥐어짜듯 아프다고 하시고 식은땀을 흘리시고 왼팔이 저리대요. 삼십분 됐어요.",
+    "en": "Oh and my dad's chest has been crushing for half an hour now, he's sweating and his left arm is numb.",
+}
+
+
+def _long(lang: str, n: int) -> str:
+    sep = " " if lang == "en" else ""
+    return sep.join([LONG_FILLER[lang]] * (n // len(LONG_FILLER[lang]) + 1))
+
+
+def _distinct(lang: str, n: int) -> str:
+    """``n`` characters of filler in which every sentence carries its own number (no two windows alike)."""
+    import re
+    sentences = [x for x in re.split(r"(?<=[.?。？，,])", LONG_FILLER[lang]) if x.strip()]
+    out, i = [], 0
+    while sum(map(len, out)) < n:
+        out.append(f"{sentences[i % len(sentences)]} {i} ")
+        i += 1
+    return "".join(out)[:n]
+
+
+def test_windows_cover_every_sentence_and_total_at_most_twice_the_text():
+    for lang in ("zh", "ko", "en"):
+        text = _long(lang, 3000) + BURIED_FLAG[lang] + LONG_FILLER[lang]
+        wins = classifier.message_windows(text, lang)
+        assert all(0 < len(w) <= classifier.window_chars(lang) for w in wins)
+        assert sum(map(len, wins)) <= 2 * len(text)
+        assert any(BURIED_FLAG[lang].strip() in w for w in wins) or lang == "en"  # en: the flag sentence is longer than half a window
+        assert any("left arm is numb" in w for w in wins) if lang == "en" else True
+
+
+def test_later_user_turn_that_reports_a_resolution_closes_the_earlier_ones():
+    msgs = [{"role": "user", "content": "胸口痛 出冷汗"}, {"role": "assistant", "content": "多久了？"},
+            {"role": "user", "content": "是岔气 已经好了"}, {"role": "user", "content": "想问饮食"}]
+    assert classifier.unresolved_turns(msgs, "zh") == ["是岔气 已经好了", "想问饮食"]
+    assert classifier.unresolved_turns(msgs[:2] + msgs[3:], "zh") == ["胸口痛 出冷汗", "想问饮食"]
+    assert classifier.unresolved_turns(msgs, "zh", scan_chars=4) == ["想问饮食"]
+
+
+def test_screening_work_is_linear_in_length_and_the_encoder_reads_a_bounded_amount(monkeypatch):
+    """Counts characters, not seconds: the n-gram head and the rules read every window (about twice the
+    text), the encoder a fixed amount whatever the length (issue 27)."""
+    read = {"encoder": 0, "ngram": 0, "rules": 0}
+    monkeypatch.setattr(classifier, "embed", lambda texts: read.__setitem__("encoder", read["encoder"] + sum(map(len, texts)))
+                        or np.zeros((len(texts), 384), np.float32))
+    monkeypatch.setattr(classifier, "_memo", classifier.OrderedDict())
+    ngram = classifier.Classifier.ngram_logit
+    monkeypatch.setattr(classifier.Classifier, "ngram_logit",
+                        lambda self, texts: read.__setitem__("ngram", read["ngram"] + sum(map(len, texts))) or ngram(self, texts))
+    rules = classifier.detect_red_flags
+    monkeypatch.setattr(classifier, "detect_red_flags",
+                        lambda text, lang=None: read.__setitem__("rules", read["rules"] + len(text)) or rules(text, lang))
+    for lang in ("zh", "ko", "en"):
+        work = {}
+        for n in (4000, 16000):
+            read.update(encoder=0, ngram=0, rules=0)
+            classifier._memo.clear()
+            classifier.classify([{"role": "user", "content": _distinct(lang, n)}], lang)
+            work[n] = dict(read)
+        bound = classifier.ENCODED_WINDOWS * classifier.window_chars(lang)
+        assert 0 < work[4000]["encoder"] <= bound and 0 < work[16000]["encoder"] <= bound, work
+        for key in ("ngram", "rules"):
+            assert 3.5 < work[16000][key] / work[4000][key] < 4.5, (lang, key, work)
+            assert work[16000][key] <= 2 * 16000 + (classifier.ENCODED_WINDOWS + 2) * classifier.window_chars(lang)
+
+
+@encoder
+@pytest.mark.parametrize("lang", ["zh", "ko", "en"])
+def test_a_red_flag_after_3000_characters_of_unrelated_text_is_found(lang):
+    text = _long(lang, 3000) + BURIED_FLAG[lang] + LONG_FILLER[lang]
+    assert text.index(BURIED_FLAG[lang]) >= 3000
+    found = screen([{"role": "user", "content": text}], lang, SafetyConfig())
+    assert found.classifier and found.flags, (found, lang)
+    assert "cardiac" in found.flags
+    ordinary = screen([{"role": "user", "content": _long(lang, 3000) + LONG_FILLER[lang]}], lang, SafetyConfig())
+    assert not ordinary.flags, (ordinary, lang)

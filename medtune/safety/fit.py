@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from medtune.safety.classifier import (CATEGORIES, LANGS, WEIGHTS, Classifier, _sigmoid, char_ngrams, embed,
-                                       record_text, stacked)
+                                       record_text, screening_texts, stacked, window_chars)
 from medtune.safety.guard import rule_hit as _rule_hit
-from medtune.safety.labelled import is_eval_file, load_records
+from medtune.safety.labelled import conversation, is_eval_file, load_records
 
 TARGET_RECALL = 0.95
 
@@ -53,6 +53,21 @@ def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
         np.savez(tmp, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
         os.replace(tmp, cache)
     return np.stack([known[k] for k in keys]).astype(np.float32) if texts else embed([])
+
+
+def cached_embedder(texts: list[str], cache: Path | None = None) -> Callable[[list[str]], np.ndarray]:
+    """An embedder for :func:`medtune.safety.classifier.classify` that looks ``texts`` up in one
+    :func:`embed_cached` batch (and embeds anything else on demand): evaluation embeds a set once.
+    """
+    unique = list(dict.fromkeys(texts))
+    known = dict(zip(unique, embed_cached(unique, cache))) if unique else {}
+
+    def lookup(batch: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(batch) if t not in known]
+        if missing:
+            known.update(zip(missing, embed(missing)))
+        return np.stack([known[t] for t in batch]) if batch else embed([])
+    return lookup
 
 
 def fit_ngram(texts: list[str], y: np.ndarray, l2: float = NGRAM_L2,
@@ -201,18 +216,57 @@ def folds(records: list[dict], k: int = 5, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def out_of_fold(x: np.ndarray, records: list[dict], k: int = 5, seed: int = 0,
-                l2: float = EMB_L2) -> tuple[np.ndarray, list[str]]:
-    """Head logits ``(n, 2)`` and category of each record from a model fitted on the other ``k - 1`` folds."""
-    fold, texts = folds(records, k, seed), [record_text(r) for r in records]
-    logits, cats = np.zeros((len(records), 2)), [""] * len(records)
-    for f in range(k):
-        fit_on, score = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        clf = fit(x[fit_on], [records[i] for i in fit_on], l2=l2)
-        logits[score] = clf.head_logits(x[score], [texts[i] for i in score])
-        for i, c in zip(score, clf.category(x[score])):
-            cats[i] = c
-    return logits, cats
+def context_augmented(records: list[dict], seed: int = 0) -> list[dict]:
+    """Each single-message record once more, beside an unrelated ordinary message of its language.
+
+    At run time a long message is scored by sentence windows (:func:`medtune.safety.classifier.message_windows`),
+    and a window often holds a red flag or a hard negative next to a sentence about something else.
+    Each record whose text leaves room in a window gets a copy with the head or tail of a benign
+    training message (``type`` benign, not itself) before or after it, the whole no longer than a
+    window; the label is the record's (unrelated context changes nothing). The copy's ``source`` is
+    the index of its record, so it stays in that record's fold. Deterministic in ``seed``.
+
+    Returns:
+        New records ``{"id": "<id>~ctx", "lang", "text", "expected", "type", "source"}``.
+    """
+    rng = np.random.default_rng(seed)
+    pool = {lang: [r["text"] for r in records if r["lang"] == lang and r.get("type") == "benign" and "text" in r]
+            for lang in LANGS}
+    out = []
+    for i, rec in enumerate(records):
+        room = window_chars(rec["lang"]) - len(rec.get("text", "")) - 1
+        others = [t for t in pool[rec["lang"]] if t != rec.get("text")]
+        if "text" not in rec or room < 8 or not others:
+            continue
+        filler = others[int(rng.integers(len(others)))].strip()
+        if rng.random() < 0.5:
+            text = filler[-room:].strip() + " " + rec["text"]
+        else:
+            text = rec["text"] + " " + filler[:room].strip()
+        out.append({"id": rec["id"] + "~ctx", "lang": rec["lang"], "text": text, "expected": rec["expected"],
+                    "type": rec.get("type", ""), "source": i})
+    return out
+
+
+def pooled_scores(models: list[Classifier], fold: np.ndarray, records: list[dict], rules: np.ndarray,
+                  cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each record screened as at run time (:func:`medtune.safety.classifier.screening_texts`, max over
+    whole views and windows) by the model of its fold: ``(P, P without the rules' input, category)``.
+
+    ``models[f]`` must not have seen fold ``f``; its ``stack`` is the one being shipped.
+    """
+    plans = [screening_texts(conversation(r), r["lang"], models[f], rules_fired=bool(h))
+             for r, f, h in zip(records, fold, rules)]
+    embedder = cached_embedder([t for texts, _ in plans for t in texts], cache)
+    p, alone, cats = np.zeros(len(records)), np.zeros(len(records)), []
+    for i, ((texts, hits), f) in enumerate(zip(plans, fold)):
+        x = embedder(texts)
+        logits = models[f].head_logits(x, texts)
+        pw, aw = stacked(models[f].stack, logits, hits), stacked(models[f].stack, logits, 0.0)
+        best = int(np.argmax(pw))
+        p[i], alone[i] = pw[best], aw.max()
+        cats.append(models[f].category(x[best:best + 1])[0])
+    return p, alone, cats
 
 
 def fit_stack(logits: np.ndarray, rules: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -253,14 +307,24 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
     if leaked:
         raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
     records = load_records(paths)
-    x = embed_cached([record_text(r) for r in records], cache)
-    logits, cats = out_of_fold(x, records, k, seed, l2)
+    extra = context_augmented(records, seed)
+    fold = folds(records, k, seed)
+    fit_fold = np.concatenate([fold, fold[[a["source"] for a in extra]]]).astype(int)
+    train = records + extra
+    x = embed_cached([record_text(r) for r in train], cache)
     y = np.array([bool(r["expected"]) for r in records])
     rules = np.array([float(rule_hit(r)) for r in records])
-    clf = fit(x, records, l2=l2)
+    models = [fit(x[fit_fold != f], [train[i] for i in np.flatnonzero(fit_fold != f)], l2=l2) for f in range(k)]
+    logits = np.zeros((len(records), 2))
+    for f, m in enumerate(models):
+        idx = np.flatnonzero(fold == f)
+        logits[idx] = m.head_logits(x[idx], [record_text(records[i]) for i in idx])
+    clf = fit(x, train, l2=l2)
     clf.stack = fit_stack(logits, rules, y)
-    p, p_alone = stacked(clf.stack, logits, rules), stacked(clf.stack, logits, 0.0)
-    report = {"n_train": len(records), "folds": k, "stack": [round(float(v), 4) for v in clf.stack],
+    for m in models:
+        m.stack = clf.stack
+    p, p_alone, cats = pooled_scores(models, fold, records, rules, cache)
+    report = {"n_train": len(records), "n_context": len(extra), "folds": k, "stack": [round(float(v), 4) for v in clf.stack],
               "thresholds": {}, "val": {}}
     for lang in LANGS:
         mine = np.array([r["lang"] == lang for r in records])

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
 from medtune.safety.rules import detect_red_flags
 from medtune.text import detect_language
+
+if TYPE_CHECKING:
+    import numpy as np
 
 URGENT = {
     "en": "⚠️ URGENT: what you describe can be a medical emergency ({what}). Call {number} (emergency services) now "
@@ -115,13 +118,18 @@ class Screening:
 _warned: set[str] = set()
 
 
-def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
-    """Run the rules on the last user turn and the classifier on the recent user turns.
+def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
+           embedder: Callable[[list[str]], "np.ndarray"] | None = None) -> Screening:
+    """Run the rules on the last user turn and the classifier on the unresolved user turns.
+
+    Both see the newest ``cfg.scan_chars`` characters (the whole message up to that bound): the rules
+    every sentence, the classifier every sentence window (:func:`medtune.safety.classifier.classify`).
 
     Args:
         messages: the conversation, ending with a user turn.
         lang: language of the last user turn.
-        cfg: safety policy (``classifier``, ``classifier_threshold``).
+        cfg: safety policy (``classifier``, ``classifier_threshold``, ``scan_chars``).
+        embedder: texts -> embeddings for the classifier (default: the encoder); evaluation passes a cached one.
 
     Returns:
         A :class:`Screening`; the classifier part is empty (with one warning per process) when
@@ -131,7 +139,8 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig) -> Screening:
     found = Screening(rules=detect_red_flags(last_user[-cfg.scan_chars:], lang), classifier=[])
     if cfg.classifier:
         try:
-            verdict = learned.classify(messages, lang, cfg.classifier_threshold, rules_fired=bool(found.rules))
+            verdict = learned.classify(messages, lang, cfg.classifier_threshold, rules_fired=bool(found.rules),
+                                       scan_chars=cfg.scan_chars, embedder=embedder)
         except (learned.EncoderMissing, FileNotFoundError) as e:
             if str(e) not in _warned:
                 _warned.add(str(e))
