@@ -71,6 +71,7 @@ def test_disclaimer_policy_and_default_system_prompt():
 def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
     from medtune.safety import labelled
     monkeypatch.setattr(labelled, "TEST_DIR", tmp_path / "test")  # not placed yet: skipped with a note
+    monkeypatch.setattr(labelled, "TEST_V4_DIR", tmp_path / "test_v4")
     result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
     assert result.exit_code == 0, result.output
     for lang in ("zh", "ko", "en"):
@@ -81,7 +82,11 @@ def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
     (tmp_path / "test" / "test_en.jsonl").write_text(json.dumps(
         {"id": "t1", "lang": "en", "text": "my dad collapsed and won't wake up", "expected": ["seizure"]}) + "\n")
     result = CliRunner().invoke(app, ["eval", "safety", "--no-classifier"])
-    assert "test set (test/test_*.jsonl; scored once)" in result.output and "skipped" not in result.output
+    assert "test set v3 (test/test_*.jsonl;" in result.output and "skipped" not in result.output
+    assert "test set v4" not in result.output
+    (tmp_path / "test_v4").mkdir()
+    (tmp_path / "test_v4" / "test_v4_en.jsonl").write_text((tmp_path / "test" / "test_en.jsonl").read_text())
+    assert "test set v4 (test_v4/test_*.jsonl; scored once)" in CliRunner().invoke(app, ["eval", "safety", "--no-classifier"]).output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x", "lang": "en", "text": "I can't breathe", "expected": []}) + "\n")
     result = CliRunner().invoke(app, ["eval", "safety", "--file", str(bad), "--errors"])

@@ -56,8 +56,20 @@ The 80/20 split put each language's threshold on ~84 validation emergencies, and
 below 0.95 in zh and ko; cross-validated thresholds rest on ~420 and held recall. v3's choices
 (more training data, stacking instead of the union) are in docs/safety.md.
 
-A conversation is screened as two views (:func:`conversation_views`): the last user turn alone,
-and the last ``RECENT_USER_TURNS`` user turns joined by newlines; the score is the larger.
+Whole-message screening (v4, issue 27). v3 read only the last 600 characters of two views, so a
+red flag earlier in a long message, or in an earlier turn, was seen by the rules alone. Now a
+conversation is scored on (:func:`screening_texts`) the whole views that fit in ``VIEW_CHARS`` — the
+last user turn alone and the last ``RECENT_USER_TURNS`` user turns joined (:func:`conversation_views`),
+as before — and on sentence windows (:func:`message_windows`: two neighbouring chunks of at most
+half ``WINDOW_CHARS[lang]`` characters, cut at sentence ends, else at spaces or commas) over every
+unresolved user turn (:func:`unresolved_turns`: from the last turn that reports a resolution). The
+score is the maximum (max pooling; a multiple-instance view of a message: one emergency sentence makes
+an emergency). A cascade keeps it linear and bounded: the n-gram head and the rules score every
+window (about twice the text), the encoder reads only the ``ENCODED_WINDOWS`` windows they score
+highest. Each window enters the stacking layer with the rules' verdict on the window itself, so a
+rule hit in one sentence does not lift an unrelated window. Training adds each message beside an
+unrelated ordinary one (:func:`medtune.safety.fit.context_augmented`) and picks the thresholds on the
+pooled out-of-fold scores (:func:`medtune.safety.fit.pooled_scores`).
 Weights live in ``medtune/safety/data/classifier.npz`` with the cross-validation scores
 (written by :func:`train_classifier`, ``medtune safety train``). Nothing here imports torch.
 """

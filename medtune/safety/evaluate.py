@@ -134,7 +134,9 @@ def evaluation_sets(file: Path | None = None) -> dict[str, list[dict]]:
         "development set B (dev/devb_*.jsonl; the v2 test set, scored once as a test set, then used for selection)":
             load_records(dev_files("devb"))}
     if test_files():
-        sets["test set (test/test_*.jsonl; scored once)"] = load_records(test_files())
+        sets["test set v3 (test/test_*.jsonl; scored once for v3, again for v4)"] = load_records(test_files())
+    if test_files(labelled.TEST_V4_DIR):
+        sets["test set v4 (test_v4/test_*.jsonl; scored once)"] = load_records(test_files(labelled.TEST_V4_DIR))
     return sets
 
 

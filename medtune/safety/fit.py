@@ -216,35 +216,48 @@ def folds(records: list[dict], k: int = 5, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def context_augmented(records: list[dict], seed: int = 0) -> list[dict]:
-    """Each single-message record once more, beside an unrelated ordinary message of its language.
+MIXTURES_PER_LANG = 600  # ordinary-message mixtures per language added by :func:`context_augmented`
 
-    At run time a long message is scored by sentence windows (:func:`medtune.safety.classifier.message_windows`),
-    and a window often holds a red flag or a hard negative next to a sentence about something else.
-    Each record whose text leaves room in a window gets a copy with the head or tail of a benign
-    training message (``type`` benign, not itself) before or after it, the whole no longer than a
-    window; the label is the record's (unrelated context changes nothing). The copy's ``source`` is
-    the index of its record, so it stays in that record's fold. Deterministic in ``seed``.
 
-    Returns:
-        New records ``{"id": "<id>~ctx", "lang", "text", "expected", "type", "source"}``.
+def context_augmented(records: list[dict], fold: np.ndarray, seed: int = 0) -> list[dict]:
+    """Training copies that look like the windows a long message is scored by.
+
+    At run time a long message is scored by sentence windows (:func:`medtune.safety.classifier.message_windows`):
+    a window often holds a red flag or a hard negative next to a sentence about something else, or
+    only ordinary questions one after another. So, with filler drawn from the benign training
+    messages of the same language *and the same fold* (no text crosses folds):
+
+    * each single-message record whose text leaves room in a window gets a copy with the head or tail
+      of a benign message before or after it, no longer than a window; the label is the record's
+      (unrelated context changes nothing);
+    * ``MIXTURES_PER_LANG`` windows per language made of several benign messages in a row, benign.
+
+    Deterministic in ``seed``. Returns new records ``{"id", "lang", "text", "expected", "type", "source"}``
+    (``source``: the index of the record whose fold the copy belongs to).
     """
     rng = np.random.default_rng(seed)
-    pool = {lang: [r["text"] for r in records if r["lang"] == lang and r.get("type") == "benign" and "text" in r]
-            for lang in LANGS}
+    pool: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(records):
+        if r.get("type") == "benign" and "text" in r:
+            pool.setdefault((r["lang"], int(fold[i])), []).append(i)
     out = []
     for i, rec in enumerate(records):
         room = window_chars(rec["lang"]) - len(rec.get("text", "")) - 1
-        others = [t for t in pool[rec["lang"]] if t != rec.get("text")]
+        others = [j for j in pool.get((rec["lang"], int(fold[i])), []) if j != i]
         if "text" not in rec or room < 8 or not others:
             continue
-        filler = others[int(rng.integers(len(others)))].strip()
-        if rng.random() < 0.5:
-            text = filler[-room:].strip() + " " + rec["text"]
-        else:
-            text = rec["text"] + " " + filler[:room].strip()
+        filler = records[others[int(rng.integers(len(others)))]]["text"].strip()
+        text = filler[-room:].strip() + " " + rec["text"] if rng.random() < 0.5 else rec["text"] + " " + filler[:room].strip()
         out.append({"id": rec["id"] + "~ctx", "lang": rec["lang"], "text": text, "expected": rec["expected"],
                     "type": rec.get("type", ""), "source": i})
+    for lang in LANGS:
+        groups = [g for (l, _), g in sorted(pool.items()) if l == lang and len(g) > 3]
+        for n in range(MIXTURES_PER_LANG if groups else 0):
+            group = groups[n % len(groups)]
+            parts = [records[group[int(k)]]["text"].strip() for k in rng.permutation(len(group))[:6]]
+            text = " ".join(parts)[:window_chars(lang)].strip()
+            out.append({"id": f"mix-{lang}-{n:04d}", "lang": lang, "text": text, "expected": [], "type": "benign",
+                        "source": group[0]})
     return out
 
 
@@ -307,8 +320,8 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
     if leaked:
         raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
     records = load_records(paths)
-    extra = context_augmented(records, seed)
     fold = folds(records, k, seed)
+    extra = context_augmented(records, fold, seed)
     fit_fold = np.concatenate([fold, fold[[a["source"] for a in extra]]]).astype(int)
     train = records + extra
     x = embed_cached([record_text(r) for r in train], cache)

@@ -22,10 +22,13 @@ DATA_DIR = Path(__file__).parent / "data"
 DEV_DIR = DATA_DIR / "dev"    # development set: scored during development, used to choose between approaches
 
 
-TEST_DIR = DATA_DIR / "test"  # test set, written separately and scored once; may be absent
+TEST_DIR = DATA_DIR / "test"  # test set (v3), written separately and scored once; may be absent
 
 
-EVAL_DIRS = (DEV_DIR, TEST_DIR)  # never fit on these, never pick thresholds on them
+TEST_V4_DIR = DATA_DIR / "test_v4"  # test set v4 (issue 27): written before v4's model changes, scored once; may be absent
+
+
+EVAL_DIRS = (DEV_DIR, TEST_DIR, TEST_V4_DIR)  # never fit on these, never pick thresholds on them
 
 
 def dev_files(name: str = "dev") -> list[Path]:
@@ -33,9 +36,11 @@ def dev_files(name: str = "dev") -> list[Path]:
     return sorted(DEV_DIR.glob(f"{name}_*.jsonl"))
 
 
-def test_files() -> list[Path]:
-    """The test set files ``test/test_{zh,ko,en}.jsonl``; empty when the folder is not there (yet)."""
-    return sorted(TEST_DIR.glob("test_*.jsonl")) if TEST_DIR.is_dir() else []
+def test_files(folder: Path | None = None) -> list[Path]:
+    """The test set files ``test_*.jsonl`` of ``folder`` (default ``TEST_DIR``, v3; ``TEST_V4_DIR`` for v4);
+    empty when the folder is not there (yet)."""
+    folder = TEST_DIR if folder is None else folder
+    return sorted(folder.glob("test_*.jsonl")) if folder.is_dir() else []
 
 
 def is_eval_file(path: Path) -> bool:
