@@ -449,7 +449,11 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
                                                                           "red-flag and this many other messages."),
                 max_new_tokens: Optional[int] = typer.Option(None, min=1, help="With --model: tokens generated after the "
                                                                                "urgent message, greedy (default 16)."),
-                output: Optional[Path] = typer.Option(None, help="With --model: write results.json and predictions.jsonl here.")) -> None:
+                output: Optional[Path] = typer.Option(None, help="With --model: write results.json and predictions.jsonl here."),
+                guard: bool = typer.Option(True, help="With --model: --no-guard measures the model alone (no safety layer, "
+                                                      "no system prompt): the share of red-flag answers that open with "
+                                                      "urgent-care advice in the message's language, and of other answers "
+                                                      "that wrongly do.")) -> None:
     """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category.
 
     Sets: the training validation split (thresholds are chosen here), the development set
@@ -459,21 +463,24 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
     With --model (or --adapter) the check is end to end instead (:func:`medtune.eval.guarded.run_guarded`):
     every message goes through the chat path (chat template, generation, safety layer) and the share of
     red-flag answers that begin with the urgent-care message, and of other answers that wrongly do, is reported.
+    With --no-guard the model answers alone (as an exported GGUF or another engine serves it) and an answer
+    counts when it opens with urgent-care advice in the message's language.
     """
     if model or adapter:
-        return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output)
-    if max_items or max_new_tokens or output:
-        raise ConfigError("--max-items, --max-new-tokens and --output need --model (the end-to-end check)")
+        return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output, guard)
+    if max_items or max_new_tokens or output or not guard:
+        raise ConfigError("--max-items, --max-new-tokens, --output and --no-guard need --model (the end-to-end check)")
     from medtune.safety.evaluate import run_detection_eval
 
     run_detection_eval(file, classifier, errors)
 
 
 def _eval_safety_guarded(model: str | None, adapter: Path | None, file: Path | None, classifier: bool, errors: bool,
-                         max_items: int | None, max_new_tokens: int | None, output: Path | None) -> None:
+                         max_items: int | None, max_new_tokens: int | None, output: Path | None, guard: bool = True) -> None:
     from medtune.eval.guarded import print_guarded, run_guarded
 
-    result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or 16, classifier)
+    default_tokens = 16 if guard else 48  # unguarded, the model must write the opener itself
+    result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or default_tokens, classifier, guard)
     print_guarded(result, rows, errors, output)
 
 
