@@ -5,7 +5,8 @@
 
 Each single-message record of development sets A and B (``medtune/safety/data/dev/``) is put
 inside ordinary questions: the development sets' own benign messages of the same language, in a
-seeded order, ``--before`` characters before it (at least; a random amount up to twice that when
+seeded order (those the detector does not flag on their own, so the filler's own false alarms are
+not counted as the burying's), ``--before`` characters before it (at least; a random amount up to twice that when
 ``--spread``) and ~300 after. The label does not change: an ordinary question around an emergency
 leaves it an emergency, and around a hard negative leaves it none. Reports recall and precision
 of the combined detector per language on the originals and on the buried copies, and the
@@ -20,6 +21,7 @@ import random
 
 from medtune.config import SafetyConfig
 from medtune.safety import classifier as learned
+from medtune.safety import conversation, screen
 from medtune.safety.evaluate import evaluate_safety
 from medtune.safety.labelled import dev_files, load_records
 
@@ -45,7 +47,8 @@ def main() -> None:
     originals, buried = [], []
     for lang in ("zh", "ko", "en"):
         mine = [r for r in records if r["lang"] == lang]
-        filler = [r["text"] for r in mine if r.get("type") == "benign"]
+        filler = [r["text"] for r in mine if r.get("type") == "benign"
+                  and not screen(conversation(r), lang, SafetyConfig()).flags]  # only what raises no flag alone
         for want in (True, False):
             pool = [r for r in mine if bool(r["expected"]) == want and r.get("type") != "benign"]
             for rec in rng.sample(pool, min(args.n, len(pool))):

@@ -154,7 +154,7 @@ def _embed_memo(texts: list[str]) -> np.ndarray:
 VIEW_CHARS = 600  # a view longer than this is screened by its windows only (the longest training text has 447)
 
 
-WINDOW_CHARS = {"zh": 64, "ko": 80, "en": 200}  # a window: two neighbouring chunks of at most half this (about 45 e5 tokens)
+WINDOW_CHARS = {"zh": 64, "ko": 80, "en": 160}  # a window: two neighbouring chunks of at most half this (about 45 e5 tokens)
 
 
 ENCODED_WINDOWS = 4  # windows embedded per conversation: those the n-gram head scores highest (bounds encoder work)
