@@ -38,7 +38,7 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     cfg = recipe.data
     inputs = {str(s.path): tree_digests(s.path) for s in cfg.sources}
     inputs.update({str(p): tree_digests(p) for p in cfg.filters.decontam_files})
-    for extra in (cfg.templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
+    for extra in (cfg.templates, cfg.view_templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
         if extra is not None:
             inputs[str(extra)] = tree_digests(extra)
     return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, seed=recipe.seed)

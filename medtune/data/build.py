@@ -104,6 +104,9 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
                 raise ConfigError(f"source {src.path}: generator pairwise-judge needs type {' | '.join(PROMPT_TYPES)} (got {src.type})")
             pj_seed = cfg.pairwise_judge.sampler.seed if cfg.pairwise_judge.sampler.seed is not None else seed
             jobs += [(pairs, G.pairwise_judge(r, *judges, cfg.pairwise_judge, pj_seed, tally)) for r in records]
+        elif gen == "kb-template" and src.augment is not None:
+            templates = templates or G.load_templates(cfg.templates)
+            sink.extend(await _kb_views(cfg, src, records, templates, teacher, seed, tally))
         elif gen == "kb-template":
             templates = templates or G.load_templates(cfg.templates)
             for r in records:
@@ -128,6 +131,17 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
     for client in judges or ():
         await client.aclose()
     return out
+
+
+async def _kb_views(cfg: DataConfig, src: SourceConfig, records: list[Record], templates: dict, teacher: LLMClient,
+                    seed: int, tally: Tally) -> list[Record]:
+    """Knowledge views of one augmented kb source (:func:`G.kb_views`), with teacher paraphrases first when
+    ``augment.teacher_questions`` > 0. Its own seeded generator: the other sources' data stays as without it."""
+    views = G.load_view_templates(cfg.view_templates)
+    aug = src.augment
+    extra = await G.teacher_questions(records, templates, views, aug.teacher_questions, teacher, cfg.prompts_dir,
+                                      aug.fields, tally) if aug.teacher_questions else {}
+    return G.kb_views(records, templates, views, aug, random.Random(f"kb-views:{seed}:{src.path}"), tally, extra)
 
 
 def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] | None:

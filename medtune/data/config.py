@@ -29,6 +29,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class KbAugmentConfig(_Section):
+    """Knowledge views of a kb source: each fact (entry x field) in many question phrasings, answer
+    statements and item orders, asked in both directions, and several entries in one answer.
+
+    Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1, Knowledge Storage and Extraction"
+    (a fact seen in many phrasings and orders becomes extractable under new questions); Berglund et al.
+    2023, "The Reversal Curse" (A -> B training does not teach B -> A, so both directions are written).
+    Phrasings: ``medtune/data/kb_views.yaml`` (or ``data.view_templates``)."""
+
+    views: int = Field(8, ge=1, description="Question/answer views per fact (entry x field): question phrasings (templates, then teacher paraphrases), answer statements and item orders, each drawn without repeats while they last.")
+    reverse: bool = Field(True, description="Also ask each list item back (item -> the entries of this source, same language and field, that list it) where the field has reverse phrasings.")
+    reverse_views: int = Field(1, ge=1, description="Phrasings per reversed item.")
+    passages: int = Field(1, ge=0, description="Multi-fact answers each entry appears in: passage_size entries of the same source, language and field answered together (0: none).")
+    passage_size: int = Field(3, ge=2, description="Entries per multi-fact answer.")
+    teacher_questions: int = Field(0, ge=0, description="Extra question phrasings per fact written by the teacher (data.teacher, one call per fact, cached); 0: templates only.")
+    fields: list[str] | None = Field(None, description="Fields to augment (default: every field with a kb template label).")
+
+
 class SourceConfig(_Section):
     """One source: what it is, how to read it and which generator turns it into QA pairs."""
 
@@ -48,6 +66,7 @@ class SourceConfig(_Section):
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
     validation: bool = Field(True, description="False keeps all of this source's records in training, out of the validation split (e.g. the KB whose facts an evaluation asks about in other words).")
     questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
+    augment: KbAugmentConfig | None = Field(None, description="kb: knowledge views (many phrasings, both directions, multi-fact answers; see KbAugmentConfig) instead of data.paraphrases template questions per field.")
     multi_turn: bool = Field(False, description="guideline-qa / report-qa: join the kept pairs of one passage or report into one multi-turn conversation whose first user turn carries the source text (a chat that keeps the report in context, as Ko-Radiology-GPT trained).")
 
 
@@ -104,6 +123,7 @@ class DataConfig(_Section):
     teacher: LLMConfig = Field(default_factory=LLMConfig, description="LLM for the generators (default: local offline pack).")
     templates: Path | None = Field(None, description="kb-template YAML (default: medtune/data/kb_templates.yaml).")
     prompts_dir: Path | None = Field(None, description="Folder with <language>/<name>.txt prompt templates overriding the shipped ones.")
+    view_templates: Path | None = Field(None, description="Phrasings of the kb knowledge views (default: medtune/data/kb_views.yaml; used by sources with augment).")
     paraphrases: int = Field(2, ge=1, description="kb-template: question paraphrases used per field.")
     rag_passages: int = Field(3, ge=1, le=20, description="rag-qa: passages in each prompt, numbered [1]..[k] (use the top_k of chat/serve/web).")
     rag_not_covered: float = Field(0.2, ge=0.0, le=1.0, description="rag-qa: share of examples whose gold passage is removed; their answer says the guideline does not cover the question.")

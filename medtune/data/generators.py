@@ -3,6 +3,7 @@
 | generator            | LLM calls                                 | from            |
 |----------------------|-------------------------------------------|-----------------|
 | :func:`kb_template`  | none                                      | ``kb``          |
+| :func:`kb_views`     | none (+ 1 per fact with teacher paraphrases) | ``kb`` (``augment``) |
 | :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
@@ -112,6 +113,235 @@ def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random
 def _provenance(r: Record) -> dict:
     keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "sensitive")
     return {k: r.meta[k] for k in keys if k in r.meta}
+
+
+# ---------------------------------------------------------------- kb views (knowledge augmentation; no LLM)
+VIEW_TEMPLATES = Path(__file__).parent / "kb_views.yaml"
+_JOSA = re.compile(r"(.)(은\(는\)|이\(가\)|을\(를\)|과\(와\)|\(으\)로)")
+_JOSA_FORMS = {"은(는)": ("은", "는"), "이(가)": ("이", "가"), "을(를)": ("을", "를"), "과(와)": ("과", "와"), "(으)로": ("으로", "로")}
+
+
+def load_view_templates(path: Path | None = None) -> dict:
+    """The knowledge-view phrasings: ``{language: {joiner, and, suffixes, generic, fields}}`` (see kb_views.yaml).
+
+    Raises:
+        DataFileError: missing file, or a language without ``generic`` questions and statements.
+    """
+    path = Path(path or VIEW_TEMPLATES)
+    if not path.is_file():
+        raise DataFileError(f"{path}: kb view template file not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for lang, spec in data.items():
+        generic = spec.get("generic") if isinstance(spec, dict) else None
+        if not isinstance(generic, dict) or not generic.get("questions") or not generic.get("statements"):
+            raise DataFileError(f"{path}: language {lang!r} needs generic.questions and generic.statements")
+    return data
+
+
+def josa(text: str) -> str:
+    """Korean particles written as ``은(는)``, ``이(가)``, ``을(를)``, ``과(와)``, ``(으)로`` resolved after the
+    syllable before them (final consonant or not; ``(으)로`` takes 로 after ㄹ too); left as written after
+    a non-Hangul character."""
+    def pick(m: re.Match) -> str:
+        prev, form = m.group(1), m.group(2)
+        if not "\uac00" <= prev <= "\ud7a3":
+            return m.group(0)
+        final = (ord(prev) - 0xAC00) % 28
+        with_final, without = _JOSA_FORMS[form]
+        use_first = final != 0 and not (form == "(으)로" and final == 8)
+        return prev + (with_final if use_first else without)
+    return _JOSA.sub(pick, text)
+
+
+def join_items(items: list[str], spec: dict) -> str:
+    """``a, b and c`` in the language of ``spec`` (its ``joiner`` and ``and``)."""
+    if len(items) < 2:
+        return "".join(items)
+    return spec.get("joiner", ", ").join(items[:-1]) + spec.get("and", ", ") + items[-1]
+
+
+def _cycle(options: list, n: int, rng: random.Random) -> list:
+    """``n`` draws from ``options``: a shuffled pass through all of them, then another, and so on."""
+    out = []
+    while len(out) < n and options:
+        out += rng.sample(options, len(options))
+    return out[:n]
+
+
+def _fill(template: str, **kw) -> str:
+    return josa(template.format(**kw))
+
+
+def _view_facts(records: list[Record], templates: dict, views: dict, fields: list[str] | None) -> list[tuple]:
+    """``(record, field, value, lang, label)`` of every fact to augment (fields with a kb-template label)."""
+    facts = []
+    for r in records:
+        lang = r.meta.get("language") if r.meta.get("language") in templates and r.meta.get("language") in views else "en"
+        for field, value in r.fields.items():
+            f = templates[lang]["fields"].get(field)
+            if f is None or field == r.meta.get("name_field") or (fields and field not in fields) or not value:
+                continue
+            facts.append((r, field, value, lang, f["label"]))
+    return facts
+
+
+def _statement(spec: dict, block: dict, templates: dict, name: str, value, label: str, lang: str, rng: random.Random) -> str:
+    """One answer naming every item of ``value`` (a list: random order, a random statement; a string: the
+    kb template's answer form)."""
+    if isinstance(value, str):
+        return templates[lang]["answer"].format(name=name, label=label, value=value)
+    return _fill(rng.choice(block["statements"]), name=name, value=join_items(rng.sample(value, len(value)), spec),
+                 label=label, label_lower=label.lower())
+
+
+def _shown_name(name: str, rng: random.Random) -> str:
+    """The name as a user may type it: a Latin-script name lower-cased one time in three."""
+    return name.lower() if re.fullmatch(r"[A-Za-z][A-Za-z0-9 .\-]*", name) and rng.random() < 1 / 3 else name
+
+
+def _view_record(r: Record, key: str, question: str, answer: str, lang: str, field: str, view: str, h: str,
+                 names: list[Record] | None = None) -> Record:
+    meta = {**_provenance(r), "field": field, "generator": "kb-template", "view": view, "teacher_model": None,
+            "prompt_template_hash": h, "language": lang}
+    if names:
+        meta["doc_ids"] = [n.meta.get("doc_id", n.id) for n in names]
+    return Record(id=f"{r.id}/{field}/{key}", kind="qa", meta=meta,
+                  messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+
+def kb_views(records: list[Record], templates: dict, views: dict, cfg, rng: random.Random, tally: Tally,
+             extra_questions: dict | None = None) -> list[Record]:
+    """Knowledge views of one kb source: forward, reverse and multi-fact question/answer pairs.
+
+    Knowledge augmentation after Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1, Knowledge
+    Storage and Extraction" (ICML 2024): a fact written in many phrasings and orders is stored so that
+    new questions can extract it, where one fixed phrasing is only memorised. Both directions after
+    Berglund et al. 2023, "The Reversal Curse: LLMs trained on 'A is B' fail to learn 'B is A'".
+
+    Per fact (entry x field with a kb-template label): ``cfg.views`` pairs, each a question phrasing
+    (``views[lang].fields[field].questions`` or ``generic``, then ``extra_questions``) with a style
+    suffix, answered by a statement naming every item in a random order. With ``cfg.reverse``, each
+    list item is asked back (``reverse_questions``) and answered with every entry of the source (same
+    language and field) that lists it. With ``cfg.passages``, groups of ``cfg.passage_size`` entries
+    are answered together. Reads ``fields``, ``meta.name``, ``meta.language``; writes ``messages`` and
+    ``meta`` with the entry's provenance, ``field``, ``view`` (forward | reverse | passage) and, for
+    views of several entries, ``doc_ids``. Deterministic for a given ``rng`` state.
+
+    Args:
+        records: the source's ``kb`` records.
+        templates: :func:`load_templates` (labels, answer forms).
+        views: :func:`load_view_templates`.
+        cfg: :class:`medtune.data.config.KbAugmentConfig`.
+        extra_questions: ``{(record id, field): [question, ...]}`` (teacher paraphrases).
+
+    Returns:
+        The pairs, forward views first.
+    """
+    h = hashlib.sha256(json.dumps([templates, views], ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
+    facts = _view_facts(records, templates, views, cfg.fields)
+    out = []
+    for r, field, value, lang, label in facts:
+        spec = views[lang]
+        block = spec.get("fields", {}).get(field) or spec["generic"]
+        pool = list(block["questions"]) + list((extra_questions or {}).get((r.id, field), []))
+        for k, q in enumerate(_cycle(pool, cfg.views, rng)):
+            question = _fill(q, name=_shown_name(r.meta["name"], rng), label=label, label_lower=label.lower())
+            question += rng.choice(spec.get("suffixes") or [""])
+            answer = _statement(spec, block, templates, r.meta["name"], value, label, lang, rng)
+            out.append(_view_record(r, f"v{k}", question, answer, lang, field, "forward", h))
+    if cfg.reverse:
+        out += _reverse_views(facts, views, cfg.reverse_views, rng, h)
+    if cfg.passages:
+        out += _passage_views(facts, templates, views, cfg, rng, h)
+    for _ in out:
+        tally.keep()
+    if not facts:
+        tally.drop("kb source has no field with a template to augment", records[0].meta.get("source_file") if records else None)
+    return out
+
+
+def _reverse_views(facts: list[tuple], views: dict, n: int, rng: random.Random, h: str) -> list[Record]:
+    """Item -> entries pairs for every list item of a field with ``reverse_questions``."""
+    owners: dict[tuple, list[Record]] = {}
+    for r, field, value, lang, _ in facts:
+        if isinstance(value, list) and views[lang].get("fields", {}).get(field, {}).get("reverse_questions"):
+            for item in dict.fromkeys(value):
+                owners.setdefault((lang, field, item), []).append(r)
+    out = []
+    for j, ((lang, field, item), rs) in enumerate(owners.items()):
+        spec, block = views[lang], views[lang]["fields"][field]
+        names = join_items([x.meta["name"] for x in rs], spec)
+        for k, q in enumerate(_cycle(block["reverse_questions"], n, rng)):
+            question = _fill(q, item=item) + rng.choice(spec.get("suffixes") or [""])
+            out.append(_view_record(rs[0], f"r{j}.{k}", question,
+                                    _fill(block["reverse_answer"], item=item, names=names), lang, field, "reverse", h, rs))
+    return out
+
+
+def _passage_views(facts: list[tuple], templates: dict, views: dict, cfg, rng: random.Random, h: str) -> list[Record]:
+    """Answers about ``cfg.passage_size`` entries at once (same language and field); each entry in ``cfg.passages`` of them."""
+    groups: dict[tuple, list[tuple]] = {}
+    for fact in facts:
+        groups.setdefault((fact[3], fact[1]), []).append(fact)
+    out = []
+    for (lang, field), members in groups.items():
+        spec = views[lang]
+        block = spec.get("fields", {}).get(field) or spec["generic"]
+        if len(members) < 2:
+            continue
+        for rep in range(cfg.passages):
+            order = rng.sample(members, len(members))
+            for g in range(0, len(order), cfg.passage_size):
+                group = order[g:g + cfg.passage_size]
+                if len(group) < 2:
+                    group = order[-cfg.passage_size:] if len(order) >= 2 else group
+                label = group[0][4]
+                names = join_items([f[0].meta["name"] for f in group], spec)
+                question = _fill(rng.choice(block.get("passage_questions") or spec["generic"]["passage_questions"]),
+                                 names=names, label=label, label_lower=label.lower())
+                answer = spec.get("sep", " ").join(_statement(spec, block, templates, f[0].meta["name"], f[2], label, lang, rng)
+                                                   for f in group)
+                out.append(_view_record(group[0][0], f"p{rep}.{g}", question, answer, lang, field, "passage", h,
+                                        [f[0] for f in group]))
+    return out
+
+
+async def teacher_questions(records: list[Record], templates: dict, views: dict, n: int, teacher: LLMClient,
+                            prompts_dir: Path | None, fields: list[str] | None, tally: Tally) -> dict:
+    """``n`` teacher paraphrases of one template question per fact (``kb_questions`` prompt, one call per
+    fact); a paraphrase that does not name the entry as written is dropped and counted.
+
+    Returns:
+        ``{(record id, field): [question, ...]}`` for :func:`kb_views`.
+
+    Raises:
+        SensitiveDataError: a sensitive source and a remote teacher.
+    """
+    facts = _view_facts(records, templates, views, fields)
+
+    async def one(r: Record, field: str, lang: str) -> list[str]:
+        tpl, _ = load_prompt("kb_questions", lang, prompts_dir)
+        block = views[lang].get("fields", {}).get(field) or views[lang]["generic"]
+        label = templates[lang]["fields"][field]["label"]
+        seed_q = _fill(block["questions"][0], name=r.meta["name"], label=label, label_lower=label.lower())
+        try:
+            reply = await teacher.complete([{"role": "user", "content": tpl.format(name=r.meta["name"], question=seed_q, n=n)}],
+                                           sensitive=bool(r.meta.get("sensitive")))
+        except SensitiveDataError:
+            raise
+        except LLMError as e:
+            tally.drop("teacher call failed (kb paraphrases)", r.meta.get("source_file"), r.id, str(e))
+            return []
+        kept = []
+        for q in parse_list(reply.text, n):
+            if r.meta["name"] in q:
+                kept.append(q.replace("{", "{{").replace("}", "}}").replace(r.meta["name"], "{name}"))
+            else:
+                tally.drop("kb paraphrase does not name the entry", r.meta.get("source_file"), r.id, q[:120])
+        return kept
+
+    got = await asyncio.gather(*(one(r, field, lang) for r, field, _, lang, _ in facts))
+    return {(r.id, field): qs for (r, field, *_), qs in zip(facts, got)}
 
 
 # ---------------------------------------------------------------- teacher-based
@@ -612,8 +842,10 @@ def rag_qa(pairs: list[Record], sources: list[Record], k: int, not_covered: floa
     for pair in pairs:
         gold = by_id.get(pair.meta.get("passage_id") or pair.meta.get("doc_id"))
         question, answer = pair.messages[0]["content"], pair.messages[-1]["content"]
-        if gold is None or len(pair.messages) != 2 or dangling_reference(question):
-            why = "no source passage" if gold is None else "multi-turn pair" if len(pair.messages) != 2 else "question refers to its passage"
+        if gold is None or len(pair.messages) != 2 or dangling_reference(question) or len(pair.meta.get("doc_ids", ())) > 1:
+            why = ("no source passage" if gold is None else "multi-turn pair" if len(pair.messages) != 2
+                   else "view of several entries (no single gold passage)" if len(pair.meta.get("doc_ids", ())) > 1
+                   else "question refers to its passage")
             tally.drop(f"rag-qa: {why}", pair.meta.get("source_file"), pair.id, question[:120])
             continue
         covered = rng.random() >= not_covered
