@@ -28,7 +28,8 @@ def test_eval_stage_compares_base_and_finetuned_and_writes_report(tmp_path, qwen
     summary = res["eval"]["summary"]
     for name in ("base", "finetuned"):
         assert summary[name]["mcq"]["mcq_mixed.jsonl"]["n"] == 30
-        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed"}
+        assert sum(v["n"] for v in summary[name]["fact_by_language"].values()) == 2
         assert summary[name]["heldout"]["n"] == 4  # 20% of 20 examples
         q = summary[name]["fact_quality"]  # 4 new tokens of a random model: never stops by itself
         assert set(q) == {"stops", "loops", "language_match"} and q["stops"] == 0.0
@@ -36,10 +37,12 @@ def test_eval_stage_compares_base_and_finetuned_and_writes_report(tmp_path, qwen
         assert lo <= summary[name]["heldout"]["perplexity"] <= hi
     measures = {c["measure"]: c["verdict"] for c in summary["comparison"]}
     assert "held-out answer perplexity" in measures and "answers that stop (fact)" in measures
+    assert "fact answers naming another entry's item, bleed (kb_facts.jsonl)" in measures
     assert summary["base"]["heldout"]["nll_per_token"] != summary["finetuned"]["heldout"]["nll_per_token"]
     page = (out / "eval" / "report.html").read_text(encoding="utf-8")
     assert "finetuned" in page and "Held-out answers" in page and "Fact recall" in page
     assert "Generation quality" in page and "Base vs fine-tuned" in page and "degenerate repetition" in page
+    assert "bleed (names another entry&#x27;s item)" in page
     manifest = json.loads((out / "eval" / "manifest.json").read_text())
     assert manifest["stage"] == "eval" and manifest["inputs"]["finetuned"]
     assert run_recipe(recipe, only=["eval"])["eval"]["status"] == "skipped"

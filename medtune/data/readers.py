@@ -23,7 +23,7 @@ from typing import Iterator
 
 from medtune.data.records import Record, Tally
 from medtune.errors import DataFileError
-from medtune.io import (SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
+from medtune.io import (NAME_FIELDS, SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
                         record_to_messages, spreadsheet_rows)
 from medtune.text import detect_language, strip_format_tokens, strip_html
 
@@ -210,7 +210,6 @@ def read_guidelines(path: Path, tally: Tally, encoding: str | None = None, max_c
 
 
 # ---------------------------------------------------------------- knowledge base
-NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "이름", "약품명", "질병명")
 
 
 def _mongo_plain(value):

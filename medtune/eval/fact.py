@@ -8,8 +8,16 @@ recall studies: at least one expected item hit, at least 1/2 of them, at least 2
 
 Input records (JSONL, JSON array, CSV/TSV or .xlsx) read: ``id`` (optional), ``question``,
 ``expected`` (a list of strings, or one string of items separated by ``|``, ``，``, ``、``, ``;``),
-``synonyms`` (optional ``{item: [synonym, ...]}``); other column names via ``question_column`` /
-``expected_column`` (common ones such as 问题/答案 are recognised).
+``synonyms`` (optional ``{item: [synonym, ...]}``), ``source`` (optional: questions about entries of one
+source; default: the whole file); other column names via ``question_column`` / ``expected_column``
+(common ones such as 问题/答案 are recognised).
+
+**Bleed**: an answer that names an item belonging to another entry of the same source and not to the
+asked one -- the taught facts blended with their neighbours, e.g. one memorised indication given to
+several drugs. An item (or synonym of at least two characters) of another question of the source
+counts when it occurs in the answer, unless it is also the asked entry's: one of its expected items
+or synonyms contains it or is contained in it, or -- with ``entities``, the knowledge base the facts
+were taught from -- the text of the entry named in the question contains it.
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ from medtune.eval.config import FactConfig
 from medtune.eval.quality import answer_quality, quality_summary
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
-from medtune.io import RecordError, Reject, read_rows, write_rejects
+from medtune.io import NAME_FIELDS, RecordError, Reject, read_rows, write_rejects
 from medtune.manifest import tree_digests
 from medtune.retrieval import ground, open_index
-from medtune.text import item_hit, match_form
+from medtune.text import detect_language, item_hit, match_form
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
@@ -119,7 +127,70 @@ def _fact(rec: dict, line: int, shared: dict, seen: set, qcol: str | None, ecol:
         raise RecordError("id", f"duplicate id {ident!r}")
     seen.add(ident)
     syn = rec.get("synonyms") if isinstance(rec.get("synonyms"), dict) else {}
-    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn}}
+    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn},
+            "source": str(rec.get("source") or "")}
+
+
+def entity_texts(path: Path) -> dict[str, str]:
+    """``{normalised entry name: normalised text of all its other fields}`` of a knowledge-base file
+    (JSONL/JSON/CSV/.xlsx; the name in the first of :data:`medtune.io.NAME_FIELDS` present).
+
+    Raises:
+        DataFileError: no entry with a name (the message names the fields looked for).
+    """
+    out = {}
+    for _, rec in read_rows(Path(path)):
+        if isinstance(rec, Reject):
+            continue
+        key = next((k for k in NAME_FIELDS if isinstance(rec.get(k), str) and rec[k].strip()), None)
+        if key:
+            values = [v for k, v in rec.items() if k != key for v in (v if isinstance(v, list) else [v]) if isinstance(v, str)]
+            out[match_form(rec[key])] = match_form(" | ".join(values))
+    if not out:
+        raise DataFileError(f"{path}: no knowledge-base entry with a name field ({', '.join(NAME_FIELDS[:4])} ...)")
+    return out
+
+
+def _names(item: dict) -> list[str]:
+    return [n for e in item["expected"] for n in (e, *item["synonyms"].get(e, []))]
+
+
+def bleed_candidates(items: list[dict], entities: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Per question id, the items of the other questions of its source that would be bleed in its answer
+    (see the module docstring): ``{id: [name, ...]}``."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it.get("source", ""), []).append(it)
+    out = {}
+    for it in items:
+        own = [match_form(n) for n in _names(it)]
+        q = match_form(it["question"])
+        entry = max((name for name in entities or {} if name and name in q), key=len, default=None)
+        own_text = entities[entry] if entry else ""
+        foreign = []
+        for other in groups[it.get("source", "")]:
+            for n in _names(other) if other is not it else []:
+                f = match_form(n)
+                if len(f) >= 2 and f not in foreign and not any(f in o or o in f for o in own) and f not in own_text:
+                    foreign.append(f)
+        out[it["id"]] = foreign
+    return out
+
+
+def bleed_items(answer: str, candidates: list[str]) -> list[str]:
+    """The ``candidates`` (:func:`bleed_candidates`) that ``answer`` names."""
+    norm = match_form(answer)
+    return [c for c in candidates if item_hit(norm, [c])]
+
+
+def by_language(rows: list[dict]) -> dict:
+    """Per question language (zh / ko / en ...): ``{lang: {"n", "hit_any", "hit_half", "bleed"}}`` with rates."""
+    out = {}
+    for lang in sorted({detect_language(r["question"], default="en") for r in rows}):
+        sub = [r for r in rows if detect_language(r["question"], default="en") == lang]
+        out[lang] = {"n": len(sub), **{c: round(sum(bool(r.get(c)) for r in sub) / len(sub), 4)
+                                      for c in ("hit_any", "hit_half", "bleed")}}
+    return out
 
 
 def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[dict], dict]:
@@ -138,7 +209,8 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """Generate answers to the fact questions and score them; write results, predictions and manifest.
 
     Returns:
-        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` (each ``{"n", "k", "rate", "ci95"}``),
+        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` and ``bleed`` (each ``{"n", "k", "rate",
+        "ci95"}``), ``by_language`` (:func:`by_language`),
         the mean per-question ``hit_rate``, the answers' generation ``quality`` (stops, loops,
         language match; :mod:`medtune.eval.quality`) and the ``decoding`` settings used.
 
@@ -149,12 +221,14 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     started = time.time()
     items, rejects = load_facts(cfg.data, cfg.synonyms, cfg.question_column, cfg.expected_column,
                                 rejects_path=Path(cfg.output_dir) / "rejects.jsonl")
+    foreign = bleed_candidates(items, entity_texts(cfg.entities) if cfg.entities else None)  # over the whole file
     items = items[:cfg.max_items] if cfg.max_items else items
     out = Path(cfg.output_dir)
     backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
     config = cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"})
     inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
-              "synonyms": tree_digests(Path(cfg.synonyms)) if cfg.synonyms else None}
+              "synonyms": tree_digests(Path(cfg.synonyms)) if cfg.synonyms else None,
+              **({"entities": tree_digests(Path(cfg.entities))} if cfg.entities else {})}
     key = run_key(config, inputs)
     out.mkdir(parents=True, exist_ok=True)
     done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
@@ -169,6 +243,7 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
             replies = generate_replies(backend, [messages for messages, _ in prompts], settings)
             rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply.text,
                      **score_answer(reply.text, it["expected"], it["synonyms"]),
+                     "bleed_items": (b := bleed_items(reply.text, foreign[it["id"]])), "bleed": bool(b),
                      **answer_quality(it["question"], reply.text, reply.stopped), **grounding, "run_key": key}
                     for it, reply, (_, grounding) in zip(batch, replies, prompts)]
             append_rows(out / "predictions.jsonl", rows)
@@ -179,10 +254,11 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "n": n, "seed": cfg.seed,
                "mean_hit_rate": round(sum(r["hit_rate"] for r in ordered) / n, 4),
                **{c: proportion(sum(r[c] for r in ordered), n) for c in CRITERIA},
+               "bleed": proportion(sum(bool(r.get("bleed")) for r in ordered), n), "by_language": by_language(ordered),
                "quality": quality_summary(ordered), "decoding": settings.model_dump(),
                "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
     results = finish(out, "fact", config, inputs, results, cfg.seed, started, rejects, ordered,
                      {"questions": n, "computed": len(todo), "wall_s": elapsed(started)})
     console.print(f"fact recall {backend.name}: >=1 hit {results['hit_any']['rate']:.2f}, >=1/2 {results['hit_half']['rate']:.2f}, "
-                  f">=2/3 {results['hit_two_thirds']['rate']:.2f} (n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+                  f">=2/3 {results['hit_two_thirds']['rate']:.2f}, bleed {results['bleed']['rate']:.2f} (n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
     return results

@@ -156,10 +156,18 @@ def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Fact-recall table (three hit criteria with CIs) and plot."""
     crit = ["hit_any", "hit_half", "hit_two_thirds"]
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), str(r["n"]), *(_ci(r[c]) for c in crit),
-             f"{r['mean_hit_rate']:.3f}", _link(r, base)] for r in results]
-    h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate", "per-item"], rows)
+             f"{r['mean_hit_rate']:.3f}", _ci(r["bleed"]) if r.get("bleed") else "-", _languages(r), _link(r, base)] for r in results]
+    h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate",
+                    "bleed (names another entry's item)", ">=1 hit / bleed per language", "per-item"], rows)
     series = {f"{r['model']} ({Path(r['data']).name})": [(r[c]["rate"], *r[c]["ci95"]) for c in crit] for r in results}
     return h + f'<img src="{_bars([">=1", ">=1/2", ">=2/3"], series, "share of questions", "Fact recall")}">', md
+
+
+def _languages(r: dict) -> str:
+    """``en 3/6 (bleed 1), zh ...`` from a fact result's ``by_language``."""
+    langs = r.get("by_language") or {}
+    return html.escape(", ".join(f"{k} {round(v['hit_any'] * v['n'])}/{v['n']} (bleed {round(v['bleed'] * v['n'])})"
+                                 for k, v in langs.items())) or "-"
 
 
 def _ppl(r: dict) -> str:
@@ -244,6 +252,9 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
                 measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True, c))
+            if r.get("bleed") and o.get("bleed"):
+                measures.append((f"fact answers naming another entry's item, bleed ({data})",
+                                 lambda x: (x["bleed"]["rate"], *x["bleed"]["ci95"]), False, "bleed"))
         if task == "urgent":
             measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True, None),
                          ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False, None)]

@@ -58,16 +58,17 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                               output_dir=out / "mcq" / Path(f).stem / name, overwrite=True), backend=backend)
         summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"]}
     if cfg.fact_file:
-        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed,
+        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
                                 generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
-        summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
+        summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
+        summary["fact_by_language"] = r["by_language"]
         summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
     if cfg.fact_file and cfg.rag_index:
-        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed,
+        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
                                 generation=cfg.fact_generation, rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k),
                                 output_dir=out / "fact" / f"{name}+rag", overwrite=True),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
-        summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds")}
+        summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
     if cfg.fact_file and cfg.rag_index and cfg.rag_judge:
         r = run_rag_eval(RagEvalConfig(answers=out / "fact" / f"{name}+rag" / "predictions.jsonl", judge=cfg.rag_judge, seed=seed,
                                        output_dir=out / "rag" / f"{name}+rag"))["citations"]
@@ -124,7 +125,7 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
     if cfg.rag_index:
         summary["rag_comparison"] = [{"model": name, "measure": c["measure"], "closed_book": c["base"], "rag": c["finetuned"],
                                       "verdict": verdict(c["base"], c["finetuned"], True, change="retrieval")}
-                                     for name in models for c in comparisons(results, name, f"{name}+rag") if "fact" in c["measure"]]
+                                     for name in models for c in comparisons(results, name, f"{name}+rag") if c["measure"].startswith("fact recall")]
         for c in summary["rag_comparison"]:
             console.print(f"  {c['model']} {c['measure']}: closed-book {c['closed_book'][0]:.3f} -> RAG {c['rag'][0]:.3f}: {c['verdict']}")
     summary["report"] = report["html"]
