@@ -316,6 +316,21 @@ NOT_COVERED = {
 }
 
 
+# How a reply says the sources do not cover a question: the trained sentence (NOT_IN_GUIDELINES) and the
+# usual ways of saying it, per language; :func:`says_not_covered` looks for any of them.
+_ABSTAIN = re.compile(
+    r"do(?:es)? not (?:cover|contain|mention|address|say)|(?:is|are) not (?:covered|mentioned)|no (?:relevant )?information"
+    r"|not (?:in|found in) the (?:indexed )?(?:guidelines?|sources?|passages?)"
+    r"|未涉及|没有涉及|未提及|没有提到|没有相关|未包含|没有包含|无法回答|不能回答"
+    r"|내용이 없|다루지 않|언급(?:되어 있지 않|하지 않|이 없)|정보가 없|포함(?:되어 있지 않|하지 않)|답할 수 없", re.I)
+
+
+def says_not_covered(reply: str) -> bool:
+    """True when ``reply`` says the sources do not cover the question (:data:`NOT_IN_GUIDELINES` or
+    a usual wording of it in en / zh / ko)."""
+    return bool(_ABSTAIN.search(reply))
+
+
 @dataclass
 class Grounding:
     """What retrieval adds to one turn.

@@ -193,7 +193,7 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.stage_dir("merge"))
               or tree_digests(recipe.stage_dir("train")), "mcq_files": files,
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
-              **({"fact_entities": tree_digests(cfg.fact_entities)} if cfg.fact_entities else {}),
+              **{k: tree_digests(getattr(cfg, k)) for k in ("fact_entities", "fact_unanswerable") if getattr(cfg, k)},
               "train": recipe.train.model_dump(mode="json") if recipe.train else None,
               "rag_index": tree_digests(Path(cfg.rag_index) / "passages.jsonl") if cfg.rag_index else None,
               "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None}

@@ -390,7 +390,8 @@ def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, 
         recipe.eval.rag_judge = f"{srv.base_url}#judge"
         summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
     for name in ("base", "finetuned"):
-        assert set(summary[name]["fact"]) == set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed"}
+        assert set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed", "citation_support"}
         assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
         assert set(summary[name]["citations"]) == {"citation_precision", "answers_with_citation", "sentences_without_citation"}
         cited = json.loads((out / "eval" / "rag" / f"{name}+rag" / "results.json").read_text())["citations"]
@@ -504,3 +505,51 @@ def test_rag_qa_distractors_prefer_the_question_language(tmp_path):
         shown = _distractors("氨氯地平的适应症是什么？", pool[0], pool, terms, 2, True, random.Random(seed))
         assert len(shown) == 2 and pool[0] not in shown
         assert sum(p["language"] == "zh" for p in shown) >= 1  # 2 of the 4 candidates are zh
+
+
+# ---------------------------------------------------------------- automatic citation support, not-covered questions
+def test_fact_rag_citation_support_and_unanswerable_questions_through_the_cli(tmp_path, fake_encoder):
+    """Citation support needs the cited passage to hold the items named; questions the sources do not
+    answer are scored apart, by whether the answer says so."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"name": "Metformin", "indications": ["type 2 diabetes"]}, {"name": "Salbutamol", "indications": ["asthma"]},
+        {"name": "Amlodipine", "indications": ["hypertension"]}]), encoding="utf-8")
+    _build(["--source", f"kb:{kb}", "--index-dir", str(tmp_path / "idx"), "--set", "rag.min_score=-1"])
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "met", "question": "What is Metformin for?", "expected": ["type 2 diabetes"]},
+        {"id": "sal", "question": "What is Salbutamol for?", "expected": ["asthma"]},
+        {"id": "aml", "question": "What is Amlodipine for?", "expected": ["hypertension"]}]), encoding="utf-8")
+    off = tmp_path / "off.jsonl"
+    off.write_text('{"question": "What is Zolpidem for?"}\n{"question": "What is Clopidogrel for?"}\n', encoding="utf-8")
+
+    def reply(req):
+        system, question = req["messages"][0]["content"], req["messages"][-1]["content"]
+        shown = {name: int(n) for n, name in re.findall(r"^\[(\d+)\] \(kb.jsonl, [^)]*\)\n(\w+)", system, re.M)}
+        if "Metformin" in question:  # cites the right passage
+            return f"Metformin is for type 2 diabetes [{shown['Metformin']}]."
+        if "Salbutamol" in question:  # cites a passage that does not hold the item
+            return f"Salbutamol is for asthma [{next(n for k, n in shown.items() if k != 'Salbutamol')}]."
+        if "Amlodipine" in question:  # no citation
+            return "Amlodipine is for hypertension."
+        return "The indexed guidelines do not cover this question." if "Zolpidem" in question else "It treats asthma."
+
+    with FakeOpenAI(reply=reply) as srv:
+        res = CliRunner().invoke(app, ["eval", "fact", str(facts), "--model", f"api={srv.base_url}#m", "--index", str(tmp_path / "idx"),
+                                       "--set", f"fact.unanswerable={off}", "--output-dir", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "f" / "results.json").read_text(encoding="utf-8"))
+    assert out["n"] == 3 and out["hit_any"]["k"] == 3
+    assert (out["citation_support"]["k"], out["citation_support"]["n"]) == (1, 3)
+    assert out["unanswerable"]["n"] == 2 and out["unanswerable"]["abstained"]["k"] == 1
+    assert out["unanswerable"]["bleed"]["k"] == 1  # "It treats asthma." names an item of the taught entries
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "f" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert [rows[i]["citation_supported"] for i in ("met", "sal", "aml")] == [True, False, False]
+    assert "citation support 0.33" in " ".join(res.output.split()) and "unanswerable said so 0.50" in " ".join(res.output.split())

@@ -50,6 +50,7 @@ class FactConfig(Section):
     data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}, or CSV/.xlsx with a question and an expected-items column.")
     synonyms: Path | None = Field(None, description="Optional JSON {item: [synonyms]} applied to every question.")
     entities: Path | None = Field(None, description="Knowledge base the facts were taught from (kb JSONL/JSON/CSV with a name field): an item in the asked entry's own text is never counted as bleed.")
+    unanswerable: Path | None = Field(None, description="Questions the sources do not answer (rows with `question`), asked too: the share whose answer says the sources do not cover it is reported apart (with --index: RAG abstention).")
     question_column: str | None = Field(None, description="Column holding the question (default: question, 问题, 질문 ...).")
     expected_column: str | None = Field(None, description="Column holding the expected items, a list or a string split on | ， 、 ; (default: expected, answer, 答案, 정답 ...).")
     model: str = Field(..., description="Model as [NAME=]SPEC (see `eval mcq`).")
@@ -104,6 +105,7 @@ class EvalConfig(Section):
 
     mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")
     fact_file: Path | None = Field(Path("examples/eval/kb_facts.jsonl"), description="Fact-recall questions; None skips fact recall.")
+    fact_unanswerable: Path | None = Field(None, description="Questions the sources do not answer, asked with the fact questions (fact recall's `unanswerable`).")
     fact_entities: Path | None = Field(None, description="Knowledge base the fact questions are about (fact recall's `entities`): its entries' own items are never bleed.")
     heldout: bool = Field(True, description="Score the train stage's held-out examples (validation_file or split) by answer log-likelihood.")
     max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")

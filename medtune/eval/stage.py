@@ -59,16 +59,18 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
         summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"]}
     if cfg.fact_file:
         r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
-                                generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
+                                unanswerable=cfg.fact_unanswerable, generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
         summary["fact_by_language"] = r["by_language"]
+        summary["fact"].update(_rag_extras(r))
         summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
     if cfg.fact_file and cfg.rag_index:
         r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
-                                generation=cfg.fact_generation, rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k),
+                                unanswerable=cfg.fact_unanswerable, generation=cfg.fact_generation, rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k),
                                 output_dir=out / "fact" / f"{name}+rag", overwrite=True),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
         summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
+        summary["fact_rag"].update(_rag_extras(r))
     if cfg.fact_file and cfg.rag_index and cfg.rag_judge:
         r = run_rag_eval(RagEvalConfig(answers=out / "fact" / f"{name}+rag" / "predictions.jsonl", judge=cfg.rag_judge, seed=seed,
                                        output_dir=out / "rag" / f"{name}+rag"))["citations"]
@@ -83,6 +85,15 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                        cfg.safety_generation, cfg.batch_size)
         summary["urgent"] = {k: r[k] for k in ("urgent_on_red_flag", "alarm_on_benign")}
     return summary
+
+
+def _rag_extras(r: dict) -> dict:
+    """Citation support and the not-covered answers of a fact result, as rates, when it has them."""
+    out = {"citation_support": r["citation_support"]["rate"]} if "citation_support" in r else {}
+    if "unanswerable" in r:
+        out.update(unanswerable_said_so=r["unanswerable"]["abstained"]["rate"],
+                   answerable_said_not_covered=r["abstained_when_answerable"]["rate"])
+    return out
 
 
 def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: TrainConfig | None, seed: int,
