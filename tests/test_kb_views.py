@@ -158,3 +158,23 @@ def test_shipped_view_templates_cover_each_language(path):
     assert set(views) >= {"en", "zh", "ko"}
     for spec in views.values():
         assert len(spec["fields"]["indications"]["questions"]) >= 8
+
+
+def test_a_table_with_its_own_columns_is_read_as_item_lists_and_augmented(tmp_path):
+    """A drug table as published (its own column names, items in one cell split by '|') through the CLI."""
+    table = tmp_path / "drugs.csv"
+    table.write_text("药品,适应病症,备注\n甲药片,高血压|心绞痛,口服\n乙药片,心绞痛|心力衰竭|水肿,口服\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(table), "type": "kb", "name_field": "药品", "columns": {"indications": "适应病症"},
+                     "item_separator": "|", "validation": False, "augment": {"views": 3, "passages": 0}}],
+        "validation_fraction": 0.0, "filters": {"near_dup_threshold": None}}}, allow_unicode=True), encoding="utf-8")
+    res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "run" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    forward = [r for r in rows if r["meta"]["view"] == "forward"]
+    assert len(forward) == 6 and all(r["meta"]["field"] == "indications" for r in forward)
+    assert all(all(i in r["messages"][1]["content"] for i in ("心绞痛", "心力衰竭", "水肿"))
+               for r in forward if "乙药片" in r["messages"][0]["content"])
+    angina = [r for r in rows if r["meta"]["view"] == "reverse" and "心绞痛" in r["messages"][0]["content"]]
+    assert angina and all("甲药片" in r["messages"][1]["content"] and "乙药片" in r["messages"][1]["content"] for r in angina)

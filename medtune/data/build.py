@@ -47,7 +47,7 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
     if src.type == "guideline":
         it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars, **kw)
     elif src.type == "kb":
-        it = R.read_kb(src.path, tally, name_field=src.name_field, **kw)
+        it = R.read_kb(src.path, tally, name_field=src.name_field, columns=src.columns, item_separator=src.item_separator, **kw)
     elif src.type == "report":
         it = R.read_reports(src.path, tally, **kw)
     elif src.type == "qa_tree":

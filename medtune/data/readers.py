@@ -246,12 +246,16 @@ def _kb_fields(item: dict, file: Path, where: str, tally: Tally) -> dict:
 
 
 def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: str | None = None,
-            language: str | None = None) -> Iterator[Record]:
+            language: str | None = None, columns: dict[str, str] | None = None,
+            item_separator: str | None = None) -> Iterator[Record]:
     """Knowledge-base entries (diseases, drugs) with arbitrary string or list fields.
 
     Accepts a JSON array, JSONL (including MongoDB-export lines with ``{"_id": {"$oid": ...}}``)
     and CSV (one column per field). HTML in values is stripped. An entry without a name is
     rejected; a field that is neither a string nor a list of strings is dropped and reported.
+    ``columns`` renames columns to field names (``{indications: 适应病症}``: a table's own column read
+    as the template field); with ``item_separator``, a string value holding it becomes a list of items
+    (a spreadsheet cell ``高血压|心绞痛``).
 
     Fields written: ``fields`` (``_id`` removed); ``meta.source_file``, ``doc_id``
     (``<file>:<_id or record>``), ``name``, ``language``.
@@ -259,6 +263,7 @@ def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: s
     for file, where, item in _structured_items(path, encoding, tally):
         oid = _mongo_plain(item.get("_id"))
         fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
+        fields = _renamed(fields, columns, item_separator, name_field)
         key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
         name = fields.get(key) if key else None
         if not isinstance(name, str) or not name:
@@ -269,6 +274,16 @@ def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: s
         yield Record(id=doc_id, kind="kb", fields=fields,
                      meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
                            "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
+
+
+def _renamed(fields: dict, columns: dict[str, str] | None, sep: str | None, name_field: str | None) -> dict:
+    """``fields`` with ``columns`` ({field: column}) renamed and ``sep``-separated strings split into lists."""
+    back = {column: field for field, column in (columns or {}).items()}
+    out = {back.get(k, k): v for k, v in fields.items()}
+    if sep:
+        out = {k: [x.strip() for x in v.split(sep) if x.strip()] if isinstance(v, str) and sep in v and k != name_field else v
+               for k, v in out.items()}
+    return out
 
 
 # ---------------------------------------------------------------- radiology reports
