@@ -230,6 +230,10 @@ class LLMClient:
             return hit
         sem, limiter = self._loop_objects()
         async with sem:
+            hit = self.cache.get(key)  # the same call, made twice at once, was answered while this one waited
+            if hit is not None:
+                self.usage["cache_hits"] += 1
+                return hit
             reply = await self._with_retries(messages, p)
         self.cache.put(key, reply)
         self.usage["prompt_tokens"] += reply.prompt_tokens
