@@ -31,7 +31,7 @@ CANDIDATE_ENCODINGS = ["utf_8", "gb18030", "cp949"]
 
 
 # Fields that name a knowledge-base entry (drug, disease), in the order they are looked for.
-NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "이름", "약품명", "질병명")
+NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "药品", "疾病", "이름", "약품명", "질병명")
 
 
 class RecordError(ValueError):

@@ -105,6 +105,8 @@ class EvalConfig(Section):
 
     mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")
     fact_file: Path | None = Field(Path("examples/eval/kb_facts.jsonl"), description="Fact-recall questions; None skips fact recall.")
+    fact_question_column: str | None = Field(None, description="Column of fact_file holding the question (fact recall's `question_column`).")
+    fact_expected_column: str | None = Field(None, description="Column of fact_file holding the expected items (fact recall's `expected_column`).")
     fact_unanswerable: Path | None = Field(None, description="Questions the sources do not answer, asked with the fact questions (fact recall's `unanswerable`).")
     fact_entities: Path | None = Field(None, description="Knowledge base the fact questions are about (fact recall's `entities`): its entries' own items are never bleed.")
     heldout: bool = Field(True, description="Score the train stage's held-out examples (validation_file or split) by answer log-likelihood.")

@@ -58,16 +58,14 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                               output_dir=out / "mcq" / Path(f).stem / name, overwrite=True), backend=backend)
         summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"]}
     if cfg.fact_file:
-        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
-                                unanswerable=cfg.fact_unanswerable, generation=cfg.fact_generation, output_dir=out / "fact" / name, overwrite=True), backend=backend)
+        r = run_fact(_fact_config(cfg, name, seed, out / "fact" / name), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
         summary["fact_by_language"] = r["by_language"]
         summary["fact"].update(_rag_extras(r))
         summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
     if cfg.fact_file and cfg.rag_index:
-        r = run_fact(FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
-                                unanswerable=cfg.fact_unanswerable, generation=cfg.fact_generation, rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k),
-                                output_dir=out / "fact" / f"{name}+rag", overwrite=True),
+        r = run_fact(_fact_config(cfg, name, seed, out / "fact" / f"{name}+rag",
+                                  rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k)),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
         summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
         summary["fact_rag"].update(_rag_extras(r))
@@ -85,6 +83,14 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
                        cfg.safety_generation, cfg.batch_size)
         summary["urgent"] = {k: r[k] for k in ("urgent_on_red_flag", "alarm_on_benign")}
     return summary
+
+
+def _fact_config(cfg: EvalConfig, name: str, seed: int, out: Path, **extra) -> FactConfig:
+    """The fact-recall run of the stage for one model (closed-book, or with ``rag=``)."""
+    return FactConfig(data=cfg.fact_file, model=name, max_items=cfg.max_fact_items, seed=seed, entities=cfg.fact_entities,
+                      unanswerable=cfg.fact_unanswerable, question_column=cfg.fact_question_column,
+                      expected_column=cfg.fact_expected_column, generation=cfg.fact_generation, output_dir=out,
+                      overwrite=True, **extra)
 
 
 def _rag_extras(r: dict) -> dict:
