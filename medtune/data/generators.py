@@ -253,8 +253,8 @@ def kb_views(records: list[Record], templates: dict, views: dict, cfg, rng: rand
         out += _reverse_views(facts, views, cfg.reverse_views, rng, h)
     if cfg.passages:
         out += _passage_views(facts, templates, views, cfg, rng, h)
-    for _ in out:
-        tally.keep()
+    tally.seen += len(out)
+    tally.kept += len(out)
     if not facts:
         tally.drop("kb source has no field with a template to augment", records[0].meta.get("source_file") if records else None)
     return out
