@@ -266,9 +266,11 @@ def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = No
         raise ConfigError(f"{path or 'medtune index build'}: nothing to index; give --source PATH (repeatable) "
                           "or a recipe with rag.sources or guideline/kb data.sources")
     stats = build_index_from_sources(cfg)
-    dropped = f", {stats['rejected']} records rejected by the readers" if stats["rejected"] else ""
+    dropped = f", {stats['rejected']} records rejected by the readers ({stats['rejects_file']})" if stats["rejected"] else ""
     err.print(f"index {cfg.index_dir}: {stats['passages']} passages ({stats['embedded']} embedded, "
               f"{stats['reused']} reused) in {stats['seconds']} s{dropped}", markup=False)
+    for file, reason in stats["skipped"]:
+        err.print(f"  skipped {file}: {reason}", markup=False, highlight=False)
 
 
 def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",

@@ -50,3 +50,12 @@ class SensitiveDataError(LLMError):
 
 class ExportError(MedtuneError, RuntimeError):
     """An export that cannot run (missing llama.cpp converter, unknown tokenizer) or failed its parity check."""
+
+
+class DocumentError(DataFileError):
+    """A document (Word, HWP/HWPX, HTML, PDF, text) that yields no text: unsupported type, too large, a zip
+    bomb, encrypted, no text layer, or damaged. ``reason`` is the short cause a rejects file records."""
+
+    def __init__(self, path, reason: str, hint: str = ""):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))

@@ -51,17 +51,32 @@ def build_index_from_sources(cfg) -> dict:
         cfg: a resolved :class:`medtune.index.config.RagConfig` (``sources`` and ``index_dir`` set).
 
     Returns:
-        :func:`medtune.index.build.build_index`'s stats plus ``rejected`` (records the readers rejected).
+        :func:`medtune.index.build.build_index`'s stats plus ``rejected`` (records the readers rejected),
+        ``skipped`` (``[(file, reason)]`` of files not read at all) and ``rejects_file``
+        (``<index_dir>/rejects.jsonl``, every reject located).
+
+    Raises:
+        ConfigError: the sources gave no passage (the message names the skipped files).
     """
     from medtune.data.build import read_source
     from medtune.data.config import SourceConfig
-    from medtune.data.records import Tally
+    from medtune.data.records import Tally, save_rejects
+    from medtune.errors import ConfigError
     from medtune.index.build import build_index
 
     tally, records = Tally("index"), []
     for s in cfg.sources:
         records += read_source(SourceConfig(**s.model_dump()), tally)
-    return {**build_index(records, cfg), "rejected": sum(tally.dropped.values())}
+    skipped = tally.skipped_files()
+    try:
+        stats = build_index(records, cfg)
+    except ConfigError as e:
+        if not skipped:
+            raise
+        raise ConfigError(f"{e}; files not read: " + "; ".join(f"{f} ({r})" for f, r in skipped[:10])) from None
+    rejects = Path(cfg.index_dir) / "rejects.jsonl"
+    save_rejects([tally], rejects)
+    return {**stats, "rejected": sum(tally.dropped.values()), "skipped": skipped, "rejects_file": str(rejects)}
 
 
 def _index(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:

@@ -88,14 +88,16 @@ def reply_stream(messages: list[dict], settings: GenerationSettings, safety: Saf
 
 
 def sources_html(citations: list[dict] | None) -> str:
-    """The reply's sources as expandable ``<details>`` blocks (summary: marker, file, passage id, span, score)."""
+    """The reply's sources as expandable ``<details>`` blocks (summary: marker, doc › section › page, then
+    file, passage id, span, score)."""
     if not citations:
         return ""
     items = []
     for c in citations:
         span = f", chars {c['char_span'][0]}&ndash;{c['char_span'][1]}" if c.get("char_span") else ""
-        items.append(f"<details class='source'><summary>[{c['marker']}] {html.escape(str(c['source_file']))}, "
-                     f"{html.escape(str(c['passage_id']))}{span} (score {c['score']:.4f})</summary>"
+        items.append(f"<details class='source'><summary>[{c['marker']}] {html.escape(str(c.get('label') or ''))} "
+                     f"({html.escape(str(c['source_file']))}, "
+                     f"{html.escape(str(c['passage_id']))}{span}, score {c['score']:.4f})</summary>"
                      f"<blockquote style='white-space:pre-wrap'>{html.escape(c.get('text', ''))}</blockquote></details>")
     return "<div id='sources-list'><b>Sources</b>" + "".join(items) + "</div>"
 

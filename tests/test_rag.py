@@ -231,7 +231,7 @@ def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_i
     content = history[-1]["content"]
     shown = "".join(p["text"] for p in content) if isinstance(content, list) else content
     assert shown == said.strip()
-    assert [f"[{c['marker']}] {c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
+    assert [f"[{c['marker']}] {c['label']} ({c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
     assert (sources == "") == (cited == [])
 
 

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medtune.config import SafetyConfig
 from medtune.data import filters as F
@@ -45,9 +46,10 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
     """All records of one source (``max_items`` applied), each tagged ``meta.sensitive``."""
     kw = {"encoding": src.encoding, "language": src.language}
     if src.type == "guideline":
-        it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars, **kw)
+        it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars,
+                               max_file_mb=src.max_file_mb, **kw)
     elif src.type == "kb":
-        it = R.read_kb(src.path, tally, name_field=src.name_field, **kw)
+        it = R.read_kb(src.path, tally, name_field=src.name_field, max_file_mb=src.max_file_mb, **kw)
     elif src.type == "report":
         it = R.read_reports(src.path, tally, **kw)
     elif src.type == "qa_tree":
@@ -63,6 +65,14 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
         if src.max_items is not None and len(records) >= src.max_items:
             break  # before asking the reader for one more: its tally counts only what was used
     return records
+
+
+def print_skipped(skipped: list[tuple[str, str]], rejects: Path, limit: int = 20) -> None:
+    """Name the files a reader did not read, with the reason (at most ``limit``; all are in ``rejects``)."""
+    for file, reason in skipped[:limit]:
+        console.print(f"  [yellow]skipped[/] {escape(file)}: {escape(reason)}", highlight=False)
+    if len(skipped) > limit:
+        console.print(f"  ... and {len(skipped) - limit} more skipped files (all in {rejects})")
 
 
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
@@ -227,6 +237,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
         tally = tallies[step] = Tally(step)
         sources.append((src, read_source(src, tally)))
         console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
+        print_skipped(tally.skipped_files(), out / "rejects.jsonl")
         if not sources[-1][1] and tally.rejects:
             first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
             console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))

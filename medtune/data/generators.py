@@ -2,7 +2,7 @@
 
 | generator            | LLM calls                                 | from            |
 |----------------------|-------------------------------------------|-----------------|
-| :func:`kb_template`  | none                                      | ``kb``          |
+| :func:`kb_template`  | none                                      | ``kb``, table rows |
 | :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
@@ -81,18 +81,39 @@ def load_templates(path: Path | None = None) -> dict:
     return data
 
 
-def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
-    """Question/answer pairs from one knowledge-base entry, ``paraphrases`` per known field.
+def _entry(r: Record) -> tuple[str | None, dict, str | None]:
+    """``(name, fields, name_field)`` of a kb entry, or of a table-row passage (``meta.table``: the
+    first cell names the row, the other cells are fields named by their column header)."""
+    table = r.meta.get("table")
+    if r.kind == "passage" and table:
+        fields = {h or f"column {i + 1}": c for i, (h, c) in enumerate(zip(table["header"], table["cells"])) if i and c}
+        return table["cells"][0] or None, fields, table["header"][0]
+    return r.meta.get("name"), r.fields, r.meta.get("name_field")
 
-    Reads ``fields``, ``meta.name``, ``meta.language``. Answers are the field values (lists joined)
-    in the language's ``answer`` template. Deterministic for a given ``rng`` state.
+
+def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
+    """Question/answer pairs from one knowledge-base entry or table row, ``paraphrases`` per field.
+
+    Reads ``fields``, ``meta.name``, ``meta.language`` -- or, for a table row (a kb entry read from a
+    document's table, or a guideline passage with ``meta.table``), the row's cells: a column with
+    no field template is asked about with the language's ``table_questions`` and its header as
+    the label, so the answer is grounded in that row alone ("max daily dose of amoxicillin: 3 g").
+    Answers are the field values (lists joined) in the language's ``answer`` template.
+    Deterministic for a given ``rng`` state.
     """
     lang = r.meta.get("language") if r.meta.get("language") in templates else "en"
-    spec, name, out = templates[lang], r.meta["name"], []
+    spec, out = templates[lang], []
+    name, fields, name_field = _entry(r)
+    if not name:
+        tally.drop("passage is not a table row (kb-template asks about kb entries and table rows)",
+                   r.meta.get("source_file"), r.id, r.text[:120])
+        return []
     text_hash = hashlib.sha256(json.dumps(spec, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
-    for field, value in r.fields.items():
+    for field, value in fields.items():
         f = spec["fields"].get(field)
-        if f is None or field == r.meta.get("name_field"):
+        if f is None and r.meta.get("table") and spec.get("table_questions"):
+            f = {"label": field, "questions": spec["table_questions"]}
+        if f is None or field == name_field:
             continue
         value = spec.get("joiner", ", ").join(value) if isinstance(value, list) else value
         questions = rng.sample(f["questions"], min(paraphrases, len(f["questions"])))
@@ -100,17 +121,17 @@ def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random
             tally.keep()
             out.append(Record(
                 id=f"{r.id}/{field}/{k}", kind="qa",
-                messages=[{"role": "user", "content": q.format(name=name)},
+                messages=[{"role": "user", "content": q.format(name=name, label=f["label"])},
                           {"role": "assistant", "content": spec["answer"].format(name=name, label=f["label"], value=value)}],
                 meta={**_provenance(r), "field": field, "generator": "kb-template", "teacher_model": None,
                       "prompt_template_hash": text_hash, "language": lang}))
     if not out:
-        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(r.fields))[:120])
+        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(fields))[:120])
     return out
 
 
 def _provenance(r: Record) -> dict:
-    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "sensitive")
+    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "section", "page", "table", "sensitive")
     return {k: r.meta[k] for k in keys if k in r.meta}
 
 
@@ -154,7 +175,7 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
     """
     lang = r.meta.get("language", "en")
-    text = r.text if kind == "guideline" else "\n".join(
+    text = _guideline_text(r) if kind == "guideline" else "\n".join(
         f"{k.upper()}: {r.fields[k]}" for k in ("findings", "impression") if r.fields.get(k))
     q_tpl, q_hash = load_prompt(f"{kind}_questions", lang, prompts_dir)
     a_tpl, a_hash = load_prompt(f"{kind}_answer", lang, prompts_dir)
@@ -191,6 +212,13 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     if multi_turn and out:
         return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
     return out
+
+
+def _guideline_text(r: Record) -> str:
+    """What the teacher reads of a guideline passage: its text; a table row (``meta.table``) is led by
+    its section path, so a question about the row can name what the table is about."""
+    section = r.meta.get("section") or []
+    return f"{' › '.join(section)}\n{r.text}" if r.meta.get("table") and section else r.text
 
 
 def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:

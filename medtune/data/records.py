@@ -69,6 +69,10 @@ class Tally:
         """Count a reject produced by :mod:`medtune.io` (a bad line or record)."""
         self.drop(r.reason, r.file, r.where, str(r.record)[:300])
 
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """``(file, reason)`` of every file this step did not read at all (rejects at ``<file>``)."""
+        return [(r.file, r.reason) for r in self.rejects if r.where == "<file>"]
+
     def summary(self) -> dict:
         out = {"seen": self.seen, "kept": self.kept, "dropped": dict(self.dropped)}
         return {**out, "fixed": dict(self.fixed)} if self.fixed else out
