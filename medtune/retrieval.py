@@ -265,8 +265,11 @@ def _kb_text(fields: dict, name: str) -> str:
 
 
 def label_of(passage: dict) -> str:
-    """``"<doc> › <section path> › p. N"`` of an index row (:func:`medtune.documents.provenance_label`)."""
-    return provenance_label(passage.get("title"), passage.get("source_file", ""), passage.get("section"), passage.get("page"))
+    """``"<doc> › <section path> › p. N"`` of an index row (:func:`medtune.documents.provenance_label`);
+    ``"<doc>, <passage id>"`` for a passage with neither section nor page (a kb entry, a text without headings)."""
+    if passage.get("section") or passage.get("page"):
+        return provenance_label(passage.get("title"), passage.get("source_file", ""), passage.get("section"), passage.get("page"))
+    return f"{passage.get('title') or Path(passage.get('source_file', '')).name}, {passage.get('passage_id')}"
 
 
 def passage_of(record) -> dict:
