@@ -34,6 +34,15 @@ def _style_chain(style):
         style, seen = style.base_style, seen + 1
 
 
+def _numbered(p) -> bool:
+    """A list paragraph: numbering on the paragraph or its style chain, or a ``List ...`` style."""
+    if p._p.pPr is not None and p._p.pPr.numPr is not None:
+        return True
+    chain = list(_style_chain(p.style))
+    return any(s.element.pPr is not None and s.element.pPr.numPr is not None for s in chain) or \
+        any((s.name or "").lower().startswith("list ") for s in chain)
+
+
 def _docx_breaks(p) -> tuple[int, int]:
     """(page breaks before the paragraph's first text, breaks after it): Word's
     ``w:lastRenderedPageBreak`` marks, else hard ``w:br w:type="page"`` breaks."""
@@ -83,7 +92,7 @@ def read_docx(path: Path) -> Document:
         text = clean(item.text)
         if text:
             level = _docx_level(item)
-            is_item = item._p.pPr is not None and item._p.pPr.numPr is not None
+            is_item = _numbered(item)
             kind = "heading" if level is not None else "item" if is_item else "paragraph"
             blocks.append(Block(kind, text, level=level or 0, page=page))
         page += after

@@ -174,7 +174,7 @@ def read_pdf(path: Path) -> Document:
             meta = pdf.metadata or {}
             pages = [_pdf_page_items(p) for p in pdf.pages]
     except Exception as e:  # pdfplumber wraps pdfminer's errors (PdfminerException)
-        cause = f"{type(e).__name__}: {e} {e.__cause__ or ''}"
+        cause = f"{type(e).__name__}: " + " ".join(f"{type(a).__name__} {a}" for a in (*e.args, e.__cause__) if a)
         if re.search(r"password|encrypt", cause, re.I):
             raise DocumentError(path, "encrypted: the PDF needs a password", "save an unprotected copy") from None
         raise DocumentError(path, f"damaged or not a PDF ({cause.strip()})") from None
