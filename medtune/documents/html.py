@@ -25,8 +25,15 @@ def _html_blocks(body) -> list[Block]:
 
 
 def read_html(path: Path, encoding: str | None) -> Document:
+    """The main content of a web page (trafilatura, recall-oriented: navigation, menus, sidebars and
+    footers dropped) as blocks, with the page's title and date. The page is decoded by trafilatura
+    (its ``<meta charset>``, else detection; undecodable bytes replaced) unless ``encoding`` is forced.
+
+    Raises:
+        DocumentError: no main content found.
+    """
     trafilatura = need("trafilatura", path)
-    html, _ = read_text(path, encoding)
+    html = read_text(path, encoding)[0] if encoding else path.read_bytes()
     doc = trafilatura.bare_extraction(html, include_tables=True, include_formatting=False, include_links=False,
                                       with_metadata=True, favor_recall=True, output_format="python")
     if doc is None or getattr(doc, "body", None) is None or not len(doc.body):

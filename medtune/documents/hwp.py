@@ -78,38 +78,57 @@ class _Pager:
 
 
 def _hwp_paragraph(p, levels: tuple[dict, dict], page: int) -> list[Block]:
+    """Blocks of one top-level ``hp:p``: its text (heading by outline level), then its tables (rows)
+    and the paragraphs of its text boxes and other drawing objects."""
     out = []
     text = _hwp_text(p)
     if text:
         level = levels[1].get(p.get("paraPrIDRef")) or levels[0].get(p.get("styleIDRef"))
         out.append(Block("heading" if level else "item" if ITEM.match(text) else "paragraph", text,
                          level=level or 0, page=page))
-    for tbl in p.iterchildren(f"{HP}run"):
-        for t in tbl.iterchildren(f"{HP}tbl"):
-            out += table_blocks(_hwp_table(t), page)
+    for run in p.iterchildren(f"{HP}run"):
+        for obj in run:
+            if obj.tag == f"{HP}tbl":
+                out += table_blocks(_hwp_table(obj), page)
+            elif obj.tag != f"{HP}t":  # a text box or another drawing object holding paragraphs
+                out += [Block("paragraph", t, page=page) for q in obj.iter(f"{HP}p") if (t := _hwp_text(q))]
     return out
 
 
-def read_hwp(path: Path, fmt: str) -> Document:
-    hwpx = need("hwpx", path)
+def _open(hwpx, path: Path):
+    """``hwpx.HwpxDocument.open`` with its errors as :class:`DocumentError` (encrypted or damaged)."""
+    import logging
+    import warnings
+
     from hwpx.errors import HwpxError
 
+    logging.getLogger("hwpx").setLevel(logging.ERROR)  # package repairs it makes on the way are not ours to report
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a conversion report for content we do not read (drawings)
-            d = hwpx.HwpxDocument.open(str(path))
+            return hwpx.HwpxDocument.open(str(path))
     except HwpxError as e:
         code = getattr(e, "code", "") or ""
         if code.startswith(("hwp5-password", "hwp5-drm", "hwp5-distribution")) or "encrypt" in str(e).lower():
             raise DocumentError(path, f"encrypted: {e}", "save an unprotected copy in Hancom Office") from None
         raise DocumentError(path, f"damaged or not a Hangul file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # lxml / zip / struct errors of a damaged file
+        raise DocumentError(path, f"damaged or not a Hangul file ({type(e).__name__}: {e})") from None
+
+
+def read_hwp(path: Path, fmt: str) -> Document:
+    """A .hwpx or .hwp (HWP 5) file through python-hwpx: outline (개요) headings, tables by cell address,
+    pages from Hangul's stored line layout, title and date from the package metadata.
+
+    Raises:
+        DocumentError: encrypted (password, DRM, distribution document), damaged, no text.
+    """
+    d = _open(need("hwpx", path), path)
     levels = _hwp_heading_levels(d.oxml.headers[0].element) if d.oxml.headers else ({}, {})
     blocks, pager = [], _Pager()
     for section in d.sections:
         for p in section.element.iterchildren(f"{HP}p"):
             blocks += _hwp_paragraph(p, levels, pager.at(p))
     meta = d.package.document_metadata()
-    date = (meta.created_date or meta.modified_date or "")[:10] or None
-    return finish(path, fmt, blocks, title=clean(meta.title or "") or None, date=date, pages=pager.page)
+    date = (getattr(meta, "created_date", None) or getattr(meta, "modified_date", None) or "")[:10] or None
+    return finish(path, fmt, blocks, title=clean(getattr(meta, "title", None) or "") or None, date=date, pages=pager.page)
