@@ -33,6 +33,7 @@ def test_loss_falls_and_only_lora_params_change(tiny_model_dir, sft_file, tmp_pa
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_adapter_round_trip_and_metadata(qwen_dir, sft_file, tmp_path, tokenizer):
     out = tmp_path / "out"
     summary = run_sft(cfg(qwen_dir, sft_file, out, max_steps=6))

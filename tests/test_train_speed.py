@@ -45,6 +45,7 @@ def test_packing_gives_the_unpacked_losses(tiny_model_dir, sft_file, tmp_path):
     assert plain[2] < plain[0]
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_fused_chunked_loss_matches_full_logits_loss(qwen_dir, sft_file, tmp_path):
     fused, t_fused = first_losses(cfg(qwen_dir, sft_file, tmp_path / "a", fused_loss=True))
     full, t_full = first_losses(cfg(qwen_dir, sft_file, tmp_path / "b", fused_loss=False))
@@ -65,6 +66,7 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_si
     return torch.cat(parts)
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_varlen_attention_glue_gives_unpacked_losses(tiny_model_dir, sft_file, tmp_path, monkeypatch):
     # The CUDA kernel is swapped for a CPU reference, so this checks medtune's glue: layout, offsets, GQA, scale.
     reference_varlen.calls = 0
