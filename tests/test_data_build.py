@@ -84,7 +84,7 @@ def test_build_grounded_outputs_with_provenance(tmp_path):
     assert stats["steps"]["generate:report-qa"]["kept"] == 3
     assert stats["teacher"]["retries"] == 2 and stats["records"]["train"] == len(train)
     assert {"kb-template", "guideline-qa", "qa_tree", "report-qa"} <= set(stats["generators"])
-    assert "## Filters" in (out / "DATA_CARD.md").read_text() and (out / "rejects.jsonl").read_text().count("\n") >= 2
+    assert "## Counts per step" in (out / "DATA_CARD.md").read_text() and (out / "rejects.jsonl").read_text().count("\n") >= 2
 
 
 def test_sensitive_source_is_refused_for_a_remote_teacher(tmp_path):

@@ -33,7 +33,7 @@ from medtune.data import generators as G
 from medtune.data import readers as R
 from medtune.data.audit import audit, audit_lines
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
-from medtune.data.records import Record, Tally, save_rejects
+from medtune.data.records import COUNTS, Record, Tally, count_rows, save_rejects
 from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
@@ -98,7 +98,8 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         tally = tallies.setdefault(f"generate:{gen}", Tally(f"generate:{gen}"))
         if gen == "none":
             if src.type not in ("qa_tree", "corpus"):
-                continue  # source read and counted only
+                _skip(src, records, tally)
+                continue
             for r in records:
                 r.meta.update(generator=src.type, teacher_model=None)  # passed through as written
             out.extend(records)
@@ -140,6 +141,19 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
     return out
 
 
+def _skip(src: SourceConfig, records: list[Record], tally: Tally) -> None:
+    """Count (and warn about) the records of a source that ``generator: none`` does not pass through:
+    only QA records (qa_tree, corpus) are training examples as written."""
+    if not records:
+        return
+    tally.skipped[f"{src.type} records with generator none (only qa_tree / corpus records pass through)"] += len(records)
+    usable = " | ".join(g for g, t in (("guideline-qa", "guideline"), ("kb-template", "kb"), ("report-qa", "report"),
+                                       ("safety-pairs", "labelled")) if t == src.type)
+    console.print(f"[bold yellow]WARNING[/] {src.path}: {len(records)} {src.type} records read, none used: generator none "
+                  f"passes only QA records (qa_tree, corpus) through; for training examples from them use generator: "
+                  f"{usable or 'another generator'}", highlight=False)
+
+
 def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] | None:
     """``(sampler, judge)`` clients of the ``pairwise-judge`` generator (one shared client when both name the
     same model on the same backend); None when no source uses it.
@@ -153,9 +167,9 @@ def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] 
     if pj.sampler.temperature <= 0:
         raise ConfigError("data.pairwise_judge.sampler.temperature is 0: greedy sampling gives identical answers; "
                           "set it > 0 (e.g. 0.8)")
-    sampler = LLMClient(pj.sampler, cache_path=out / "pairwise_cache.sqlite")
+    sampler = LLMClient(pj.sampler, cache_path=out / "pairwise_cache.sqlite", key="data.pairwise_judge.sampler")
     same = (pj.judge.base_url, pj.judge.model or sampler.model) == (pj.sampler.base_url, sampler.model)
-    return sampler, sampler if same else LLMClient(pj.judge, cache_path=out / "pairwise_cache.sqlite")
+    return sampler, sampler if same else LLMClient(pj.judge, cache_path=out / "pairwise_cache.sqlite", key="data.pairwise_judge.judge")
 
 
 def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrubber | None]:
@@ -279,6 +293,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     if cfg.strict and stats["audit"]["warnings"]:
         raise DataFileError(f"data.strict: the audit found problems: {'; '.join(stats['audit']['warnings'])}; "
                             f"see the Audit section of {out / 'DATA_CARD.md'}")
+    print_counts(stats["steps"])
     console.print(f"data: {len(generated)} generated -> {len(kept)} kept ({len(train)} train, {len(val)} validation), "
                   f"{n_rejects} rejects, teacher {teacher.usage['requests']} calls / {teacher.usage['cache_hits']} cached, "
                   f"{stats['wall_s']} s -> {out}")
@@ -286,6 +301,14 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
             "validation_file": str(out / "validation.jsonl"),
             "pairs_file": str(out / "pairs.jsonl") if pairs else None, "teacher_requests": teacher.usage["requests"],
             "teacher_tokens": teacher.usage["prompt_tokens"] + teacher.usage["completion_tokens"], "wall_s": stats["wall_s"]}
+
+
+def print_counts(steps: dict) -> None:
+    """Print the build's count table (:func:`medtune.data.records.count_rows`; the data card shows the same)."""
+    console.print("counts per step:")
+    for step, seen, kept, *cells in count_rows(steps):
+        counts = "".join(f", {label} {cell}" for label, cell in zip(COUNTS.values(), cells) if cell)
+        console.print(f"  {step}: seen {seen}, kept {kept}{counts}", markup=False, highlight=False, soft_wrap=True)
 
 
 def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int = 3) -> str:
@@ -303,8 +326,9 @@ def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int 
               f"- teacher: {stats['teacher']['model']} via {stats['teacher']['backend']}; {stats['teacher']['requests']} calls, "
               f"{stats['teacher']['cache_hits']} cached, {stats['teacher']['prompt_tokens']} prompt + "
               f"{stats['teacher']['completion_tokens']} completion tokens",
-              "", "## Filters", "", "| step | seen | kept | dropped |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['seen']} | {v['kept']} | {v['dropped'] or ''} |" for k, v in stats["steps"].items()]
+              "", "## Counts per step", "", "| " + " | ".join(("step", "seen", "kept", *COUNTS.values())) + " |",
+              "|" + "---|" * (3 + len(COUNTS))]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in count_rows(stats["steps"])]
     lines += ["", f"PHI replacements: {stats['phi_replacements'] or 'none'}", ""]
     lines += audit_lines(stats["audit"]) + ["## Examples", ""]
     for rec in kept[:: max(1, len(kept) // n_examples)][:n_examples]:

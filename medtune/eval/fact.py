@@ -185,4 +185,16 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
                      {"questions": n, "computed": len(todo), "wall_s": elapsed(started)})
     console.print(f"fact recall {backend.name}: >=1 hit {results['hit_any']['rate']:.2f}, >=1/2 {results['hit_half']['rate']:.2f}, "
                   f">=2/3 {results['hit_two_thirds']['rate']:.2f} (n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+    warn_token_limit(results["quality"]["stops"], settings.max_new_tokens)
     return results
+
+
+def warn_token_limit(stops: dict, max_new_tokens: int) -> None:
+    """Print a warning when most answers (``stops``: :func:`medtune.eval.quality.quality_summary`'s share
+    of answers that ended before the limit) ran into ``max_new_tokens``: the items an answer would have
+    named after the cut are counted as missed."""
+    if stops["n"] and stops["rate"] < 0.5:
+        cut = stops["n"] - stops["k"]
+        console.print(f"[bold yellow]WARNING[/] {cut} of {stops['n']} answers hit the token limit (max_new_tokens "
+                      f"{max_new_tokens}) before they ended; items they would have named later count as missed; "
+                      f"rerun with --max-new-tokens {max(2 * max_new_tokens, 128)}", highlight=False)

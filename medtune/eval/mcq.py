@@ -20,6 +20,7 @@ of gold letters, flagged as a *collapse* when one letter takes > 60% of the pred
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -107,7 +108,7 @@ def content_free_probs(backend: Backend, letters: str, lang: str, pool: list[MCQ
     """Option-letter probabilities for a content-free question ("N/A" as stem and every option), the
     model's prior over letters (Zhao et al. 2021, "Calibrate Before Use", section 4); cached per
     model, letter set, language and shots."""
-    key = (backend.identity, letters, lang, cfg.shots, cfg.seed)
+    key = (json.dumps(backend.identity, sort_keys=True, default=str), letters, lang, cfg.shots, cfg.seed)
     if key not in _CF_CACHE:
         item = MCQItem(id="content-free", question="N/A", options={k: "N/A" for k in letters}, answer=letters[0])
         prompt = build_messages(item, pick_shots(item, pool, cfg.shots, cfg.seed), lang, False)
@@ -178,6 +179,31 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "-"
+
+
+def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
+    """Print the accuracy, the predicted- and gold-letter shares, the collapse warning and, with
+    ``calibrate``, the calibrated accuracy and its letter shares."""
+    dist = results["option_distribution"]
+    console.print(f"mcq {results['model']} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
+                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={results['n']}, "
+                  f"unparseable {results['unparseable']}, rejected {results['rejected']}, {tail}", highlight=False)
+    console.print(f"  predicted letters: {_shares(dist['predicted'])} (gold: {_shares(dist['gold'])})", highlight=False)
+    if dist["collapse"]:
+        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
+                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
+                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to see the accuracy without that prior"))
+    if "debiased" in results:
+        d = results["debiased"]
+        console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
+                      f"(95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}); predicted letters: "
+                      f"{_shares(d['option_distribution']['predicted'])}", highlight=False)
+    elif cfg.calibrate:
+        console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy")
+
+
 def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     """Evaluate one model on one benchmark file; write results, predictions, rejects and manifest.
 
@@ -225,15 +251,5 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     summary = {"questions": len(items), "computed": len(todo), "reused": len(items) - len(todo),
                "questions_per_s": round(len(todo) / wall, 2) if wall else None, "rejected": len(rejects)}
     results = finish(out, "mcq", config, inputs, results, cfg.seed, started, rejects, ordered, summary)
-    console.print(f"mcq {backend.name} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
-                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={len(items)}, "
-                  f"unparseable {results['unparseable']}, rejected {len(rejects)}, {len(todo)} computed in {wall} s -> {out}")
-    dist = results["option_distribution"]
-    if dist["collapse"]:
-        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
-                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
-                      + ("" if cfg.calibrate else "; try --set calibrate=true (loglik)"))
-    if "debiased" in results:
-        d = results["debiased"]
-        console.print(f"  debiased (content-free calibration): {d['accuracy']:.3f} (95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})")
+    print_summary(results, cfg, mode, f"{len(todo)} computed in {wall} s -> {out}")
     return results
