@@ -151,7 +151,7 @@ def _skip(src: SourceConfig, records: list[Record], tally: Tally) -> None:
                                        ("safety-pairs", "labelled")) if t == src.type)
     console.print(f"[bold yellow]WARNING[/] {src.path}: {len(records)} {src.type} records read, none used: generator none "
                   f"passes only QA records (qa_tree, corpus) through; for training examples from them use generator: "
-                  f"{usable or 'another generator'}", highlight=False)
+                  f"{usable or 'another generator'}", highlight=False, soft_wrap=True)
 
 
 def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] | None:
