@@ -101,7 +101,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
             write_rejects(rejects, rejects_path)
         reasons = list(dict.fromkeys(f"{r.where}: {r.field}: {r.reason}" for r in rejects))[:3]
         raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected); first reasons: {reasons}; "
-                            f"columns seen: {sorted(columns)[:12]}; name them with question_column= / expected_column="
+                            f"columns seen: {sorted(columns)[:12]}; pass them as --question-column COLUMN --expected-column COLUMN"
                             + (f"; rejects in {rejects_path}" if rejects_path else ""))
     return items, rejects
 
@@ -197,4 +197,4 @@ def warn_token_limit(stops: dict, max_new_tokens: int) -> None:
         cut = stops["n"] - stops["k"]
         console.print(f"[bold yellow]WARNING[/] {cut} of {stops['n']} answers hit the token limit (max_new_tokens "
                       f"{max_new_tokens}) before they ended; items they would have named later count as missed; "
-                      f"rerun with --max-new-tokens {max(2 * max_new_tokens, 128)}", highlight=False)
+                      f"rerun with --max-new-tokens {max(2 * max_new_tokens, 128)}", highlight=False, soft_wrap=True)

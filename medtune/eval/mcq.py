@@ -189,19 +189,19 @@ def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
     dist = results["option_distribution"]
     console.print(f"mcq {results['model']} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
                   f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={results['n']}, "
-                  f"unparseable {results['unparseable']}, rejected {results['rejected']}, {tail}", highlight=False)
-    console.print(f"  predicted letters: {_shares(dist['predicted'])} (gold: {_shares(dist['gold'])})", highlight=False)
+                  f"unparseable {results['unparseable']}, rejected {results['rejected']}, {tail}", highlight=False, soft_wrap=True)
+    console.print(f"  predicted letters: {_shares(dist['predicted'])} (gold: {_shares(dist['gold'])})", highlight=False, soft_wrap=True)
     if dist["collapse"]:
         console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
                       f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
-                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to see the accuracy without that prior"))
+                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to see the accuracy without that prior"), soft_wrap=True)
     if "debiased" in results:
         d = results["debiased"]
         console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
                       f"(95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}); predicted letters: "
-                      f"{_shares(d['option_distribution']['predicted'])}", highlight=False)
+                      f"{_shares(d['option_distribution']['predicted'])}", highlight=False, soft_wrap=True)
     elif cfg.calibrate:
-        console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy")
+        console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy", soft_wrap=True)
 
 
 def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
