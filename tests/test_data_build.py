@@ -7,6 +7,7 @@ import pytest
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,9 @@ def test_sensitive_source_is_refused_for_a_remote_teacher(tmp_path):
     res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", "data.sources=[{path: "
                                    f"{SOURCES / 'reports'}, type: report, sensitive: true}}]"])
     assert res.exit_code == 2 and "allow_sensitive_remote" in res.output
+    advice = re.search(r"--set (\S+=\S+)", " ".join(res.output.split())).group(1)  # the override it names is a real key
+    assert advice == "data.teacher.allow_sensitive_remote=true"
+    assert load_recipe(recipe, [advice]).data.teacher.allow_sensitive_remote is True
 
 
 def test_dialogue_translate_and_alpaca_output(tmp_path):

@@ -519,8 +519,8 @@ def test_index_source_without_usable_passages_says_how_it_was_read_and_the_advic
     r = CliRunner().invoke(app, ["index", "build", "--source", str(src), "--index-dir", str(tmp_path / "i")])
     assert r.exit_code == 2, r.output
     msg = " ".join(r.output.split())
-    assert f"{src}: read as kb" in msg and "0 records, 3 rejected" in msg and "record 1:" in msg
-    advice = re.search(r"(--source guideline:\S+?) reads it as guideline", msg).group(1).split(" ", 1)
+    assert f"{src}: read as kb" in msg and "0 records, 3 rejected" in msg and "not a JSON object (3, first at record 1)" in msg
+    advice = re.search(r"give (--source guideline:\S+)", msg).group(1).split(" ", 1)
     _build([*advice, "--index-dir", str(tmp_path / "i")])
     rows = [json.loads(x) for x in (tmp_path / "i" / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and "钠盐" in rows[0]["text"]

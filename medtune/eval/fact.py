@@ -67,13 +67,15 @@ def _column(rec: dict, given: str | None, names: tuple[str, ...]) -> str | None:
 
 
 def load_facts(path: Path, synonyms_file: Path | None = None, question_column: str | None = None,
-               expected_column: str | None = None, rejects_path: Path | None = None) -> tuple[list[dict], list[Reject]]:
+               expected_column: str | None = None, rejects_path: Path | None = None,
+               encodings: list[str] | None = None) -> tuple[list[dict], list[Reject]]:
     """Read fact questions (JSONL/JSON, CSV/TSV or .xlsx); records without a question or any expected item are rejected.
 
     Args:
         question_column / expected_column: the record's fields (default: the first of
             :data:`QUESTION_COLUMNS` / :data:`EXPECTED_COLUMNS` present, case-insensitive).
         rejects_path: where to write the rejects when no question is usable.
+        encodings: encodings tried per line, in order (None: detect; :func:`medtune.io.read_text`).
 
     Raises:
         DataFileError: unreadable file, invalid synonyms file, or no usable question (the message
@@ -86,7 +88,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
         except (OSError, json.JSONDecodeError) as e:
             raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
     items, rejects, seen, columns = [], [], set(), set()
-    for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
+    for n, (where, rec) in enumerate(read_rows(Path(path), encodings or None), 1):
         if isinstance(rec, Reject):
             rejects.append(rec)
             continue
@@ -148,7 +150,7 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """
     started = time.time()
     items, rejects = load_facts(cfg.data, cfg.synonyms, cfg.question_column, cfg.expected_column,
-                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl")
+                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl", encodings=cfg.encodings)
     items = items[:cfg.max_items] if cfg.max_items else items
     out = Path(cfg.output_dir)
     backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
