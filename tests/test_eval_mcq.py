@@ -315,6 +315,8 @@ def test_cli_calibrate_runs_on_a_cmexam_workbook_and_reports_both_accuracies(tmp
     raw, cal = res["option_distribution"]["predicted"], res["debiased"]["option_distribution"]["predicted"]
     assert abs(sum(raw.values()) - 1) < 1e-3 and abs(sum(cal.values()) - 1) < 1e-3
     assert "calibrated (content-free" in r.output and "predicted letters:" in r.output
+    prior = res["debiased"]["content_free_prior"]["zh ABCDE"]  # what the calibration divided by, shown too
+    assert set(prior) == set("ABCDE") and abs(sum(prior.values()) - 1) < 1e-3 and "content-free prior (zh ABCDE)" in r.output
     rows = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
     assert all(x["prediction_debiased"] for x in rows) and any(x["multi"] for x in rows)
 

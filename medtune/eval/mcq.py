@@ -116,6 +116,15 @@ def content_free_probs(backend: Backend, letters: str, lang: str, pool: list[MCQ
     return _CF_CACHE[key]
 
 
+def content_free_priors(backend: Backend, items: list[MCQItem], pool: list[MCQItem], cfg: McqConfig) -> dict:
+    """The content-free letter probabilities the calibration divided by, ``{"<lang> <letters>": {letter: p}}``
+    for every language and option set of ``items`` (the prior the model shows with no question)."""
+    sets = sorted({(cfg.language if cfg.language != "auto" else detect_language(it.question, default="en"), "".join(it.options))
+                   for it in items})
+    return {f"{lang} {letters}": {k: round(v, 4) for k, v in content_free_probs(backend, letters, lang, pool, cfg).items()}
+            for lang, letters in sets}
+
+
 def option_distributions(rows: list[dict], key: str = "prediction") -> dict:
     """Shares of predicted and gold letters over the single-answer rows, and the collapse flag.
 
@@ -200,6 +209,8 @@ def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
         console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
                       f"(95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}); predicted letters: "
                       f"{_shares(d['option_distribution']['predicted'])}", highlight=False, soft_wrap=True)
+        for name, prior in d.get("content_free_prior", {}).items():
+            console.print(f"  content-free prior ({name}): {_shares(prior)}", highlight=False, soft_wrap=True)
     elif cfg.calibrate:
         console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy", soft_wrap=True)
 
@@ -247,6 +258,8 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "format": fmt,
                "mode": mode, "shots": cfg.shots, "cot": cfg.cot and mode == "generate", "seed": cfg.seed,
                **summarize(ordered), "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
+    if "debiased" in results:
+        results["debiased"]["content_free_prior"] = content_free_priors(backend, items, pool, cfg)
     wall = elapsed(started)
     summary = {"questions": len(items), "computed": len(todo), "reused": len(items) - len(todo),
                "questions_per_s": round(len(todo) / wall, 2) if wall else None, "rejected": len(rejects)}
