@@ -421,6 +421,7 @@ def test_a_guideline_update_date_is_not_phi_but_an_admission_date_is(tmp_path):
     assert any("该指南于2020年3月1日更新" in a for a in answers)
     assert any("患者于[DATE]入院" in a for a in answers) and not any("2021年5月3日" in a for a in answers)
     assert json.loads((out / "stats.json").read_text())["phi_replacements"] == {"DATE": 1}
+    assert assert_one_count_table(res.output, out)["filter:phi"]["fixed"] == {"[DATE] placeholders written": 1}
 
 
 def test_a_question_about_a_document_in_the_same_prompt_is_not_flagged(tmp_path):

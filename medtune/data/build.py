@@ -8,9 +8,11 @@ Outputs in ``output_dir``:
   ``pairwise-judge`` (only when a source makes them; read by :func:`medtune.preference_data.read_preferences`, not
   filtered or split).
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
-- ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,
-  and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
-- ``DATA_CARD.md``: sources, sizes, languages, generators, filters, the audit and a few examples.
+- ``stats.json``: ``steps``, the count table: per step seen, kept, and per reason dropped, fixed, cut,
+  skipped and not returned by the teacher (:class:`medtune.data.records.Tally`; the build prints the same
+  rows and the data card shows them, all rendered by :func:`medtune.data.records.count_rows`), PHI counts
+  per type, teacher token usage, time, and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
+- ``DATA_CARD.md``: sources, sizes, languages, generators, the count table, the audit and a few examples.
 - ``teacher_cache.sqlite``: the teacher's reply cache (a killed build re-run pays for nothing twice).
 - ``pairwise_cache.sqlite``: the ``pairwise-judge`` sampler's and judge's reply cache (same purpose).
 """
@@ -189,6 +191,16 @@ def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrub
     return steps, phi
 
 
+def count_filter_repairs(steps: list[tuple[str, F.Filter]], tallies: dict[str, Tally]) -> None:
+    """Put what the filters changed without dropping into the count table: PHI placeholders written
+    (``fixed``, per type) and ``kb-template`` records the near-duplicate filter does not compare (``skipped``)."""
+    for name, f in steps:
+        if isinstance(f, F.PHIScrubber):
+            tallies[name].fixed.update({f"[{kind}] placeholders written": n for kind, n in f.counts.items()})
+        elif isinstance(f, F.NearDedup) and f.exempt:
+            tallies[name].skipped["kb-template records, not compared (exact duplicates still removed)"] += f.exempt
+
+
 def split_by_document(records: list[Record], fraction: float, seed: int,
                       train_only: tuple[Path, ...] = ()) -> tuple[list[Record], list[Record]]:
     """Train / validation split over source documents (``meta.doc_id``), never splitting a document.
@@ -267,6 +279,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
             client.close()
     steps, phi = filter_steps(cfg.filters, seed)
     kept = list(F.run_filters(generated, steps, tallies))
+    count_filter_repairs(steps, tallies)
     train, val = split_by_document(kept, cfg.validation_fraction, seed,
                                    tuple(Path(s.path) for s in cfg.sources if not s.validation))
     _write_jsonl(out / "train.jsonl", [to_line(r, cfg.format) for r in train])
