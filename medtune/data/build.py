@@ -77,6 +77,23 @@ def print_skipped(skipped: list[tuple[str, str]], rejects: Path, limit: int = 20
         console.print(f"  ... and {len(skipped) - limit} more skipped files (all in {rejects})")
 
 
+def read_sources(cfg: DataConfig, tallies: dict[str, Tally], rejects: Path) -> list[tuple[SourceConfig, list[Record]]]:
+    """Read every source (one ``read:<type>:<path>`` tally each), printing counts, the files not read
+    (:func:`print_skipped`; all in ``rejects``) and a warning for a source that gave nothing."""
+    sources = []
+    for k, src in enumerate(cfg.sources):
+        step = f"read:{src.type}:{src.path}"
+        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
+        tally = tallies[step] = Tally(step)
+        sources.append((src, read_source(src, tally)))
+        console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
+        print_skipped(tally.skipped_files(), rejects)
+        if not sources[-1][1] and tally.rejects:
+            first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
+            console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
+    return sources
+
+
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
                     seed: int, tallies: dict[str, Tally], pairs: list[dict],
                     judges: tuple[LLMClient, LLMClient] | None = None) -> list[Record]:
@@ -256,17 +273,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     seed = cfg.seed if cfg.seed is not None else seed
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
-    sources, pairs = [], []
-    for k, src in enumerate(cfg.sources):
-        step = f"read:{src.type}:{src.path}"
-        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
-        tally = tallies[step] = Tally(step)
-        sources.append((src, read_source(src, tally)))
-        console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
-        print_skipped(tally.skipped_files(), out / "rejects.jsonl")
-        if not sources[-1][1] and tally.rejects:
-            first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
-            console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
+    sources, pairs = read_sources(cfg, tallies, out / "rejects.jsonl"), []
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     judges = pairwise_clients(cfg, out)
     try:
