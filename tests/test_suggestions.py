@@ -13,8 +13,8 @@ are collected from the source, so a new one cannot be added without being checke
 A command or option is run in its ``--help``-safe form (the arguments as suggested, then ``--help``:
 click parses every option before it prints the help, so an unknown one fails with "No such option"); a
 recipe key goes through :func:`medtune.recipe.load_recipe` (an unknown key fails with "unknown key"; a
-concrete value must also validate). Docs count too: every ``medtune ...`` line in a fenced code block
-of README.md and docs/ is run the same way.
+concrete value must also validate). Docs count too: every ``medtune ...`` command of README.md, docs/
+and examples/ (inline code, fenced or indented blocks) is run the same way.
 """
 
 from __future__ import annotations
@@ -161,19 +161,31 @@ def suggestions() -> list[tuple[str, int, str, str, tuple]]:
     return sorted(unique.values(), key=lambda x: (x[0], x[1], x[3], str(x[4])))
 
 
+def _doc_form(cmd: str) -> str:
+    """A command as docs write it, made typeable: ``[--adapter A]`` -> ``--adapter A``, ``list / prepare``
+    -> ``list/prepare`` (each is run), ``...`` dropped, a trailing ``\\`` or ``# comment`` cut."""
+    cmd = cmd.split(" #")[0].rstrip("\\").strip()
+    return re.sub(r"\s+/\s+", "/", cmd.replace("[", "").replace("]", "").replace(" ...", ""))
+
+
 def doc_commands() -> list[tuple[str, int, str, list[str], list[str]]]:
-    """``(file, line, text, words, args)`` of the ``medtune ...`` lines in fenced code blocks of the docs."""
+    """``(file, line, text, words, args)`` of every ``medtune ...`` command in the docs: inline code spans,
+    and lines of fenced or indented code blocks, in README.md, docs/ and examples/."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "examples").rglob("*.md"))]
     out = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "examples" / "README.md"]:
+    for path in files:
         fenced = False
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("```"):
                 fenced = not fenced
                 continue
-            cmd = line.strip().split(" #")[0].rstrip("\\").strip()
-            if fenced and cmd.startswith("medtune "):
-                for words, args, _ in _commands("  " + cmd.replace("`", "")):
-                    out.append((str(path.relative_to(ROOT)), n, cmd, words, args))
+            block = fenced or line.startswith("    ")
+            found = [line.strip()] if block and line.strip().startswith("medtune ") else \
+                [] if block else re.findall(r"`(medtune [^`]+)`", line)
+            for cmd in found:
+                for words, args, _ in _commands("  " + _doc_form(cmd)):
+                    if words:
+                        out.append((str(path.relative_to(ROOT)), n, cmd, words, args))
     return out
 
 
