@@ -34,7 +34,7 @@ from medtune.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 VERB = re.compile(r"\b(?:try|use|set|run|rerun|re-run|pass|give|add|override)\b", re.I)
-CLAUSE_END = re.compile(r";|\n|\.\s|\.$|\bor run\b")
+CLAUSE_END = re.compile(r";|\n|(?<!e\.g)(?<!i\.e)\.\s|\.$|\bor run\b")
 COMMAND = re.compile(r"\bmedtune ((?:[a-z][a-z-]*)(?:/[a-z][a-z-]*)*)(?: ((?:[a-z][a-z-]*)(?:/[a-z][a-z-]*)*))?")
 COMMAND_END = re.compile(r"`|\n|;|\)|\(|: |, | or | and |\. |\.$")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
