@@ -311,7 +311,9 @@ def test_cli_calibrate_runs_on_a_cmexam_workbook_and_reports_both_accuracies(tmp
                                  "--output-dir", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert res["format"] == "cmexam" and res["n"] == 6 and res["rejected"] == 1
+    assert res["format"] == "cmexam" and res["n"] == 6 and res["rejected"] == 3  # as in the real file: 'nan', a gap
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert any("empty value as pandas writes it" in x for x in reasons) and any("not A, B, C" in x for x in reasons)
     raw, cal = res["option_distribution"]["predicted"], res["debiased"]["option_distribution"]["predicted"]
     assert abs(sum(raw.values()) - 1) < 1e-3 and abs(sum(cal.values()) - 1) < 1e-3
     assert "calibrated (content-free" in r.output and "predicted letters:" in r.output

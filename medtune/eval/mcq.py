@@ -189,7 +189,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def _shares(shares: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "-"
+    return ", ".join(f"{k} {v:.0%}" if v >= 0.005 else f"{k} <1%" for k, v in shares.items()) or "-"
 
 
 def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
@@ -203,7 +203,7 @@ def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
     if dist["collapse"]:
         console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
                       f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
-                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to see the accuracy without that prior"), soft_wrap=True)
+                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to compare with the accuracy after content-free calibration"), soft_wrap=True)
     if "debiased" in results:
         d = results["debiased"]
         console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
@@ -211,6 +211,10 @@ def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
                       f"{_shares(d['option_distribution']['predicted'])}", highlight=False, soft_wrap=True)
         for name, prior in d.get("content_free_prior", {}).items():
             console.print(f"  content-free prior ({name}): {_shares(prior)}", highlight=False, soft_wrap=True)
+        cal = d["option_distribution"]
+        if cal["collapse"]:
+            console.print(f"[bold yellow]WARNING[/] still collapsed after calibration ({cal['top']} {cal['top_share']:.0%} "
+                          "of the predictions): the calibrated accuracy mostly measures that letter's share too", soft_wrap=True)
     elif cfg.calibrate:
         console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy", soft_wrap=True)
 
