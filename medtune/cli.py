@@ -396,31 +396,35 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
 # ----------------------------------------------------------------------------- eval
 
 
-def _eval_runner(section: str, module: str, function: str) -> Callable:
+def _eval_runner(section: str, module: str, function: str, command: str, needs: str) -> Callable:
+    """The function behind ``medtune eval COMMAND``; without the section it names the options ``needs``."""
     def run_eval(path: Optional[Path], r: Recipe) -> None:
         import importlib
 
         cfg = getattr(r, section)
         if cfg is None:
-            raise ConfigError(f"{path or 'no recipe'}: no `{section}:` section; give the file and --model, "
-                              f"or a recipe with `{section}:` (see `medtune eval {section} --help`)")
+            raise ConfigError(f"{path or 'no recipe'}: no `{section}:` section; give the file and {needs}, "
+                              f"or a recipe with `{section}:` (see `medtune eval {command} --help`)")
         getattr(importlib.import_module(module), function)(cfg)
 
     return run_eval
 
 
-_stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq"), positional="data",
-               aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
+_stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq", "mcq", "--model MODEL"),
+               positional="data", aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
                help="Score a model on a multiple-choice benchmark (accuracy with 95% CI, per subject, per item).")
-_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig, _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval"),
+_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig,
+               _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval", "rag", "--index DIR"),
                positional="data", help="Retrieval quality of an index: recall@k and MRR per ranker, and a calibrated min_score.")
-_stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
-               aliases={"rag_index": ["--index"]},
+_stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact", "fact", "--model MODEL"),
+               positional="data", aliases={"rag_index": ["--index"], "encodings": ["--encoding"]},
                help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
-_stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",
-               aliases={"answer_columns": ["--answer"]},
+_stage_command(eval_app, "judge", "judge", JudgeConfig,
+               _eval_runner("judge", "medtune.eval.judge", "run_judge", "judge", "--judge SPEC --answer COLUMN"),
+               positional="data", aliases={"answer_columns": ["--answer"]},
                help="LLM-as-judge: rubric scores, or A vs B judged in both orders (win/tie/loss, order inconsistency).")
-_stage_command(eval_app, "answers", "answers", AnswersConfig, _eval_runner("answers", "medtune.eval.answers", "run_answers"),
+_stage_command(eval_app, "answers", "answers", AnswersConfig,
+               _eval_runner("answers", "medtune.eval.answers", "run_answers", "answers", "--model NAME=SPEC"),
                positional="data", aliases={"models": ["--model"]},
                help="Answer a prompt file with several models (one <name>_answer column each); resumable.")
 

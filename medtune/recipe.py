@@ -293,13 +293,19 @@ def load_recipe(path: Path | str | None = None, overrides: list[str] | None = No
         raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
 
 
-def field_help(model: type[BaseModel], prefix: str) -> str:
-    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped)."""
+def field_help(model: type[BaseModel], prefix: str, values: BaseModel | None = None) -> str:
+    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped).
+
+    Args:
+        values: an instance whose values are shown instead of the class defaults (a nested section's
+            ``default_factory`` may set its own, e.g. ``fact.generation.max_new_tokens = 64``).
+    """
     lines = ["\b"]
     for name, f in model.model_fields.items():
         default = f.default if f.default_factory is None else f.default_factory()
+        default = getattr(values, name) if values is not None else default
         if isinstance(default, BaseModel):
-            lines.append(field_help(type(default), f"{prefix}.{name}").removeprefix("\b\n"))
+            lines.append(field_help(type(default), f"{prefix}.{name}", default).removeprefix("\b\n"))
         elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
             shown = str(default) if isinstance(default, Path) else repr(default)
             lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")

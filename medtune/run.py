@@ -56,7 +56,8 @@ def build_index_from_sources(cfg) -> dict:
         (``<index_dir>/rejects.jsonl``, every reject located).
 
     Raises:
-        ConfigError: the sources gave no passage (the message names the skipped files).
+        ConfigError: the sources gave no passage (the message says how each source was read -- its
+            type and how to choose the other --, its counts and first reject reasons, and the skipped files).
     """
     from medtune.data.build import read_source
     from medtune.data.config import SourceConfig
@@ -64,10 +65,14 @@ def build_index_from_sources(cfg) -> dict:
     from medtune.errors import ConfigError
     from medtune.index.build import build_index
 
-    tally, records = Tally("index"), []
+    records, tallies = [], []
     for s in cfg.sources:
-        records += read_source(SourceConfig(**s.model_dump()), tally)
-    skipped = tally.skipped_files()
+        tallies.append(Tally(f"index:{s.type}:{s.path}"))
+        records += read_source(SourceConfig(**s.model_dump()), tallies[-1])
+    skipped = [f for t in tallies for f in t.skipped_files()]
+    if not any(r.text.strip() or r.fields for r in records):
+        raise ConfigError("medtune index build: the sources gave no passages:\n  " + "\n  ".join(
+            _source_report(s, t) for s, t in zip(cfg.sources, tallies)))
     try:
         stats = build_index(records, cfg)
     except ConfigError as e:
@@ -75,8 +80,23 @@ def build_index_from_sources(cfg) -> dict:
             raise
         raise ConfigError(f"{e}; files not read: " + "; ".join(f"{f} ({r})" for f, r in skipped[:10])) from None
     rejects = Path(cfg.index_dir) / "rejects.jsonl"
-    save_rejects([tally], rejects)
-    return {**stats, "rejected": sum(tally.dropped.values()), "skipped": skipped, "rejects_file": str(rejects)}
+    save_rejects(tallies, rejects)
+    return {**stats, "rejected": sum(sum(t.dropped.values()) for t in tallies), "skipped": skipped,
+            "rejects_file": str(rejects)}
+
+
+def _source_report(source, tally) -> str:
+    """One line on what reading an index source gave: its type (and how to choose the other), counts,
+    the first reasons and the files not read."""
+    first: dict[str, str] = {}
+    for r in tally.rejects:
+        first.setdefault(r.reason, r.where)
+    reasons = [f"{reason} ({tally.dropped[reason]}, first at {where})" for reason, where in list(first.items())[:3]]
+    other = "guideline" if source.type == "kb" else "kb"
+    what = "knowledge-base entries with a name field" if source.type == "kb" else "guideline text"
+    return (f"{source.path}: read as {source.type} ({what}): {tally.kept} records, {sum(tally.dropped.values())} rejected"
+            + (f"; first reasons: {'; '.join(reasons)}" if reasons else "")
+            + f"; if it holds {other} {'entries' if other == 'kb' else 'passages'}, give --source {other}:{source.path}")
 
 
 def _index(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:

@@ -504,3 +504,23 @@ def test_rag_qa_distractors_prefer_the_question_language(tmp_path):
         shown = _distractors("氨氯地平的适应症是什么？", pool[0], pool, terms, 2, True, random.Random(seed))
         assert len(shown) == 2 and pool[0] not in shown
         assert sum(p["language"] == "zh" for p in shown) >= 1  # 2 of the 4 candidates are zh
+
+
+def test_index_source_without_usable_passages_says_how_it_was_read_and_the_advice_works(tmp_path, fake_encoder):
+    """Issue 24.12: `index build --source FILE.json` (a JSON array of Chinese guideline passages) said only
+    "no passages": a .json without a type prefix is read as a knowledge base, whose entries need a name."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    src = Path(__file__).parent / "fixtures" / "data" / "guideline_passages_zh.json"
+    r = CliRunner().invoke(app, ["index", "build", "--source", str(src), "--index-dir", str(tmp_path / "i")])
+    assert r.exit_code == 2, r.output
+    msg = " ".join(r.output.split())
+    assert f"{src}: read as kb" in msg and "0 records, 3 rejected" in msg and "not a JSON object (3, first at record 1)" in msg
+    advice = re.search(r"give (--source guideline:\S+)", msg).group(1).split(" ", 1)
+    _build([*advice, "--index-dir", str(tmp_path / "i")])
+    rows = [json.loads(x) for x in (tmp_path / "i" / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and "钠盐" in rows[0]["text"]

@@ -61,7 +61,7 @@ class DialogueConfig(_Section):
     examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
     consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
-    language: str = Field("en", description="Language of the prompts and tasks: en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
+    language: str = Field("auto", description="Language of the prompts and tasks: auto (the seeds' most common language), en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
 
 
 class PairwiseJudgeConfig(_Section):

@@ -423,29 +423,39 @@ def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question
             tally.drop("empty question or answer", qfile, f"id {key[1]}")
             continue
         doc_id = f"{key[0]}/{key[1]}"
-        messages = clean_turns([{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}], tally)
+        messages, stripped = clean_turns([{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}])
         if messages is None:
-            tally.drop("a turn is empty once format tokens are removed", qfile, f"id {key[1]}")
+            tally.drop("a turn is empty once format tokens are removed", qfile, f"id {key[1]}", field="messages")
             continue
         tally.keep()
         yield Record(id=doc_id, kind="qa", messages=messages,
                      meta={"source_file": str(qfile), "answer_file": str(afile), "doc_id": doc_id, "category": key[0],
-                           "language": language or detect_language(question + answer)})
+                           "language": language or detect_language(question + answer), **_fix_meta(tally, stripped)})
 
 
 # ---------------------------------------------------------------- existing corpora
-def clean_turns(messages: list[dict], tally: Tally) -> list[dict] | None:
-    """``messages`` with model-format tokens (``</s>``, ``<|im_end|>``, ``[INST]`` ...) removed from
-    every turn, counted in ``tally.fixed``; None when a turn is left empty."""
-    out = []
+FORMAT_FIX = "format tokens stripped"
+
+
+def clean_turns(messages: list[dict]) -> tuple[list[dict] | None, int]:
+    """``(messages with model-format tokens (``</s>``, ``<|im_end|>``, ``[INST]`` ...) removed from every
+    turn, number of tokens removed)``; the messages are None when a turn is left empty."""
+    out, total = [], 0
     for m in messages:
         content, n = strip_format_tokens(m["content"])
-        if n:
-            tally.fixed["format tokens stripped"] += n
+        total += n
         if not content:
-            return None
+            return None, total
         out.append({**m, "content": content})
-    return out
+    return out, total
+
+
+def _fix_meta(tally: Tally, n_tokens: int) -> dict:
+    """Count a record whose format tokens were stripped (``tally.fixed``) and tag it for the audit."""
+    if not n_tokens:
+        return {}
+    tally.fixed[FORMAT_FIX] += 1
+    return {"format_tokens_stripped": n_tokens}
 
 
 def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: dict[str, str] | None = None,
@@ -453,7 +463,8 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
     """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, common question/answer field
     names such as 问/答 or question/answer, column-mapped CSV/JSONL; JSONL saved as ``.txt`` too).
 
-    Model-format tokens are stripped from every turn (counted in ``tally.fixed``). A file none of
+    Model-format tokens are stripped from every turn (records counted in ``tally.fixed``, tokens in
+    ``meta.format_tokens_stripped``). A file none of
     whose records is in a known form gets one more reject naming the fields seen and the
     ``columns:`` mapping to add.
 
@@ -466,18 +477,18 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
         try:
             messages = record_to_messages(item, columns)
         except RecordError as e:
-            tally.drop("not a QA record", file, where, str(e))
+            tally.drop("not a QA record", file, where, str(e), e.field)
             unknown.setdefault(file, set()).update(map(str, item))
             continue
-        messages = clean_turns(messages, tally)
+        messages, stripped = clean_turns(messages)
         if messages is None:
-            tally.drop("a turn is empty once format tokens are removed", file, where, str(item)[:200])
+            tally.drop("a turn is empty once format tokens are removed", file, where, str(item)[:200], "messages")
             continue
         doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
         kept[file] += 1
         tally.keep()
         yield Record(id=doc_id, kind="qa", messages=messages,
-                     meta={"source_file": str(file), "doc_id": doc_id,
+                     meta={"source_file": str(file), "doc_id": doc_id, **_fix_meta(tally, stripped),
                            "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})
     for file, fields in unknown.items():
         if not kept.get(file):

@@ -49,6 +49,7 @@ class FactConfig(Section):
 
     data: Path = Field(..., description="JSONL/JSON of {id, question, expected: [items], synonyms?: {item: [..]}}, or CSV/.xlsx with a question and an expected-items column.")
     synonyms: Path | None = Field(None, description="Optional JSON {item: [synonyms]} applied to every question.")
+    encodings: list[str] = Field(default_factory=list, description="Encodings tried per line, in order (mixed files: [utf-8, gb18030]); empty: detect (UTF-8, GB18030, CP949 ...).")
     question_column: str | None = Field(None, description="Column holding the question (default: question, 问题, 질문 ...).")
     expected_column: str | None = Field(None, description="Column holding the expected items, a list or a string split on | ， 、 ; (default: expected, answer, 答案, 정답 ...).")
     model: str = Field(..., description="Model as [NAME=]SPEC (see `eval mcq`).")
@@ -82,6 +83,7 @@ class JudgeConfig(Section):
     max_items: int | None = Field(None, ge=1, description="Judge only the first N rows.")
     output_dir: Path = Field(Path("runs/eval/judge"), description="Where results.json, judgements.jsonl and manifest.json go.")
     seed: int = Field(42, description="Seed sent to the judge (sample i uses seed + i).")
+    overwrite: bool = Field(False, description="Discard judgements of a different earlier run in output_dir.")
 
 
 class AnswersConfig(Section):

@@ -20,6 +20,7 @@ of gold letters, flagged as a *collapse* when one letter takes > 60% of the pred
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -107,12 +108,21 @@ def content_free_probs(backend: Backend, letters: str, lang: str, pool: list[MCQ
     """Option-letter probabilities for a content-free question ("N/A" as stem and every option), the
     model's prior over letters (Zhao et al. 2021, "Calibrate Before Use", section 4); cached per
     model, letter set, language and shots."""
-    key = (backend.identity, letters, lang, cfg.shots, cfg.seed)
+    key = (json.dumps(backend.identity, sort_keys=True, default=str), letters, lang, cfg.shots, cfg.seed)
     if key not in _CF_CACHE:
         item = MCQItem(id="content-free", question="N/A", options={k: "N/A" for k in letters}, answer=letters[0])
         prompt = build_messages(item, pick_shots(item, pool, cfg.shots, cfg.seed), lang, False)
         _CF_CACHE[key] = choose_letters(letter_logprobs(backend, [prompt], [letters])[0], False)[1]
     return _CF_CACHE[key]
+
+
+def content_free_priors(backend: Backend, items: list[MCQItem], pool: list[MCQItem], cfg: McqConfig) -> dict:
+    """The content-free letter probabilities the calibration divided by, ``{"<lang> <letters>": {letter: p}}``
+    for every language and option set of ``items`` (the prior the model shows with no question)."""
+    sets = sorted({(cfg.language if cfg.language != "auto" else detect_language(it.question, default="en"), "".join(it.options))
+                   for it in items})
+    return {f"{lang} {letters}": {k: round(v, 4) for k, v in content_free_probs(backend, letters, lang, pool, cfg).items()}
+            for lang, letters in sets}
 
 
 def option_distributions(rows: list[dict], key: str = "prediction") -> dict:
@@ -178,6 +188,37 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0%}" if v >= 0.005 else f"{k} <1%" for k, v in shares.items()) or "-"
+
+
+def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
+    """Print the accuracy, the predicted- and gold-letter shares, the collapse warning and, with
+    ``calibrate``, the calibrated accuracy and its letter shares."""
+    dist = results["option_distribution"]
+    console.print(f"mcq {results['model']} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
+                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={results['n']}, "
+                  f"unparseable {results['unparseable']}, rejected {results['rejected']}, {tail}", highlight=False, soft_wrap=True)
+    console.print(f"  predicted letters: {_shares(dist['predicted'])} (gold: {_shares(dist['gold'])})", highlight=False, soft_wrap=True)
+    if dist["collapse"]:
+        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
+                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
+                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to compare with the accuracy after content-free calibration"), soft_wrap=True)
+    if "debiased" in results:
+        d = results["debiased"]
+        console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
+                      f"(95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}); predicted letters: "
+                      f"{_shares(d['option_distribution']['predicted'])}", highlight=False, soft_wrap=True)
+        for name, prior in d.get("content_free_prior", {}).items():
+            console.print(f"  content-free prior ({name}): {_shares(prior)}", highlight=False, soft_wrap=True)
+        cal = d["option_distribution"]
+        if cal["collapse"]:
+            console.print(f"[bold yellow]WARNING[/] still collapsed after calibration ({cal['top']} {cal['top_share']:.0%} "
+                          "of the predictions): the calibrated accuracy mostly measures that letter's share too", soft_wrap=True)
+    elif cfg.calibrate:
+        console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy", soft_wrap=True)
+
+
 def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     """Evaluate one model on one benchmark file; write results, predictions, rejects and manifest.
 
@@ -221,19 +262,11 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "format": fmt,
                "mode": mode, "shots": cfg.shots, "cot": cfg.cot and mode == "generate", "seed": cfg.seed,
                **summarize(ordered), "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
+    if "debiased" in results:
+        results["debiased"]["content_free_prior"] = content_free_priors(backend, items, pool, cfg)
     wall = elapsed(started)
     summary = {"questions": len(items), "computed": len(todo), "reused": len(items) - len(todo),
                "questions_per_s": round(len(todo) / wall, 2) if wall else None, "rejected": len(rejects)}
     results = finish(out, "mcq", config, inputs, results, cfg.seed, started, rejects, ordered, summary)
-    console.print(f"mcq {backend.name} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
-                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={len(items)}, "
-                  f"unparseable {results['unparseable']}, rejected {len(rejects)}, {len(todo)} computed in {wall} s -> {out}")
-    dist = results["option_distribution"]
-    if dist["collapse"]:
-        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
-                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
-                      + ("" if cfg.calibrate else "; try --set calibrate=true (loglik)"))
-    if "debiased" in results:
-        d = results["debiased"]
-        console.print(f"  debiased (content-free calibration): {d['accuracy']:.3f} (95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})")
+    print_summary(results, cfg, mode, f"{len(todo)} computed in {wall} s -> {out}")
     return results
