@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medtune.errors import EvalError
+from medtune.eval.mcq import VERDICT_BLOCKS
 from medtune.eval.stats import mcnemar_exact
 
 console = Console(stderr=True)
@@ -115,9 +116,12 @@ def _ci(p: dict) -> str:
     return f"{p['rate']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
 
 
-def _debiased(r: dict) -> str:
-    d = r.get("debiased")
+def _debiased(r: dict, key: str = "debiased") -> str:
+    d = r.get(key)
     return f"{d['accuracy']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d else "-"
+
+
+VERDICT_WORDS = {"raw": "raw", "calibrated": "content-free", "pride": "PriDe"}
 
 
 def _distribution(r: dict) -> str:
@@ -133,10 +137,12 @@ def _distribution(r: dict) -> str:
 def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Accuracy table + plots (per benchmark, and per subject for each benchmark)."""
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), r["mode"], str(r["n"]),
-             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", _debiased(r), _distribution(r),
+             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", _debiased(r), _debiased(r, "pride"),
+             VERDICT_WORDS[r.get("verdict", {}).get("uses", "raw")], _distribution(r),
              f"{r['unparseable_rate']:.3f}", str(r["rejected"]), _link(r, base)] for r in results]
-    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "debiased [95% CI]",
-                    "predicted / gold option shares", "unparseable", "rejected", "per-item"], rows)
+    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "content-free debiased [95% CI]",
+                    "PriDe debiased [95% CI]", "verdict uses", "predicted / gold option shares", "unparseable",
+                    "rejected", "per-item"], rows)
     datas = sorted({Path(r["data"]).name for r in results})
     models = list(dict.fromkeys(r["model"] for r in results))
     nan = (float("nan"),) * 3
@@ -229,6 +235,16 @@ def paired_p(r: dict, o: dict, field: str) -> float | None:
     return mcnemar_exact(sum(a[i] and not b[i] for i in common), sum(b[i] and not a[i] for i in common))
 
 
+def mcq_measure(r: dict, o: dict, data: str) -> tuple:
+    """The MCQ measure of a comparison: the accuracy both runs name as their verdict accuracy (raw,
+    content-free calibrated or PriDe, see :func:`medtune.eval.mcq.verdict_accuracy`), raw when they differ."""
+    uses = r.get("verdict", {}).get("uses", "raw")
+    uses = uses if uses == o.get("verdict", {}).get("uses", "raw") else "raw"
+    field, key = VERDICT_BLOCKS[uses]
+    label = {"raw": "MCQ accuracy", "calibrated": "MCQ accuracy, content-free calibrated", "pride": "MCQ accuracy, PriDe-debiased"}[uses]
+    return f"{label} ({data})", lambda x: (x[key]["accuracy"], *x[key]["ci95"]) if key else (x["accuracy"], *x["ci95"]), True, field
+
+
 def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> list[dict]:
     """Base vs fine-tuned on every measure both have: ``{"measure", "base", "finetuned", "verdict",
     "paired_p"}`` (values as ``(value, low, high)``; ``paired_p`` for per-item yes/no measures)."""
@@ -240,7 +256,7 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
             continue
         measures = []  # (name, getter, higher is better, per-item field)
         if task == "mcq":
-            measures.append((f"MCQ accuracy ({data})", lambda x: (x["accuracy"], *x["ci95"]), True, "correct"))
+            measures.append(mcq_measure(r, o, data))
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
                 measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True, c))
