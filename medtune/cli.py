@@ -18,6 +18,8 @@
 | ``eval rag [RECIPE]``    | :func:`medtune.eval.rag.run_rag_eval`     | ``rag_eval``   |
 | ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
+| ``eval lm-eval [RECIPE]``| :func:`medtune.eval.harness.run_lm_eval`  | ``lm_eval``    |
+| ``eval rubric [RECIPE]`` | :func:`medtune.eval.rubric.run_rubric`    | ``rubric``     |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
 | ``eval safety --model``  | :func:`medtune.eval.guarded.run_guarded`  |                |
@@ -52,7 +54,7 @@ from rich.table import Table
 from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.llm import LLMConfig
 from medtune.index.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
@@ -423,6 +425,15 @@ _stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "m
 _stage_command(eval_app, "answers", "answers", AnswersConfig, _eval_runner("answers", "medtune.eval.answers", "run_answers"),
                positional="data", aliases={"models": ["--model"]},
                help="Answer a prompt file with several models (one <name>_answer column each); resumable.")
+
+_stage_command(eval_app, "lm-eval", "lm_eval", LmEvalConfig, _eval_runner("lm_eval", "medtune.eval.harness", "run_lm_eval"),
+               aliases={"tasks": ["--task"], "max_items": ["--limit"]},
+               help="lm-evaluation-harness tasks (medqa_4options, kormedmcqa, mmlu clinical ...) on a model medtune loads; "
+                    "results with the harness's stderr, beside medtune's MCQ in the report. Needs pip install 'medtune[lm-eval]'.")
+_stage_command(eval_app, "rubric", "rubric", RubricConfig, _eval_runner("rubric", "medtune.eval.rubric", "run_rubric"),
+               positional="data",
+               help="Rubric-graded conversations (HealthBench format): each criterion graded by a judge; HealthBench score "
+                    "with a bootstrap interval, per tag, and the criteria most often missed.")
 
 
 @eval_app.command("report")

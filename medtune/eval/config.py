@@ -100,6 +100,47 @@ class AnswersConfig(Section):
     seed: int = Field(42, description="Seed for sampled decoding.")
 
 
+class LmEvalConfig(Section):
+    """lm-evaluation-harness tasks on a model medtune loads (``medtune eval lm-eval``)."""
+
+    tasks: list[str] = Field(..., description="Harness task or group names (medqa_4options, kormedmcqa, mmlu_clinical_knowledge, cmmlu_clinical_knowledge ...; see docs/evaluation.md) or local task YAML files.")
+    model: str = Field(..., description="Model as [NAME=]SPEC: pack, model directory, merged output or adapter directory (local models only).")
+    adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
+    data: dict[str, Path] = Field(default_factory=dict, description="TASK=FILE: run a harness task on a local copy of its dataset (JSONL/JSON/CSV/Parquet with the dataset's own columns); the file fills every split the task reads.")
+    include_path: Path | None = Field(None, description="Folder of extra task YAMLs, as the harness's --include_path.")
+    num_fewshot: int | None = Field(None, ge=0, description="Solved examples before each question; None: the task's own default.")
+    apply_chat_template: bool = Field(True, description="Render prompts with the model's chat template, as medtune's own MCQ, chat and serving do; false gives the plain-text prompts of most published harness numbers.")
+    system: str | None = Field(None, description="Optional system prompt (the harness's system_instruction).")
+    batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
+    max_items: int | None = Field(None, ge=1, description="Evaluate only the first N documents of each task (the harness's --limit; smoke runs).")
+    offline: bool = Field(True, description="Never contact a hub: a task whose dataset is neither cached nor local fails with a message naming the dataset. False lets the harness download datasets.")
+    bootstrap_iters: int = Field(1000, ge=0, description="Bootstrap resamples for the stderr of metrics without a closed form (0: none).")
+    output_dir: Path = Field(Path("runs/eval/lm_eval"), description="Where <task>/results.json, <task>/predictions.jsonl and the harness's request cache go.")
+    seed: int = Field(42, description="Seed of the harness (python, numpy, torch and few-shot sampling).")
+
+
+class RubricConfig(Section):
+    """Rubric-graded conversations in the HealthBench format (``medtune eval rubric``)."""
+
+    data: Path = Field(..., description="JSONL of conversations: {prompt: [messages], rubrics: [{criterion, points, tags}], prompt_id?, example_tags?} (HealthBench format).")
+    model: str | None = Field(None, description="Model that answers, as [NAME=]SPEC (see `eval mcq`); with `answers`: only the name used in the report.")
+    adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
+    answers: Path | None = Field(None, description="Take the answers from this CSV/JSONL instead of generating them: an id column (prompt_id or id) and `answer_column`.")
+    answer_column: str = Field("answer", description="Column of `answers` holding the answer text (e.g. base_answer from `eval answers`).")
+    judge: str = Field(..., description="Grader model: URL#MODEL endpoint or a local model spec (as `eval judge --judge`).")
+    system: str | None = Field(None, description="Optional system prompt for answering.")
+    batch_size: int = Field(4, ge=1, description="Conversations per generate call.")
+    max_items: int | None = Field(None, ge=1, description="Grade only the first N conversations.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=256), description="Decoding settings for answering.")
+    prompts_dir: Path | None = Field(None, description="Directory with replacement rubric_item_<lang>.txt grader prompts ($conversation, $criterion).")
+    max_retries: int = Field(2, ge=0, description="Re-asks after an off-format grader reply before counting the criterion invalid (not met).")
+    max_tokens: int = Field(256, ge=16, description="Grader reply length limit (tokens).")
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples of conversations for the score's 95% interval.")
+    output_dir: Path = Field(Path("runs/eval/rubric"), description="Where results.json, predictions.jsonl, rejects.jsonl and the grader cache go.")
+    seed: int = Field(42, description="Seed for sampled decoding, the grader and the bootstrap.")
+    overwrite: bool = Field(False, description="Discard graded conversations of a different earlier run in output_dir.")
+
+
 class EvalConfig(Section):
     """Recipe ``eval`` stage: base vs fine-tuned (merged) model -- and the aligned model when the recipe has an
     ``align`` stage -- on MCQ, fact recall, held-out data and (with ``safety_file``) urgent care, then a report."""

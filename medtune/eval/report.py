@@ -158,6 +158,35 @@ def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
     return h + "".join(f'<img src="{i}">' for i in imgs), md
 
 
+def _harness_value(r: dict, m: dict | None = None) -> str:
+    m = m or {"value": r["value"], "stderr": r["stderr"], "ci95": r["ci95"]}
+    if m["value"] is None:
+        return "-"
+    if m["stderr"] is None:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} ± {m['stderr']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+
+def harness_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """lm-evaluation-harness results (``eval lm-eval``): the main metric with the harness's stderr and a
+    95% interval, the other metrics, shots, prompt form and dataset, beside medtune's own MCQ."""
+    rows = [[html.escape(r["model"]), html.escape(r["harness_task"]), str(r["n"]), str(r.get("num_fewshot")),
+             "chat template" if r.get("apply_chat_template") else "plain text", html.escape(str(r["metric"])),
+             _harness_value(r), html.escape("; ".join(f"{k} {_harness_value(r, v)}" for k, v in r["metrics"].items() if k != r["metric"]) or "-"),
+             html.escape(str(r.get("dataset"))), _link(r, base)] for r in results]
+    h, md = _table(["model", "task", "n", "shots", "prompt", "metric", "value ± stderr [95% CI]", "other metrics",
+                    "dataset", "per-item"], rows)
+    version = next((r.get("harness_version") for r in results if r.get("harness_version")), None)
+    note = f"lm-evaluation-harness {version}; stderr as the harness computes it, interval = value ± 1.96 stderr."
+    tasks = list(dict.fromkeys(r["harness_task"] for r in results if r["ci95"]))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    by = {(r["model"], r["harness_task"]): r for r in results}
+    nan = (float("nan"),) * 3
+    series = {m: [(by[m, t]["value"], *by[m, t]["ci95"]) if (m, t) in by and by[m, t]["ci95"] else nan for t in tasks] for m in models}
+    img = f'<img src="{_bars(tasks, series, "main metric", "lm-evaluation-harness (95% CI)")}">' if tasks else ""
+    return f"<p>{html.escape(note)}</p>{h}{img}", f"{note}\n\n{md}"
+
+
 def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Fact-recall table (three hit criteria with CIs) and plot."""
     crit = ["hit_any", "hit_half", "hit_two_thirds"]
@@ -257,6 +286,8 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
         measures = []  # (name, getter, higher is better, per-item field)
         if task == "mcq":
             measures.append(mcq_measure(r, o, data))
+        if task == "lm_eval" and r.get("ci95") and o.get("ci95"):
+            measures.append((f"lm-eval {data}: {r['metric']}", lambda x: (x["value"], *x["ci95"]), r.get("higher_is_better", True), "correct"))
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
                 measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True, c))
@@ -376,7 +407,8 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
     by_task = defaultdict(list)
     for r in results:
         by_task[r["task"]].append(r)
-    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
+    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("lm-evaluation-harness", "lm_eval", harness_section),
+                ("Fact recall", "fact", fact_section),
                 ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
                 ("Closed-book vs RAG", "*", rag_comparison_section), ("Retrieval and citations", "rag", rag_section),
                 ("LLM-as-judge", "judge", judge_section)]
