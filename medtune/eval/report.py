@@ -22,7 +22,7 @@ from rich.console import Console
 
 from medtune.errors import EvalError
 from medtune.eval.mcq import VERDICT_BLOCKS
-from medtune.eval.stats import mcnemar_exact
+from medtune.eval.stats import mcnemar_exact, paired_bootstrap
 
 console = Console(stderr=True)
 
@@ -187,6 +187,35 @@ def harness_section(results: list[dict], base: Path) -> tuple[str, str]:
     return f"<p>{html.escape(note)}</p>{h}{img}", f"{note}\n\n{md}"
 
 
+def _boot(b: dict) -> str:
+    return f"{b['score']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
+
+
+def rubric_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """HealthBench-style rubric scores (``eval rubric``): the score with its bootstrap interval per model, the
+    per-tag table (themes, axes, languages) with models side by side, and the criteria most often missed."""
+    head = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), html.escape(str(r["judge"].get("model"))), str(r["n"]),
+             f"{_boot(r['score'])} ± {r['score']['std']:.3f}", f"{r['invalid_grades']} / {r['criteria']}", _link(r, base)] for r in results]
+    parts = [_table(["model", "conversations", "grader", "n", "HealthBench score [95% bootstrap CI] ± std",
+                     "invalid grades", "per-item"], head)]
+    cols = [f"{r['model']} ({Path(r['data']).name})" for r in results]
+    tags = sorted({t for r in results for t in r["per_tag"]}, key=lambda t: (t.split(":")[0], t))
+    rows = [[html.escape(t), *(f"{_boot(r['per_tag'][t])} (n={r['per_tag'][t]['n']})" if t in r["per_tag"] else "-" for r in results)]
+            for t in tags]
+    if rows:
+        parts.append(_table(["tag", *cols], rows))
+    for r in results:
+        missed = [[html.escape(m["criterion"]), f"{m['points']:g}", html.escape(", ".join(m["tags"])), f"{m['missed']} / {m['graded']}",
+                   f"{m['points_lost']:g}"] for m in r["most_missed"]]
+        if missed:
+            h, md = _table(["criterion", "points", "tags", "missed / graded", "points lost"], missed)
+            parts.append((f"<h3>Criteria most often missed: {html.escape(r['model'])}</h3>{h}",
+                          f"Criteria most often missed ({r['model']}):\n\n{md}"))
+    note = ("Score = points of the criteria met / positive points, averaged over conversations and clipped to [0, 1] "
+            "(HealthBench, Arora et al. 2025); a missed criterion is a positive one not met or a negative one met.")
+    return f"<p>{html.escape(note)}</p>" + "".join(h for h, _ in parts), note + "\n\n" + "\n".join(m for _, m in parts)
+
+
 def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Fact-recall table (three hit criteria with CIs) and plot."""
     crit = ["hit_any", "hit_half", "hit_two_thirds"]
@@ -226,11 +255,12 @@ def _decoding(d: dict | None) -> str:
 
 
 def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool,
-            paired_p: float | None = None, change: str = "the fine-tune") -> str:
+            paired_p: float | None = None, change: str = "the fine-tune", test: str = "paired exact McNemar") -> str:
     """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned (or closed-book and RAG,
     ``change`` = "retrieval"). A change is clear when the two 95% intervals do not overlap, or, for
-    per-item yes/no outcomes on the same items, when the exact McNemar test on the paired items gives
-    ``paired_p`` < 0.05 (:func:`medtune.eval.stats.mcnemar_exact`)."""
+    per-item outcomes on the same items, when the paired test gives ``paired_p`` < 0.05: the exact McNemar
+    test for yes/no outcomes (:func:`medtune.eval.stats.mcnemar_exact`), a paired bootstrap for scores
+    (:func:`medtune.eval.stats.paired_bootstrap`); ``test`` names it in the words."""
     up = tuned[1] > base[2]
     down = tuned[2] < base[1]
     if up or down:
@@ -240,7 +270,7 @@ def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float],
     moved = "higher" if tuned[0] > base[0] else "lower"
     if paired_p is not None and paired_p < 0.05:
         word = "better" if (tuned[0] > base[0]) == higher_is_better else "WORSE"
-        return f"{word} (paired exact McNemar p = {paired_p:.3g}; the 95% CIs overlap)"
+        return f"{word} ({test} p = {paired_p:.3g}; the 95% CIs overlap)"
     tested = f" (paired p = {paired_p:.2g})" if paired_p is not None else ""
     return f"{moved}, but the 95% CIs overlap{tested}: no clear difference, not shown to improve"
 
@@ -253,6 +283,26 @@ def _outcomes(r: dict, field: str) -> dict[str, bool]:
     except (OSError, ValueError):
         return {}
     return {str(x["id"]): bool(x[field]) for x in rows if isinstance(x, dict) and "id" in x and isinstance(x.get(field), bool)}
+
+
+def paired_bootstrap_p(r: dict, o: dict, field: str) -> float | None:
+    """Two-sided paired-bootstrap p for the numeric per-item ``field`` over the items both results share
+    (:func:`medtune.eval.stats.paired_bootstrap`), or None without per-item data."""
+    a, b = _per_item(r, field), _per_item(o, field)
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return None
+    return paired_bootstrap([a[i] for i in common], [b[i] for i in common], 1000, r.get("seed") or 0)["p"]
+
+
+def _per_item(r: dict, field: str) -> dict[str, float]:
+    path = Path(r.get("_dir", "")) / r.get("predictions_file", "predictions.jsonl")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return {}
+    return {str(x["id"]): float(x[field]) for x in rows if isinstance(x, dict) and "id" in x
+            and isinstance(x.get(field), (int, float)) and not isinstance(x.get(field), bool)}
 
 
 def paired_p(r: dict, o: dict, field: str) -> float | None:
@@ -286,6 +336,8 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
         measures = []  # (name, getter, higher is better, per-item field)
         if task == "mcq":
             measures.append(mcq_measure(r, o, data))
+        if task == "rubric":
+            measures.append((f"HealthBench score ({data})", lambda x: (x["score"]["score"], *x["score"]["ci95"]), True, "score", "bootstrap"))
         if task == "lm_eval" and r.get("ci95") and o.get("ci95"):
             measures.append((f"lm-eval {data}: {r['metric']}", lambda x: (x["value"], *x["ci95"]), r.get("higher_is_better", True), "correct"))
         if task == "fact":
@@ -301,9 +353,12 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
                                          ("language_match", "answers in the question's language", True, "language_match")):
                 if r["quality"][k]["n"] and o["quality"][k]["n"]:
                     measures.append((f"{label} ({task})", lambda x, k=k: (x["quality"][k]["rate"], *x["quality"][k]["ci95"]), hib, field))
-        for name, get, hib, field in measures:
-            p = paired_p(r, o, field) if field else None
-            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib, p),
+        for name, get, hib, field, *test in measures:
+            if test:  # per-item scores, not yes/no: paired bootstrap of the difference
+                p, label = paired_bootstrap_p(r, o, field), "paired bootstrap"
+            else:
+                p, label = (paired_p(r, o, field) if field else None), "paired exact McNemar"
+            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib, p, test=label),
                         "paired_p": p})
     return out
 
@@ -409,6 +464,7 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
         by_task[r["task"]].append(r)
     sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("lm-evaluation-harness", "lm_eval", harness_section),
                 ("Fact recall", "fact", fact_section),
+                ("Rubric-graded conversations", "rubric", rubric_section),
                 ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
                 ("Closed-book vs RAG", "*", rag_comparison_section), ("Retrieval and citations", "rag", rag_section),
                 ("LLM-as-judge", "judge", judge_section)]
