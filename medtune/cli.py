@@ -441,11 +441,13 @@ _stage_command(eval_app, "rubric", "rubric", RubricConfig, _eval_runner("rubric"
 def report(runs: List[Path] = typer.Argument(..., help="Directories holding results.json files (searched recursively)."),
            output: Path = typer.Option(Path("runs/eval/report.html"), help="HTML report path (markdown written beside it)."),
            title: str = typer.Option("medtune evaluation report", help="Report title."),
+           answers_per_language: int = typer.Option(3, min=0, help="Answers per evaluation and language shown side by side in 'What the models said'."),
+           seed: int = typer.Option(42, help="Seed of that sample of answers."),
            ) -> None:
-    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates."""
+    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates, answers side by side."""
     from medtune.eval.report import write_report
 
-    write_report(runs, output, title)
+    write_report(runs, output, title, answers_per_language, seed)
 
 
 @eval_app.command("safety")

@@ -288,7 +288,8 @@ def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg
     else:
         settings = cfg.generation.model_copy(update={"seed": cfg.seed if cfg.generation.temperature > 0 else None})
         for it, reply in zip(batch, generate(backend, prompts, settings)):
-            rows.append({"prediction": parse_answer(reply, it.options), "reply": reply})
+            rows.append({"prediction": parse_answer(reply, it.options), "reply": reply, "question": it.question,
+                         "options": it.options})
     return [{"id": it.id, "subject": it.subject, "answer": it.answer, "multi": it.multi, **r,
              "parsed": r["prediction"] is not None, "correct": r["prediction"] == it.answer,
              "source": it.source, "run_key": key} for it, r in zip(batch, rows)]

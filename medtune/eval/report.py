@@ -11,6 +11,7 @@ with relative links to each run's per-item results.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medtune.errors import EvalError
+from medtune.eval.answer_samples import render_html, render_markdown, side_by_side
 from medtune.eval.mcq import VERDICT_BLOCKS
 from medtune.eval.stats import mcnemar_exact, paired_bootstrap
 
@@ -443,11 +445,23 @@ def judge_section(results: list[dict], base: Path) -> tuple[str, str]:
 
 
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
-       "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}th{background:#f3f3f3}img{display:block;margin:1em 0}")
+       "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;vertical-align:top}th{background:#f3f3f3}"
+       "img{display:block;margin:1em 0}.ans{white-space:pre-wrap}.ref{color:#555;font-size:13px;margin-top:.5em}")
 
 
-def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluation report") -> dict:
+def answers_section(results: list[dict], base: Path, per_language: int = 3, seed: int = 42) -> tuple[str, str]:
+    """"What the models said": a seeded sample of answers per evaluation and language, models side by side
+    with their grades (:mod:`medtune.eval.answer_samples`)."""
+    groups = side_by_side(results, per_language, seed)
+    return render_html(groups), render_markdown(groups)
+
+
+def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluation report", answers_per_language: int = 3,
+                 seed: int = 42) -> dict:
     """Render every result under ``dirs`` into ``output`` (HTML) and ``output.with_suffix('.md')``.
+
+    ``answers_per_language`` answers per evaluation and language (a sample fixed by ``seed``) are shown
+    in "What the models said", every model side by side.
 
     Returns:
         ``{"html", "markdown", "results"}`` (paths and the number of result files).
@@ -462,12 +476,12 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
     by_task = defaultdict(list)
     for r in results:
         by_task[r["task"]].append(r)
-    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("lm-evaluation-harness", "lm_eval", harness_section),
-                ("Fact recall", "fact", fact_section),
-                ("Rubric-graded conversations", "rubric", rubric_section),
-                ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
+    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section),
+                ("lm-evaluation-harness", "lm_eval", harness_section), ("Fact recall", "fact", fact_section),
+                ("Rubric-graded conversations", "rubric", rubric_section), ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
                 ("Closed-book vs RAG", "*", rag_comparison_section), ("Retrieval and citations", "rag", rag_section),
-                ("LLM-as-judge", "judge", judge_section)]
+                ("LLM-as-judge", "judge", judge_section),
+                ("What the models said", "*", functools.partial(answers_section, per_language=answers_per_language, seed=seed))]
     body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}\n"]
     for heading, task, fn in sections:
         chosen = results if task == "*" else by_task.get(task)
