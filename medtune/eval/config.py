@@ -143,7 +143,8 @@ class RubricConfig(Section):
 
 class EvalConfig(Section):
     """Recipe ``eval`` stage: base vs fine-tuned (merged) model -- and the aligned model when the recipe has an
-    ``align`` stage -- on MCQ, fact recall, held-out data and (with ``safety_file``) urgent care, then a report."""
+    ``align`` stage -- on MCQ, fact recall, held-out data, (with ``safety_file``) urgent care, (with
+    ``lm_eval_tasks``) lm-evaluation-harness tasks and (with ``rubric_file``) rubric-graded conversations, then a report."""
 
     mcq_files: list[Path] = Field([Path("examples/eval/mcq_mixed.jsonl")], description="MCQ files (any supported format) scored by log-likelihood.")
     fact_file: Path | None = Field(Path("examples/eval/kb_facts.jsonl"), description="Fact-recall questions; None skips fact recall.")
@@ -151,6 +152,17 @@ class EvalConfig(Section):
     max_fact_items: int | None = Field(4, ge=1, description="Fact-recall questions per model (generation is the slow part on CPU).")
     fact_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=40))
     batch_size: int = Field(8, ge=1, description="Questions per forward pass.")
+    mcq_calibrate: bool = Field(True, description="MCQ: also report accuracy after content-free calibration (Zhao et al. 2021).")
+    mcq_pride: bool = Field(True, description="MCQ: also report accuracy after PriDe (Zheng et al. 2024; prior over option letters from cyclic permutations of a few questions).")
+    mcq_verdict: Literal["auto", "raw", "calibrated", "pride"] = Field("auto", description="MCQ accuracy the base-vs-fine-tuned verdict uses; auto: PriDe when computed, else calibrated, else raw.")
+    lm_eval_tasks: list[str] = Field([], description="lm-evaluation-harness tasks (names or local task YAMLs) run on each model (needs pip install 'medtune[lm-eval]'); [] skips them.")
+    lm_eval_data: dict[str, Path] = Field({}, description="TASK=FILE: local copies of harness task datasets (see `eval lm-eval --data`).")
+    lm_eval_max_items: int | None = Field(None, ge=1, description="Documents per harness task (the harness's limit).")
+    rubric_file: Path | None = Field(None, description="Rubric-graded conversations (HealthBench format, e.g. examples/eval/rubric_health.jsonl) answered by each model; needs rubric_judge; None skips them.")
+    rubric_judge: str | None = Field(None, description="Grader of the rubric criteria: URL#MODEL endpoint or a local model spec.")
+    max_rubric_items: int | None = Field(None, ge=1, description="Rubric conversations per model.")
+    rubric_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=192))
+    answers_per_language: int = Field(3, ge=0, description="Answers per evaluation and language shown side by side in the report's 'What the models said'.")
     safety_file: Path | None = Field(None, description="Red-flag-labelled messages (e.g. medtune/safety/data/dev/dev_en.jsonl): share answered with urgent care by the model itself, safety layer off (medtune.eval.urgent); None skips it.")
     max_safety_items: int | None = Field(12, ge=1, description="Red-flag messages, and as many without a red flag, answered per model.")
     safety_generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
