@@ -15,6 +15,7 @@ pytest.importorskip("lm_eval", reason="needs the lm-eval extra: pip install 'med
 
 ROOT = Path(__file__).parent.parent
 LOCAL_TASK = ROOT / "examples" / "eval" / "lm_eval" / "medtune_mcq_mixed.yaml"
+FIX = ROOT / "tests" / "fixtures" / "eval"
 MEDQA_ROWS = [  # the columns of the harness's medqa_4options dataset (sent1, ending0-3, label), written by us
     {"sent1": "A 60-year-old man has crushing chest pain for 30 minutes. What should be done first?",
      "ending0": "Call emergency services", "ending1": "Drink water", "ending2": "Go to sleep", "ending3": "Take a walk", "label": 0},
@@ -71,6 +72,22 @@ def test_harness_task_on_a_local_copy_of_its_dataset_and_base_plus_adapter(tmp_p
     assert res["n"] == 3 and set(res["metrics"]) == {"acc", "acc_norm"} and res["apply_chat_template"] is False
     assert res["model_identity"]["adapter"]["files"] and str(data.resolve()) in res["dataset"]
     assert "medqa_4options: acc" in r.output
+
+
+def test_generative_harness_task_keeps_its_filter_and_replies(tmp_path, qwen_dir):
+    """kormedmcqa_doctor (generate, then the harness's answer-extraction filter) on our KorMedMCQA-form CSV."""
+    out = tmp_path / "lm"
+    args = ["--tasks", "kormedmcqa_doctor", "--data", f"kormedmcqa_doctor={FIX / 'kormedmcqa.csv'}", "--model", str(qwen_dir),
+            "--limit", "2", "--output-dir", str(out)]
+    r = lm_eval_cli(*args)  # the task asks for 1024 new tokens; the tiny model holds 512 positions
+    assert r.exit_code == 2 and "refused the run" in r.output and "(set --max-new-tokens)" in r.output
+    r = lm_eval_cli(*args, "--max-new-tokens", "8")
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "kormedmcqa_doctor" / "results.json").read_text())
+    assert res["metric"] == "exact_match [extract_answer]" and res["n"] == 2
+    rows = [json.loads(line) for line in open(out / "kormedmcqa_doctor" / "predictions.jsonl", encoding="utf-8")]
+    assert [x["target"] for x in rows] == ["C", "A"] and all(isinstance(x["prediction"], str) for x in rows)
+    assert all(x["correct"] == (x["exact_match"] == 1.0) for x in rows)
 
 
 def test_a_task_whose_data_is_not_local_fails_offline_naming_the_dataset(tmp_path, qwen_dir):

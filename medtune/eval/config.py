@@ -112,6 +112,7 @@ class LmEvalConfig(Section):
     apply_chat_template: bool = Field(True, description="Render prompts with the model's chat template, as medtune's own MCQ, chat and serving do; false gives the plain-text prompts of most published harness numbers.")
     system: str | None = Field(None, description="Optional system prompt (the harness's system_instruction).")
     batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generative tasks: at most this many new tokens per reply (the harness's max_gen_toks); None: the task's own setting.")
     max_items: int | None = Field(None, ge=1, description="Evaluate only the first N documents of each task (the harness's --limit; smoke runs).")
     offline: bool = Field(True, description="Never contact a hub: a task whose dataset is neither cached nor local fails with a message naming the dataset. False lets the harness download datasets.")
     bootstrap_iters: int = Field(1000, ge=0, description="Bootstrap resamples for the stderr of metrics without a closed form (0: none).")

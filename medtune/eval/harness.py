@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 import os
 import time
@@ -40,13 +41,13 @@ from medtune.manifest import tree_digests
 console = Console(stderr=True)
 INSTALL_HINT = "pip install 'medtune[lm-eval]'"
 # The harness's medical tasks (lm-eval 0.4.13), for the docs and for the hint on an unknown name.
-MEDICAL_TASKS = ("medqa_4options", "medmcqa", "pubmedqa", "kormedmcqa", "kormedmcqa_doctor", "kormedmcqa_nurse",
-                 "kormedmcqa_pharm", "kormedmcqa_dentist", "headqa_en", "headqa_es", "mmlu_anatomy",
-                 "mmlu_clinical_knowledge", "mmlu_college_medicine", "mmlu_medical_genetics",
-                 "mmlu_professional_medicine", "mmlu_college_biology", "mmlu_nutrition", "mmlu_virology",
-                 "cmmlu_anatomy", "cmmlu_clinical_knowledge", "cmmlu_college_medicine", "cmmlu_genetics",
-                 "cmmlu_nutrition", "cmmlu_professional_medicine", "cmmlu_traditional_chinese_medicine",
-                 "cmmlu_virology", "cmmlu_college_medical_statistics")
+MEDICAL_TASKS = ("medqa_4options", "medmcqa", "pubmedqa", "multimedqa", "kormedmcqa", "kormedmcqa_doctor",
+                 "kormedmcqa_nurse", "kormedmcqa_pharm", "kormedmcqa_dentist", "kmmlu_health", "headqa_en", "headqa_es",
+                 "careqa_en", "mmlu_anatomy", "mmlu_clinical_knowledge", "mmlu_college_biology", "mmlu_college_medicine",
+                 "mmlu_medical_genetics", "mmlu_nutrition", "mmlu_professional_medicine", "mmlu_virology", "cmmlu_anatomy",
+                 "cmmlu_clinical_knowledge", "cmmlu_college_medical_statistics", "cmmlu_college_medicine", "cmmlu_genetics",
+                 "cmmlu_nutrition", "cmmlu_traditional_chinese_medicine", "cmmlu_virology", "med_concepts_qa",
+                 "med_prescriptions", "meddialog", "mediqa_qa2019", "medtext")
 BOUNDED = ("acc", "acc_norm", "exact_match", "f1", "mcc")  # metrics in [0, 1]: their intervals are clipped
 PRIMARY = ("acc", "exact_match", "acc_norm", "f1")
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -91,6 +92,14 @@ def hub_offline(enabled: bool):
 
 
 # ----------------------------------------------------------------------------- tasks
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None, include_defaults: bool):
+    """The harness's task index (built once per process: indexing its ~10k task YAMLs takes tens of seconds
+    on a small CPU); without ``include_defaults`` only ``include_path`` is indexed (local task files only)."""
+    _, TaskManager, _ = import_harness()
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def local_task_config(path: Path) -> dict:
@@ -262,8 +271,12 @@ def _evaluate(harness, manager, lm, specs: list, cfg: LmEvalConfig, cache: Path)
                 model=lm, tasks=specs, task_manager=manager, num_fewshot=cfg.num_fewshot, limit=cfg.max_items,
                 apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=cfg.apply_chat_template,
                 system_instruction=cfg.system, log_samples=True, bootstrap_iters=cfg.bootstrap_iters,
+                gen_kwargs={"max_gen_toks": cfg.max_new_tokens} if cfg.max_new_tokens else None,
                 use_cache=str(cache), random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                 fewshot_random_seed=cfg.seed)
+        except (AssertionError, ValueError) as e:  # the harness checks its settings with asserts
+            raise dataset_error(e) or EvalError(f"lm-evaluation-harness refused the run: {e}"
+                                                + (" (set --max-new-tokens)" if "max tokens" in str(e) else "")) from None
         except Exception as e:  # noqa: BLE001 -- only a dataset load is turned into an EvalError
             err = dataset_error(e)
             if err is None:
@@ -305,10 +318,11 @@ def run_lm_eval(cfg: LmEvalConfig, backend: Backend | None = None) -> dict:
         EvalError: lm-eval missing, an endpoint model, an unknown task, or a dataset not on this machine.
         medtune.errors.ModelError: the model cannot be loaded.
     """
-    harness, TaskManager, HFLM = import_harness()
+    harness, _, HFLM = import_harness()
     started, out = time.time(), Path(cfg.output_dir)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-request warnings drown the progress bars
-    manager = TaskManager(include_path=str(cfg.include_path) if cfg.include_path else None)
+    manager = task_manager(str(cfg.include_path) if cfg.include_path else None,
+                           not all(Path(t).suffix.lower() in (".yaml", ".yml") for t in cfg.tasks))
     specs = task_specs(cfg, manager)
     backend = backend or load_backend(cfg.model, cfg.adapter)
     if not backend.is_local:
