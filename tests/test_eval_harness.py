@@ -66,10 +66,11 @@ def test_harness_task_on_a_local_copy_of_its_dataset_and_base_plus_adapter(tmp_p
     peft.save_pretrained(adapter)
     out = tmp_path / "lm"
     r = lm_eval_cli("--tasks", "medqa_4options", "--data", f"medqa_4options={data}", "--model", str(qwen_dir),
-                    "--adapter", str(adapter), "--no-apply-chat-template", "--output-dir", str(out))
+                    "--adapter", str(adapter), "--no-apply-chat-template", "--num-fewshot", "1", "--output-dir", str(out))
     assert r.exit_code == 0, r.output
     res = json.loads((out / "medqa_4options" / "results.json").read_text())
     assert res["n"] == 3 and set(res["metrics"]) == {"acc", "acc_norm"} and res["apply_chat_template"] is False
+    assert res["num_fewshot"] == 1
     assert res["model_identity"]["adapter"]["files"] and str(data.resolve()) in res["dataset"]
     assert "medqa_4options: acc" in r.output
 

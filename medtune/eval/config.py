@@ -106,7 +106,7 @@ class LmEvalConfig(Section):
     tasks: list[str] = Field(..., description="Harness task or group names (medqa_4options, kormedmcqa, mmlu_clinical_knowledge, cmmlu_clinical_knowledge ...; see docs/evaluation.md) or local task YAML files.")
     model: str = Field(..., description="Model as [NAME=]SPEC: pack, model directory, merged output or adapter directory (local models only).")
     adapter: Path | None = Field(None, description="LoRA adapter applied on `model`.")
-    data: dict[str, Path] = Field(default_factory=dict, description="TASK=FILE: run a harness task on a local copy of its dataset (JSONL/JSON/CSV/Parquet with the dataset's own columns); the file fills every split the task reads.")
+    data: dict[str, Path] = Field(default_factory=dict, description="TASK=FILE: run a harness task on a local copy of its dataset (JSONL/JSON/CSV/Parquet with the dataset's own columns); the file is the task's evaluation split and its few-shot pool.")
     include_path: Path | None = Field(None, description="Folder of extra task YAMLs, as the harness's --include_path.")
     num_fewshot: int | None = Field(None, ge=0, description="Solved examples before each question; None: the task's own default.")
     apply_chat_template: bool = Field(True, description="Render prompts with the model's chat template, as medtune's own MCQ, chat and serving do; false gives the plain-text prompts of most published harness numbers.")

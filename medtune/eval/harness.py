@@ -131,7 +131,8 @@ def _absolute(files, base: Path):
 
 
 def local_data_config(manager, task: str, file: Path) -> dict:
-    """The config of harness task ``task`` pointed at ``file`` (every split it reads comes from the file).
+    """The config of harness task ``task`` pointed at ``file``: the file is its evaluation split, and its
+    few-shot examples come from the same split (the harness then leaves each question out of its own shots).
 
     Raises:
         EvalError: unknown task, a group (give each task its own file), a missing file or an unknown type.
@@ -148,9 +149,11 @@ def local_data_config(manager, task: str, file: Path) -> dict:
     if builder is None or not Path(file).is_file():
         raise EvalError(f"--data {task}={file}: " + ("no such file" if builder else f"use one of {', '.join(LOCAL_BUILDERS)}"))
     cfg = load_yaml(entry.yaml_path, resolve_func=True)
-    splits = sorted({cfg[k] for k in SPLITS if cfg.get(k)})
-    return {**cfg, "dataset_path": builder, "dataset_name": None,
-            "dataset_kwargs": {"data_files": {s: str(Path(file).resolve()) for s in splits}}}
+    split = cfg.get("test_split") or cfg.get("validation_split") or "test"
+    # one split for everything: few-shot examples then come from the same split, which the harness
+    # knows to leave the question itself out of
+    return {**cfg, **{k: split for k in SPLITS}, "dataset_path": builder, "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(Path(file).resolve())}}}
 
 
 def task_specs(cfg: LmEvalConfig, manager) -> list[str | dict]:
