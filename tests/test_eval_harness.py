@@ -91,6 +91,23 @@ def test_generative_harness_task_keeps_its_filter_and_replies(tmp_path, qwen_dir
     assert all(x["correct"] == (x["exact_match"] == 1.0) for x in rows)
 
 
+def test_a_group_of_local_tasks_from_an_include_path(tmp_path, qwen_dir):
+    """--include-path indexes a folder of task YAMLs by name (here a group of two); the group's aggregate has its own row."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    body = LOCAL_TASK.read_text(encoding="utf-8").replace("../mcq_mixed.jsonl", str(ROOT / "examples" / "eval" / "mcq_mixed.jsonl"))
+    for name in ("demo_a", "demo_b"):
+        (tasks / f"{name}.yaml").write_text(body.replace("task: medtune_mcq_mixed", f"task: {name}"), encoding="utf-8")
+    (tasks / "demo.yaml").write_text("group: demo\ntask: [demo_a, demo_b]\naggregate_metric_list:\n  - metric: acc\n"
+                                     "    aggregation: mean\n    weight_by_size: true\nmetadata:\n  version: 1.0\n", encoding="utf-8")
+    out = tmp_path / "lm"
+    r = lm_eval_cli("--tasks", "demo", "--include-path", str(tasks), "--model", str(qwen_dir), "--limit", "2", "--output-dir", str(out))
+    assert r.exit_code == 0, r.output
+    a, b, group = (json.loads((out / n / "results.json").read_text()) for n in ("demo_a", "demo_b", "demo"))
+    assert a["n"] == b["n"] == 2 and group["n"] == 4 and group["dataset"] == "group of demo_a, demo_b"
+    assert group["value"] == pytest.approx((a["value"] + b["value"]) / 2, abs=1e-4)
+
+
 def test_a_task_whose_data_is_not_local_fails_offline_naming_the_dataset(tmp_path, qwen_dir):
     r = lm_eval_cli("--tasks", "mmlu_clinical_knowledge", "--model", str(qwen_dir), "--output-dir", str(tmp_path / "o"))
     assert r.exit_code == 2, r.output

@@ -102,6 +102,16 @@ def task_manager(include_path: str | None, include_defaults: bool):
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
+def manager_for(cfg: LmEvalConfig):
+    """The smallest task index that knows every task of ``cfg``: none of the harness's own when the tasks
+    are YAML files or all live in ``include_path`` (and no ``data`` points a harness task elsewhere)."""
+    include = str(cfg.include_path) if cfg.include_path else None
+    names = [t for t in cfg.tasks if Path(t).suffix.lower() not in (".yaml", ".yml")]
+    if not names or (include and not cfg.data and all(t in task_manager(include, False).task_index for t in names)):
+        return task_manager(include, False)
+    return task_manager(include, True)
+
+
 def local_task_config(path: Path) -> dict:
     """A task YAML file as a config dict (``!function`` resolved, ``include`` merged), with relative
     ``data_files`` made absolute against the YAML's folder.
@@ -293,10 +303,12 @@ def _task_result(name: str, res: dict, backend: Backend, cfg: LmEvalConfig, vers
     primary = primary_metric(metrics)
     rows = sample_rows(res.get("samples", {}).get(name, []), primary)
     config = res.get("configs", {}).get(name, {})
-    n = res.get("n-samples", {}).get(name, {})
+    subtasks = res.get("group_subtasks", {}).get(name, [])
+    n = res.get("n-samples", {}).get(name) or {  # a group: the sum over its tasks
+        k: sum(res.get("n-samples", {}).get(t, {}).get(k, 0) for t in subtasks) for k in ("effective", "original")}
     head = metrics.get(primary) or {"value": None, "stderr": None, "ci95": None}
     result = {"model": backend.name, "model_identity": backend.identity, "data": name, "harness_task": name,
-              "dataset": dataset_of(config) if config else "group of " + ", ".join(res.get("group_subtasks", {}).get(name, [])),
+              "dataset": dataset_of(config) if config else "group of " + ", ".join(subtasks),
               "n": n.get("effective", len(rows)), "n_documents": n.get("original"),
               "num_fewshot": res.get("n-shot", {}).get(name), "apply_chat_template": cfg.apply_chat_template,
               "metric": primary, "value": head["value"], "stderr": head["stderr"], "ci95": head["ci95"],
@@ -324,8 +336,7 @@ def run_lm_eval(cfg: LmEvalConfig, backend: Backend | None = None) -> dict:
     harness, _, HFLM = import_harness()
     started, out = time.time(), Path(cfg.output_dir)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-request warnings drown the progress bars
-    manager = task_manager(str(cfg.include_path) if cfg.include_path else None,
-                           not all(Path(t).suffix.lower() in (".yaml", ".yml") for t in cfg.tasks))
+    manager = manager_for(cfg)
     specs = task_specs(cfg, manager)
     backend = backend or load_backend(cfg.model, cfg.adapter)
     if not backend.is_local:
