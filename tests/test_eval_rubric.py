@@ -12,7 +12,7 @@ from medtune.cli import app
 from medtune.eval.report import comparisons, collect
 from medtune.eval.rubric import load_conversations, parse_grade, score, tag_scores
 from medtune.eval.stats import bootstrap_mean, paired_bootstrap
-from medtune.judging import InvalidReply
+from medtune.judge_core import InvalidReply
 from tests.fake_openai import FakeOpenAI
 
 SHIPPED = Path(__file__).parent.parent / "examples" / "eval" / "rubric_health.jsonl"
