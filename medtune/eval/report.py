@@ -5,7 +5,9 @@ matplotlib plots (inlined as base64 PNG, so the file opens offline with no exter
 assets): accuracy with 95% CI error bars per model and benchmark and per subject, fact-recall
 hit rates (closed-book vs RAG when a ``<model>+rag`` run is there), retrieval recall@k / MRR and
 citation precision (``eval rag``), held-out answer perplexity, judge score distributions and pairwise win rates,
-with relative links to each run's per-item results.
+lm-evaluation-harness results (``eval lm-eval``), HealthBench-style rubric scores per tag (``eval rubric``),
+and "What the models said": a seeded sample of answers per evaluation and language, models side by side
+(:mod:`medtune.eval.answer_samples`); with relative links to each run's per-item results.
 """
 
 from __future__ import annotations
