@@ -18,6 +18,8 @@
 | ``eval rag [RECIPE]``    | :func:`medtune.eval.rag.run_rag_eval`     | ``rag_eval``   |
 | ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
+| ``eval lm-eval [RECIPE]``| :func:`medtune.eval.harness.run_lm_eval`  | ``lm_eval``    |
+| ``eval rubric [RECIPE]`` | :func:`medtune.eval.rubric.run_rubric`    | ``rubric``     |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
 | ``eval safety --model``  | :func:`medtune.eval.guarded.run_guarded`  |                |
@@ -52,7 +54,7 @@ from rich.table import Table
 from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
 from medtune.errors import ConfigError, MedtuneError
-from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.llm import LLMConfig
 from medtune.index.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
@@ -428,17 +430,28 @@ _stage_command(eval_app, "answers", "answers", AnswersConfig,
                positional="data", aliases={"models": ["--model"]},
                help="Answer a prompt file with several models (one <name>_answer column each); resumable.")
 
+_stage_command(eval_app, "lm-eval", "lm_eval", LmEvalConfig, _eval_runner("lm_eval", "medtune.eval.harness", "run_lm_eval", "lm-eval", "--tasks TASKS --model MODEL"),
+               aliases={"tasks": ["--task"], "max_items": ["--limit"]},
+               help="lm-evaluation-harness tasks (medqa_4options, kormedmcqa, mmlu clinical ...) on a model medtune loads; "
+                    "results with the harness's stderr, beside medtune's MCQ in the report. Needs pip install 'medtune[lm-eval]'.")
+_stage_command(eval_app, "rubric", "rubric", RubricConfig, _eval_runner("rubric", "medtune.eval.rubric", "run_rubric", "rubric", "--model MODEL"),
+               positional="data",
+               help="Rubric-graded conversations (HealthBench format): each criterion graded by a judge; HealthBench score "
+                    "with a bootstrap interval, per tag, and the criteria most often missed.")
+
 
 @eval_app.command("report")
 @friendly_errors
 def report(runs: List[Path] = typer.Argument(..., help="Directories holding results.json files (searched recursively)."),
            output: Path = typer.Option(Path("runs/eval/report.html"), help="HTML report path (markdown written beside it)."),
            title: str = typer.Option("medtune evaluation report", help="Report title."),
+           answers_per_language: int = typer.Option(3, min=0, help="Answers per evaluation and language shown side by side in 'What the models said'."),
+           seed: int = typer.Option(42, help="Seed of that sample of answers."),
            ) -> None:
-    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates."""
+    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates, answers side by side."""
     from medtune.eval.report import write_report
 
-    write_report(runs, output, title)
+    write_report(runs, output, title, answers_per_language, seed)
 
 
 @eval_app.command("safety")

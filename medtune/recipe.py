@@ -29,7 +29,8 @@ from medtune.config import (ChatConfig, ExportConfig, MergeConfig, SamplesConfig
                             TrainConfig, WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
-from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.eval.config import (AnswersConfig, EvalConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig,
+                                 RagEvalConfig, RubricConfig)
 from medtune.index.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
@@ -61,6 +62,8 @@ class Recipe(Section):
     judge: JudgeConfig | None = None
     answers: AnswersConfig | None = None
     rag_eval: RagEvalConfig | None = None
+    lm_eval: LmEvalConfig | None = None
+    rubric: RubricConfig | None = None
 
     def stage_dir(self, stage: str) -> Path:
         """``<output_dir>/<dir>`` of a stage (``train`` -> ``adapter``, ``merge`` -> ``merged`` ...)."""

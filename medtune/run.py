@@ -230,7 +230,9 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
               "train": recipe.train.model_dump(mode="json") if recipe.train else None,
               "rag_index": tree_digests(Path(cfg.rag_index) / "passages.jsonl") if cfg.rag_index else None,
-              "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None}
+              "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None,
+              "rubric_file": tree_digests(cfg.rubric_file) if cfg.rubric_file else None,
+              "lm_eval": {t: tree_digests(Path(t)) for t in [*cfg.lm_eval_tasks, *map(str, cfg.lm_eval_data.values())] if Path(t).is_file()}}
     aligned = [recipe.output_dir / "align-merged", recipe.stage_dir("align")] if recipe.align is not None else None
     if aligned:
         inputs["aligned"] = tree_digests(aligned[0]) or tree_digests(aligned[1])

@@ -54,6 +54,8 @@ MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
     "medtune/eval/backends.py": ["eval mcq"],
     "medtune/eval/fact.py": ["eval fact"],
     "medtune/eval/guarded.py": ["eval safety"],
+    "medtune/eval/harness.py": ["eval lm-eval"],
+    "medtune/eval/rubric.py": ["eval rubric"],
     "medtune/eval/mcq.py": ["eval mcq"],
     "medtune/eval/mcq_data.py": ["eval mcq"],
     "medtune/eval/rag.py": ["eval rag"],
