@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -569,6 +570,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # bitsandbytes' CPU backend tries an optional hub kernel on import (peft imports it) and warns when it
+    # cannot have it; its own CPU kernels run instead, so the warning says nothing a user can act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main() -> None:

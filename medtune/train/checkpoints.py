@@ -190,18 +190,22 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def whole_run_loss(resume: str | None, resumed_loss: float, final_step: int) -> float:
-    """Mean training loss over every step of the run, the steps before ``resume`` included.
+def whole_run_loss(resume_state: dict | None, resumed_loss: float, final_step: int) -> float:
+    """Mean training loss over every step of the run, the steps before the resume included.
 
-    ``Trainer`` reports the mean over the resumed steps only; the earlier steps' losses come from
-    the checkpoint's ``trainer_state.json`` ``log_history`` (each logged loss weighted by the
-    steps it covers).
+    Args:
+        resume_state: the ``trainer_state.json`` of the checkpoint resumed from (read before
+            training: rotation may delete that checkpoint during the run), or None.
+        resumed_loss: ``Trainer``'s mean over the resumed steps only.
+        final_step: the last step of the run.
+
+    The earlier steps' losses come from ``resume_state``'s ``log_history`` (each logged loss
+    weighted by the steps it covers).
     """
-    if not resume:
+    if not resume_state:
         return resumed_loss
-    state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))
-    start = int(state.get("global_step", 0))
-    logs = [h for h in state.get("log_history", []) if "loss" in h and h.get("step", 0) <= start]
+    start = int(resume_state.get("global_step", 0))
+    logs = [h for h in resume_state.get("log_history", []) if "loss" in h and h.get("step", 0) <= start]
     if not logs or final_step <= 0:
         return resumed_loss
     covered, total, prev = 0, 0.0, 0

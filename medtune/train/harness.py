@@ -307,9 +307,10 @@ def train_and_save(cfg: TrainConfig, build: Callable) -> dict:
     resume = last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and is_main():
         console.print(f"resuming from {resume}" if resume else "[yellow]--resume: no checkpoint found, starting fresh[/]")
+    resume_state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8")) if resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     preempted(trainer)  # raises TrainingPreempted when a signal stopped the run (checkpoint saved)
-    train_loss = whole_run_loss(resume, result.training_loss, trainer.state.global_step)
+    train_loss = whole_run_loss(resume_state, result.training_loss, trainer.state.global_step)
     eval_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     trainer.save_model(str(output_dir))
     seconds = time.time() - t0
