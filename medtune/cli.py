@@ -303,6 +303,27 @@ def resume_command(extra: list[str]) -> str:
     return shlex.join(["medtune", *sys.argv[1:], *extra])
 
 
+def _refuse_fsdp_on_cpu(path: Path) -> None:
+    """FSDP needs an accelerator: accelerate 1.16 would run an FSDP config on CPUs as plain DDP, silently.
+
+    Raises:
+        ConfigError: ``distributed_type: FSDP`` in ``path`` on a machine without CUDA.
+    """
+    import yaml
+
+    kind = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("distributed_type")
+    if kind == "FSDP" and not _cuda():
+        raise ConfigError(f"{path}: FSDP needs GPUs (accelerate takes its FSDP path only for accelerator devices and "
+                          "would run this config on CPUs as plain DDP); here use --config-file cpu2 (DDP over gloo) or "
+                          "zero2/zero3 (DeepSpeed's CPU accelerator)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
     """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config.
 
@@ -337,13 +358,17 @@ def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
             skip = True
         elif not a.startswith(("--launcher=", "--config-file=")):
             args.append(a)
+    _refuse_fsdp_on_cpu(path)
     precision = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "no"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--mixed_precision", precision,
            "-m", "medtune", "train", *args]
     err.print("[bold]launching:[/] " + " ".join(cmd))
     wait_s = int(cfg.preemption_grace_s) + 30 if cfg.preemption_grace_s else 86400
     started, got = time.time(), []
-    proc = subprocess.Popen(cmd, env={**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(wait_s)}, start_new_session=True)
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(wait_s)}
+    if not _cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (zero2/zero3 configs without a GPU)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def forward(signum, frame):
         if not got:

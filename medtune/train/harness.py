@@ -163,6 +163,10 @@ def common_args(cfg: TrainConfig, has_eval: bool) -> dict:
     (DPO: bf16 and gradient checkpointing on) never differ between objectives."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    # DeepSpeed without CUDA: accelerate takes its DeepSpeed path only when not told "cpu", and sets no
+    # process group without a backend, so say gloo (DeepSpeed's CPU accelerator does the rest).
+    deepspeed_on_cpu = not cuda and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     return dict(
         output_dir=str(cfg.output_dir), seed=cfg.seed, data_seed=cfg.seed,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
@@ -172,7 +176,8 @@ def common_args(cfg: TrainConfig, has_eval: bool) -> dict:
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=not cuda and not deepspeed_on_cpu,
+        ddp_backend="gloo" if deepspeed_on_cpu else None,
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if (has_eval and cfg.eval_steps) else "no", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
@@ -258,11 +263,35 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, trainer_cls: type, args, trai
                           peft_config=lora_config(cfg), callbacks=[callback, stop], **trainer_kwargs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    check_distributed(trainer)
     atomic_checkpoints(trainer)
     trainer.medtune_speed, trainer.medtune_preemption = speed, stop
     if is_main():
         console.print("[bold]speed[/] " + ", ".join(f"{k}={v}" for k, v in speed.items()))
     return trainer, callback
+
+
+def check_distributed(trainer) -> None:
+    """Refuse a launch whose FSDP or DeepSpeed request accelerate would silently turn into plain DDP.
+
+    accelerate 1.16 (``AcceleratorState``) takes the FSDP path only for accelerator devices
+    (CUDA, XPU, NPU, ...) and the DeepSpeed path only when not on CPU; on a CPU-only machine it
+    runs the same launch as DDP over gloo without a word (measured, docs/training.md).
+
+    Raises:
+        TrainError: ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED`` set by the launcher but the
+            trainer's distributed type is something else.
+    """
+    from accelerate.utils import DistributedType
+
+    asked = {"FSDP": os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true",
+             "DEEPSPEED": os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"}
+    got = trainer.accelerator.distributed_type
+    for name, on in asked.items():
+        if on and got != DistributedType[name]:
+            raise TrainError(f"the accelerate config asks for {name.lower()}, but accelerate set this run up as "
+                             f"{got.value} (on a machine without a GPU it runs FSDP and DeepSpeed configs as plain DDP); "
+                             "use --config-file cpu2 (DDP over gloo) here, and fsdp/zero2/zero3 on GPUs")
 
 
 def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
