@@ -19,7 +19,7 @@ from medtune.errors import EXIT_PREEMPTED
 from test_preemption import ENV, ROOT, logged_losses, start_and_signal
 
 pytestmark = pytest.mark.slow
-LOSS_TOL, LOGIT_TOL = 1e-3, 1e-3
+LOSS_TOL, LOGIT_TOL = 1e-4, 1e-4
 
 
 def cmd(model, data, out, per_device: int, *extra):
