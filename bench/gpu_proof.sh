@@ -7,7 +7,7 @@
 #
 #   bash bench/gpu_proof.sh                  # on the GPU machine (no network needed)
 #   bash bench/gpu_proof.sh --cpu            # dry run on tiny shapes (CI slow tier; ~2 min on 2 cores)
-#   bash bench/gpu_proof.sh --fetch-wheels   # on a connected machine: wheels that travel -> bench/wheels/
+#   bash bench/gpu_proof.sh --fetch-wheels   # on a connected machine: wheels that travel -> bench/wheels/ (61 MiB)
 #
 # The target needs torch, transformers, peft, accelerate and triton. What else medtune's training path
 # imports comes from bench/wheels/ (pip --no-index, only the missing ones, into .proof-deps/). What does not
@@ -17,9 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=bench/wheels
-if [ "${1:-}" = "--fetch-wheels" ]; then
+if [ "${1:-}" = "--fetch-wheels" ]; then  # add "qlora" for bitsandbytes (only for a target that has pyarrow and pandas)
   "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" -r bench/gpu_proof_wheels.txt
-  "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "bitsandbytes>=0.48" || true
+  if [ "${2:-}" = "qlora" ]; then "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "bitsandbytes==0.50.2"; fi
   du -sh "$WHEELS"
   exit 0
 fi
@@ -27,7 +27,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_
 # module:wheel pairs; a module that imports is left alone
 missing=$("$PY" - <<'PY'
 import importlib.util
-pairs = ["trl:trl", "datasets:datasets", "pyarrow:pyarrow", "pandas:pandas", "dateutil:python-dateutil", "pytz:pytz",
+pairs = ["trl:trl", "datasets:datasets", "pyarrow:pyarrow", "pandas:pandas", "dateutil:python-dateutil", "six:six", "pytz:pytz",
          "dill:dill", "multiprocess:multiprocess", "xxhash:xxhash", "fsspec:fsspec", "pydantic:pydantic",
          "pydantic_core:pydantic-core", "annotated_types:annotated-types", "typing_inspection:typing-inspection",
          "rich:rich", "pygments:pygments", "markdown_it:markdown-it-py", "mdurl:mdurl",

@@ -136,3 +136,23 @@ def test_manifest_is_written_atomically(tmp_path, monkeypatch):
         manifest.write_manifest(stage, "train", {"a": 2}, {}, "fp2", 0, time.time())
     assert json.loads((stage / "manifest.json").read_text()) == json.loads(json.dumps(first, default=str))
     assert manifest.is_up_to_date(stage, "fp1")  # the leftover temporary file is not an output
+
+
+@pytest.mark.slow
+def test_medtune_run_stopped_by_sigterm_resumes_with_the_printed_command(qwen_dir, sft_file, tmp_path):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": str(qwen_dir), "output_dir": str(tmp_path / "run"), "seed": 3,
+                                      "train": {"train_file": str(sft_file), "max_steps": 20, "save_steps": 100,
+                                                "per_device_train_batch_size": 2, "max_seq_length": 128}}), encoding="utf-8")
+    rc, err = start_and_signal([sys.executable, "-m", "medtune", "run", str(recipe)], after_step=2)
+    assert rc == EXIT_PREEMPTED, err[-3000:]
+    assert not (tmp_path / "run" / "adapter" / "manifest.json").exists()  # a stopped stage is not up to date
+    command = " ".join(err.split()).split("resume with: ", 1)[1].strip()
+    assert command == f"medtune run {recipe} --set train.resume=true"
+    resumed = subprocess.run([sys.executable, "-m", "medtune", *shlex.split(command)[1:]], capture_output=True, text=True,
+                             env=ENV, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())["summary"]["steps"] == 20

@@ -104,7 +104,7 @@ class PreemptionCallback(TrainerCallback):
 
     def __init__(self, grace_s: float | None = None):
         self.grace_s, self.signal, self.stopped_at = grace_s, None, None
-        self._first_at, self._old = 0.0, {}
+        self._first_at, self._old, self._timer = 0.0, {}, None
 
     def on_train_begin(self, args, state, control, **kw):
         if threading.current_thread() is threading.main_thread():
@@ -112,6 +112,8 @@ class PreemptionCallback(TrainerCallback):
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def on_train_end(self, args, state, control, **kw):
+        if self._timer is not None:  # the checkpoint is saved: the grace deadline no longer applies
+            self._timer.cancel()
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
@@ -128,9 +130,9 @@ class PreemptionCallback(TrainerCallback):
             limit = f" (at most {self.grace_s:g} s)" if self.grace_s else ""
             console.print(f"[yellow]{name} received: finishing this step, then saving a checkpoint{limit}[/]")
         if self.grace_s:
-            timer = threading.Timer(self.grace_s, self._expire)
-            timer.daemon = True
-            timer.start()
+            self._timer = threading.Timer(self.grace_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _expire(self) -> None:
         console.print(f"[red]preemption grace period of {self.grace_s:g} s is over before the checkpoint was saved: "
