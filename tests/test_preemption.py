@@ -43,6 +43,7 @@ def start_and_signal(cmd, after_step: int, sig=signal.SIGTERM, timeout=300):
     return proc.returncode, "".join(lines) + rest
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_75_and_the_printed_command_resumes_on_the_same_losses(qwen_dir, sft_file, tmp_path):
     ref = subprocess.run(train_cmd(qwen_dir, sft_file, tmp_path / "ref"), capture_output=True, text=True, env=ENV, cwd=ROOT,
                          timeout=600)

@@ -40,6 +40,7 @@ def test_qlora_on_cpu_loads_a_4bit_base_and_only_lora_weights_change(qwen_dir, s
     assert len([h for h in cb.history if "loss" in h]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NEW_ENOUGH or torch.cuda.is_available(), reason="the CPU backend of bitsandbytes >= 0.48")
 def test_qlora_cli_trains_on_cpu_and_merges_onto_the_unquantized_base(qwen_dir, sft_file, tmp_path, tokenizer):
     out = tmp_path / "adapter"
