@@ -340,7 +340,6 @@ def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
         TrainingPreempted: the ranks stopped on a signal after saving (``preempted.json`` written
             during this launch), so the exit status is :data:`EXIT_PREEMPTED`.
     """
-    import signal
     import time
 
     if config_file is None:
@@ -364,11 +363,29 @@ def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
            "-m", "medtune", "train", *args]
     err.print("[bold]launching:[/] " + " ".join(cmd))
     wait_s = int(cfg.preemption_grace_s) + 30 if cfg.preemption_grace_s else 86400
-    started, got = time.time(), []
+    started = time.time()
     env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(wait_s)}
     if not _cuda():
         env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (zero2/zero3 configs without a GPU)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    rc = _run_forwarding_signals(cmd, env)
+    marker = Path(cfg.output_dir) / "preempted.json"
+    if rc != 0 and marker.is_file() and marker.stat().st_mtime >= started:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        raise TrainingPreempted(info["checkpoint"], info["step"], info["signal"])
+    return rc
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` in its own session; pass the first SIGTERM/SIGINT this process gets on to it, once.
+
+    Its own session keeps a terminal's Ctrl-C from reaching the launcher twice (directly and from us).
+
+    Returns:
+        Its exit status.
+    """
+    import signal
+
+    proc, got = subprocess.Popen(cmd, env=env, start_new_session=True), []
 
     def forward(signum, frame):
         if not got:
@@ -377,15 +394,10 @@ def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        rc = proc.wait()
+        return proc.wait()
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    marker = Path(cfg.output_dir) / "preempted.json"
-    if rc != 0 and marker.is_file() and marker.stat().st_mtime >= started:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        raise TrainingPreempted(info["checkpoint"], info["step"], info["signal"])
-    return rc
 
 
 def _run_merge(path: Optional[Path], r: Recipe) -> None:

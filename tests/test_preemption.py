@@ -78,6 +78,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_printed_command_resumes_on_
           f"{max(abs(got[s] - want[s]) for s in want):.2e}")
     assert got == pytest.approx(want, abs=1e-4)
     assert json.loads((out / "train_summary.json").read_text())["steps"] == 30
+    assert not (out / "preempted.json").exists()
 
 
 @pytest.mark.slow

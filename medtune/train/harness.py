@@ -275,8 +275,9 @@ def check_distributed(trainer) -> None:
     """Refuse a launch whose FSDP or DeepSpeed request accelerate would silently turn into plain DDP.
 
     accelerate 1.16 (``AcceleratorState``) takes the FSDP path only for accelerator devices
-    (CUDA, XPU, NPU, ...) and the DeepSpeed path only when not on CPU; on a CPU-only machine it
-    runs the same launch as DDP over gloo without a word (measured, docs/training.md).
+    (CUDA, XPU, NPU, ...) and the DeepSpeed path only when the Trainer is not told ``use_cpu``
+    (:func:`common_args` sees to that); otherwise it runs the launch as DDP over gloo without a
+    word (measured, docs/training.md).
 
     Raises:
         TrainError: ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED`` set by the launcher but the
@@ -290,8 +291,8 @@ def check_distributed(trainer) -> None:
     for name, on in asked.items():
         if on and got != DistributedType[name]:
             raise TrainError(f"the accelerate config asks for {name.lower()}, but accelerate set this run up as "
-                             f"{got.value} (on a machine without a GPU it runs FSDP and DeepSpeed configs as plain DDP); "
-                             "use --config-file cpu2 (DDP over gloo) here, and fsdp/zero2/zero3 on GPUs")
+                             f"{got.value} (without a GPU accelerate runs an FSDP config as plain DDP); on CPUs use "
+                             "--config-file cpu2 (DDP over gloo) or zero2/zero3 (DeepSpeed's CPU accelerator), fsdp on GPUs")
 
 
 def _overall_tokens_per_s(history: list[dict], runtime_s: float) -> float | None:
@@ -355,6 +356,7 @@ def train_and_save(cfg: TrainConfig, build: Callable) -> dict:
                           if "loss" in h), {}),
     }
     if trainer.is_world_process_zero():
+        (output_dir / "preempted.json").unlink(missing_ok=True)  # the run this marker was about has finished
         _save_meta(trainer, cfg, output_dir, stats, callback.history)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         ev = f", eval loss {eval_loss:.4f}" if eval_loss is not None and not math.isnan(eval_loss) else ""
