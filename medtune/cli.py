@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -53,7 +54,7 @@ from rich.table import Table
 
 from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
-from medtune.errors import ConfigError, MedtuneError
+from medtune.errors import EXIT_PREEMPTED, ConfigError, MedtuneError, TrainingPreempted
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.llm import LLMConfig
 from medtune.index.config import IndexSource, RagConfig
@@ -79,18 +80,25 @@ SCALARS = (str, int, float, bool, Path)
 
 
 def friendly_errors(fn):
-    """Print medtune's own errors (and config validation errors) as one paragraph and exit 2, no traceback."""
+    """Print medtune's own errors (and config validation errors) as one paragraph and exit 2, no traceback;
+    a training run stopped by a signal (checkpoint saved) exits with :data:`medtune.errors.EXIT_PREEMPTED`."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        code = 2
         try:
             return fn(*args, **kwargs)
+        except TrainingPreempted as e:
+            if os.environ.get("RANK", "0") != "0":  # one message per run: rank 0's (the launcher adds the command)
+                raise typer.Exit(e.exit_code) from None
+            message, code = str(e), e.exit_code
         except (MedtuneError, FileNotFoundError) as e:
             message = str(e)
         except ValidationError as e:
             message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        label = "stopped:" if code == EXIT_PREEMPTED else "error:"
+        err.print(f"[bold red]{label}[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
 
     return wrapper
 
@@ -277,15 +285,65 @@ def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = No
 
 def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
                config_file: Optional[str] = None) -> None:
-    if launcher == "accelerate":
-        raise typer.Exit(_launch_accelerate(config_file))
     from medtune.train.objectives import run_training
 
-    run_training(resolve(r, create=("train",)).train)
+    cfg = resolve(r, create=("train",)).train
+    try:
+        if launcher == "accelerate":
+            raise typer.Exit(_launch_accelerate(config_file, cfg))
+        run_training(cfg)
+    except TrainingPreempted as e:
+        if launcher == "accelerate" or "LOCAL_RANK" not in os.environ:  # not a launched rank: this is the user's command
+            e.resume_command = resume_command([] if "--resume" in sys.argv else ["--resume"])
+        raise
 
 
-def _launch_accelerate(config_file: Optional[str]) -> int:
-    """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config."""
+def resume_command(extra: list[str]) -> str:
+    """The command line of this process (as ``medtune ...``) plus ``extra``: what resumes a stopped run."""
+    import shlex
+
+    return shlex.join(["medtune", *sys.argv[1:], *extra])
+
+
+def _refuse_fsdp_on_cpu(path: Path) -> None:
+    """FSDP needs an accelerator: accelerate 1.16 would run an FSDP config on CPUs as plain DDP, silently.
+
+    Raises:
+        ConfigError: ``distributed_type: FSDP`` in ``path`` on a machine without CUDA.
+    """
+    import yaml
+
+    kind = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("distributed_type")
+    if kind == "FSDP" and not _cuda():
+        raise ConfigError(f"{path}: FSDP needs GPUs (accelerate takes its FSDP path only for accelerator devices and "
+                          "would run this config on CPUs as plain DDP); here use --config-file cpu2 (DDP over gloo) or "
+                          "zero2/zero3 (DeepSpeed's CPU accelerator)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
+    """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config.
+
+    The mixed precision of the launch follows ``train.bf16`` / ``train.fp16`` (the shipped configs'
+    own ``mixed_precision`` is overridden). SIGTERM/SIGINT sent to this process is passed once to
+    the launcher, which passes it to every rank (each saves its shard, see
+    :mod:`medtune.train.checkpoints`); the launcher waits ``train.preemption_grace_s`` + 30 s for
+    them (torchrun's ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``; no limit given: 24 h) before SIGKILL.
+
+    Returns:
+        The launcher's exit status.
+
+    Raises:
+        TrainingPreempted: the ranks stopped on a signal after saving (``preempted.json`` written
+            during this launch), so the exit status is :data:`EXIT_PREEMPTED`.
+    """
+    import time
+
     if config_file is None:
         raise ConfigError("--launcher accelerate needs --config-file (a path, or one of: ddp, fsdp, zero2, zero3, cpu2)")
     path = Path(config_file)
@@ -301,9 +359,47 @@ def _launch_accelerate(config_file: Optional[str]) -> int:
             skip = True
         elif not a.startswith(("--launcher=", "--config-file=")):
             args.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "medtune", "train", *args]
+    _refuse_fsdp_on_cpu(path)
+    precision = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "no"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--mixed_precision", precision,
+           "-m", "medtune", "train", *args]
     err.print("[bold]launching:[/] " + " ".join(cmd))
-    return subprocess.call(cmd)
+    wait_s = int(cfg.preemption_grace_s) + 30 if cfg.preemption_grace_s else 86400
+    started = time.time()
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(wait_s)}
+    if not _cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (zero2/zero3 configs without a GPU)
+    rc = _run_forwarding_signals(cmd, env)
+    marker = Path(cfg.output_dir) / "preempted.json"
+    if rc != 0 and marker.is_file() and marker.stat().st_mtime >= started:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        raise TrainingPreempted(info["checkpoint"], info["step"], info["signal"])
+    return rc
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` in its own session; pass the first SIGTERM/SIGINT this process gets on to it, once.
+
+    Its own session keeps a terminal's Ctrl-C from reaching the launcher twice (directly and from us).
+
+    Returns:
+        Its exit status.
+    """
+    import signal
+
+    proc, got = subprocess.Popen(cmd, env=env, start_new_session=True), []
+
+    def forward(signum, frame):
+        if not got:
+            proc.send_signal(signum)
+        got.append(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _run_merge(path: Optional[Path], r: Recipe) -> None:
@@ -385,7 +481,11 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
     from medtune.run import run_recipe
 
     r = load_recipe(recipe, sets)
-    run_recipe(r, force=force, only=only)
+    try:
+        run_recipe(r, force=force, only=only)
+    except TrainingPreempted as e:
+        e.resume_command = resume_command(["--set", f"{getattr(e, 'stage', 'train')}.resume=true"])
+        raise
     merged = r.stage_dir("merge")
     if merged.is_dir():
         print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
@@ -520,6 +620,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # bitsandbytes' CPU backend tries an optional hub kernel on import (peft imports it) and warns when it
+    # cannot have it; its own CPU kernels run instead, so the warning says nothing a user can act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medtune.errors import TrainingPreempted
 from medtune.recipe import STAGE_DIRS, Recipe, resolve
 from medtune.manifest import fingerprint, is_up_to_date, tree_digests, write_manifest
 from medtune.models import model_identity
@@ -270,7 +271,11 @@ def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = Non
             continue
         console.rule(f"[bold]{name}")
         started = time.time()
-        summary = run()
+        try:
+            summary = run()
+        except TrainingPreempted as e:  # stopped by a signal, checkpoint saved: no manifest, so a rerun redoes it
+            e.stage = name
+            raise
         out.mkdir(parents=True, exist_ok=True)
         manifest = write_manifest(out, name, config, inputs, fp, recipe.seed, started,
                                   {k: v for k, v in summary.items() if k != "losses"})

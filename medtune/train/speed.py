@@ -1,4 +1,11 @@
-"""Speed and memory settings of the SFT run: attention kernel, fused loss, Liger kernels, torch.compile.
+"""Speed and memory settings of a training run: attention kernel, fused loss, Liger kernels, torch.compile.
+
+Which objectives each setting concerns: ``attn_implementation``, ``liger_kernels``,
+``torch_compile`` and gradient checkpointing act on the model and hold for all six objectives
+(the harness, :mod:`medtune.train.harness`, applies them before any trainer is built).
+``packing``, ``pad_to_multiple_of`` and ``fused_loss`` shape medtune's own SFT/PT batches and loss;
+trl's DPO/KTO/ORPO/GRPO trainers build their own batches (padded pairs, sampled completions)
+and losses, so for those objectives the three are off (:func:`packs`) and reported so.
 
 Each setting is a :class:`~medtune.config.TrainConfig` field that can be turned off; the
 defaults pick the fastest path this machine supports. None of them changes the maths:
@@ -107,6 +114,11 @@ def _register_varlen() -> None:
     AttentionMaskInterface.register(VARLEN, sdpa_mask)  # used only by the SDPA fallback
 
 
+def packs(cfg: TrainConfig) -> bool:
+    """Whether this run packs examples: ``cfg.packing`` for sft and pt; never for trl's own batches (dpo, kto, orpo, grpo)."""
+    return cfg.packing and cfg.objective in ("sft", "pt")
+
+
 def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
     """The transformers ``attn_implementation`` for this run.
 
@@ -122,7 +134,7 @@ def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
     if choice == "auto":
         if cuda and has_fa2:
             return "flash_attention_2"
-        choice = "varlen" if cfg.packing and _varlen_kernel() is not None else "sdpa"
+        choice = "varlen" if packs(cfg) and _varlen_kernel() is not None else "sdpa"
     if choice == "flash_attention_2" and not (cuda and has_fa2):
         raise SpeedError("train.attn_implementation=flash_attention_2 needs CUDA and `pip install flash-attn`; "
                          "use auto or sdpa here")
@@ -159,7 +171,7 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
 
     Returns:
         What is on, for logs and the run summary: ``{"attn_implementation", "liger_kernels",
-        "fused_loss", "packing", "pad_to_multiple_of", "torch_compile"}``.
+        "fused_loss", "packing", "pad_to_multiple_of", "torch_compile", "gradient_checkpointing"}``.
 
     Raises:
         SpeedError: a setting explicitly asked for (not a default) that this machine cannot run,
@@ -175,16 +187,19 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
     if liger:
         apply_liger(model)
     return {"attn_implementation": attn, "liger_kernels": liger, "fused_loss": fused_loss_on(cfg),
-            "packing": cfg.packing, "pad_to_multiple_of": pad_multiple(cfg), "torch_compile": cfg.torch_compile}
+            "packing": packs(cfg), "pad_to_multiple_of": pad_multiple(cfg), "torch_compile": cfg.torch_compile,
+            "gradient_checkpointing": cfg.gradient_checkpointing}
 
 
 def pad_multiple(cfg: TrainConfig, cuda: bool | None = None) -> int | None:
     """Tokens each collated batch is padded to a multiple of: ``cfg.pad_to_multiple_of`` when set
-    (0: None), else ``max_seq_length`` for packed rows on CPU, else None (no padding)."""
+    (0: None), else ``max_seq_length`` for packed rows on CPU, else None (no padding); None outside sft/pt."""
+    if cfg.objective not in ("sft", "pt"):
+        return None
     if cfg.pad_to_multiple_of is not None:
         return cfg.pad_to_multiple_of or None
     on_cuda = _cuda() if cuda is None else cuda
-    return cfg.max_seq_length if cfg.packing and not on_cuda else None
+    return cfg.max_seq_length if packs(cfg) and not on_cuda else None
 
 
 def real_tokens(position_ids) -> int:
@@ -194,7 +209,9 @@ def real_tokens(position_ids) -> int:
 
 
 def fused_loss_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
-    """``cfg.fused_loss`` when set, else on exactly when CUDA is available."""
+    """``cfg.fused_loss`` when set, else on exactly when CUDA is available; always off outside sft/pt."""
+    if cfg.objective not in ("sft", "pt"):
+        return False
     return cfg.fused_loss if cfg.fused_loss is not None else (_cuda() if cuda is None else cuda)
 
 
