@@ -59,3 +59,8 @@ class DocumentError(DataFileError):
     def __init__(self, path, reason: str, hint: str = ""):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class AccessError(MedtuneError, PermissionError):
+    """A ``medtune studio`` request refused for safety: a non-local host without ``--auth``, a path outside
+    the work dir, an upload over the size limit; the message says what was refused and what to do."""
