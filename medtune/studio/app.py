@@ -77,11 +77,13 @@ def _recipe_tab(cfg: StudioConfig, active) -> None:
     def _form(section_name, current):
         for field in forms.form_fields(section_name):
             widget = _widget(field, current)
-            widget.change(lambda value, d, f=field: _edit(cfg, d, f, value), [widget, data], [data, errors, preview],
-                          concurrency_id="recipe-edit", concurrency_limit=1, show_progress="hidden")
+            events = [widget.input] + ([widget.blur] if isinstance(widget, gr.Textbox) else [])  # blur: a pasted value
+            gr.on(events, lambda value, d, f=field: _edit(cfg, d, f, value), [widget, data], [data, errors, preview],
+                  concurrency_id="recipe-edit", concurrency_limit=1, show_progress="hidden", trigger_mode="always_last")
 
     save = gr.Button("Save recipe", variant="primary", elem_id="recipe-save")
-    preview = gr.Code(language="yaml", label="recipe.yaml (as it will be saved)", elem_id="recipe-yaml")
+    with gr.Accordion("recipe.yaml as it will be saved", open=False):
+        preview = gr.Code(language="yaml", show_label=False, elem_id="recipe-yaml", max_lines=40)
 
     def do_open(path, count):
         try:
@@ -115,7 +117,7 @@ def _recipe_tab(cfg: StudioConfig, active) -> None:
 
 
 def _widget(field: forms.FormField, data: dict):
-    kw = dict(label=field.label, info=field.help, elem_id="f-" + field.path.replace(".", "-"))
+    kw = dict(label=field.label, info=field.help, elem_id="f-" + field.path.replace(".", "-"), interactive=True)
     value = forms.shown(field, data)
     if field.widget == "check":
         return gr.Checkbox(value=bool(value), **kw)
@@ -177,7 +179,7 @@ def job_status(cfg: StudioConfig, job_id: str | None) -> str:
     parts += [f"ETA {row['eta']}"] if row["eta"] else []
     parts += [f"last complete checkpoint: {row['checkpoint']}"] if row["checkpoint"] else []
     parts += [f"exit status {row['returncode']}"] if row["returncode"] not in (None, 0) else []
-    return " · ".join(parts) + f"  \n`{' '.join(job['attempts'][-1]['command'][1:])}`"
+    return " · ".join(parts) + f"  \n`medtune {' '.join(job['attempts'][-1]['command'][3:])}`"
 
 
 def _log(cfg: StudioConfig, job_id: str | None) -> str:
@@ -261,8 +263,8 @@ def curves(cfg: StudioConfig, job_id: str | None) -> pd.DataFrame:
             rows = [r for r in jobs.live_log(Path(job["output_dir"])) if "loss" in r] if job["kind"] == "train" else []
         except MedtuneError:
             rows = []
-    return pd.DataFrame([{"step": r["step"], **{m: r.get(m) for m in METRICS}} for r in rows],
-                        columns=["step", *METRICS])
+    frame = pd.DataFrame([{"step": r["step"], **{m: r.get(m) for m in METRICS}} for r in rows], columns=["step", *METRICS])
+    return frame.apply(pd.to_numeric, errors="coerce").astype("float64")  # numbers (also when empty): quantitative axes
 
 
 def _train_tab(cfg: StudioConfig, active, timer) -> None:

@@ -137,11 +137,15 @@ def _drop(data: dict, path: str) -> dict:
 def apply_edit(data: dict, field: FormField, value: Any) -> dict:
     """A copy of ``data`` with one widget's value written at ``field.path`` (an empty box: back to the default).
 
-    Text is read as ``--set path=text`` reads it; a YAML block with :func:`yaml.safe_load`.
+    Text is read as ``--set path=text`` reads it; a YAML block with :func:`yaml.safe_load`. A value equal
+    to what the widget already shows changes nothing (a field passed through is not written as its default).
 
     Raises:
         ConfigError: a YAML block that does not parse (names the key).
     """
+    before = shown(field, data)
+    if value == before or (field.widget == "number" and None not in (value, before) and float(value) == float(before)):
+        return data
     if value is None or (isinstance(value, str) and not value.strip()):
         return _drop(data, field.path)
     if field.widget == "yaml":
