@@ -199,8 +199,10 @@ def _job_state(cfg: StudioConfig, job_id: str | None) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def _data_tab(cfg: StudioConfig, active, timer) -> None:
-    build = gr.Button("Build data (medtune data build)", variant="primary", elem_id="build-data")
+def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
+    with gr.Row():
+        build = gr.Button("Build data (medtune data build)", variant="primary", elem_id="build-data")
+        index = gr.Button("Build the retrieval index (medtune index build)", elem_id="build-index")
     job = gr.State("")
     status = gr.Markdown("*no job*", elem_id="data-status")
     with gr.Accordion("log", open=False):
@@ -233,7 +235,9 @@ def _data_tab(cfg: StudioConfig, active, timer) -> None:
     for box in (language, generator):
         box.input(refresh, [active, language, generator, text], views)
     active.change(refresh, [active, language, generator, text], views)
+    ui.load(refresh, [active, language, generator, text], views)
     build.click(lambda p: _start(cfg, "data", p), active, [job, status])
+    index.click(lambda p: _start(cfg, "index", p), active, [job, status])
 
     seen = gr.State("")
     timer.tick(lambda j: (job_status(cfg, j), _log(cfg, j), _job_state(cfg, j)), job, [status, log, seen],
@@ -267,7 +271,11 @@ def curves(cfg: StudioConfig, job_id: str | None) -> pd.DataFrame:
     return frame.apply(pd.to_numeric, errors="coerce").astype("float64")  # numbers (also when empty): quantitative axes
 
 
-def _train_tab(cfg: StudioConfig, active, timer) -> None:
+def _newest(cfg: StudioConfig, kind: str) -> str | None:
+    return next((j["id"] for j in jobs.list_jobs(cfg.workdir) if j["kind"] == kind), None)
+
+
+def _train_tab(cfg: StudioConfig, active, timer, ui) -> None:
     start = gr.Button("Start training (medtune train)", variant="primary", elem_id="start-train")
     message = gr.Markdown("", elem_id="train-message")
     table = gr.Dataframe(jobs_frame(cfg), headers=JOB_COLUMNS, interactive=False, elem_id="jobs", label="jobs")
@@ -303,6 +311,7 @@ def _train_tab(cfg: StudioConfig, active, timer) -> None:
         return (gr.update(choices=_job_ids(cfg), value=job_id) if job_id else gr.skip()), msg
 
     start.click(do_start, active, [job, message])
+    ui.load(lambda: gr.update(choices=_job_ids(cfg), value=_newest(cfg, "train")), None, job)  # a reopened page
     stop.click(lambda j: _act(cfg, j, jobs.stop_job, "stop asked: the run finishes its step, saves a checkpoint and exits"),
                job, message)
     resume.click(lambda j: _act(cfg, j, jobs.resume_job, "resumed from the last complete checkpoint"), job, message)
@@ -332,7 +341,7 @@ def _report(cfg: StudioConfig, rel: str | None) -> str:
         return _error(e)
 
 
-def _eval_tab(cfg: StudioConfig, active, timer) -> None:
+def _eval_tab(cfg: StudioConfig, active, timer, ui) -> None:
     run = gr.Button("Run evaluation (medtune run --only eval)", variant="primary", elem_id="run-eval")
     job = gr.State("")
     status = gr.Markdown("*no job*", elem_id="eval-status")
@@ -349,6 +358,7 @@ def _eval_tab(cfg: StudioConfig, active, timer) -> None:
     a.change(lambda rel: _report(cfg, rel), a, frame_a)
     b.change(lambda rel: _report(cfg, rel), b, frame_b)
     refresh.click(lambda: (gr.update(choices=browse.reports(cfg.workdir)),) * 2, None, [a, b])
+    ui.load(lambda: (gr.update(choices=browse.reports(cfg.workdir)),) * 2, None, [a, b])
     run.click(lambda p: _start(cfg, "eval", p), active, [job, status])
     seen = gr.State("")
     timer.tick(lambda j: (job_status(cfg, j), _log(cfg, j), _job_state(cfg, j)), job, [status, log, seen],
@@ -395,7 +405,7 @@ def _respond(cfg: StudioConfig, prompt, base, tuned, system, temperature, max_to
     yield histories["base"], histories["finetuned"], banner, sources, "", turns + [record], note
 
 
-def _chat_tab(cfg: StudioConfig, active) -> None:
+def _chat_tab(cfg: StudioConfig, active, ui) -> None:
     note = gr.Markdown("", elem_id="chat-models")
     banner = gr.HTML("", elem_id="urgent-banner")
     with gr.Row():
@@ -420,6 +430,7 @@ def _chat_tab(cfg: StudioConfig, active) -> None:
     prompt.submit(lambda *a: (yield from _respond(cfg, *a)), inputs, outputs, concurrency_id="chat", concurrency_limit=1)
     clear.click(lambda: ([], [], "", "", []), None, [base, tuned, banner, sources, turns])
     active.change(lambda p: _models_note(cfg, p), active, note)
+    ui.load(lambda p: _models_note(cfg, p), active, note)
 
     def do_export(t, path):
         try:
@@ -448,13 +459,13 @@ def build_studio(cfg: StudioConfig) -> "gr.Blocks":
             with gr.Tab("Recipe", id="recipe", elem_id="tab-recipe"):
                 _recipe_tab(cfg, active)
             with gr.Tab("Data", id="data", elem_id="tab-data"):
-                _data_tab(cfg, active, timer)
+                _data_tab(cfg, active, timer, ui)
             with gr.Tab("Train", id="train", elem_id="tab-train"):
-                _train_tab(cfg, active, timer)
+                _train_tab(cfg, active, timer, ui)
             with gr.Tab("Evaluate", id="eval", elem_id="tab-eval"):
-                _eval_tab(cfg, active, timer)
+                _eval_tab(cfg, active, timer, ui)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                _chat_tab(cfg, active)
+                _chat_tab(cfg, active, ui)
 
         def reopen():
             found = saved_recipes(cfg)

@@ -1,7 +1,8 @@
 """Studio jobs: the CLI's own commands run as background processes, with their state on disk.
 
-A job is one stage command on one saved recipe: ``data`` (``medtune data build``), ``train``
-(``medtune train``; resumed with ``--resume``) or ``eval`` (``medtune run --only eval``). It lives in
+A job is one stage command on one saved recipe: ``data`` (``medtune data build``), ``index``
+(``medtune index build``), ``train`` (``medtune train``; resumed with ``--resume``) or ``eval``
+(``medtune run --only eval``). It lives in
 ``<workdir>/jobs/<id>/``:
 
 - ``job.json``: kind, the recipe snapshot, the stage's output dir and the attempts (pid, command,
@@ -36,8 +37,9 @@ from medtune.train.sft import LIVE_LOG
 
 JOBS = "jobs"
 EXIT_PREEMPTED = 75  # medtune train's status after a clean stop on SIGTERM (EX_TEMPFAIL: try again later)
-COMMANDS = {"data": ("data", "build", "{recipe}"), "train": ("train", "{recipe}"),
-            "eval": ("run", "{recipe}", "--only", "eval")}
+COMMANDS = {"data": ("data", "build", "{recipe}"), "index": ("index", "build", "{recipe}"),
+            "train": ("train", "{recipe}"), "eval": ("run", "{recipe}", "--only", "eval")}
+SECTIONS = {"data": "data", "index": "rag", "eval": "eval"}  # the recipe section a job needs (train: created)
 _CHILDREN: dict[int, subprocess.Popen] = {}  # supervisors started by this process (polled, so none stays a zombie)
 
 
@@ -48,15 +50,12 @@ def jobs_root(workdir: Path) -> Path:
 def stage_dir(kind: str, recipe_path: Path) -> Path:
     """Where the job's stage writes, from the resolved recipe (data dir, adapter dir, eval dir)."""
     r = resolve(load_recipe(recipe_path), create=("train",) if kind == "train" else ())
-    if kind == "data":
-        if r.data is None:
-            raise ConfigError(f"{recipe_path}: no `data:` section to build; add one in the Recipe tab")
-        return Path(r.data.output_dir)
-    if kind == "eval":
-        if r.eval is None:
-            raise ConfigError(f"{recipe_path}: no `eval:` section; add one in the Recipe tab")
-        return r.stage_dir("eval")
-    return Path(r.train.output_dir)
+    section = SECTIONS.get(kind)
+    if section and getattr(r, section) is None:
+        raise ConfigError(f"{recipe_path}: no `{section}:` section, which the {kind} job needs; add it in the "
+                          "Recipe tab (choose the section, tick 'section in the recipe', save)")
+    return {"data": lambda: Path(r.data.output_dir), "index": lambda: Path(r.rag.index_dir),
+            "eval": lambda: r.stage_dir("eval"), "train": lambda: Path(r.train.output_dir)}[kind]()
 
 
 def _write(job: dict) -> None:
