@@ -1,0 +1,195 @@
+"""medtune studio, quick tier: safe by default (loopback unless --auth, login enforced, paths and uploads
+confined to the work dir), the recipe form (edits read like --set, validation, only what was typed is
+written), the jobs' supervisor and live log. The slow tier (test_studio_slow.py) trains, stops,
+resumes and walks the page in a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.errors import AccessError, ConfigError
+from medtune.studio import forms, jobs
+from medtune.studio.access import auth_check, check_bind, confine, plain_name, save_upload
+
+QUICKSTART = Path(__file__).parent.parent / "recipes" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "studio.example.org"])
+def test_cli_refuses_a_non_loopback_host_without_auth(tmp_path, host):
+    result = CliRunner().invoke(app, ["studio", "--host", host, "--workdir", str(tmp_path / "wd")])
+    assert result.exit_code == 2, result.output
+    assert f"refuses to listen on {host} without --auth" in result.output
+    assert "--auth USER:PASSWORD" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "wd").exists()  # refused before anything was created
+
+
+def test_cli_refuses_an_unusable_auth(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# no user\n")
+    for spec, message in (("alice", "expected USER:PASSWORD"), (str(empty), "has no USER:PASSWORD line")):
+        result = CliRunner().invoke(app, ["studio", "--host", "0.0.0.0", "--auth", spec, "--workdir", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_loopback_needs_no_auth_and_auth_checks_every_pair(tmp_path):
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        check_bind(host, None)
+    with pytest.raises(AccessError):
+        check_bind("0.0.0.0", "")
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# team\nalice:s3cret\nbob:hunter2\nLONGTOKEN\n")
+    check = auth_check(str(tokens))
+    assert check("alice", "s3cret") and check("bob", "hunter2") and check("anyone", "LONGTOKEN")
+    assert not check("alice", "hunter2") and not check("mallory", "s3cret") and not check("alice", "")
+    assert auth_check("carol:a:b")("carol", "a:b")  # the password may hold a colon
+
+
+def test_the_page_asks_for_a_login_when_auth_is_set(tmp_path):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("gradio")
+    from medtune.studio.app import launch_studio
+    from medtune.studio.config import StudioConfig
+    from servekit import free_port
+
+    port = free_port()
+    ui = launch_studio(StudioConfig(workdir=tmp_path / "wd", port=port, auth="alice:s3cret"), block=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/config").status_code == 401
+        assert httpx.post(url + "/login", data={"username": "alice", "password": "wrong"}).status_code == 400
+        with httpx.Client() as client:
+            assert client.post(url + "/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+            assert client.get(url + "/config").status_code == 200
+    finally:
+        ui.close()
+
+
+def test_paths_outside_the_work_dir_are_refused(tmp_path):
+    wd, examples = tmp_path / "wd", tmp_path / "examples"
+    (wd / "sub").mkdir(parents=True)
+    examples.mkdir()
+    (wd / "link").symlink_to(tmp_path)
+    assert confine(wd / "sub" / "new.jsonl", wd) == (wd / "sub" / "new.jsonl").resolve()
+    assert confine(examples / "qa.jsonl", wd, [examples]) == (examples / "qa.jsonl").resolve()
+    for escape in (wd / ".." / "x", tmp_path / "x", "/etc/passwd", wd / "link" / "x", examples / "qa.jsonl"):
+        with pytest.raises(AccessError, match="outside the studio's work dir"):
+            confine(escape, wd)
+
+
+def test_uploads_are_size_limited_and_land_in_the_work_dir_under_a_plain_name(tmp_path):
+    src = tmp_path / "upload.bin"
+    src.write_bytes(b"model: x\n" * 1000)
+    saved = save_upload(src, tmp_path / "wd", max_mb=1, suffixes=(".yaml",), name="../../../etc/cron.d/evil recipe.yaml")
+    assert saved == tmp_path / "wd" / "uploads" / "evil_recipe.yaml" and saved.read_bytes() == src.read_bytes()
+    with pytest.raises(AccessError, match="over the studio's upload limit of 0.001 MiB"):
+        save_upload(src, tmp_path / "wd", max_mb=0.001)
+    with pytest.raises(AccessError, match="expected a file ending in .yaml"):
+        save_upload(src, tmp_path / "wd", max_mb=1, suffixes=(".yaml",), name="run.sh")
+    assert plain_name("..\\..\\a b.yml") == "a_b.yml"
+
+
+def _field(path: str) -> forms.FormField:
+    return next(f for f in forms.form_fields(path.split(".")[0] if "." in path else forms.SHARED) if f.path == path)
+
+
+def test_the_form_covers_every_section_and_reads_text_like_set(tmp_path):
+    assert forms.sections()[:3] == ["shared", "data", "pretrain"] and "eval" in forms.sections()
+    kinds = {f.path: f.widget for f in forms.form_fields("train")}
+    assert kinds["train.method"] == "choice" and kinds["train.packing"] == "check"
+    assert kinds["train.max_steps"] == "number" and kinds["train.target_modules"] == "text"
+    assert {f.path: f.widget for f in forms.form_fields("data")}["data.sources"] == "yaml"
+    assert "data.teacher.max_tokens" in {f.path for f in forms.form_fields("data")}  # nested settings flattened
+    assert _field("train.learning_rate").help.startswith("Peak learning rate")
+
+    data, note = forms.open_recipe(QUICKSTART, tmp_path)
+    assert data["output_dir"] == str(tmp_path / "quickstart") and "inside the work dir" in note
+    edited = forms.apply_edit(data, _field("train.max_steps"), 2.0)
+    edited = forms.apply_edit(edited, _field("train.target_modules"), "[q_proj, v_proj]")
+    edited = forms.apply_edit(edited, _field("train.method"), "full")
+    edited = forms.apply_edit(edited, _field("data.teacher.max_tokens"), 64)
+    assert edited["train"]["max_steps"] == 2 and isinstance(edited["train"]["max_steps"], int)
+    assert edited["train"]["target_modules"] == ["q_proj", "v_proj"] and edited["train"]["method"] == "full"
+    assert edited["data"]["teacher"] == {"max_tokens": 64}
+    assert forms.apply_edit(edited, _field("train.method"), "") ["train"].get("method") is None  # back to default
+    assert forms.apply_edit(edited, _field("train.save_total_limit"), "2") == edited  # what it already shows
+    assert data["train"]["max_steps"] == 36  # the input mapping is never changed
+    assert forms.problems(edited, tmp_path, [Path("examples")]) == []
+
+
+def test_the_form_shows_validation_errors_by_key(tmp_path):
+    data, _ = forms.open_recipe(QUICKSTART, tmp_path)
+    bad = forms.apply_edit(data, _field("train.learning_rate"), -1)
+    bad = forms.apply_edit(bad, _field("train.lr_scheduler_type"), "zigzag")
+    found = forms.problems(bad, tmp_path, [Path("examples")])
+    assert any("train.learning_rate: Input should be greater than 0" in p for p in found)
+    with pytest.raises(ConfigError, match="data.sources: invalid YAML"):
+        forms.apply_edit(data, _field("data.sources"), "- {path: [unclosed")
+    sources = forms.apply_edit(data, _field("data.sources"), "- {path: examples/medical_qa.jsonl, type: corpus}\n")
+    assert sources["data"]["sources"] == [{"path": "examples/medical_qa.jsonl", "type": "corpus"}]
+
+
+def test_a_recipe_whose_paths_leave_the_work_dir_is_not_saved(tmp_path):
+    wd = tmp_path / "wd"
+    data, _ = forms.open_recipe(QUICKSTART, wd)
+    for key, value in (("output_dir", "../elsewhere"), ("train.output_dir", str(tmp_path / "adapter")),
+                       ("eval.fact_file", "/etc/passwd"), ("model", str(tmp_path))):
+        bad = forms.apply_edit(data, _field(key), value)
+        with pytest.raises(ConfigError, match=f"{key} .* is outside the studio's work dir"):
+            forms.save_recipe(bad, "quick", wd, [Path("examples")])
+    assert not (wd / forms.RECIPES / "quick.yaml").exists()
+    path = forms.save_recipe(data, "../../quick", wd, [Path("examples")], origin="recipes/quickstart.yaml")
+    assert path == wd / "recipes" / "quick.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# Written by medtune studio") and yaml.safe_load(text) == data
+    assert list(yaml.safe_load(text)) == ["model", "output_dir", "seed", "data", "train", "merge", "samples", "eval"]
+
+
+def test_the_supervisor_outlives_a_stop_and_records_how_the_command_ended(tmp_path):
+    status = tmp_path / "status.json"
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-m", "medtune.studio.supervise", str(status), "--", sys.executable,
+                             "-c", code], start_new_session=True)
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGTERM)  # what the Stop button sends: the whole group
+    assert proc.wait(30) == 0
+    assert json.loads(status.read_text())["returncode"] == 75
+    plain = tmp_path / "plain.json"
+    subprocess.run([sys.executable, "-m", "medtune.studio.supervise", str(plain), "--", sys.executable, "-c", "exit(3)"],
+                   check=True)
+    assert json.loads(plain.read_text())["returncode"] == 3
+
+
+def test_a_job_whose_section_is_missing_is_refused_before_it_starts(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'out'}\ntrain: {{max_steps: 2}}\n")
+    for kind, section in (("data", "data"), ("eval", "eval"), ("index", "rag")):
+        with pytest.raises(ConfigError, match=f"no `{section}:` section"):
+            jobs.start_job(tmp_path, kind, recipe)
+    assert not jobs.jobs_root(tmp_path).exists() and jobs.list_jobs(tmp_path) == []
+    with pytest.raises(ConfigError, match="no job '../x'"):
+        jobs.find_job(tmp_path, "../x")
+
+
+def test_live_log_after_a_resume_and_the_eta(tmp_path):
+    """The trainer's live log as a stopped and resumed run writes it: steps 3-4 ran twice (stopped after 4,
+    last checkpoint at 2), so the first run's 3-4 are dropped when the resume begins at step 2."""
+    rows = [{"event": "begin", "step": 0, "max_steps": 6, "time": 100.0}]
+    rows += [{"loss": 5.0 - s / 10, "step": s, "max_steps": 6, "time": 100.0 + 2 * s} for s in (1, 2, 3, 4)]
+    rows += [{"event": "begin", "step": 2, "max_steps": 6, "time": 200.0}]
+    rows += [{"loss": 4.0 - s / 10, "step": s, "max_steps": 6, "time": 200.0 + 3 * (s - 2)} for s in (3, 4)]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"loss": 1.0, "st')
+    kept = jobs.live_log(tmp_path)
+    assert [(r.get("event"), r["step"]) for r in kept] == [("begin", 0), (None, 1), (None, 2), ("begin", 2), (None, 3), (None, 4)]
+    assert kept[-1]["loss"] == pytest.approx(3.6)
+    assert jobs.progress(kept) == {"step": 4, "max_steps": 6, "loss": pytest.approx(3.6), "eta_s": 6}
