@@ -196,6 +196,10 @@ def _job_state(cfg: StudioConfig, job_id: str | None) -> str:
         return ""
 
 
+def _newest(cfg: StudioConfig, *kinds: str) -> str | None:
+    return next((j["id"] for j in jobs.list_jobs(cfg.workdir) if j["kind"] in kinds), None)
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -238,6 +242,7 @@ def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
     ui.load(refresh, [active, language, generator, text], views)
     build.click(lambda p: _start(cfg, "data", p), active, [job, status])
     index.click(lambda p: _start(cfg, "index", p), active, [job, status])
+    ui.load(lambda: _newest(cfg, "data", "index") or "", None, job)  # a reopened page shows the last job
 
     seen = gr.State("")
     timer.tick(lambda j: (job_status(cfg, j), _log(cfg, j), _job_state(cfg, j)), job, [status, log, seen],
@@ -271,8 +276,6 @@ def curves(cfg: StudioConfig, job_id: str | None) -> pd.DataFrame:
     return frame.apply(pd.to_numeric, errors="coerce").astype("float64")  # numbers (also when empty): quantitative axes
 
 
-def _newest(cfg: StudioConfig, kind: str) -> str | None:
-    return next((j["id"] for j in jobs.list_jobs(cfg.workdir) if j["kind"] == kind), None)
 
 
 def _train_tab(cfg: StudioConfig, active, timer, ui) -> None:
@@ -360,6 +363,7 @@ def _eval_tab(cfg: StudioConfig, active, timer, ui) -> None:
     refresh.click(lambda: (gr.update(choices=browse.reports(cfg.workdir)),) * 2, None, [a, b])
     ui.load(lambda: (gr.update(choices=browse.reports(cfg.workdir)),) * 2, None, [a, b])
     run.click(lambda p: _start(cfg, "eval", p), active, [job, status])
+    ui.load(lambda: _newest(cfg, "eval") or "", None, job)
     seen = gr.State("")
     timer.tick(lambda j: (job_status(cfg, j), _log(cfg, j), _job_state(cfg, j)), job, [status, log, seen],
                show_progress="hidden")
