@@ -122,7 +122,12 @@ def test_the_form_covers_every_section_and_reads_text_like_set(tmp_path):
     assert edited["train"]["target_modules"] == ["q_proj", "v_proj"] and edited["train"]["method"] == "full"
     assert edited["data"]["teacher"] == {"max_tokens": 64}
     assert forms.apply_edit(edited, _field("train.method"), "") ["train"].get("method") is None  # back to default
-    assert forms.apply_edit(edited, _field("train.save_total_limit"), "2") == edited  # what it already shows
+    assert forms.apply_edit(edited, _field("train.save_total_limit"), "") == edited  # an empty box passed through
+    assert forms.apply_edit(edited, _field("train.max_steps"), 2) == edited  # what it already shows
+    hints = forms.placeholders(edited, "train")  # what an empty box means: the resolved recipe's value
+    assert hints["train.train_file"] == str(tmp_path / "quickstart" / "data" / "train.jsonl")
+    assert hints["train.output_dir"] == str(tmp_path / "quickstart" / "adapter") and hints["train.save_total_limit"] == "2"
+    assert forms.shown(_field("train.save_total_limit"), edited) == "" and forms.shown(_field("train.packing"), edited)
     assert data["train"]["max_steps"] == 36  # the input mapping is never changed
     assert forms.problems(edited, tmp_path, [Path("examples")]) == []
 
@@ -179,6 +184,38 @@ def test_a_job_whose_section_is_missing_is_refused_before_it_starts(tmp_path):
     assert not jobs.jobs_root(tmp_path).exists() and jobs.list_jobs(tmp_path) == []
     with pytest.raises(ConfigError, match="no job '../x'"):
         jobs.find_job(tmp_path, "../x")
+
+
+def test_records_show_provenance_and_filter_by_language_and_generator(tmp_path):
+    from medtune.studio import browse
+
+    rows = [{"messages": [{"role": "user", "content": "What is hypertension?"}, {"role": "assistant", "content": "High BP."}],
+             "meta": {"source_file": "g.pdf", "passage_id": "g.pdf#p3", "char_span": [10, 90], "pages": [2, 3],
+                      "language": "en", "generator": "guideline-qa"}},
+            {"instruction": "二甲双胍怎么吃？", "input": "", "output": "随餐服用。",
+             "meta": {"source_file": "kb.jsonl", "field": "usage", "language": "zh", "generator": "kb-template"}}]
+    (tmp_path / "train.jsonl").write_text(json.dumps(rows[0]) + "\n" + "{broken\n", encoding="utf-8")
+    (tmp_path / "validation.jsonl").write_text(json.dumps(rows[1], ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "stats.json").write_text(json.dumps({"languages": {"en": 1, "zh": 1}, "generators": {"guideline-qa": 1, "kb-template": 1}}))
+    shown, matched = browse.records(tmp_path)
+    assert matched == 2 and shown[0] == ["train", "en", "guideline-qa", "g.pdf", "g.pdf#p3 chars 10-90", "2-3",
+                                         "What is hypertension?", "High BP."]
+    assert shown[1][:6] == ["validation", "zh", "kb-template", "kb.jsonl", "usage", ""] and shown[1][6] == "二甲双胍怎么吃？"
+    assert browse.records(tmp_path, language="zh")[1] == 1 and browse.records(tmp_path, generator="guideline-qa")[1] == 1
+    assert browse.records(tmp_path, text="METFORMIN")[1] == 0 and browse.records(tmp_path, text="hyperTENSION")[1] == 1
+    assert browse.facets(tmp_path) == (["en", "zh"], ["guideline-qa", "kb-template"])
+
+
+def test_a_report_opens_in_a_sandboxed_frame(tmp_path):
+    from medtune.studio import browse
+
+    report = tmp_path / "a" / "eval" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text('<h1>Base vs fine-tuned</h1><p title="x">a & b</p><script>alert(1)</script>', encoding="utf-8")
+    frame = browse.report_frame(report)
+    assert frame.startswith('<iframe class="report" sandbox=""') and "<script>" not in frame
+    assert "&lt;h1&gt;Base vs fine-tuned" in frame and "a &amp; b" in frame and 'title=&quot;x&quot;' in frame
+    assert browse.reports(tmp_path) == ["a/eval/report.html"] and "No report" in browse.report_frame(None)
 
 
 def test_live_log_after_a_resume_and_the_eta(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).parent.parent
 RED_FLAG = "My dad has crushing chest pain and is sweating."
+COVERED = "What blood pressure counts as hypertension in adults?"
 PREEMPTION = hasattr(__import__("medtune.errors").errors, "EXIT_PREEMPTED")  # issue 25 landed
 
 
@@ -54,6 +56,14 @@ def wait_text(page, selector: str, pattern: str, timeout_s: float) -> str:
 def pick(page, dropdown: str, option: str) -> None:
     page.click(f"{dropdown} input")
     page.get_by_role("option", name=option, exact=True).click()
+
+
+def shot(page, path: Path, top: str) -> None:
+    """A screenshot of the page from the element ``top`` down (dropdowns closed)."""
+    page.keyboard.press("Escape")
+    page.evaluate("(s) => document.querySelector(s).scrollIntoView()", top)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(path))
 
 
 def plotted_steps(page, plot: str) -> int:
@@ -90,7 +100,7 @@ def test_a_user_walks_the_whole_pipeline_in_the_studio(studio, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(url, wait_until="domcontentloaded")
             _recipe(page, recipe, wd, shots)
             _data(page, shots)
@@ -123,7 +133,7 @@ def _recipe(page, recipe: Path, wd: Path, shots: Path) -> None:
     page.fill("#f-train-output_dir textarea", "")
     page.locator("#f-train-output_dir textarea").press("Tab")
     page.wait_for_function("() => !document.querySelector('#recipe-errors').innerText.trim()", timeout=30_000)
-    page.screenshot(path=str(shots / "studio-recipe.png"))
+    shot(page, shots / "studio-recipe.png", "#recipe-section")
     page.click("#recipe-save")
     wait_text(page, "#recipe-note", "saved .*tiny-quickstart.yaml", 30)
     saved = yaml.safe_load((wd / "recipes" / "tiny-quickstart.yaml").read_text(encoding="utf-8"))
@@ -135,16 +145,16 @@ def _data(page, shots: Path) -> None:
     page.get_by_role("tab", name="Data").click()
     page.click("#build-data")
     wait_text(page, "#data-status", r"data-tiny-quickstart: done", 400)
-    count = wait_text(page, "#data-count", r"\d+ records match", 60)
-    total = int(count.split()[0])
+    total = int(re.search(r"(\d+) records match", wait_text(page, "#data-count", r"\d+ records match", 60)).group(1))
     pick(page, "#data-language", "en")
-    wait_text(page, "#data-count", rf"^(?!{total} )\d+ records match", 60)
-    langs = page.evaluate("() => Array.from(document.querySelectorAll('#records tbody tr'))"
-                          ".map(r => r.querySelectorAll('td')[1].innerText.trim())")
-    assert langs and set(langs) == {"en"}, langs
+    wait_text(page, "#data-count", rf"(^|\D)(?!{total} )\d+ records match", 60)
+    rows = page.evaluate("() => Array.from(document.querySelectorAll('#records [role=row][aria-rowindex]'))"
+                         ".map(r => Array.from(r.querySelectorAll('[role=gridcell], td')).map(c => c.innerText.trim()))")
+    langs = [r[1] for r in rows[1:] if any(r)]  # rows[0]: the header
+    assert langs and set(langs) == {"en"}, rows
     page.get_by_text("rejects (with reasons)").click()
     wait_text(page, "#rejects", "no name field", 30)
-    page.screenshot(path=str(shots / "studio-data.png"))
+    shot(page, shots / "studio-data.png", "#data-status")
     page.click("#build-index")
     wait_text(page, "#data-status", r"index-tiny-quickstart: done", 300)
 
@@ -160,7 +170,7 @@ def _train_stop_reopen_resume(page, url: str, wd: Path, shots: Path) -> str:
     page.wait_for_function("(n) => new Set(Array.from(document.querySelectorAll('#plot-loss svg [aria-label^=\"step: \"]'))"
                            ".map(e => e.getAttribute('aria-label'))).size > n", arg=first, timeout=60_000)
     job_id = page.locator("#job input").input_value()
-    page.screenshot(path=str(shots / "studio-train.png"))
+    shot(page, shots / "studio-train.png", "#job-status")
     page.click("#stop")
     status = wait_text(page, "#job-status", ": stopped", 180)
     ckpt = jobs.latest_checkpoint(Path(jobs.find_job(wd, job_id)["output_dir"]))
@@ -175,7 +185,7 @@ def _train_stop_reopen_resume(page, url: str, wd: Path, shots: Path) -> str:
     wait_text(page, "#job-status", ": running", 60)
     wait_text(page, "#job-status", r": done · step 30/30", 600)
     wait_text(page, "#plot-caption", r"^30 logged steps", 30)
-    page.screenshot(path=str(shots / "studio-resumed.png"))
+    shot(page, shots / "studio-resumed.png", "#jobs")
     return job_id
 
 
@@ -187,7 +197,7 @@ def _evaluate(page, shots: Path) -> None:
     report.get_by_text("Base vs fine-tuned").first.wait_for(timeout=60_000)
     pick(page, "#report-b", "tiny-quickstart/eval/report.html")
     page.frame_locator("#report-b-frame iframe").get_by_text("Base vs fine-tuned").first.wait_for(timeout=60_000)
-    page.screenshot(path=str(shots / "studio-eval.png"))
+    shot(page, shots / "studio-eval.png", "#refresh-reports")
 
 
 def _chat(page, wd: Path, shots: Path) -> None:
@@ -195,17 +205,22 @@ def _chat(page, wd: Path, shots: Path) -> None:
     assert "adapter" in wait_text(page, "#chat-models", "fine-tuned", 60)
     page.fill("#prompt textarea", RED_FLAG)
     page.click("#send")
+    wait_text(page, "#chat-models", "1 turn answered", 300)
     for side in ("#chat-base", "#chat-finetuned"):
-        page.wait_for_function("(s) => { const b = document.querySelectorAll(s + ' .bot');"
-                               " return b.length && b[b.length - 1].innerText.includes('not a diagnosis'); }",
-                               arg=side, timeout=300_000)
-        assert page.locator(f"{side} .bot").last.inner_text().lstrip().startswith("⚠️ URGENT")
-    assert "911" in page.inner_text("#urgent-banner") and "Sources" in page.inner_text("#sources")
-    page.screenshot(path=str(shots / "studio-chat.png"))
+        answer = page.locator(f"{side} .bot").last.inner_text().strip()
+        assert answer.startswith("⚠️ URGENT") and "not a diagnosis" in answer, answer
+    assert "911" in page.inner_text("#urgent-banner")
+    page.fill("#prompt textarea", COVERED)  # a second turn the guideline covers: its passages are cited
+    page.click("#send")
+    wait_text(page, "#chat-models", "2 turns answered", 300)
+    assert page.locator("#chat-base .bot").count() == page.locator("#chat-finetuned .bot").count() == 2
+    assert "Sources" in page.inner_text("#sources") and "hypertension_en.md" in page.inner_text("#sources")
+    shot(page, shots / "studio-chat.png", "#urgent-banner")
     page.click("#export-chat")
-    wait_text(page, "#export-file", r"chat-.*\.jsonl", 60)
+    wait_text(page, "#export-file", r"chat-[0-9-]+\s*\.jsonl", 60)
     (exported,) = (wd / "exports").glob("chat-*.jsonl")
-    (turn,) = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
-    assert turn["prompt"] == RED_FLAG and turn["flags"] and turn["citations"]
-    assert turn["base"].startswith("⚠️ URGENT") and turn["finetuned"].startswith("⚠️ URGENT")
-    assert turn["models"]["adapter"].endswith("adapter")
+    first, second = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
+    assert first["prompt"] == RED_FLAG and first["flags"] and first["base"].startswith("⚠️ URGENT")
+    assert first["finetuned"].startswith("⚠️ URGENT") and first["base"] != first["finetuned"]
+    assert second["prompt"] == COVERED and second["citations"][0]["source_file"].endswith("hypertension_en.md")
+    assert second["models"]["adapter"].endswith("adapter")

@@ -75,8 +75,9 @@ def _recipe_tab(cfg: StudioConfig, active) -> None:
 
     @gr.render(inputs=[section, data], triggers=[section.change, opened.change])
     def _form(section_name, current):
+        hints = forms.placeholders(current, section_name)
         for field in forms.form_fields(section_name):
-            widget = _widget(field, current)
+            widget = _widget(field, current, hints[field.path])
             events = [widget.input] + ([widget.blur] if isinstance(widget, gr.Textbox) else [])  # blur: a pasted value
             gr.on(events, lambda value, d, f=field: _edit(cfg, d, f, value), [widget, data], [data, errors, preview],
                   concurrency_id="recipe-edit", concurrency_limit=1, show_progress="hidden", trigger_mode="always_last")
@@ -116,7 +117,8 @@ def _recipe_tab(cfg: StudioConfig, active) -> None:
     save.click(do_save, [data, name, source], [note, active, source])
 
 
-def _widget(field: forms.FormField, data: dict):
+def _widget(field: forms.FormField, data: dict, hint: str):
+    """One form widget: the recipe's value, or empty with the value that will be used as placeholder."""
     kw = dict(label=field.label, info=field.help, elem_id="f-" + field.path.replace(".", "-"), interactive=True)
     value = forms.shown(field, data)
     if field.widget == "check":
@@ -124,8 +126,8 @@ def _widget(field: forms.FormField, data: dict):
     if field.widget == "choice":
         return gr.Dropdown(list(field.choices), value=value, **kw)
     if field.widget == "number":
-        return gr.Number(value=value, precision=0 if field.integer else None, **kw)
-    return gr.Textbox(value=value, lines=6 if field.widget == "yaml" else 1, max_lines=30, **kw)
+        return gr.Number(value=value, precision=0 if field.integer else None, placeholder=hint, **kw)
+    return gr.Textbox(value=value, placeholder=hint, lines=6 if field.widget == "yaml" else 1, max_lines=30, **kw)
 
 
 def _yaml(data: dict) -> str:
@@ -406,7 +408,9 @@ def _respond(cfg: StudioConfig, prompt, base, tuned, system, temperature, max_to
     for histories, banner, sources, record in compare.answer_both(prompt, {"base": base, "finetuned": tuned}, system or "",
                                                                  web, settings, backends):
         yield histories["base"], histories["finetuned"], banner, sources, "", turns, note
-    yield histories["base"], histories["finetuned"], banner, sources, "", turns + [record], note
+    turns = turns + [record]
+    answered = f"{len(turns)} turn{'s' if len(turns) > 1 else ''} answered"
+    yield histories["base"], histories["finetuned"], banner, sources, "", turns, f"{note} · {answered}"
 
 
 def _chat_tab(cfg: StudioConfig, active, ui) -> None:

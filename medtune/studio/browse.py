@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
-RECORD_COLUMNS = ["split", "language", "generator", "source_file", "section", "page", "question", "answer"]
+RECORD_COLUMNS = ["split", "language", "generator", "source_file", "section", "pages", "question", "answer"]
 REJECT_COLUMNS = ["step", "file", "where", "reason", "record"]
 SHOWN_CHARS = 300  # per cell
 
@@ -44,8 +44,10 @@ def record_row(split: str, row: dict) -> list[str]:
     """One line of the records table (columns :data:`RECORD_COLUMNS`), long texts cut to :data:`SHOWN_CHARS`."""
     meta = row.get("meta", {})
     q, a = _question_answer(row)
+    first, last = (meta.get("pages") or ["", ""])[:2]
+    pages = str(first) if first == last else f"{first}-{last}"
     return [split, str(meta.get("language", "")), str(meta.get("generator", "")), str(meta.get("source_file", "")),
-            _section(meta), str(meta.get("page", "")), q[:SHOWN_CHARS], a[:SHOWN_CHARS]]
+            _section(meta), pages, q[:SHOWN_CHARS], a[:SHOWN_CHARS]]
 
 
 def records(data_dir: Path, language: str = "", generator: str = "", text: str = "",

@@ -108,11 +108,10 @@ def get_value(data: dict, path: str, default: Any = None) -> Any:
     return node
 
 
-def shown(field: FormField, data: dict) -> Any:
-    """What the widget shows: the recipe's value (else the default), as text for text and YAML widgets."""
-    value = get_value(data, field.path, field.default)
-    if field.widget in ("check", "choice", "number"):
-        return value
+_UNSET = object()
+
+
+def _text(field: FormField, value: Any) -> str:
     if value is None:
         return ""
     if field.widget == "yaml":
@@ -120,6 +119,35 @@ def shown(field: FormField, data: dict) -> Any:
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
+
+
+def shown(field: FormField, data: dict) -> Any:
+    """What the widget holds: the value written in the recipe; a check box or a list shows the default when
+    nothing is written, a number or text box stays empty (its placeholder shows what will be used)."""
+    value = get_value(data, field.path, _UNSET)
+    if field.widget in ("check", "choice"):
+        return field.default if value is _UNSET else value
+    if value is _UNSET:
+        return None if field.widget == "number" else ""
+    return value if field.widget == "number" else _text(field, value)
+
+
+def placeholders(data: dict, section: str) -> dict[str, str]:
+    """``{dotted key: text}``: what each field of ``section`` will be when left empty, from the resolved recipe
+    (``train.train_file`` -> the data stage's ``train.jsonl``, ``train.output_dir`` -> ``<output_dir>/adapter``);
+    the config's default when the recipe does not validate yet."""
+    fields = form_fields(section)
+    try:
+        recipe = validate_recipe(data)
+        absent = section != SHARED and getattr(recipe, section) is None
+        resolved = resolve(recipe, create=(section,) if absent else ()).model_dump(mode="json")
+    except (ConfigError, TypeError, ValueError):
+        resolved = None
+    out = {}
+    for f in fields:
+        value = get_value(resolved, f.path, f.default) if resolved is not None else f.default
+        out[f.path] = _text(f, value.as_posix() if isinstance(value, Path) else value)
+    return out
 
 
 def _drop(data: dict, path: str) -> dict:
