@@ -405,12 +405,15 @@ def studio(host: str = typer.Option("127.0.0.1", help=_studio_help("host")),
            port: int = typer.Option(7870, help=_studio_help("port")),
            workdir: Path = typer.Option(Path("runs"), help=_studio_help("workdir")),
            auth: Optional[str] = typer.Option(None, help=_studio_help("auth")),
-           max_upload_mb: float = typer.Option(20.0, help=_studio_help("max_upload_mb"))) -> None:
+           max_upload_mb: float = typer.Option(20.0, help=_studio_help("max_upload_mb")),
+           read_root: Optional[List[Path]] = typer.Option(None, "--read-root", help=_studio_help("read_roots")
+                                                         + " Repeatable; default: examples.")) -> None:
     """The whole pipeline in a local web page: recipe form, data browser, training with live curves, stop and
     resume, evaluation reports side by side, base vs fine-tuned chat. See docs/studio.md."""
     from medtune.studio.access import check_bind
 
-    cfg = StudioConfig(host=host, port=port, workdir=workdir, auth=auth, max_upload_mb=max_upload_mb)
+    cfg = StudioConfig(host=host, port=port, workdir=workdir, auth=auth, max_upload_mb=max_upload_mb,
+                       **({"read_roots": read_root} if read_root else {}))
     check_bind(cfg.host, cfg.auth)  # before gradio is imported: a refusal is immediate
     err.print(f"medtune studio: http://{cfg.host}:{cfg.port}/  (work dir {cfg.workdir}; Ctrl-C stops)", markup=False)
     _optional("medtune.studio.app", "launch_studio")(cfg)

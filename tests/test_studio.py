@@ -160,6 +160,32 @@ def test_a_recipe_whose_paths_leave_the_work_dir_is_not_saved(tmp_path):
     assert list(yaml.safe_load(text)) == ["model", "output_dir", "seed", "data", "train", "merge", "samples", "eval"]
 
 
+def test_jobs_and_the_form_only_take_recipes_whose_paths_stay_in_the_work_dir(tmp_path):
+    """What the page's requests can name: the form opens shipped or work-dir recipes only; jobs and chat run
+    only recipes saved in <workdir>/recipes whose paths stay inside (checked again at every use)."""
+    pytest.importorskip("gradio")
+    from medtune.studio.app import open_for_form, recipe_path
+    from medtune.studio.config import StudioConfig
+
+    wd = tmp_path / "wd"
+    cfg = StudioConfig(workdir=wd, recipes_dir=QUICKSTART.parent)
+    with pytest.raises(AccessError, match="outside the studio's work dir"):
+        open_for_form(cfg, "/etc/passwd")
+    assert open_for_form(cfg, str(QUICKSTART))[0]["output_dir"] == str(wd / "quickstart")
+    evil = wd / "uploads" / "evil.yaml"
+    evil.parent.mkdir(parents=True)
+    evil.write_text(f"output_dir: {tmp_path / 'elsewhere'}\ntrain: {{max_steps: 2}}\n")
+    with pytest.raises(AccessError, match="outside the studio's work dir"):
+        recipe_path(cfg, str(evil))  # an upload is not a saved recipe
+    edited = forms.save_recipe({"output_dir": str(wd / "ok"), "train": {"max_steps": 2}}, "edited", wd, cfg.read_roots)
+    assert recipe_path(cfg, str(edited)) == edited
+    edited.write_text(evil.read_text())  # changed on disk after it was saved
+    with pytest.raises(ConfigError, match="edited.yaml: output_dir .* is outside"):
+        recipe_path(cfg, str(edited))
+    with pytest.raises(ConfigError, match="no recipe chosen"):
+        recipe_path(cfg, None)
+
+
 def test_the_supervisor_outlives_a_stop_and_records_how_the_command_ended(tmp_path):
     status = tmp_path / "status.json"
     code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); time.sleep(60)"

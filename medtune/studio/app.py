@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtune.errors import MedtuneError
+from medtune.errors import ConfigError, MedtuneError
 from medtune.recipe import load_recipe
 from medtune.safety import DISCLAIMER
 from medtune.studio import browse, compare, forms, jobs
@@ -50,14 +50,29 @@ def recipe_sources(cfg: StudioConfig) -> list[tuple[str, str]]:
 
 
 def recipe_path(cfg: StudioConfig, path: str | None) -> Path:
-    """The active recipe's file, which must be a recipe saved inside the work dir.
+    """The active recipe's file: a recipe saved in ``<workdir>/recipes`` whose paths all stay in the work dir
+    (checked again each time: the file may have been edited, or the request not come from the page).
 
     Raises:
-        MedtuneError: none chosen; AccessError: outside the work dir.
+        ConfigError: none chosen, or the recipe has problems; AccessError: outside ``<workdir>/recipes``.
     """
     if not path:
-        raise MedtuneError("no recipe chosen: open one in the Recipe tab and save it")
-    return confine(path, cfg.workdir, what="recipe")
+        raise ConfigError("no recipe chosen: open one in the Recipe tab and save it")
+    found = confine(path, cfg.workdir / forms.RECIPES, what="recipe")
+    data, _ = forms.open_recipe(found, cfg.workdir, move_output=False)
+    problems = forms.problems(data, cfg.workdir, cfg.read_roots)
+    if problems:
+        raise ConfigError(f"{found.name}: " + "; ".join(problems))
+    return found
+
+
+def open_for_form(cfg: StudioConfig, path: str | None) -> tuple[dict, str]:
+    """A recipe to edit: a shipped one (``cfg.recipes_dir``) or one in the work dir, nothing else on the machine.
+
+    Raises:
+        AccessError: elsewhere; ConfigError: not a YAML mapping.
+    """
+    return forms.open_recipe(confine(path or "", cfg.workdir, [cfg.recipes_dir], what="recipe"), cfg.workdir)
 
 
 def _recipe_tab(cfg: StudioConfig, active) -> None:
@@ -88,7 +103,7 @@ def _recipe_tab(cfg: StudioConfig, active) -> None:
 
     def do_open(path, count):
         try:
-            d, msg = forms.open_recipe(Path(path), cfg.workdir)
+            d, msg = open_for_form(cfg, path)
         except (MedtuneError, OSError, TypeError) as e:
             return gr.skip(), count, _error(e), gr.skip(), "", gr.skip(), gr.skip()
         found = forms.problems(d, cfg.workdir, cfg.read_roots)
@@ -205,10 +220,23 @@ def _newest(cfg: StudioConfig, *kinds: str) -> str | None:
 # ----------------------------------------------------------------------------- data
 
 
+SOURCE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".pdf", ".xlsx")
+
+
+def _upload_source(cfg: StudioConfig, file) -> str:
+    try:
+        path = save_upload(file, cfg.workdir, cfg.max_upload_mb, SOURCE_SUFFIXES)
+    except MedtuneError as e:
+        return _error(e)
+    return (f"saved `{path}`: add it to `data.sources` in the Recipe tab "
+            f"(e.g. `- {{path: {path}, type: corpus}}`), save, then build the data")
+
+
 def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
     with gr.Row():
         build = gr.Button("Build data (medtune data build)", variant="primary", elem_id="build-data")
         index = gr.Button("Build the retrieval index (medtune index build)", elem_id="build-index")
+        source = gr.UploadButton("Upload a source file", file_types=list(SOURCE_SUFFIXES), elem_id="source-upload")
     job = gr.State("")
     status = gr.Markdown("*no job*", elem_id="data-status")
     with gr.Accordion("log", open=False):
@@ -243,6 +271,7 @@ def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
     active.change(refresh, [active, language, generator, text], views)
     ui.load(refresh, [active, language, generator, text], views)
     build.click(lambda p: _start(cfg, "data", p), active, [job, status])
+    source.upload(lambda f: _upload_source(cfg, f), source, status)
     index.click(lambda p: _start(cfg, "index", p), active, [job, status])
     ui.load(lambda: _newest(cfg, "data", "index") or "", None, job)  # a reopened page shows the last job
 
@@ -503,7 +532,7 @@ def launch_studio(cfg: StudioConfig, block: bool = True):
     os.environ["GRADIO_TEMP_DIR"] = str((workdir / ".gradio").resolve())
     ui = build_studio(cfg)
     ui.queue(default_concurrency_limit=2)
-    ui.launch(server_name=cfg.host, server_port=cfg.port or None, auth=auth, prevent_thread_lock=not block,
+    ui.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, prevent_thread_lock=not block,
               quiet=not block, max_file_size=int(cfg.max_upload_mb * 2**20),
               allowed_paths=[str((workdir / compare.EXPORTS).resolve())], footer_links=[])
     return ui

@@ -14,7 +14,7 @@ class StudioConfig(Section):
 
     host: str = Field("127.0.0.1", description="Address to bind. Any address other than loopback (127.0.0.1, ::1, "
                                                "localhost) needs auth.")
-    port: int = Field(7870, ge=0, le=65535, description="TCP port (0: any free port).")
+    port: int = Field(7870, ge=1, le=65535, description="TCP port.")
     workdir: Path = Field(Path("runs"), description="Everything the studio writes goes here: saved recipes, uploads, "
                                                     "jobs and their logs, stage outputs, chat exports. Paths typed in "
                                                     "its forms must stay inside it.")
@@ -24,5 +24,6 @@ class StudioConfig(Section):
     max_upload_mb: float = Field(20.0, gt=0, description="Largest file the page accepts, in MiB (recipes, sources).")
     read_roots: list[Path] = Field(default_factory=lambda: [Path("examples")],
                                    description="Folders outside the work dir that a recipe may read inputs from "
-                                               "(the shipped examples); outputs always go inside the work dir.")
+                                               "(sources, eval files, model folders; by default the shipped "
+                                               "examples); outputs always go inside the work dir.")
     recipes_dir: Path = Field(Path("recipes"), description="Folder of shipped recipes offered in the recipe list.")

@@ -239,9 +239,9 @@ def problems(data: dict, workdir: Path, read_roots: list[Path]) -> list[str]:
     return path_problems(recipe, workdir, read_roots)
 
 
-def open_recipe(path: Path, workdir: Path) -> tuple[dict, str]:
-    """Read a recipe file as a mapping for the form; an ``output_dir`` outside ``workdir`` (a shipped recipe's
-    ``runs/quickstart``) is moved to ``<workdir>/<recipe name>``.
+def open_recipe(path: Path, workdir: Path, move_output: bool = True) -> tuple[dict, str]:
+    """Read a recipe file as a mapping for the form; with ``move_output``, an ``output_dir`` outside ``workdir``
+    (a shipped recipe's ``runs/quickstart``) is moved to ``<workdir>/<recipe name>``.
 
     Returns:
         ``(mapping, note)``; the note says what was moved (or is "").
@@ -256,7 +256,7 @@ def open_recipe(path: Path, workdir: Path) -> tuple[dict, str]:
     if not isinstance(data, dict):
         raise ConfigError(f"{Path(path).name}: a recipe must be a YAML mapping, got {type(data).__name__}")
     out = Path(str(data.get("output_dir", "")) or ".")
-    if "output_dir" not in data or not inside(out, workdir):
+    if move_output and ("output_dir" not in data or not inside(out, workdir)):
         data["output_dir"] = str(Path(workdir) / Path(path).stem)
         return data, f"output_dir set to {data['output_dir']} (inside the work dir)"
     return data, ""

@@ -44,6 +44,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}  # supervisors started by this proce
 
 
 def jobs_root(workdir: Path) -> Path:
+    """``<workdir>/jobs``: one folder per job."""
     return Path(workdir) / JOBS
 
 
