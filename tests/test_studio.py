@@ -34,6 +34,30 @@ def test_cli_refuses_a_non_loopback_host_without_auth(tmp_path, host):
     assert not (tmp_path / "wd").exists()  # refused before anything was created
 
 
+@pytest.mark.slow
+def test_cli_starts_the_studio_on_loopback(tmp_path):
+    """``medtune studio --port P --workdir DIR`` serves the page on 127.0.0.1 and creates the work dir."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("gradio")
+    from servekit import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "medtune", "studio", "--port", str(port), "--workdir",
+                             str(tmp_path / "wd")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, status = time.time() + 180, None
+        while time.time() < deadline and status != 200 and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code
+            except httpx.TransportError:
+                time.sleep(1)
+        assert status == 200, proc.stdout.read().decode() if proc.poll() is not None else status
+        assert (tmp_path / "wd" / "recipes").is_dir() and (tmp_path / "wd" / "exports").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_cli_refuses_an_unusable_auth(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("# no user\n")

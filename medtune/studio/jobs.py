@@ -33,7 +33,6 @@ from pathlib import Path
 
 from medtune.errors import ConfigError
 from medtune.recipe import load_recipe, resolve
-from medtune.train.sft import LIVE_LOG
 
 JOBS = "jobs"
 EXIT_PREEMPTED = 75  # medtune train's status after a clean stop on SIGTERM (EX_TEMPFAIL: try again later)
@@ -190,6 +189,8 @@ def find_job(workdir: Path, job_id: str) -> dict:
 def live_log(output_dir: Path) -> list[dict]:
     """The trainer's live log rows; after a ``begin`` at step s (a resume, or a fresh start at 0), earlier
     rows past step s are dropped (they belong to steps done again). A partly written last line is skipped."""
+    from medtune.train.sft import LIVE_LOG  # here: the trainer's imports (torch, trl) only when a run is shown
+
     path = Path(output_dir) / LIVE_LOG
     rows: list[dict] = []
     if not path.is_file():
