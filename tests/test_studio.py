@@ -240,17 +240,19 @@ def test_records_show_provenance_and_filter_by_language_and_generator(tmp_path):
     from medtune.studio import browse
 
     rows = [{"messages": [{"role": "user", "content": "What is hypertension?"}, {"role": "assistant", "content": "High BP."}],
-             "meta": {"source_file": "g.pdf", "passage_id": "g.pdf#p3", "char_span": [10, 90], "pages": [2, 3],
-                      "language": "en", "generator": "guideline-qa"}},
+             "meta": {"source_file": "g.pdf", "passage_id": "g.pdf#p3", "char_span": [10, 90], "page": 2, "page_end": 3,
+                      "section": ["Hypertension", "Diagnosis"], "language": "en", "generator": "guideline-qa"}},
             {"instruction": "二甲双胍怎么吃？", "input": "", "output": "随餐服用。",
              "meta": {"source_file": "kb.jsonl", "field": "usage", "language": "zh", "generator": "kb-template"}}]
     (tmp_path / "train.jsonl").write_text(json.dumps(rows[0]) + "\n" + "{broken\n", encoding="utf-8")
     (tmp_path / "validation.jsonl").write_text(json.dumps(rows[1], ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp_path / "stats.json").write_text(json.dumps({"languages": {"en": 1, "zh": 1}, "generators": {"guideline-qa": 1, "kb-template": 1}}))
     shown, matched = browse.records(tmp_path)
-    assert matched == 2 and shown[0] == ["train", "en", "guideline-qa", "g.pdf", "g.pdf#p3 chars 10-90", "2-3",
+    assert matched == 2 and shown[0] == ["train", "en", "guideline-qa", "g.pdf", "Hypertension › Diagnosis", "2-3",
                                          "What is hypertension?", "High BP."]
-    assert shown[1][:6] == ["validation", "zh", "kb-template", "kb.jsonl", "usage", ""] and shown[1][6] == "二甲双胍怎么吃？"
+    assert shown[1][:6] == ["validation", "zh", "kb-template", "kb.jsonl", "field usage", ""] and shown[1][6] == "二甲双胍怎么吃？"
+    assert browse.record_row("train", {"messages": [], "meta": {"passage_id": "a.md#p0", "char_span": [0, 9], "page": 4}})[4:6] \
+        == ["a.md#p0 chars 0-9", "4"]
     assert browse.records(tmp_path, language="zh")[1] == 1 and browse.records(tmp_path, generator="guideline-qa")[1] == 1
     assert browse.records(tmp_path, text="METFORMIN")[1] == 0 and browse.records(tmp_path, text="hyperTENSION")[1] == 1
     assert browse.facets(tmp_path) == (["en", "zh"], ["guideline-qa", "kb-template"])

@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
-RECORD_COLUMNS = ["split", "language", "generator", "source_file", "section", "pages", "question", "answer"]
+RECORD_COLUMNS = ["split", "language", "generator", "source_file", "section", "page", "question", "answer"]
 REJECT_COLUMNS = ["step", "file", "where", "reason", "record"]
 SHOWN_CHARS = 300  # per cell
 
@@ -26,17 +26,27 @@ def _rows(path: Path) -> Iterator[dict]:
 
 
 def _section(meta: dict) -> str:
-    """Where in the source the record comes from: passage (with character span), kb field, or category."""
+    """Where in the source the record comes from: the heading path (documents), the knowledge-base field,
+    else the passage with its character span, the QA-tree category or the record id."""
+    heading = " › ".join(str(h) for h in meta.get("section") or [] if h)
+    field = f"field {meta['field']}" if meta.get("field") else ""
+    if heading or field:
+        return " · ".join(p for p in (heading, field) if p)
     if meta.get("passage_id"):
         span = meta.get("char_span")
         return meta["passage_id"] + (f" chars {span[0]}-{span[1]}" if span else "")
-    return str(meta.get("section") or meta.get("field") or meta.get("category") or meta.get("doc_id") or "")
+    return str(meta.get("category") or meta.get("doc_id") or "")
+
+
+def _page(meta: dict) -> str:
+    first, last = meta.get("page"), meta.get("page_end")
+    return "" if first is None else str(first) if last in (None, first) else f"{first}-{last}"
 
 
 def _question_answer(row: dict) -> tuple[str, str]:
     if "messages" in row:
         users = [m["content"] for m in row["messages"] if m.get("role") == "user"]
-        return (users[-1] if users else ""), row["messages"][-1].get("content", "")
+        return (users[-1] if users else ""), (row["messages"][-1].get("content", "") if row["messages"] else "")
     return row.get("instruction", ""), row.get("output", "")
 
 
@@ -44,10 +54,8 @@ def record_row(split: str, row: dict) -> list[str]:
     """One line of the records table (columns :data:`RECORD_COLUMNS`), long texts cut to :data:`SHOWN_CHARS`."""
     meta = row.get("meta", {})
     q, a = _question_answer(row)
-    first, last = (meta.get("pages") or ["", ""])[:2]
-    pages = str(first) if first == last else f"{first}-{last}"
     return [split, str(meta.get("language", "")), str(meta.get("generator", "")), str(meta.get("source_file", "")),
-            _section(meta), pages, q[:SHOWN_CHARS], a[:SHOWN_CHARS]]
+            _section(meta), _page(meta), q[:SHOWN_CHARS], a[:SHOWN_CHARS]]
 
 
 def records(data_dir: Path, language: str = "", generator: str = "", text: str = "",
