@@ -19,7 +19,7 @@ from medtune.errors import ConfigError, MedtuneError
 from medtune.recipe import load_recipe
 from medtune.safety import DISCLAIMER
 from medtune.studio import browse, compare, forms, jobs
-from medtune.studio.access import auth_check, check_bind, confine, save_upload
+from medtune.studio.access import UPLOADS, auth_check, check_bind, confine, save_upload
 from medtune.studio.config import StudioConfig
 
 try:
@@ -44,7 +44,7 @@ def saved_recipes(cfg: StudioConfig) -> list[str]:
 def recipe_sources(cfg: StudioConfig) -> list[tuple[str, str]]:
     """``(label, path)`` of every recipe that can be opened: shipped, saved, uploaded."""
     shipped = sorted(Path(cfg.recipes_dir).glob("*.yaml")) if Path(cfg.recipes_dir).is_dir() else []
-    uploads = sorted((cfg.workdir / "uploads").glob("*.y*ml"))
+    uploads = sorted(p for p in (cfg.workdir / UPLOADS).glob("*") if p.suffix in (".yaml", ".yml"))
     return ([(f"shipped: {p.name}", str(p)) for p in shipped] + [(f"saved: {Path(p).name}", p) for p in saved_recipes(cfg)]
             + [(f"uploaded: {p.name}", str(p)) for p in uploads])
 
@@ -220,7 +220,7 @@ def _newest(cfg: StudioConfig, *kinds: str) -> str | None:
 # ----------------------------------------------------------------------------- data
 
 
-SOURCE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".md", ".pdf", ".xlsx")
+SOURCE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".xlsx", ".txt", ".md", ".pdf", ".docx", ".hwp", ".hwpx", ".html")
 
 
 def _upload_source(cfg: StudioConfig, file) -> str:
@@ -237,6 +237,7 @@ def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
         build = gr.Button("Build data (medtune data build)", variant="primary", elem_id="build-data")
         index = gr.Button("Build the retrieval index (medtune index build)", elem_id="build-index")
         source = gr.UploadButton("Upload a source file", file_types=list(SOURCE_SUFFIXES), elem_id="source-upload")
+    uploaded = gr.Markdown("", elem_id="source-note")
     job = gr.State("")
     status = gr.Markdown("*no job*", elem_id="data-status")
     with gr.Accordion("log", open=False):
@@ -271,7 +272,7 @@ def _data_tab(cfg: StudioConfig, active, timer, ui) -> None:
     active.change(refresh, [active, language, generator, text], views)
     ui.load(refresh, [active, language, generator, text], views)
     build.click(lambda p: _start(cfg, "data", p), active, [job, status])
-    source.upload(lambda f: _upload_source(cfg, f), source, status)
+    source.upload(lambda f: _upload_source(cfg, f), source, uploaded)
     index.click(lambda p: _start(cfg, "index", p), active, [job, status])
     ui.load(lambda: _newest(cfg, "data", "index") or "", None, job)  # a reopened page shows the last job
 
@@ -305,8 +306,6 @@ def curves(cfg: StudioConfig, job_id: str | None) -> pd.DataFrame:
             rows = []
     frame = pd.DataFrame([{"step": r["step"], **{m: r.get(m) for m in METRICS}} for r in rows], columns=["step", *METRICS])
     return frame.apply(pd.to_numeric, errors="coerce").astype("float64")  # numbers (also when empty): quantitative axes
-
-
 
 
 def _train_tab(cfg: StudioConfig, active, timer, ui) -> None:
