@@ -64,6 +64,7 @@ MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
     "medtune/llm.py": ["data build"],
     "medtune/models.py": ["chat", "serve", "web"],
     "medtune/run.py": ["index build"],
+    "medtune/studio/access.py": ["studio"],
 }
 
 
