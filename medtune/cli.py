@@ -11,6 +11,7 @@
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
 | ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
 | ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
+| ``studio``               | :func:`medtune.studio.app.launch_studio`  | (all, in a page) |
 | ``export [RECIPE]``      | :func:`medtune.export.stage.export_model` | ``export``     |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
@@ -59,6 +60,7 @@ from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalCo
 from medtune.llm import LLMConfig
 from medtune.index.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
+from medtune.studio.config import StudioConfig
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -493,6 +495,30 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
         if not r.stage_dir("export").is_dir():
             print(f"Export it for llama.cpp / Ollama / LM Studio (needs pip install 'medtune[gguf]'):\n"
                   f"  medtune export {merged} --quant q8_0 --format ollama --output-dir {r.stage_dir('export')}")
+
+
+def _studio_help(name: str) -> str:
+    return StudioConfig.model_fields[name].description
+
+
+@app.command()
+@friendly_errors
+def studio(host: str = typer.Option("127.0.0.1", help=_studio_help("host")),
+           port: int = typer.Option(7870, help=_studio_help("port")),
+           workdir: Path = typer.Option(Path("runs"), help=_studio_help("workdir")),
+           auth: Optional[str] = typer.Option(None, help=_studio_help("auth")),
+           max_upload_mb: float = typer.Option(20.0, help=_studio_help("max_upload_mb")),
+           read_root: Optional[List[Path]] = typer.Option(None, "--read-root", help=_studio_help("read_roots")
+                                                         + " Repeatable; default: examples.")) -> None:
+    """The whole pipeline in a local web page: recipe form, data browser, training with live curves, stop and
+    resume, evaluation reports side by side, base vs fine-tuned chat. See docs/studio.md."""
+    from medtune.studio.access import check_bind
+
+    cfg = StudioConfig(host=host, port=port, workdir=workdir, auth=auth, max_upload_mb=max_upload_mb,
+                       **({"read_roots": read_root} if read_root else {}))
+    check_bind(cfg.host, cfg.auth)  # before gradio is imported: a refusal is immediate
+    err.print(f"medtune studio: http://{cfg.host}:{cfg.port}/  (work dir {cfg.workdir}; Ctrl-C stops)", markup=False)
+    _optional("medtune.studio.app", "launch_studio")(cfg)
 
 
 # ----------------------------------------------------------------------------- eval

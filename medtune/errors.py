@@ -86,3 +86,8 @@ class TrainingPreempted(MedtuneError):
         how = f"resume with: {self.resume_command}" if self.resume_command else "resume with --resume (train.resume=true)"
         return (f"training stopped by {self.signal_name} after step {self.step}; complete checkpoint saved in "
                 f"{self.checkpoint}; {how}")
+
+
+class AccessError(MedtuneError, PermissionError):
+    """A ``medtune studio`` request refused for safety: a non-local host without ``--auth``, a path outside
+    the work dir, an upload over the size limit; the message says what was refused and what to do."""

@@ -230,7 +230,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Return a copy of ``data`` with each ``KEY=VALUE`` override set at its dotted path."""
-    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False)) if data else {}
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -290,6 +290,16 @@ def load_recipe(path: Path | str | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + --set"
+    return validate_recipe(data, source)
+
+
+def validate_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping (as read from YAML).
+
+    Raises:
+        ConfigError: one line per problem, ``<source>: <dotted key>: <what is wrong> (got ...)``, an
+            unknown key with the closest known one.
+    """
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:

@@ -67,6 +67,7 @@ MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
     "medtune/models.py": ["chat", "serve", "web"],
     "medtune/run.py": ["index build"],
     "medtune/train/harness.py": ["train"],
+    "medtune/studio/access.py": ["studio"],
 }
 
 

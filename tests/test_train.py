@@ -42,6 +42,11 @@ def test_adapter_round_trip_and_metadata(qwen_dir, sft_file, tmp_path, tokenizer
                  "train_config.json", "train_log.json", "train_summary.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "train_config.json").read_text())["lora_r"] == 8
+    live = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]  # appended as it ran
+    steps = [r for r in live if "loss" in r]
+    assert live[0]["event"] == "begin" and [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(r["max_steps"] == 6 and {"learning_rate", "tokens_per_s", "peak_mem_gib"} <= set(r) for r in steps)
+    assert [r["time"] for r in live] == sorted(r["time"] for r in live)
     ids = torch.tensor([tokenizer.encode("Hypertension is")])
     reloaded = load_model(str(qwen_dir), adapter=out).eval()
     plain = load_model(str(qwen_dir)).eval()

@@ -55,8 +55,17 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+LIVE_LOG = "train_log.jsonl"  # one line per log event, appended as training runs (medtune studio plots it)
+
+
 class RichLogCallback(TrainerCallback):
-    """Shows a rich progress bar and logs loss, lr, tokens/s and peak memory; ``history`` keeps every log."""
+    """Shows a rich progress bar and logs loss, lr, tokens/s and peak memory; ``history`` keeps every log.
+
+    Every log event is also appended at once to ``<output_dir>/train_log.jsonl`` (:data:`LIVE_LOG`):
+    a ``{"event": "begin", "step", "max_steps", "time"}`` line when training (re)starts, then the
+    logged metrics (``loss``, ``learning_rate``, ``tokens_per_s``, ``peak_mem_gib`` ...) with
+    ``step``, ``max_steps`` and ``time`` (unix seconds), so a run can be followed while it runs.
+    """
 
     def __init__(self):
         self.history: list[dict] = []
@@ -73,6 +82,7 @@ class RichLogCallback(TrainerCallback):
             self.progress.start()
             self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
         self._t = time.time()
+        self._live(args, state, {"event": "begin"})
 
     def on_step_end(self, args, state, control, **kw):
         if self.progress:
@@ -88,6 +98,7 @@ class RichLogCallback(TrainerCallback):
         logs["peak_mem_gib"] = round(peak_memory_gib(), 2)
         logs["step"] = state.global_step
         self.history.append(logs)
+        self._live(args, state, logs)
         if self.progress and ("loss" in logs or "eval_loss" in logs):
             keys = ("loss", "eval_loss", "learning_rate", "tokens_per_s", "peak_mem_gib")
             line = "  ".join(f"{k}={logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float)))
@@ -97,6 +108,15 @@ class RichLogCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if self.progress:
             self.progress.stop()
+
+    @staticmethod
+    def _live(args, state, row: dict) -> None:
+        if state.is_world_process_zero:
+            out = Path(args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            line = {**row, "step": state.global_step, "max_steps": state.max_steps, "time": round(time.time(), 3)}
+            with open(out / LIVE_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, default=str) + "\n")
 
 
 def make_callback() -> RichLogCallback:
