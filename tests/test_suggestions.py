@@ -48,7 +48,7 @@ FILE_SUFFIX = re.compile(r"^(?:jsonl?|csv|tsv|xlsx?|ya?ml|txt|md|py|html|sqlite|
 EVAL_FILES = ["eval mcq", "eval fact"]
 MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
     "medtune/cli.py": {"--source": ["index build"], "--set": ["train", "data build", "eval mcq"],
-                       "--no-classifier": ["eval safety"]},
+                       "--no-classifier": ["eval safety"], "--config-file": ["train"]},
     "medtune/data/generators.py": ["data build"],
     "medtune/engine.py": ["serve"],
     "medtune/eval/backends.py": ["eval mcq"],
@@ -64,6 +64,7 @@ MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
     "medtune/llm.py": ["data build"],
     "medtune/models.py": ["chat", "serve", "web"],
     "medtune/run.py": ["index build"],
+    "medtune/train/harness.py": ["train"],
 }
 
 
@@ -272,7 +273,7 @@ def test_the_collector_finds_the_suggestions_it_is_meant_to_find():
     assert ("medtune/eval/mcq.py", "option", "--calibrate") in kinds
     assert ("medtune/eval/fact.py", "option", "--max-new-tokens") in kinds
     assert ("medtune/data/generators.py", "key", "data.dialogue.language") in kinds
-    assert ("medtune/train/sft.py", "key", "train.method") in kinds and ("medtune/eval/results.py", "option", "--overwrite") in kinds
+    assert ("medtune/train/harness.py", "key", "train.method") in kinds and ("medtune/eval/results.py", "option", "--overwrite") in kinds
     assert ("medtune/run.py", "option", "--source") in kinds
     assert ("medtune/export/stage.py", "command", "chat") in kinds
     assert len(SUGGESTIONS) >= 40 and len({f for f, *_ in SUGGESTIONS}) >= 15
