@@ -9,7 +9,7 @@
 | ``train [RECIPE]``       | :func:`medtune.train.objectives.run_training` | ``train``  |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
-| ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
+| ``serve [RECIPE]``       | :func:`medtune.serve.serve` (:func:`medtune.gateway.serve_gateway` with ``--upstream``) | ``serve`` |
 | ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
 | ``studio``               | :func:`medtune.studio.app.launch_studio`  | (all, in a page) |
 | ``export [RECIPE]``      | :func:`medtune.export.stage.export_model` | ``export``     |
@@ -427,7 +427,11 @@ def _optional(module: str, name: str):
 
 
 def _run_serve(path: Optional[Path], r: Recipe) -> None:
-    _optional("medtune.serve", "serve")(resolve(r, create=("serve",), prefer_merged=path is not None).serve)
+    cfg = resolve(r, create=("serve",), prefer_merged=path is not None).serve
+    if cfg.upstream:  # gateway mode: the clinical layer in front of another OpenAI-compatible server
+        _optional("medtune.gateway", "serve_gateway")(cfg)
+    else:
+        _optional("medtune.serve", "serve")(cfg)
 
 
 def _run_web(path: Optional[Path], r: Recipe) -> None:
@@ -464,7 +468,9 @@ _stage_command(app, "chat", "chat", ChatConfig, _run_chat, aliases={"rag_index":
                extra={"prompt": (Optional[str], typer.Option(None, help="Answer this one message and exit (non-interactive)."))},
                help="Chat with a model: interactive (/reset, /exit) or one-shot with --prompt.")
 _stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"], "rag_index": ["--index"]},
-               help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
+               help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics. "
+                    "With --upstream URL (gateway mode) it loads no model and adds the safety layer, retrieval, keys, "
+                    "limits and metrics in front of another OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama).")
 _stage_command(app, "web", "web", WebConfig, _run_web, aliases={"rag_index": ["--index"]},
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
 _stage_command(app, "export", "export", ExportConfig, _run_export, positional="model",

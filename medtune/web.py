@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from medtune.config import GenerationSettings, RagSettings, SafetyConfig, WebConfig
 from medtune.safety import DISCLAIMER, guard
-from medtune.turn import Turn, prepare_turn, stream_turn
+from medtune.turn import Turn, Unrepeat, prepare_turn, stream_turn
 
 try:
     import gradio as gr
@@ -56,24 +56,14 @@ def endpoint_backend(cfg: WebConfig) -> Callable[[list[dict], GenerationSettings
 
 
 def _without(pieces: Iterator[str], prefix: str, suffix: str) -> Iterator[str]:
-    """Pass ``pieces`` through, dropping a leading ``prefix`` and trailing ``suffix`` if the source already added them.
-
-    Used on endpoints that run the medtune safety layer themselves, so messages are not doubled.
-    """
-    head, started = "", not prefix
-    tail = ""
+    """Pass ``pieces`` through, dropping a leading ``prefix`` and trailing ``suffix`` if the source already
+    added them (endpoints that run the medtune turn pipeline themselves), see :class:`medtune.turn.Unrepeat`."""
+    strip = Unrepeat(prefix, suffix)
     for piece in pieces:
-        if not started:
-            head += piece
-            if len(head) < len(prefix) and prefix.startswith(head):
-                continue
-            piece, started = head.removeprefix(prefix), True
-        tail += piece
-        if len(tail) > len(suffix):
-            yield tail[: len(tail) - len(suffix)]
-            tail = tail[len(tail) - len(suffix):]
-    rest = (head if not started else "") + tail
-    yield rest.removesuffix(suffix) if suffix else rest
+        out = strip.feed(piece)
+        if out:
+            yield out
+    yield strip.end()
 
 
 def reply_stream(messages: list[dict], settings: GenerationSettings, safety: SafetyConfig,
