@@ -140,6 +140,7 @@ def connect_upstream(cfg: ServeConfig) -> Upstream:
     key = upstream_key(cfg)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     names = upstream_names(cfg, headers)
+    headers["Content-Type"] = "application/json"
     timeout = httpx.Timeout(connect=cfg.upstream_connect_timeout_s, read=cfg.upstream_read_timeout_s,
                             write=cfg.upstream_read_timeout_s, pool=cfg.upstream_connect_timeout_s)
     client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=cfg.max_queue,
@@ -156,14 +157,14 @@ def upstream_body(req: ChatRequest, turn: Turn) -> dict:
     return body | {k: v for k, v in fields.items() if v is not None}
 
 
-async def _open(up: Upstream, body: dict) -> httpx.Response:
+async def _open(up: Upstream, body: bytes) -> httpx.Response:
     """One try at the upstream's streamed answer, up to its response headers.
 
     Raises:
         UpstreamError: the status to answer, and whether a retry is safe.
     """
     try:
-        request = up.client.build_request("POST", up.url + "/chat/completions", json=body, headers=up.headers)
+        request = up.client.build_request("POST", up.url + "/chat/completions", content=body, headers=up.headers)
         resp = await up.client.send(request, stream=True)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
         raise UpstreamError(503, "upstream_unavailable", retryable=True) from None
@@ -248,7 +249,7 @@ def _parse_event(data: str) -> tuple[str | None, str | None, dict | None]:
     return text, finish, usage
 
 
-async def upstream_text(up: Upstream, body: dict, state: dict) -> AsyncIterator[str]:
+async def upstream_text(up: Upstream, body: bytes, state: dict) -> AsyncIterator[str]:
     """The upstream's answer as text pieces, retrying safe failures while no token has arrived.
 
     Yields:
@@ -278,8 +279,9 @@ async def upstream_text(up: Upstream, body: dict, state: dict) -> AsyncIterator[
                 raise
 
 
-def parse_gateway_request(raw: bytes, cfg: ServeConfig, up: Upstream) -> tuple[ChatRequest, Turn, dict]:
-    """Validate a body, run the turn pipeline and build the upstream request (runs in a worker thread).
+def parse_gateway_request(raw: bytes, cfg: ServeConfig, up: Upstream) -> tuple[ChatRequest, Turn, bytes]:
+    """Validate a body, run the turn pipeline and encode the upstream request (in a worker thread: all
+    the work linear in the body's size stays off the event loop).
 
     Raises:
         APIError: as :func:`medtune.openai_http.parse_chat_request`.
@@ -289,7 +291,7 @@ def parse_gateway_request(raw: bytes, cfg: ServeConfig, up: Upstream) -> tuple[C
     turn = prepare_turn(messages, cfg.safety, req.medtune_locale, cfg.rag)
     if cfg.log_message_text:
         log.info("request model=%s flags=%s text=%r", req.model, turn.flags, messages[-1]["content"][:2000])
-    return req, turn, upstream_body(req, turn)
+    return req, turn, json.dumps(upstream_body(req, turn), ensure_ascii=False).encode("utf-8")
 
 
 def create_gateway_app(cfg: ServeConfig, up: Upstream):

@@ -123,3 +123,22 @@ class Process:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+@contextmanager
+def serving(kind: str, model_dir, **kw):
+    """``medtune serve`` on ``model_dir`` with ``ServeConfig(**kw)`` (kind "engine"), or (kind "gateway") the
+    same settings on a gateway in front of a plain ``medtune serve`` of ``model_dir`` (its ``generation`` too).
+
+    Yields url, cfg (``cfg.model`` is the served model's name in both kinds), engine (the one that generates), kind.
+    """
+    from medtune.config import ServeConfig
+
+    cfg = ServeConfig(model=str(model_dir), **kw)
+    if kind == "engine":
+        with running_server(cfg) as s:
+            yield SimpleNamespace(url=s.url, cfg=cfg, engine=s.engine, kind=kind)
+        return
+    upstream_cfg = ServeConfig(model=str(model_dir), generation=cfg.generation)
+    with running_server(upstream_cfg) as up, running_gateway(cfg.model_copy(update={"upstream": up.url + "/v1"})) as gw:
+        yield SimpleNamespace(url=gw.url, cfg=gw.cfg, engine=up.engine, kind=kind, upstream=gw.upstream)
