@@ -290,3 +290,15 @@ def test_upstream_killed_mid_stream_gives_a_clean_error_event_and_the_gateway_st
         assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable"
         up.start()  # restarted: the same gateway answers again
         assert _ask(gw.url, ORDINARY, model=str(qwen_dir), max_tokens=4).status_code == 200
+
+
+@pytest.mark.slow
+def test_soak_with_the_upstream_killed_and_restarted_answers_no_5xx_but_502_503_504(qwen_dir):
+    """bench/soak_gateway.py at a smaller size: 120 requests at c=8, the upstream killed after 40 answers."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from soak_gateway import run
+
+    report = run(str(qwen_dir), 120, 8, 4, kill_at=40, down_s=1.0)
+    assert report["5xx_not_502_503_504"] == 0 and report["client_errors"] == 0, report
+    assert report["after_restart"] == "200" and report["statuses"].get("200", 0) >= 30, report
+    assert set(report["statuses"]) <= {"200", "200+error", "400", "413", "502", "503", "504"}, report
