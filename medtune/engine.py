@@ -399,8 +399,9 @@ def _load_vllm(cfg: ServeConfig) -> Engine:
                 max_lora_rank=next(r for r in VLLM_LORA_RANKS if r >= max(ranks))) if adapters else {}
     import torch
 
-    dtype = "auto" if torch.cuda.is_available() else "float32"  # as load_model: float32 on the CPU
-    llm = LLM(model=path, trust_remote_code=cfg.trust_remote_code, **{"dtype": dtype, **lora, **cfg.vllm_args})
+    # as load_model on the CPU: float32; and no torch.compile warm-up there (over 8 min on 2 busy cores)
+    cpu = {} if torch.cuda.is_available() else {"dtype": "float32", "enforce_eager": True}
+    llm = LLM(model=path, trust_remote_code=cfg.trust_remote_code, **{**cpu, **lora, **cfg.vllm_args})
     try:
         gen = GenerationConfig.from_pretrained(path)
     except OSError:

@@ -366,6 +366,14 @@ async def _first(request, pieces: AsyncIterator[str]) -> str | None:
             raise UpstreamError(499, "client_closed")
 
 
+def _count(metrics: Metrics, usage: dict | None) -> None:
+    """Add the upstream's token counts (when it sent usage) to the metrics."""
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = (usage or {}).get(name)
+        if isinstance(value, int) and value >= 0:
+            setattr(metrics, name, getattr(metrics, name) + value)
+
+
 async def _cancel(task: asyncio.Future) -> None:
     """Cancel ``task`` and wait until it has unwound (its generators closed)."""
     task.cancel()
@@ -403,7 +411,7 @@ async def _complete(request, text: AsyncIterator[str], turn: Turn, meta: dict, s
     except UpstreamError as e:
         raise e.api_error(turn) from None
     usage = state.get("usage")
-    metrics.completion_tokens += (usage or {}).get("completion_tokens", 0)
+    _count(metrics, usage)
     message = {"role": "assistant", "content": "".join(parts)}
     if turn.citations is not None:
         message["citations"] = turn.citations
@@ -428,7 +436,7 @@ async def _sse(text: AsyncIterator[str], turn: Turn, meta: dict, state: dict, in
             yield chunk(meta, {}, finish=state.get("finish_reason") or "stop")
             if include_usage and state.get("usage"):
                 yield chunk(meta, {}, usage=state["usage"])
-            metrics.completion_tokens += state.get("usage", {}).get("completion_tokens", 0)
+            _count(metrics, state.get("usage"))
         yield "data: [DONE]\n\n"
     finally:
         with anyio.CancelScope(shield=True):
