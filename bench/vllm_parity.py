@@ -69,8 +69,9 @@ def run(backend: str, model: str, max_tokens: int, concurrency: int) -> dict:
     answer_all(engine, jobs[:1])  # warm-up
     texts.clear()
     jobs = [job(i, p) for i, p in enumerate(PROMPTS)]
-    for j in jobs:  # one at a time: the greedy answers
-        answer_all(engine, [j])
+    for i, j in enumerate(jobs):  # one at a time: the greedy answers
+        seconds = answer_all(engine, [j])
+        print(f"[{i + 1}/{len(jobs)}] {len(j.tokens)} tokens in {seconds:.1f} s", file=sys.stderr, flush=True)
     answers = ["".join(texts.get(i, [])) for i in range(len(PROMPTS))]
     load = [job(i, PROMPTS[i % len(PROMPTS)]) for i in range(concurrency)]
     seconds = answer_all(engine, load)

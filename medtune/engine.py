@@ -390,7 +390,7 @@ def _load_vllm(cfg: ServeConfig) -> Engine:
         raise ModelError(VLLM_HINT) from None
     from transformers import GenerationConfig
 
-    from medtune.models import resolve_model
+    from medtune.models import pack_generation_defaults, resolve_model
 
     path = resolve_model(cfg.model)
     adapters = {n: str(p) for n, p in cfg.adapters.items()}
@@ -406,6 +406,7 @@ def _load_vllm(cfg: ServeConfig) -> Engine:
         gen = GenerationConfig.from_pretrained(path)
     except OSError:
         gen = GenerationConfig()
+    pack_generation_defaults(str(cfg.model), gen)  # as load_model: a pack's upstream sampling defaults
     model = VllmModel(llm, gen, adapters)
     tokenizer = load_tokenizer(str(path), cfg.trust_remote_code)
     model.stop_ids = stop_ids(model, tokenizer)

@@ -320,15 +320,22 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
         )
     except OSError as e:
         raise ModelError(f"cannot load model {spec!r} ({path}): {e}") from None
-    pack = PACKS.get(spec)
-    if pack is not None:
-        given = model.generation_config.to_diff_dict()
-        for key, value in pack.generation:
-            if key not in given:
-                setattr(model.generation_config, key, value)
+    pack_generation_defaults(spec, model.generation_config)
     if adapter is not None:
         model = attach_adapter(model, Path(adapter))
     return model
+
+
+def pack_generation_defaults(spec: str, generation_config) -> None:
+    """Set a pack's upstream decoding defaults (``Pack.generation``) on ``generation_config`` where it has none.
+
+    Every backend that loads ``spec`` calls this (transformers, vLLM), so they sample alike.
+    """
+    pack = PACKS.get(spec)
+    given = generation_config.to_diff_dict() if pack is not None else {}
+    for key, value in pack.generation if pack is not None else ():
+        if key not in given:
+            setattr(generation_config, key, value)
 
 
 def base_fingerprint(config) -> dict:
