@@ -8,12 +8,15 @@ streaming an 8-word answer with ``--chunk-delay-ms`` between words after ``--lat
 own time is fixed and small). The gateway is ``python -m medtune serve --upstream`` in a second
 child process (default safety layer: rules + e5 classifier; with ``--index``, hybrid retrieval over
 examples/sources/guidelines, built once into a temporary directory). The client (this process)
-sends streamed chat completions of 20 ordinary zh/ko/en questions at each concurrency, first
-directly to the upstream, then through the gateway, and reports p50/p99 of time to first token
+sends streamed chat completions of 20 ordinary zh/ko/en questions (each made unique with its
+request number, so no cache helps) at each concurrency, first
+directly to the upstream, then through the gateway (three gateways: screen off, to measure the
+plumbing alone; screen on; screen on with ``--index``), and reports p50/p99 of time to first token
 (TTFT: the first non-empty content chunk) and of total time, and the gateway's overhead (p50 and
 p99 differences). The screen's and retrieval's own latency (p50 of :func:`medtune.turn.prepare_turn`
-in this process, one message at a time) are reported beside it: the target is overhead p50 <= 10 ms
-plus the screen's latency (plus retrieval's with --index).
+in this process, one message at a time) are reported beside it, and the gateway process's CPU time
+per request (user + system, from /proc: little affected by other jobs, unlike wall time). The
+target is overhead p50 <= 10 ms plus the screen's latency (plus retrieval's with --index).
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ PROMPTS = [
 ]
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in ms (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -69,8 +78,8 @@ async def measure(base_url: str, model: str, n: int, concurrency: int) -> dict:
         await asyncio.gather(*(one(http, model, p) for p in PROMPTS[:4]))  # warm-up
 
         async def limited(i):
-            async with sem:
-                return await one(http, model, PROMPTS[i % len(PROMPTS)])
+            async with sem:  # a new text each time: no cache (the e5 query cache) helps
+                return await one(http, model, f"{PROMPTS[i % len(PROMPTS)]} ({i})")
 
         results = await asyncio.gather(*(limited(i) for i in range(n)))
     ttft, total = [r[0] * 1000 for r in results], [r[1] * 1000 for r in results]
@@ -84,27 +93,29 @@ def start_upstream(latency_ms: float, chunk_delay_ms: float) -> tuple[subprocess
     return proc, proc.stdout.readline().strip()
 
 
-def start_gateway(upstream: str, index: Path | None):
+def start_gateway(upstream: str, index: Path | None, screen: bool):
     from servekit import Process, free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "medtune", "serve", "--upstream", upstream, "--port", str(port),
-           "--no-access-log", *(["--index", str(index)] if index else [])]
+           "--no-access-log", *(["--index", str(index)] if index else []),
+           *([] if screen else ["--set", "serve.safety.enabled=false"])]
     return Process(cmd, port, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300).start()
 
 
-def pipeline_latency(index: Path | None) -> float:
+def pipeline_latency(index: Path | None, screen: bool) -> float:
     """p50 (ms) of the turn pipeline alone (screen, and retrieval with ``index``) on the prompts."""
     from medtune.config import RagSettings, SafetyConfig
     from medtune.turn import prepare_turn
 
     rag = RagSettings(index=index) if index else None
+    safety = SafetyConfig(enabled=screen)
     for p in PROMPTS[:4]:
-        prepare_turn([{"role": "user", "content": p}], SafetyConfig(), rag=rag)  # warm-up (loads encoder, index)
+        prepare_turn([{"role": "user", "content": p}], safety, rag=rag)  # warm-up (loads encoder, index)
     times = []
-    for p in PROMPTS * 3:
+    for i, p in enumerate(PROMPTS * 3):
         start = time.perf_counter()
-        prepare_turn([{"role": "user", "content": p}], SafetyConfig(), rag=rag)
+        prepare_turn([{"role": "user", "content": f"{p} (x{i})"}], safety, rag=rag)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -127,15 +138,20 @@ def main() -> int:
     args = ap.parse_args()
     upstream, url = start_upstream(args.latency_ms, args.chunk_delay_ms)
     rows = []
+    index_dir = None if args.no_index else build_index()
+    variants = [(False, None), (True, None)] + ([(True, index_dir)] if index_dir else [])
     try:
-        for index in [None] + ([build_index()] if not args.no_index else []):
-            own = pipeline_latency(index)
-            gateway = start_gateway(url, index)
+        for screen, index in variants:
+            own = pipeline_latency(index, screen)
+            gateway = start_gateway(url, index, screen)
             try:
                 for c in args.concurrency:
                     direct = asyncio.run(measure(url, "fake-model", args.requests, c))
+                    cpu0 = cpu_ms(gateway.proc.pid)
                     via = asyncio.run(measure(gateway.url + "/v1", "fake-model", args.requests, c))
-                    row = {"index": bool(index), "concurrency": c, "pipeline_p50_ms": round(own, 1),
+                    cpu = (cpu_ms(gateway.proc.pid) - cpu0) / (args.requests + 4)  # + the warm-up requests
+                    row = {"screen": screen, "index": bool(index), "concurrency": c, "load": os.getloadavg()[0],
+                           "pipeline_p50_ms": round(own, 1), "gateway_cpu_ms_per_request": round(cpu, 1),
                            **{f"direct_{k}": round(v, 1) for k, v in direct.items()},
                            **{f"gateway_{k}": round(v, 1) for k, v in via.items()},
                            **{f"overhead_{k}": round(via[k] - direct[k], 1) for k in direct}}
@@ -145,11 +161,12 @@ def main() -> int:
                 gateway.kill()
     finally:
         upstream.kill()
-    print("| index | c | screen(+retrieval) p50 | TTFT p50 direct / gateway / overhead | TTFT p99 overhead "
+    print("| screen | index | c | load | pipeline p50 alone | gateway CPU / request | TTFT p50 direct / gateway / overhead | TTFT p99 overhead "
           "| total p50 direct / gateway / overhead | total p99 overhead |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {'yes' if r['index'] else 'no'} | {r['concurrency']} | {r['pipeline_p50_ms']} ms "
+        print(f"| {'on' if r['screen'] else 'off'} | {'yes' if r['index'] else 'no'} | {r['concurrency']} "
+              f"| {r['load']:.0f} | {r['pipeline_p50_ms']} ms | {r['gateway_cpu_ms_per_request']} ms "
               f"| {r['direct_ttft_p50']} / {r['gateway_ttft_p50']} / **{r['overhead_ttft_p50']}** ms "
               f"| {r['overhead_ttft_p99']} ms | {r['direct_total_p50']} / {r['gateway_total_p50']} / "
               f"{r['overhead_total_p50']} ms | {r['overhead_total_p99']} ms |")

@@ -41,6 +41,7 @@ def _sse_chunks(req: dict, text: str) -> list[bytes]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY, as real servers: small SSE chunks leave at once
 
     def log_message(self, *args):  # keep test output clean
         pass
