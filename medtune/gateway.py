@@ -275,6 +275,8 @@ async def upstream_text(up: Upstream, body: bytes, state: dict) -> AsyncIterator
                     await resp.aclose()
         except UpstreamError as e:
             up.errors[e.code] = up.errors.get(e.code, 0) + 1
+            log.warning("upstream failure %s (status %d, attempt %d, after a token: %s)", e.code, e.status,
+                        attempt + 1, got)
             if got or not e.retryable or attempt == up.retries:
                 raise
 
@@ -453,6 +455,7 @@ def serve_gateway(cfg: ServeConfig) -> None:
     from rich.console import Console
 
     configure_access_log(cfg.access_log)
+    configure_access_log(cfg.log_message_text, "medtune.gateway")  # the opt-in log with message text
     up = connect_upstream(cfg)
     Console(stderr=True).print(
         f"medtune serve (gateway): models [{', '.join(up.names)}] from {up.url} on http://{cfg.host}:{cfg.port}/v1 "

@@ -383,10 +383,11 @@ def base_app(cfg: ServeConfig, metrics: Metrics, load: Load | None = None):
     return app
 
 
-def configure_access_log(enabled: bool) -> None:
-    """Send ``medtune.access`` lines (no message text) to stderr when ``enabled``."""
-    if enabled and not access_log.handlers:
+def configure_access_log(enabled: bool, name: str = "medtune.access") -> None:
+    """Send the INFO lines of logger ``name`` (the access log: no message text) to stderr when ``enabled``."""
+    logger = logging.getLogger(name)
+    if enabled and not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO if enabled else logging.WARNING)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
