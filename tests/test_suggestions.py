@@ -51,6 +51,7 @@ MODULE_COMMANDS: dict[str, dict[str, list[str]] | list[str]] = {
                        "--no-classifier": ["eval safety"], "--config-file": ["train"]},
     "medtune/data/generators.py": ["data build"],
     "medtune/engine.py": ["serve"],
+    "medtune/gateway.py": ["serve"],
     "medtune/eval/backends.py": ["eval mcq"],
     "medtune/eval/fact.py": ["eval fact"],
     "medtune/eval/guarded.py": ["eval safety"],
