@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import os
 import time
 from collections import OrderedDict
@@ -383,11 +384,24 @@ def base_app(cfg: ServeConfig, metrics: Metrics, load: Load | None = None):
     return app
 
 
+class _Stderr(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of each line (not the one at
+    start: a replaced or closed stderr, e.g. a test runner's capture, would otherwise raise on every line)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_access_log(enabled: bool, name: str = "medtune.access") -> None:
     """Send the INFO lines of logger ``name`` (the access log: no message text) to stderr when ``enabled``."""
     logger = logging.getLogger(name)
     if enabled and not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
