@@ -71,7 +71,8 @@ class TrainingPreempted(MedtuneError):
     """Training stopped on SIGTERM/SIGINT after its checkpoint was written; the CLI exits with :data:`EXIT_PREEMPTED`.
 
     Attributes:
-        checkpoint: the complete checkpoint directory to resume from.
+        checkpoint: the complete checkpoint directory to resume from (None: stopped before the first
+            step, nothing saved).
         step: the optimizer step it holds.
         resume_command: the command that resumes (set by the CLI, which knows how the run was started).
     """
@@ -83,6 +84,10 @@ class TrainingPreempted(MedtuneError):
         super().__init__()
 
     def __str__(self) -> str:
+        if self.checkpoint is None:
+            again = self.resume_command or "the same command"
+            return (f"training stopped by {self.signal_name} before its first step: nothing to save; "
+                    f"start it again with: {again}")
         how = f"resume with: {self.resume_command}" if self.resume_command else "resume with --resume (train.resume=true)"
         return (f"training stopped by {self.signal_name} after step {self.step}; complete checkpoint saved in "
                 f"{self.checkpoint}; {how}")

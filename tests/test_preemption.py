@@ -158,3 +158,35 @@ def test_medtune_run_stopped_by_sigterm_resumes_with_the_printed_command(qwen_di
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
     assert json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())["summary"]["steps"] == 20
+
+
+def _run_signalling_itself(cmd, patch: str):
+    """Run ``medtune`` with ``cmd``'s arguments after ``patch`` (Python run first, in the same process)."""
+    script = (f"import os, signal, sys\n{patch}\n"
+              "from medtune.cli import main\nsys.argv = ['medtune'] + sys.argv[1:]\nmain()\n")
+    return subprocess.run([sys.executable, "-c", script, *cmd[3:]], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=600)
+
+
+def test_a_stop_while_the_model_loads_exits_75_with_nothing_to_save(qwen_dir, sft_file, tmp_path):
+    # the studio's Stop can come before the first step: that is a clean stop too, not death by SIGTERM (-15)
+    patch = ("import medtune.train.harness as h\nload = h.load_model\n"
+             "def loading(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return load(*a, **k)\n"
+             "h.load_model = loading")
+    out = tmp_path / "run"
+    done = _run_signalling_itself(train_cmd(qwen_dir, sft_file, out), patch)
+    assert done.returncode == EXIT_PREEMPTED, done.stderr[-3000:]
+    flat = " ".join(done.stderr.split())
+    assert "stopped by SIGTERM before its first step: nothing to save" in flat and "Traceback" not in flat
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_a_stop_during_the_final_save_lets_the_run_complete(qwen_dir, sft_file, tmp_path):
+    patch = ("from transformers import Trainer\nsave = Trainer.save_model\n"
+             "def saving(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return save(self, *a, **k)\n"
+             "Trainer.save_model = saving")
+    out = tmp_path / "run"
+    done = _run_signalling_itself(train_cmd(qwen_dir, sft_file, out, "--max-steps", "2"), patch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SIGTERM received after the last step: finishing the final save" in " ".join(done.stderr.split())
+    assert (out / "adapter_model.safetensors").is_file() and json.loads((out / "train_summary.json").read_text())["steps"] == 2

@@ -31,6 +31,7 @@ REPO = Path(__file__).parent.parent
 RED_FLAG = "My dad has crushing chest pain and is sweating."
 COVERED = "What blood pressure counts as hypertension in adults?"
 PREEMPTION = hasattr(__import__("medtune.errors").errors, "EXIT_PREEMPTED")  # issue 25 landed
+STEPS = 400  # train steps: ~50 ms each on an idle 2-core CPU, so Stop always lands while training runs
 
 
 def tiny_quickstart(path: Path, model: Path) -> Path:
@@ -121,7 +122,7 @@ def _recipe(page, recipe: Path, wd: Path, shots: Path) -> None:
     wait_text(page, "#recipe-errors", "train.learning_rate: Input should be greater than 0", 30)
     page.fill("#f-train-learning_rate input", "0.001")
     page.locator("#f-train-learning_rate input").press("Tab")
-    page.fill("#f-train-max_steps input", "30")
+    page.fill("#f-train-max_steps input", str(STEPS))
     page.locator("#f-train-max_steps input").press("Tab")
     page.fill("#f-train-output_dir textarea", "../../outside")  # a path out of the work dir is refused
     page.locator("#f-train-output_dir textarea").press("Tab")
@@ -136,7 +137,7 @@ def _recipe(page, recipe: Path, wd: Path, shots: Path) -> None:
     page.click("#recipe-save")
     wait_text(page, "#recipe-note", "saved .*tiny-quickstart.yaml", 30)
     saved = yaml.safe_load((wd / "recipes" / "tiny-quickstart.yaml").read_text(encoding="utf-8"))
-    assert saved["train"]["max_steps"] == 30 and saved["train"]["learning_rate"] == 0.001
+    assert saved["train"]["max_steps"] == STEPS and saved["train"]["learning_rate"] == 0.001
     assert "output_dir" not in saved["train"] and saved["output_dir"] == str(wd / "tiny-quickstart")
 
 
@@ -147,8 +148,14 @@ def _data(page, shots: Path) -> None:
     total = int(re.search(r"(\d+) records match", wait_text(page, "#data-count", r"\d+ records match", 60)).group(1))
     pick(page, "#data-language", "en")
     wait_text(page, "#data-count", rf"(^|\D)(?!{total} )\d+ records match", 60)
-    rows = page.evaluate("() => Array.from(document.querySelectorAll('#records [role=row][aria-rowindex]'))"
-                         ".map(r => Array.from(r.querySelectorAll('[role=gridcell], td')).map(c => c.innerText.trim()))")
+    read_rows = ("() => Array.from(document.querySelectorAll('#records [role=row][aria-rowindex]'))"
+                 ".map(r => Array.from(r.querySelectorAll('[role=gridcell], td')).map(c => c.innerText.trim()))")
+    try:  # the count can update a moment before the table is redrawn: wait for the table itself
+        page.wait_for_function(f"() => {{ const rows = ({read_rows})().slice(1).filter(r => r.some(c => c));"
+                               " return rows.length > 0 && rows.every(r => r[1] === 'en'); }", timeout=60_000)
+    except __import__("playwright.sync_api").sync_api.TimeoutError:
+        pass  # the assertion below shows the rows
+    rows = page.evaluate(read_rows)
     langs = [r[1] for r in rows[1:] if any(r)]  # rows[0]: the header
     assert langs and set(langs) == {"en"}, rows
     page.get_by_text("rejects (with reasons)").click()
@@ -182,8 +189,8 @@ def _train_stop_reopen_resume(page, url: str, wd: Path, shots: Path) -> str:
     wait_text(page, "#jobs", "stopped", 30)
     page.click("#resume")
     wait_text(page, "#job-status", ": running", 60)
-    wait_text(page, "#job-status", r": done · step 30/30", 600)
-    wait_text(page, "#plot-caption", r"^30 logged steps", 30)
+    wait_text(page, "#job-status", rf": done · step {STEPS}/{STEPS}", 600)
+    wait_text(page, "#plot-caption", rf"^{STEPS} logged steps", 30)
     shot(page, shots / "studio-resumed.png", "#jobs")
     return job_id
 

@@ -30,6 +30,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -104,22 +105,52 @@ class PreemptionCallback(TrainerCallback):
 
     def __init__(self, grace_s: float | None = None):
         self.grace_s, self.signal, self.stopped_at = grace_s, None, None
-        self._first_at, self._old, self._timer = 0.0, {}, None
+        self.phase, self.late_signal = "before", None  # "before" -> "training" -> "after"
+        self._first_at, self._old, self._timer, self._held_by_run = 0.0, {}, None, False
 
-    def on_train_begin(self, args, state, control, **kw):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
+    def install(self) -> None:
+        """Handle SIGTERM/SIGINT from now until :meth:`uninstall` (main thread only; a no-op elsewhere).
 
-    def on_train_end(self, args, state, control, **kw):
-        if self._timer is not None:  # the checkpoint is saved: the grace deadline no longer applies
-            self._timer.cancel()
+        Called by :func:`medtune.train.harness.train_and_save` as soon as the trainer exists, so a stop
+        is handled for the whole run, not only between ``on_train_begin`` and ``on_train_end``: before
+        the first step it raises :class:`~medtune.errors.TrainingPreempted` with no checkpoint (nothing
+        to save yet); after the last step it lets the final save finish and the run complete.
+        """
+        self._held_by_run = True
+        self._install()
+
+    def uninstall(self) -> None:
+        """Put back the handlers that were there before :meth:`install` (or ``on_train_begin``)."""
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
 
+    def _install(self) -> None:
+        if threading.current_thread() is threading.main_thread() and not self._old:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.phase = "training"
+        self._install()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.phase = "after"
+        if self._timer is not None:  # the checkpoint is saved: the grace deadline no longer applies
+            self._timer.cancel()
+        if not self._held_by_run:
+            self.uninstall()
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if self.phase == "before":
+            raise TrainingPreempted(None, 0, name)
+        if self.phase == "after":
+            if self.late_signal is None and self.stopped_at is None and _is_main():
+                console.print(f"[yellow]{name} received after the last step: finishing the final save; "
+                              "the run is complete[/]")
+            self.late_signal = self.late_signal or name
+            return
         if self.signal is not None:
             if time.monotonic() - self._first_at > REPEAT_WINDOW_S:
                 console.print(f"[red]{name} again: exiting now; the last complete checkpoint is unchanged[/]")
@@ -158,6 +189,26 @@ class PreemptionCallback(TrainerCallback):
             if asked and self.signal is None:
                 self.signal = signal.SIGTERM  # another rank got it
         return asked
+
+
+@contextmanager
+def stop_before_training():
+    """While loading the model and data: SIGTERM/SIGINT raise :class:`~medtune.errors.TrainingPreempted`
+    with no checkpoint (there is nothing to save yet), so the CLI exits with
+    :data:`~medtune.errors.EXIT_PREEMPTED` and a message instead of dying on the signal. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TrainingPreempted(None, 0, signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def preempted(trainer) -> None:

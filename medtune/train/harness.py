@@ -35,6 +35,7 @@ from medtune.config import TrainConfig
 from medtune.errors import ConfigError, TrainError
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.train.checkpoints import (PreemptionCallback, atomic_checkpoints, last_checkpoint, preempted,
+                                       stop_before_training,
                                        whole_run_loss)
 from medtune.train.speed import prepare_model
 
@@ -352,7 +353,16 @@ def train_and_save(cfg: TrainConfig, build: Callable) -> dict:
             ``exit_code`` is :data:`medtune.errors.EXIT_PREEMPTED`.
     """
     t0 = time.time()
-    trainer, stats, callback = build(cfg)
+    with stop_before_training():
+        trainer, stats, callback = build(cfg)
+    trainer.medtune_preemption.install()
+    try:
+        return _train_and_save(cfg, trainer, stats, callback, t0)
+    finally:
+        trainer.medtune_preemption.uninstall()
+
+
+def _train_and_save(cfg: TrainConfig, trainer, stats, callback, t0: float) -> dict:
     output_dir = Path(cfg.output_dir)
     resume = last_checkpoint(output_dir) if cfg.resume else None
     if cfg.resume and is_main():
