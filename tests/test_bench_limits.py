@@ -1,0 +1,58 @@
+"""bench/limits.py: the harness runs (quick mode, no timing assertions) and its FLOP count is torch's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import limits  # noqa: E402
+
+
+def test_quick_limits_write_json_and_tables(qwen_dir, tmp_path):
+    out = tmp_path / "limits.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "limits.py"), "--quick", "--model", str(qwen_dir),
+                           "--train", "medtune=100", "--decode", "hf=fp32:5", "--decode", "hf2=bf16:8:2", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for t in ("1", "2"):
+        row = report["limits"]["threads"][t]
+        assert all(row[k]["best"] > 0 for k in ("fp32_gflops", "bf16_gflops", "copy_gbs", "triad_gbs"))
+    rows = {r["label"]: r for r in report["shares"]}
+    counts = report["counts"]
+    assert rows["hf"]["bytes_per_token"] == 4 * (counts["linear"] + counts["lm_head"])
+    assert rows["hf2"]["bytes_per_token"] == 2 * (counts["linear"] + counts["lm_head"]) and rows["hf2"]["threads"] == 2
+    assert rows["medtune"]["achieved"] == pytest.approx(report["train_flops_per_token"]["total"] * 100 / 1e9)
+    assert "| 2 |" in proc.stdout and "| decode (GB/s) | hf |" in proc.stdout and "load average" in proc.stdout
+
+
+def test_train_flops_per_token_equal_torch_flop_counter_on_a_lora_step(tokenizer):
+    # Forward + backward of a LoRA model (r 8 on every linear layer, frozen base): the analytic count of
+    # bench/limits.py must equal torch.utils.flop_counter's count of the matmuls actually run. Eager attention,
+    # whole square (the counter does not know about causal masks); inputs_embeds that need a gradient, so every
+    # layer computes its input gradient, as in the middle of a deep model.
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from conftest import build_model
+
+    model = build_model("qwen2", len(tokenizer))
+    model.set_attn_implementation("eager")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    seq = 24
+    embeds = model.get_input_embeddings()(torch.randint(0, len(tokenizer), (1, seq))).detach().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        logits = model(inputs_embeds=embeds).logits
+        logits.float().logsumexp(-1).sum().backward()
+    counts = limits.model_counts(model.config.to_dict())
+    flops = limits.train_flops_per_token(counts, seq, answer_share=1.0, lora_r=8, causal=False)
+    assert counter.get_total_flops() == pytest.approx(flops["total"] * seq, rel=1e-9)
