@@ -43,7 +43,7 @@ def test_train_flops_per_token_equal_torch_flop_counter_on_a_lora_step(tokenizer
     from peft import LoraConfig, get_peft_model
     from torch.utils.flop_counter import FlopCounterMode
 
-    from conftest import build_model
+    from tests.conftest import build_model
 
     model = build_model("qwen2", len(tokenizer))
     model.set_attn_implementation("eager")
