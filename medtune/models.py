@@ -310,6 +310,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medtune.threads import use_free_cores
+
+    use_free_cores()  # once per process: torch computes on the cores free at start
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     path = resolve_model(spec)
