@@ -56,3 +56,16 @@ def test_train_flops_per_token_equal_torch_flop_counter_on_a_lora_step(tokenizer
     counts = limits.model_counts(model.config.to_dict())
     flops = limits.train_flops_per_token(counts, seq, answer_share=1.0, lora_r=8, causal=False)
     assert counter.get_total_flops() == pytest.approx(flops["total"] * seq, rel=1e-9)
+
+
+def test_background_load_pins_one_busy_process_per_core_and_stops_it():
+    import vs_llamafactory
+
+    with vs_llamafactory.background_load(1) as cpus:
+        assert cpus == [sorted(os.sched_getaffinity(0))[-1]]
+        children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
+        loops = [pid for pid in children if "sched_setaffinity" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(loops) == 1 and os.sched_getaffinity(loops[0]) == set(cpus)
+    assert not Path(f"/proc/{loops[0]}").exists()
+    with vs_llamafactory.background_load(0) as cpus:
+        assert cpus == []
