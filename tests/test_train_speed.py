@@ -241,3 +241,20 @@ def test_bf16_frozen_base_gives_the_autocast_losses_with_fp32_lora_and_optimizer
     assert lora and all(p.dtype == torch.float32 for p in lora)
     state = [v for s in t_frozen.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
     assert state and all(v.dtype == torch.float32 for v in state)
+
+
+def test_bf16_frozen_base_leaves_a_tied_lm_head_and_its_embedding_in_fp32(tokenizer):
+    # SmolLM2 ties its LM head to the token embedding: casting the head would cast the embedding, and
+    # the residual stream would run in bf16 (first loss 2.662 instead of 2.671 on smollm2-135m).
+    from tests.conftest import build_model
+    from medtune.train.speed import cast_frozen_linears
+
+    model = build_model("qwen2", len(tokenizer))
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    saved = cast_frozen_linears(model, torch.bfloat16)
+    assert model.lm_head.weight.dtype == model.model.embed_tokens.weight.dtype == torch.float32
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    linear = sum(p.numel() for n, p in model.named_parameters() if "layers." in n and "proj" in n)
+    assert saved == 2 * linear

@@ -218,19 +218,23 @@ def bf16_frozen_base_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
 
 
 def cast_frozen_linears(model, dtype) -> int:
-    """Store every floating ``nn.Linear`` weight and bias of ``model`` (before peft wraps it) in ``dtype``.
+    """Store every floating ``nn.Linear`` weight and bias of ``model`` (before peft wraps it) in ``dtype``,
+    except weights tied to another module's (e.g. an LM head tied to the embedding).
 
     Returns:
         Bytes saved (0 when they already were ``dtype`` or are quantized).
     """
     import torch
 
+    # A weight shared with another module (an LM head tied to the token embedding) stays as it is: in
+    # bf16 the embedding would put the residual stream in bf16 too, which autocast never does.
+    shared = {id(p) for m in model.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
     saved = 0
     for module in model.modules():
         if type(module) is not torch.nn.Linear:
             continue
         for param in (module.weight, module.bias):
-            if param is not None and param.is_floating_point() and param.dtype != dtype:
+            if param is not None and id(param) not in shared and param.is_floating_point() and param.dtype != dtype:
                 before = param.numel() * param.element_size()
                 param.data = param.data.to(dtype)
                 saved += before - param.numel() * param.element_size()
