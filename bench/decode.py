@@ -81,7 +81,7 @@ def _no_eos(scores, eos: int):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="pack name or model dir (transformers arms)")
-    p.add_argument("--arms", nargs="+", default=["hf-fp32", "hf-bf16", "hf-fp32-static"])
+    p.add_argument("--arms", nargs="*", default=["hf-fp32", "hf-bf16", "hf-fp32-static"], help="transformers arms (none: --arms)")
     p.add_argument("--gguf", nargs="*", type=Path, default=[], help="GGUF files: one llama.cpp arm each")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--tokens", type=int, default=48, help="decoded tokens per run")

@@ -69,3 +69,20 @@ def test_background_load_pins_one_busy_process_per_core_and_stops_it():
     assert not Path(f"/proc/{loops[0]}").exists()
     with vs_llamafactory.background_load(0) as cpus:
         assert cpus == []
+
+
+@pytest.mark.slow
+def test_decode_bench_runs_each_arm_and_compares_greedy_tokens(qwen_dir, tmp_path):
+    out = tmp_path / "decode.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "decode.py"), "--model", str(qwen_dir), "--arms", "hf-fp32",
+                           "hf-fp32-static", "--threads", "1", "--tokens", "6", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["arm"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"hf-fp32", "hf-fp32-static"}
+    counts = limits.model_counts(limits.load_config(str(qwen_dir)))
+    assert rows["hf-fp32"]["bytes_per_token"] == 4 * (counts["linear"] + counts["lm_head"])
+    # a static KV cache changes where the keys live, not the greedy tokens
+    assert rows["hf-fp32-static"]["same_leading_tokens_as_fp32"] == 6
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
