@@ -25,7 +25,7 @@ def test_quick_limits_write_json_and_tables(qwen_dir, tmp_path):
     report = json.loads(out.read_text())
     for t in ("1", "2"):
         row = report["limits"]["threads"][t]
-        assert all(row[k]["best"] > 0 for k in ("fp32_gflops", "bf16_gflops", "copy_gbs", "triad_gbs"))
+        assert all(row[k]["best"] > 0 and row[k]["cpu_best"] > 0 for k in ("fp32_gflops", "bf16_gflops", "copy_gbs", "triad_gbs"))
     rows = {r["label"]: r for r in report["shares"]}
     counts = report["counts"]
     assert rows["hf"]["bytes_per_token"] == 4 * (counts["linear"] + counts["lm_head"])
