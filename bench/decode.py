@@ -39,19 +39,20 @@ PROMPT = [{"role": "user", "content": "Explain in detail how high blood pressure
 
 
 def hf_arm(model, tokenizer, ids, tokens: int, threads: int, static: bool) -> tuple[float, list[int]]:
-    """Seconds to decode ``tokens`` - 1 tokens after the first (prefill excluded) and the tokens."""
+    """Wall and CPU seconds to decode ``tokens`` - 1 tokens after the first (prefill excluded), and the tokens."""
     import torch
 
     torch.set_num_threads(threads)
     kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=None, pad_token_id=tokenizer.pad_token_id,
               suppress_tokens=[tokenizer.eos_token_id], **({"cache_implementation": "static"} if static else {}))
-    times, out = [], None
+    times, cpus, out = [], [], None
     for n in (2, 1, tokens):  # the first run warms up (allocations, oneDNN primitives) and is not used
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
         times.append(time.perf_counter() - t0)
-    return times[2] - times[1], out[0, ids.shape[1]:].tolist()
+        cpus.append(time.process_time() - c0)
+    return times[2] - times[1], cpus[2] - cpus[1], out[0, ids.shape[1]:].tolist()
 
 
 def llamacpp_arm(path: Path, prompt_ids: list[int], tokens: int, threads: int) -> tuple[float, list[int]]:
@@ -59,18 +60,19 @@ def llamacpp_arm(path: Path, prompt_ids: list[int], tokens: int, threads: int) -
     from medtune.llamacpp import import_llama_cpp
 
     llm = import_llama_cpp().Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
-    eos, times, out = llm.token_eos(), [], []
+    eos, times, cpus, out = llm.token_eos(), [], [], []
     for n in (2, 1, tokens):  # the first run warms up and is not used
         llm.reset()
         out = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for tok in llm.generate(prompt_ids, temp=0.0, logits_processor=[lambda ids, scores: _no_eos(scores, eos)]):
             out.append(tok)
             if len(out) >= n:
                 break
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     del llm
-    return times[2] - times[1], out
+    return times[2] - times[1], cpus[2] - cpus[1], out
 
 
 def _no_eos(scores, eos: int):
@@ -123,31 +125,39 @@ def main(argv=None) -> dict:
         for arm, threads in (order if rnd % 2 == 0 else order[::-1]):
             kind, obj, per_token = arms[arm]
             load = [round(x, 2) for x in os.getloadavg()]
-            seconds, toks = (hf_arm(*obj[:3], args.tokens, threads, obj[3]) if kind == "hf"
-                             else llamacpp_arm(*obj, args.tokens, threads))
+            seconds, cpu, toks = (hf_arm(*obj[:3], args.tokens, threads, obj[3]) if kind == "hf"
+                                  else llamacpp_arm(*obj, args.tokens, threads))
             tps = (args.tokens - 1) / seconds
-            runs.append({"arm": arm, "threads": threads, "round": rnd, "tokens_per_s": tps, "tokens": toks, "loadavg_start": load})
+            runs.append({"arm": arm, "threads": threads, "round": rnd, "tokens_per_s": tps, "tokens": toks, "loadavg_start": load,
+                         "tokens_per_cpu_s": (args.tokens - 1) / max(cpu, 1e-9)})
             print(f"round {rnd} {arm} x{threads}: {tps:.2f} tokens/s ({per_token * tps / 1e9:.2f} GB/s), load {load}", flush=True)
     rows = []
     reference = next((r["tokens"] for r in runs if r["arm"] == "hf-fp32"), None)
     for arm, threads in order:
         rs = [r for r in runs if r["arm"] == arm and r["threads"] == threads]
         tps = statistics.median(r["tokens_per_s"] for r in rs)
+        per_cpu = max(r["tokens_per_cpu_s"] for r in rs)
         per_token = arms[arm][2]
         bw = limits["threads"].get(str(threads), {}).get("copy_gbs", {}).get("best") if limits else None
         same = None
         if reference is not None and arm.startswith("hf-"):
             pairs = list(zip(reference[:args.compare], rs[0]["tokens"]))
             same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+        bw_cpu = limits["threads"].get(str(threads), {}).get("copy_gbs", {}).get("cpu_best") if limits else None
         rows.append({"arm": arm, "threads": threads, "tokens_per_s": tps, "bytes_per_token": per_token,
                      "gbs": per_token * tps / 1e9, "share": per_token * tps / 1e9 / bw if bw else None,
+                     "tokens_per_cpu_s": per_cpu, "gb_per_cpu_s": per_token * per_cpu / 1e9,
+                     "share_per_cpu_s": per_token * per_cpu / 1e9 / bw_cpu if bw_cpu and threads == 1 else None,
                      "same_leading_tokens_as_fp32": same})
-    print("\n| arm | threads | decode tokens/s (median) | GB per token | achieved GB/s | share of copy bandwidth | greedy tokens equal to hf-fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| arm | threads | decode tokens/s (median) | GB per token | achieved GB/s | share of copy bandwidth | "
+          "tokens per CPU s (best) | GB per CPU s | share per CPU s (1 thread) | greedy tokens equal to hf-fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         share = f"{r['share']:.0%}" if r["share"] is not None else "-"
         same = f"{r['same_leading_tokens_as_fp32']}/{min(args.compare, args.tokens)}" if r["same_leading_tokens_as_fp32"] is not None else "-"
-        print(f"| {r['arm']} | {r['threads']} | {r['tokens_per_s']:.2f} | {r['bytes_per_token'] / 1e9:.3f} | {r['gbs']:.2f} | {share} | {same} |")
+        cpu_share = f"{r['share_per_cpu_s']:.0%}" if r["share_per_cpu_s"] is not None else "-"
+        print(f"| {r['arm']} | {r['threads']} | {r['tokens_per_s']:.2f} | {r['bytes_per_token'] / 1e9:.3f} | {r['gbs']:.2f} | {share} | "
+              f"{r['tokens_per_cpu_s']:.2f} | {r['gb_per_cpu_s']:.2f} | {cpu_share} | {same} |")
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "runs": runs, "loadavg_end": os.getloadavg()}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
