@@ -224,6 +224,8 @@ def test_bf16_frozen_base_gives_the_autocast_losses_with_fp32_lora_and_optimizer
     assert not bf16_frozen_base_on(TrainConfig(bf16=False), cuda=False)
     assert not bf16_frozen_base_on(TrainConfig(bf16=True), cuda=True)
     assert not bf16_frozen_base_on(TrainConfig(bf16=True, method="full"), cuda=False)
+    assert not bf16_frozen_base_on(TrainConfig(bf16=True, objective="dpo"), cuda=False)
+    assert bf16_frozen_base_on(TrainConfig(bf16=True, objective="pt"), cuda=False)
     with pytest.raises(SpeedError, match="bf16_frozen_base=true needs train.bf16=true"):
         bf16_frozen_base_on(TrainConfig(bf16_frozen_base=True), cuda=False)
     master, t_master = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", bf16=True, bf16_frozen_base=False))

@@ -42,7 +42,7 @@ defaults pick the fastest path this machine supports. None of them changes the m
   ``(tokens x tokens)`` block-diagonal mask and wastes the masked blocks; the varlen kernels
   only compute each example's own causal triangle (Dao 2023, FlashAttention-2, arXiv:2307.08691).
 - ``torch_compile`` (default off): ``torch.compile`` of the model through the Trainer.
-- ``bf16_frozen_base`` (default on with bf16 + LoRA on CPU): the frozen base's ``nn.Linear`` weights and
+- ``bf16_frozen_base`` (default on with bf16 + LoRA on CPU, objectives sft and pt): the frozen base's ``nn.Linear`` weights and
   biases are stored in bfloat16 once. Under bf16 autocast every ``linear`` casts its fp32 weight to bf16
   in every forward (autocast's cast cache keeps only casts of weights that require a gradient, and frozen
   ones do not), i.e. ~2 GB read and 1 GB written per step for a 0.5B model, plus an fp32 master copy
@@ -204,16 +204,22 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
 
 
 def bf16_frozen_base_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
-    """``cfg.bf16_frozen_base`` when set, else on exactly for bf16 LoRA training on CPU.
+    """``cfg.bf16_frozen_base`` when set, else on exactly for bf16 LoRA sft/pt training on CPU.
+
+    The preference and RL objectives are left out: trl's DPO/KTO/ORPO/GRPO trainers run forward
+    passes (reference log-probabilities, generation) that are not all under autocast, and a bf16
+    weight meeting an fp32 input outside autocast is an error.
 
     Raises:
-        SpeedError: asked for without bf16 autocast or with full fine-tuning (nothing is frozen).
+        SpeedError: asked for without bf16 autocast, with full fine-tuning (nothing is frozen) or with
+            an objective other than sft/pt.
     """
     if cfg.bf16_frozen_base is None:
-        return bool(cfg.bf16 and cfg.method == "lora" and not (_cuda() if cuda is None else cuda))
-    if cfg.bf16_frozen_base and not (cfg.bf16 and cfg.method in ("lora", "qlora")):
-        raise SpeedError("train.bf16_frozen_base=true needs train.bf16=true (autocast) and a LoRA method "
-                         "(full fine-tuning has no frozen base); set it to false or leave it unset")
+        return bool(cfg.bf16 and cfg.method == "lora" and cfg.objective in ("sft", "pt")
+                    and not (_cuda() if cuda is None else cuda))
+    if cfg.bf16_frozen_base and not (cfg.bf16 and cfg.method in ("lora", "qlora") and cfg.objective in ("sft", "pt")):
+        raise SpeedError("train.bf16_frozen_base=true needs train.bf16=true (autocast), a LoRA method (full "
+                         "fine-tuning has no frozen base) and objective sft or pt; set it to false or leave it unset")
     return cfg.bf16_frozen_base
 
 
