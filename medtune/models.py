@@ -296,6 +296,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
                quantization_config=None, device_map=None):
     """Load a causal LM (and optionally a LoRA adapter on top) for training or inference.
 
+    The first load in a process also sets torch's CPU threads to the cores free at that moment
+    (:func:`medtune.threads.use_free_cores`; ``$MEDTUNE_THREADS`` overrides).
+
     Args:
         spec: pack name, model directory, ``.gguf`` file or hub id.
         adapter: optional peft adapter directory trained on this base.
