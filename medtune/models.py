@@ -296,6 +296,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
                quantization_config=None, device_map=None):
     """Load a causal LM (and optionally a LoRA adapter on top) for training or inference.
 
+    The first load in a process also sets torch's CPU threads to the cores free at that moment
+    (:func:`medtune.threads.use_free_cores`; ``$MEDTUNE_THREADS`` overrides).
+
     Args:
         spec: pack name, model directory, ``.gguf`` file or hub id.
         adapter: optional peft adapter directory trained on this base.
@@ -310,6 +313,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medtune.threads import use_free_cores
+
+    use_free_cores()  # once per process: torch computes on the cores free at start
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     path = resolve_model(spec)

@@ -35,9 +35,9 @@ from medtune.config import TrainConfig
 from medtune.errors import ConfigError, TrainError
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.train.checkpoints import (PreemptionCallback, atomic_checkpoints, last_checkpoint, preempted,
-                                       stop_before_training,
-                                       whole_run_loss)
+                                       stop_before_training, whole_run_loss)
 from medtune.train.speed import prepare_model
+from medtune.threads import use_free_cores
 
 console = Console(stderr=True)
 
@@ -353,6 +353,7 @@ def train_and_save(cfg: TrainConfig, build: Callable) -> dict:
             ``exit_code`` is :data:`medtune.errors.EXIT_PREEMPTED`.
     """
     t0 = time.time()
+    use_free_cores(cfg.num_threads, log=console.print if is_main() else lambda *a: None)
     with stop_before_training():
         trainer, stats, callback = build(cfg)
     trainer.medtune_preemption.install()
