@@ -79,7 +79,7 @@ async def measure(base_url: str, model: str, n: int, concurrency: int) -> dict:
 
         async def limited(i):
             async with sem:  # a new text each time: no cache (the e5 query cache) helps
-                return await one(http, model, f"{PROMPTS[i % len(PROMPTS)]} ({i})")
+                return await one(http, model, f"{PROMPTS[i % len(PROMPTS)]} ({concurrency}-{i})")  # new per row too
 
         results = await asyncio.gather(*(limited(i) for i in range(n)))
     ttft, total = [r[0] * 1000 for r in results], [r[1] * 1000 for r in results]
