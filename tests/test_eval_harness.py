@@ -52,6 +52,7 @@ def test_local_task_yaml_on_a_tiny_model_writes_results_that_appear_in_the_repor
     assert f"{res['value']:.3f} ± {res['stderr']:.3f}" in md
 
 
+@pytest.mark.slow  # a server or trainer in a child process (seconds): full tier
 def test_harness_task_on_a_local_copy_of_its_dataset_and_base_plus_adapter(tmp_path, qwen_dir):
     """medqa_4options, the harness's own YAML and prompt code, on a local JSONL; the model is base + a LoRA adapter."""
     import torch

@@ -214,6 +214,7 @@ def _direct(url: str, model: str, messages: list[dict], stream: bool, **kw) -> s
                    client.chat.completions.create(model=model, messages=messages, stream=True, **kw) if c.choices)
 
 
+@pytest.mark.slow  # a server or trainer in a child process (seconds): full tier
 @pytest.mark.parametrize("content", [ORDINARY, RED_FLAG])
 def test_in_front_of_medtune_serve_the_answer_is_the_same_as_calling_it_directly(qwen_dir, content):
     """A medtune upstream runs the same turn pipeline: the gateway drops its copy of prefix and disclaimer."""
@@ -286,6 +287,7 @@ def test_in_front_of_vllm_serve(tokenizer, tmp_path):
                 assert via == turn.prefix + direct + turn.suffix
 
 
+@pytest.mark.slow  # a server or trainer in a child process (seconds): full tier
 def test_upstream_killed_mid_stream_gives_a_clean_error_event_and_the_gateway_stays_healthy(qwen_dir):
     port = free_port()
     up = _medtune_serve(qwen_dir, port, "--set", "serve.safety.enabled=false")

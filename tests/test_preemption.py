@@ -168,6 +168,7 @@ def _run_signalling_itself(cmd, patch: str):
                           timeout=600)
 
 
+@pytest.mark.slow  # a server or trainer in a child process (seconds): full tier
 def test_a_stop_while_the_model_loads_exits_75_with_nothing_to_save(qwen_dir, sft_file, tmp_path):
     # the studio's Stop can come before the first step: that is a clean stop too, not death by SIGTERM (-15)
     patch = ("import medtune.train.harness as h\nload = h.load_model\n"
@@ -181,6 +182,7 @@ def test_a_stop_while_the_model_loads_exits_75_with_nothing_to_save(qwen_dir, sf
     assert not list(out.glob("checkpoint-*"))
 
 
+@pytest.mark.slow  # a server or trainer in a child process (seconds): full tier
 def test_a_stop_during_the_final_save_lets_the_run_complete(qwen_dir, sft_file, tmp_path):
     patch = ("from transformers import Trainer\nsave = Trainer.save_model\n"
              "def saving(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return save(self, *a, **k)\n"
