@@ -96,7 +96,8 @@ def _decode_per_line(path: Path, raw: bytes, encodings: list[str]) -> str:
                 continue
         else:
             raise DataFileError(f"{path}:{no}: line is not valid {' or '.join(encodings)}; pass the file's "
-                                f"encoding(s), e.g. --encoding utf-8,gb18030 (tried in order, per line)")
+                                f"encoding(s), tried in order per line: --encoding utf-8,gb18030 (eval mcq, eval fact) "
+                                f"or encoding: utf-8,gb18030 on a data source")
     return "".join(lines).removeprefix("\ufeff")
 
 
@@ -112,7 +113,8 @@ def _refuse_mixed(path: Path, raw: bytes) -> None:
             bad = bad or no
         if bad and utf8_non_ascii:
             raise DataFileError(f"{path}:{bad}: line is not valid utf-8 while other lines are (mixed encodings); "
-                                "pass the encodings to try per line, e.g. --encoding utf-8,gb18030")
+                                "pass the encodings to try per line: --encoding utf-8,gb18030 (eval mcq, eval fact) "
+                                "or encoding: utf-8,gb18030 on a data source")
 
 
 def read_text(path: Path | str, encoding: str | list[str] | None = None) -> tuple[str, str]:

@@ -204,7 +204,7 @@ def test_fact_file_rejected_whole_says_why_and_writes_rejects(tmp_path):
     with pytest.raises(DataFileError) as e:
         load_facts(bad, rejects_path=tmp_path / "out" / "rejects.jsonl")
     msg = str(e.value)
-    assert "no question column" in msg and "indications" in msg and "question_column" in msg
+    assert "no question column" in msg and "indications" in msg and "--question-column" in msg
     assert len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 2
     items, _ = load_facts(bad, question_column="drug", expected_column="indications")
     assert items[1]["expected"] == ["fever"]
@@ -246,3 +246,33 @@ def test_fact_bleed_counts_another_entrys_item_but_not_the_asked_entrys_own(tmp_
                                        "--output-dir", str(tmp_path / "g")])
         rows = {r["id"]: r for r in map(json.loads, (tmp_path / "g" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
         assert rows["warf"]["bleed_items"] == ["뇌졸중"]
+
+
+def test_fact_warns_when_most_answers_hit_the_token_limit_and_the_advice_runs(tmp_path, qwen_dir):
+    """Issue 24 (also seen): on a drug-indication CSV every answer of the base pack ran into max_new_tokens and
+    `eval fact` said nothing; the tiny random model never ends within 4 tokens either."""
+    fix = Path(__file__).parent / "fixtures" / "eval" / "drug_facts_zh.csv"
+    base = ["eval", "fact", str(fix), "--model", str(qwen_dir)]
+    r = CliRunner().invoke(app, [*base, "--max-new-tokens", "4", "--output-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    stops = json.loads((tmp_path / "a" / "results.json").read_text())["quality"]["stops"]
+    assert stops["n"] == 3 and stops["k"] == 0
+    assert "3 of 3 answers hit the token limit (max_new_tokens 4)" in r.output
+    advice = re.search(r"rerun with (--max-new-tokens \d+)", r.output).group(1).split()
+    r = CliRunner().invoke(app, [*base, *advice, "--max-items", "1", "--output-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["decoding"]["max_new_tokens"] == int(advice[1])
+
+
+def test_eval_help_shows_the_defaults_the_run_uses():
+    """Issue 24.10: `eval fact --help` showed max_new_tokens = 256 (the class default) while the run used 64."""
+    from medtune.eval.config import FactConfig
+
+    out = CliRunner().invoke(app, ["eval", "fact", "--help"]).output
+    assert "fact.generation.max_new_tokens = 64" in out and "max_new_tokens = 256" not in out
+    assert FactConfig(data="x", model="m").generation.max_new_tokens == 64
+    assert "mcq.generation.max_new_tokens = 16" in CliRunner().invoke(app, ["eval", "mcq", "--help"]).output
+    from medtune.eval.config import EvalConfig
+    from medtune.recipe import field_help
+
+    assert "eval.fact_generation.max_new_tokens = 40" in field_help(EvalConfig, "eval")  # the recipe's eval stage

@@ -64,6 +64,7 @@ class SourceConfig(_Section):
     answer_field: str = Field("answer", description="qa_tree: field of the answer JSON files (string, list or {intro, body, conclusion}).")
     max_chars: int = Field(800, ge=50, description="guideline: maximum passage length in characters.")
     overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
+    max_file_mb: float = Field(100.0, gt=0, description="guideline / kb documents: refuse a file larger than this (MB), and a .docx/.hwpx whose zip directory declares more uncompressed (zip bomb).")
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
     validation: bool = Field(True, description="False keeps all of this source's records in training, out of the validation split (e.g. the KB whose facts an evaluation asks about in other words).")
     questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
@@ -80,7 +81,7 @@ class DialogueConfig(_Section):
     examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
     consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
-    language: str = Field("en", description="Language of the prompts and tasks: en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
+    language: str = Field("auto", description="Language of the prompts and tasks: auto (the seeds' most common language), en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
 
 
 class PairwiseJudgeConfig(_Section):

@@ -2,7 +2,7 @@
 
 | generator            | LLM calls                                 | from            |
 |----------------------|-------------------------------------------|-----------------|
-| :func:`kb_template`  | none                                      | ``kb``          |
+| :func:`kb_template`  | none                                      | ``kb``, table rows |
 | :func:`kb_views`     | none (+ 1 per fact with teacher paraphrases) | ``kb`` (``augment``) |
 | :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
@@ -23,6 +23,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -82,18 +83,39 @@ def load_templates(path: Path | None = None) -> dict:
     return data
 
 
-def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
-    """Question/answer pairs from one knowledge-base entry, ``paraphrases`` per known field.
+def _entry(r: Record) -> tuple[str | None, dict, str | None]:
+    """``(name, fields, name_field)`` of a kb entry, or of a table-row passage (``meta.table``: the
+    first cell names the row, the other cells are fields named by their column header)."""
+    table = r.meta.get("table")
+    if r.kind == "passage" and table:
+        fields = {h or f"column {i + 1}": c for i, (h, c) in enumerate(zip(table["header"], table["cells"])) if i and c}
+        return table["cells"][0] or None, fields, table["header"][0]
+    return r.meta.get("name"), r.fields, r.meta.get("name_field")
 
-    Reads ``fields``, ``meta.name``, ``meta.language``. Answers are the field values (lists joined)
-    in the language's ``answer`` template. Deterministic for a given ``rng`` state.
+
+def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
+    """Question/answer pairs from one knowledge-base entry or table row, ``paraphrases`` per field.
+
+    Reads ``fields``, ``meta.name``, ``meta.language`` -- or, for a table row (a kb entry read from a
+    document's table, or a guideline passage with ``meta.table``), the row's cells: a column with
+    no field template is asked about with the language's ``table_questions`` and its header as
+    the label, so the answer is grounded in that row alone ("max daily dose of amoxicillin: 3 g").
+    Answers are the field values (lists joined) in the language's ``answer`` template.
+    Deterministic for a given ``rng`` state.
     """
     lang = r.meta.get("language") if r.meta.get("language") in templates else "en"
-    spec, name, out = templates[lang], r.meta["name"], []
+    spec, out = templates[lang], []
+    name, fields, name_field = _entry(r)
+    if not name:
+        tally.drop("passage is not a table row (kb-template asks about kb entries and table rows)",
+                   r.meta.get("source_file"), r.id, r.text[:120])
+        return []
     text_hash = hashlib.sha256(json.dumps(spec, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
-    for field, value in r.fields.items():
+    for field, value in fields.items():
         f = spec["fields"].get(field)
-        if f is None or field == r.meta.get("name_field"):
+        if f is None and r.meta.get("table") and spec.get("table_questions"):
+            f = {"label": field, "questions": spec["table_questions"]}
+        if f is None or field == name_field:
             continue
         value = spec.get("joiner", ", ").join(value) if isinstance(value, list) else value
         questions = rng.sample(f["questions"], min(paraphrases, len(f["questions"])))
@@ -101,17 +123,17 @@ def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random
             tally.keep()
             out.append(Record(
                 id=f"{r.id}/{field}/{k}", kind="qa",
-                messages=[{"role": "user", "content": q.format(name=name)},
+                messages=[{"role": "user", "content": q.format(name=name, label=f["label"])},
                           {"role": "assistant", "content": spec["answer"].format(name=name, label=f["label"], value=value)}],
                 meta={**_provenance(r), "field": field, "generator": "kb-template", "teacher_model": None,
                       "prompt_template_hash": text_hash, "language": lang}))
     if not out:
-        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(r.fields))[:120])
+        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(fields))[:120])
     return out
 
 
 def _provenance(r: Record) -> dict:
-    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "sensitive")
+    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "section", "page", "table", "sensitive")
     return {k: r.meta[k] for k in keys if k in r.meta}
 
 
@@ -345,20 +367,47 @@ async def teacher_questions(records: list[Record], templates: dict, views: dict,
 
 
 # ---------------------------------------------------------------- teacher-based
-_NUMBERED = re.compile(r"^\s*(?:\d+[.)、:：]|[-*•]|Q\d*[.:：])\s*")
+_NUMBERED = re.compile(r"^\s*(?:(?:task|question|instruction|任务|问题|题目|과제|질문|문제)\s*\d+\s*[.)、:：]?|\d+\s*[.)、:：]"
+                       r"|[-*•](?!\*)|Q\d*[.:：])\s*", re.I)
+_HEADER = re.compile(r"^(?:#{1,6}\s.*|\*\*[^*]+\*\*\s*[:：]?|__[^_]+__\s*[:：]?)$")
 
 
 def parse_list(text: str, n: int) -> list[str]:
-    """Up to ``n`` items of a numbered or bulleted list in a teacher reply (numbering removed, de-duplicated)."""
+    """Up to ``n`` items of a numbered or bulleted list in a teacher reply (numbering removed, de-duplicated).
+
+    In a numbered reply, an unnumbered line continues the item above it (joined with a newline); lines
+    before the first item, after a blank line, and headers (``**Category**``, ``# ...``, an unnumbered
+    line ending with a colon) are not items; nor is an item that ends with a colon. A reply without numbering gives one item per line.
+    """
+    lines = text.splitlines()
+    numbered = any(_NUMBERED.match(line) for line in lines)
+    parts: list[list[str]] = []
+    current: list[str] | None = None
+    for line in lines:
+        m = _NUMBERED.match(line)
+        body = (line[m.end():] if m else line).strip()
+        if not body or _HEADER.match(body) or (not m and body.endswith((":", "："))):
+            current = None  # a blank line or a header ends an item
+        elif m or not numbered:
+            current = [body]
+            parts.append(current)
+        elif current is not None:
+            current.append(body)
     items = []
-    for line in text.splitlines():
-        item = _NUMBERED.sub("", line).strip().strip('"')
+    for p in parts:
+        item = "\n".join(p).replace("**", "").strip().strip('"')
         if len(item) >= 4 and item not in items and not item.endswith((":", "：")):
             items.append(item)
     return items[:n]
 
 
 CUT_MARK = "\x00cut\x00"  # internal: prefixed to an answer that reached the teacher's max_tokens
+CUT_REASON = "answer reached the teacher's max_tokens"
+
+
+def reached_limit(reply, teacher: LLMClient, max_tokens: int | None = None) -> bool:
+    """True when ``reply`` used all the completion tokens the call allowed (the text is cut)."""
+    return reply.completion_tokens >= (max_tokens or teacher.cfg.max_tokens)
 CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": "影像报告"},
                   "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
 
@@ -384,7 +433,7 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
     """
     lang = r.meta.get("language", "en")
-    text = r.text if kind == "guideline" else "\n".join(
+    text = _guideline_text(r) if kind == "guideline" else "\n".join(
         f"{k.upper()}: {r.fields[k]}" for k in ("findings", "impression") if r.fields.get(k))
     q_tpl, q_hash = load_prompt(f"{kind}_questions", lang, prompts_dir)
     a_tpl, a_hash = load_prompt(f"{kind}_answer", lang, prompts_dir)
@@ -400,6 +449,8 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     questions = parse_list(reply.text, n)
     if not questions:
         tally.drop("teacher wrote no parsable question", r.meta.get("source_file"), r.id, reply.text[:200])
+    elif len(questions) < n:
+        tally.not_returned["questions asked for, not in the teacher's reply"] += n - len(questions)
     answers = await asyncio.gather(*(_answer(teacher, a_tpl, j_tpl, text, q, sensitive) for q in questions))
     out = []
     for k, (q, (answer, verdict)) in enumerate(zip(questions, answers)):
@@ -411,6 +462,8 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.keep()
             cut = answer.startswith(CUT_MARK)
             answer = answer.removeprefix(CUT_MARK)
+            if cut:
+                tally.cut[CUT_REASON] += 1
             label = CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])
             prompt = f"{label}:\n{text}\n\n{q}" if not multi_turn and (kind == "report" or dangling_reference(q)) else q
             out.append(Record(id=f"{r.id}/q{k}", kind="qa",
@@ -421,6 +474,13 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     if multi_turn and out:
         return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
     return out
+
+
+def _guideline_text(r: Record) -> str:
+    """What the teacher reads of a guideline passage: its text; a table row (``meta.table``) is led by
+    its section path, so a question about the row can name what the table is about."""
+    section = r.meta.get("section") or []
+    return f"{' › '.join(section)}\n{r.text}" if r.meta.get("table") and section else r.text
 
 
 def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:
@@ -436,7 +496,7 @@ async def _answer(teacher: LLMClient, a_tpl: str, j_tpl: str, text: str, q: str,
     try:
         reply = await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}], sensitive=sensitive)
         answer = reply.text.strip()
-        if reply.completion_tokens >= teacher.cfg.max_tokens:
+        if reached_limit(reply, teacher):
             answer = CUT_MARK + answer  # hit the token limit: counted by the audit, mark removed there
     except SensitiveDataError:
         raise
@@ -509,7 +569,7 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
         if output is not None and not isinstance(output, str):
             tally.drop("seed `output` is not a string", path, where, str(t)[:200])
             continue
-        tasks.append({"instruction": task, "category": str(t.get("category") or "general"), "output": output, "line": where})
+        tasks.append({"instruction": task, "category": str(t.get("category") or "").strip(), "output": output, "line": where})
     if not tasks:
         reasons = list(dict.fromkeys(f"{r.where}: {r.reason}" for r in tally.rejects))[:3]
         raise DataFileError(f"{path}: no usable seed task; expected JSONL or a JSON array of "
@@ -517,36 +577,70 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
     return tasks
 
 
-async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
-    """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
+GENERAL_CATEGORY = {"en": "general health questions", "zh": "常见健康咨询", "ko": "일반 건강 상담"}
 
-    Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category, asks
-    for ``tasks_per_round`` new tasks, and keeps a task only if its ROUGE-L to every seed and
-    kept task is below ``rouge_threshold``. Kept tasks are answered; with ``consultations`` > 0
-    the teacher also writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some.
-    """
-    seeds = load_seed_tasks(cfg.seed_file, tally)
-    lang = cfg.language  # English prompts for another language would write tasks the language filter then drops
-    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
-    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
-    pool, kept = [s["instruction"] for s in seeds], []
-    categories = sorted({s["category"] for s in seeds})
+
+def seed_language(cfg, seeds: list[dict]) -> str:
+    """The dialogue prompts' language: ``cfg.language``, or with ``auto`` the most common language of the
+    seed instructions (:func:`medtune.text.detect_language`; English when none is detected)."""
+    if cfg.language != "auto":
+        return cfg.language
+    counts = Counter(detect_language(s["instruction"]) for s in seeds)
+    return next((lang for lang, _ in counts.most_common() if lang in ("en", "zh", "ko")), "en")
+
+
+async def _propose_tasks(cfg, teacher: LLMClient, template: str, pool: list[str], categories: list[str],
+                         rng: random.Random, tally: Tally) -> list[tuple[str, str]]:
+    """``[(task, category)]`` kept from ``cfg.rounds`` calls; drops and missing tasks are counted."""
+    kept = []
     for _ in range(cfg.rounds):
         examples = rng.sample(pool, min(cfg.examples_per_prompt, len(pool)))
         category = rng.choice(categories)
-        prompt = t_tpl.format(examples="\n".join(f"{i + 1}. {e}" for i, e in enumerate(examples)),
-                              n=cfg.tasks_per_round, category=category)
+        prompt = template.format(examples="\n".join(f"{i + 1}. {e}" for i, e in enumerate(examples)),
+                                 n=cfg.tasks_per_round, category=category)
         try:
             reply = await teacher.complete([{"role": "user", "content": prompt}], temperature=0.7, seed=len(pool))
         except LLMError as e:
             tally.drop("teacher call failed (tasks)", cfg.seed_file, "round", str(e))
             continue
-        for task in parse_list(reply.text, cfg.tasks_per_round):
+        tasks = parse_list(reply.text, cfg.tasks_per_round)
+        if len(tasks) < cfg.tasks_per_round:
+            tally.not_returned["tasks asked for, not in the teacher's reply"] += cfg.tasks_per_round - len(tasks)
+        for task in tasks:
             if max(rouge_l(task, p) for p in pool) >= cfg.rouge_threshold:
                 tally.drop(f"ROUGE-L >= {cfg.rouge_threshold} to an existing task", cfg.seed_file, task[:60])
                 continue
             pool.append(task)
             kept.append((task, category))
+    return kept
+
+
+async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
+    """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
+
+    Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category (the seeds'
+    ``category`` values; a general one in the prompts' language when they have none), asks for
+    ``tasks_per_round`` new tasks, and keeps a task only if its ROUGE-L to every seed and kept task is
+    below ``rouge_threshold``. Kept tasks are answered; with ``consultations`` > 0 the teacher also
+    writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some. The prompts are in
+    :func:`seed_language`. Counted in ``tally``: drops, tasks the teacher did not return
+    (``not_returned``) and answers that reached its ``max_tokens`` (``cut``; ``meta.answer_cut``).
+
+    Raises:
+        DataFileError: no usable seed task, or no prompt template in the language.
+    """
+    seeds = load_seed_tasks(cfg.seed_file, tally)
+    lang = seed_language(cfg, seeds)  # English prompts for another language would write tasks the language filter then drops
+    try:
+        t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
+        a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
+    except DataFileError as e:
+        if cfg.language != "auto":
+            raise
+        raise DataFileError(f"{e} (language {lang!r} detected from the seed tasks; --set data.dialogue.language=en "
+                            "uses the English prompts)") from None
+    categories = sorted({s["category"] for s in seeds if s["category"]}) or [GENERAL_CATEGORY.get(lang, "general")]
+    kept = await _propose_tasks(cfg, teacher, t_tpl, [s["instruction"] for s in seeds], categories, rng, tally)
     replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": a_tpl.format(question=t)}])
                                      for t, _ in kept), return_exceptions=True)
     meta = {"source_file": str(cfg.seed_file), "generator": "dialogue", "teacher_model": teacher.model,
@@ -557,9 +651,12 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
             tally.drop("teacher call failed (answer)", cfg.seed_file, task[:60], str(rep))
             continue
         tally.keep()
+        cut = reached_limit(rep, teacher)
+        tally.cut[CUT_REASON] += cut
         out.append(Record(id=f"dialogue/{k}", kind="qa", messages=[{"role": "user", "content": task},
                                                                    {"role": "assistant", "content": rep.text.strip()}],
-                          meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task)}))
+                          meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task),
+                                **({"answer_cut": True} if cut else {})}))
     if cfg.consultations:
         out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
     return out
@@ -600,9 +697,12 @@ async def _consultations(tasks: list[str], teacher: LLMClient, lang: str, prompt
             tally.drop("consultation failed or not in Patient:/Doctor: turns", meta["source_file"], task[:60])
             continue
         tally.keep()
+        cut = reached_limit(rep, teacher)
+        tally.cut[CUT_REASON] += cut
         out.append(Record(id=f"consultation/{k}", kind="qa", messages=msgs,
                           meta={**meta, "doc_id": f"consultation/{k}", "generator": "consultation",
-                                "prompt_template_hash": h, "language": detect_language(task)}))
+                                "prompt_template_hash": h, "language": detect_language(task),
+                                **({"answer_cut": True} if cut else {})}))
     return out
 
 

@@ -77,13 +77,15 @@ def _column(rec: dict, given: str | None, names: tuple[str, ...]) -> str | None:
 
 
 def load_facts(path: Path, synonyms_file: Path | None = None, question_column: str | None = None,
-               expected_column: str | None = None, rejects_path: Path | None = None) -> tuple[list[dict], list[Reject]]:
+               expected_column: str | None = None, rejects_path: Path | None = None,
+               encodings: list[str] | None = None) -> tuple[list[dict], list[Reject]]:
     """Read fact questions (JSONL/JSON, CSV/TSV or .xlsx); records without a question or any expected item are rejected.
 
     Args:
         question_column / expected_column: the record's fields (default: the first of
             :data:`QUESTION_COLUMNS` / :data:`EXPECTED_COLUMNS` present, case-insensitive).
         rejects_path: where to write the rejects when no question is usable.
+        encodings: encodings tried per line, in order (None: detect; :func:`medtune.io.read_text`).
 
     Raises:
         DataFileError: unreadable file, invalid synonyms file, or no usable question (the message
@@ -96,7 +98,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
         except (OSError, json.JSONDecodeError) as e:
             raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
     items, rejects, seen, columns = [], [], set(), set()
-    for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
+    for n, (where, rec) in enumerate(read_rows(Path(path), encodings or None), 1):
         if isinstance(rec, Reject):
             rejects.append(rec)
             continue
@@ -111,7 +113,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
             write_rejects(rejects, rejects_path)
         reasons = list(dict.fromkeys(f"{r.where}: {r.field}: {r.reason}" for r in rejects))[:3]
         raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected); first reasons: {reasons}; "
-                            f"columns seen: {sorted(columns)[:12]}; name them with question_column= / expected_column="
+                            f"columns seen: {sorted(columns)[:12]}; pass them as --question-column COLUMN --expected-column COLUMN"
                             + (f"; rejects in {rejects_path}" if rejects_path else ""))
     return items, rejects
 
@@ -301,7 +303,7 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """
     started = time.time()
     items, rejects = load_facts(cfg.data, cfg.synonyms, cfg.question_column, cfg.expected_column,
-                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl")
+                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl", encodings=cfg.encodings)
     foreign = bleed_candidates(items, entity_texts(cfg.entities) if cfg.entities else None)  # over the whole file
     items = items[:cfg.max_items] if cfg.max_items else items
     if cfg.unanswerable:
@@ -338,4 +340,16 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     console.print(f"fact recall {backend.name}: >=1 hit {results['hit_any']['rate']:.2f}, >=1/2 {results['hit_half']['rate']:.2f}, "
                   f">=2/3 {results['hit_two_thirds']['rate']:.2f}, bleed {results['bleed']['rate']:.2f}{_extras(results)} "
                   f"(n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+    warn_token_limit(results["quality"]["stops"], settings.max_new_tokens)
     return results
+
+
+def warn_token_limit(stops: dict, max_new_tokens: int) -> None:
+    """Print a warning when most answers (``stops``: :func:`medtune.eval.quality.quality_summary`'s share
+    of answers that ended before the limit) ran into ``max_new_tokens``: the items an answer would have
+    named after the cut are counted as missed."""
+    if stops["n"] and stops["rate"] < 0.5:
+        cut = stops["n"] - stops["k"]
+        console.print(f"[bold yellow]WARNING[/] {cut} of {stops['n']} answers hit the token limit (max_new_tokens "
+                      f"{max_new_tokens}) before they ended; items they would have named later count as missed; "
+                      f"rerun with --max-new-tokens {max(2 * max_new_tokens, 128)}", highlight=False, soft_wrap=True)

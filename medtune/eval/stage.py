@@ -5,10 +5,13 @@ For each model (loaded one at a time) it runs log-likelihood MCQ scoring on
 ``eval.mcq_files``, fact recall on ``eval.fact_file`` (a few short greedy answers: generation
 is the slow part on CPU) — closed-book and, with ``eval.rag_index``, grounded in the index
 (RAG) — held-out answer perplexity and, with ``eval.safety_file``, urgent care with the safety
-layer off (:mod:`medtune.eval.urgent`), then writes ``report.html`` and ``report.md``. Output
-layout under ``<output_dir>/eval/``::
+layer off (:mod:`medtune.eval.urgent`), with ``eval.lm_eval_tasks`` lm-evaluation-harness tasks
+(:mod:`medtune.eval.harness`) and with ``eval.rubric_file`` rubric-graded conversations
+(:mod:`medtune.eval.rubric`), then writes ``report.html`` and ``report.md`` (with a seeded sample of
+answers side by side). Output layout under ``<output_dir>/eval/``::
 
     mcq/<file stem>/<base|finetuned|aligned>/   fact/<model>[+rag]/   rag/<model>+rag/   heldout/<model>/   urgent/<model>/
+    lm_eval/<model>/<task>/   rubric/<model>/
     report.html   report.md   summary.json
 """
 
@@ -23,12 +26,14 @@ from rich.console import Console
 from medtune.config import RagSettings, TrainConfig
 from medtune.errors import EvalError
 from medtune.eval.backends import load_backend
-from medtune.eval.config import EvalConfig, FactConfig, McqConfig, RagEvalConfig
+from medtune.eval.config import EvalConfig, FactConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.eval.fact import run_fact
+from medtune.eval.harness import run_lm_eval
 from medtune.eval.heldout import run_heldout
 from medtune.eval.mcq import run_mcq
 from medtune.eval.rag import run_rag_eval
 from medtune.eval.report import collect, comparisons, verdict, write_report
+from medtune.eval.rubric import run_rubric
 from medtune.eval.urgent import run_urgent
 
 console = Console(stderr=True)
@@ -54,9 +59,10 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
     backend = load_backend(f"{name}={spec}")
     summary = {"mcq": {}}
     for f in cfg.mcq_files:
-        r = run_mcq(McqConfig(data=f, model=name, batch_size=cfg.batch_size, seed=seed,
-                              output_dir=out / "mcq" / Path(f).stem / name, overwrite=True), backend=backend)
-        summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"]}
+        r = run_mcq(McqConfig(data=f, model=name, batch_size=cfg.batch_size, seed=seed, calibrate=cfg.mcq_calibrate,
+                              pride=cfg.mcq_pride, verdict=cfg.mcq_verdict, output_dir=out / "mcq" / Path(f).stem / name,
+                              overwrite=True), backend=backend)
+        summary["mcq"][Path(f).name] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "n": r["n"], "verdict": r["verdict"]}
     if cfg.fact_file:
         r = run_fact(_fact_config(cfg, name, seed, out / "fact" / name), backend=backend)
         summary["fact"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
@@ -78,6 +84,15 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
         if r:
             summary["heldout"] = {"nll_per_token": r["nll_per_token"], "perplexity": r["perplexity"],
                                   "perplexity_ci95": r["perplexity_ci95"], "n": r["n"]}
+    if cfg.lm_eval_tasks:
+        r = run_lm_eval(LmEvalConfig(tasks=cfg.lm_eval_tasks, model=name, data=cfg.lm_eval_data, max_items=cfg.lm_eval_max_items,
+                                     batch_size=cfg.batch_size, seed=seed, output_dir=out / "lm_eval" / name), backend=backend)
+        summary["lm_eval"] = {t: {"metric": x["metric"], "value": x["value"], "stderr": x["stderr"]} for t, x in r["tasks"].items()}
+    if cfg.rubric_file:
+        r = run_rubric(RubricConfig(data=cfg.rubric_file, model=name, judge=cfg.rubric_judge, max_items=cfg.max_rubric_items,
+                                    generation=cfg.rubric_generation, batch_size=cfg.batch_size, seed=seed,
+                                    output_dir=out / "rubric" / name, overwrite=True), backend=backend)
+        summary["rubric"] = {"score": r["score"], "invalid_grades": r["invalid_grades"]}
     if cfg.safety_file:
         r = run_urgent(backend, name, cfg.safety_file, out / "urgent" / name, cfg.max_safety_items,
                        cfg.safety_generation, cfg.batch_size)
@@ -127,11 +142,13 @@ def run_eval_stage(cfg: EvalConfig, base: str, finetuned: list[Path], train: Tra
         EvalError: no fine-tuned model yet.
         medtune.errors.DataFileError: an evaluation file cannot be read.
     """
+    if cfg.rubric_file and not cfg.rubric_judge:
+        raise EvalError("eval.rubric_file needs eval.rubric_judge (a URL#MODEL endpoint or a local model spec) to grade the criteria")
     models = {"base": base, "finetuned": finetuned_model(finetuned)}
     if aligned:
         models["aligned"] = finetuned_model(aligned)
     summary: dict = {name: evaluate_model(name, spec, cfg, train, seed, out) for name, spec in models.items()}
-    report = write_report([out], out / "report.html", title)
+    report = write_report([out], out / "report.html", title, cfg.answers_per_language, seed)
     results = collect([out])
     pairs = [("comparison", "base", "finetuned")] + ([("comparison_aligned", "finetuned", "aligned"),
                                                      ("comparison_base_aligned", "base", "aligned")] if aligned else [])
