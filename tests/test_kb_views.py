@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def test_each_entry_is_in_the_configured_number_of_multi_fact_answers():
         assert len({by_id[d].meta["language"] for d in r.meta["doc_ids"]}) == 1  # one language per answer
         for d in r.meta["doc_ids"]:
             assert by_id[d].meta["name"] in r.messages[1]["content"]
+        # one sentence per entry, in order: an entry's last item never runs into the next entry's statement
+        sentences = [x for x in re.split(r"(?<=[.。])\s*", r.messages[1]["content"]) if x]
+        assert len(sentences) == len(r.meta["doc_ids"]), r.messages[1]["content"]
+        assert all(by_id[d].meta["name"] in x for d, x in zip(r.meta["doc_ids"], sentences)), r.messages[1]["content"]
 
 
 def test_views_are_deterministic_per_seed():

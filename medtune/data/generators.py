@@ -216,6 +216,12 @@ def _statement(spec: dict, block: dict, templates: dict, name: str, value, label
                  label=label, label_lower=label.lower())
 
 
+def _ended(sentence: str, spec: dict) -> str:
+    """``sentence`` with the language's sentence end (``spec["end"]``, default ".") when it has none, so
+    that in an answer about several entries one entry's last item never runs into the next one's name."""
+    return sentence if sentence.rstrip().endswith((".", "。", "!", "?", "！", "？")) else sentence.rstrip() + spec.get("end", ".")
+
+
 def _shown_name(name: str, rng: random.Random) -> str:
     """The name as a user may type it: a Latin-script name lower-cased one time in three."""
     return name.lower() if re.fullmatch(r"[A-Za-z][A-Za-z0-9 .\-]*", name) and rng.random() < 1 / 3 else name
@@ -321,8 +327,8 @@ def _passage_views(facts: list[tuple], templates: dict, views: dict, cfg, rng: r
                 names = join_items([f[0].meta["name"] for f in group], spec)
                 question = _fill(rng.choice(block.get("passage_questions") or spec["generic"]["passage_questions"]),
                                  names=names, label=label, label_lower=label.lower())
-                answer = spec.get("sep", " ").join(_statement(spec, block, templates, f[0].meta["name"], f[2], label, lang, rng)
-                                                   for f in group)
+                answer = spec.get("sep", " ").join(_ended(_statement(spec, block, templates, f[0].meta["name"], f[2], label,
+                                                                     lang, rng), spec) for f in group)
                 out.append(_view_record(group[0][0], f"p{rep}.{g}", question, answer, lang, field, "passage", h,
                                         [f[0] for f in group]))
     return out
