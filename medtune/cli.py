@@ -9,8 +9,9 @@
 | ``train [RECIPE]``       | :func:`medtune.train.objectives.run_training` | ``train``  |
 | ``merge [RECIPE]``       | :func:`medtune.merge.merge_adapter`       | ``merge``      |
 | ``chat [RECIPE]``        | :func:`medtune.chat.chat`                 | ``chat``       |
-| ``serve [RECIPE]``       | :func:`medtune.serve.serve`               | ``serve``      |
+| ``serve [RECIPE]``       | :func:`medtune.serve.serve` (:func:`medtune.gateway.serve_gateway` with ``--upstream``) | ``serve`` |
 | ``web [RECIPE]``         | :func:`medtune.web.launch_web`            | ``web``        |
+| ``studio``               | :func:`medtune.studio.app.launch_studio`  | (all, in a page) |
 | ``export [RECIPE]``      | :func:`medtune.export.stage.export_model` | ``export``     |
 | ``run RECIPE``           | :func:`medtune.run.run_recipe`            | all stages     |
 | ``eval mcq [RECIPE]``    | :func:`medtune.eval.mcq.run_mcq`          | ``mcq``        |
@@ -18,6 +19,8 @@
 | ``eval rag [RECIPE]``    | :func:`medtune.eval.rag.run_rag_eval`     | ``rag_eval``   |
 | ``eval judge [RECIPE]``  | :func:`medtune.eval.judge.run_judge`      | ``judge``      |
 | ``eval answers [RECIPE]``| :func:`medtune.eval.answers.run_answers`  | ``answers``    |
+| ``eval lm-eval [RECIPE]``| :func:`medtune.eval.harness.run_lm_eval`  | ``lm_eval``    |
+| ``eval rubric [RECIPE]`` | :func:`medtune.eval.rubric.run_rubric`    | ``rubric``     |
 | ``eval report RUNS...``  | :func:`medtune.eval.report.write_report`  |                |
 | ``eval safety``          | :func:`medtune.safety.evaluate_safety`    |                |
 | ``eval safety --model``  | :func:`medtune.eval.guarded.run_guarded`  |                |
@@ -35,6 +38,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -51,11 +55,12 @@ from rich.table import Table
 
 from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
-from medtune.errors import ConfigError, MedtuneError
-from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.errors import EXIT_PREEMPTED, ConfigError, MedtuneError, TrainingPreempted
+from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.llm import LLMConfig
 from medtune.index.config import IndexSource, RagConfig
 from medtune.recipe import Recipe, field_help, load_recipe, resolve
+from medtune.studio.config import StudioConfig
 
 app = typer.Typer(help="medtune: medical sources -> instruction data -> LoRA/QLoRA fine-tuning -> merge -> chat.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -77,18 +82,25 @@ SCALARS = (str, int, float, bool, Path)
 
 
 def friendly_errors(fn):
-    """Print medtune's own errors (and config validation errors) as one paragraph and exit 2, no traceback."""
+    """Print medtune's own errors (and config validation errors) as one paragraph and exit 2, no traceback;
+    a training run stopped by a signal (checkpoint saved) exits with :data:`medtune.errors.EXIT_PREEMPTED`."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        code = 2
         try:
             return fn(*args, **kwargs)
+        except TrainingPreempted as e:
+            if os.environ.get("RANK", "0") != "0":  # one message per run: rank 0's (the launcher adds the command)
+                raise typer.Exit(e.exit_code) from None
+            message, code = str(e), e.exit_code
         except (MedtuneError, FileNotFoundError) as e:
             message = str(e)
         except ValidationError as e:
             message = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        label = "stopped:" if code == EXIT_PREEMPTED else "error:"
+        err.print(f"[bold red]{label}[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
 
     return wrapper
 
@@ -266,22 +278,74 @@ def _run_index(path: Optional[Path], r: Recipe, source: Optional[List[str]] = No
         raise ConfigError(f"{path or 'medtune index build'}: nothing to index; give --source PATH (repeatable) "
                           "or a recipe with rag.sources or guideline/kb data.sources")
     stats = build_index_from_sources(cfg)
-    dropped = f", {stats['rejected']} records rejected by the readers" if stats["rejected"] else ""
+    dropped = f", {stats['rejected']} records rejected by the readers ({stats['rejects_file']})" if stats["rejected"] else ""
     err.print(f"index {cfg.index_dir}: {stats['passages']} passages ({stats['embedded']} embedded, "
               f"{stats['reused']} reused) in {stats['seconds']} s{dropped}", markup=False)
+    for file, reason in stats["skipped"]:
+        err.print(f"  skipped {file}: {reason}", markup=False, highlight=False)
 
 
 def _run_train(path: Optional[Path], r: Recipe, launcher: str = "none",
                config_file: Optional[str] = None) -> None:
-    if launcher == "accelerate":
-        raise typer.Exit(_launch_accelerate(config_file))
     from medtune.train.objectives import run_training
 
-    run_training(resolve(r, create=("train",)).train)
+    cfg = resolve(r, create=("train",)).train
+    try:
+        if launcher == "accelerate":
+            raise typer.Exit(_launch_accelerate(config_file, cfg))
+        run_training(cfg)
+    except TrainingPreempted as e:
+        if launcher == "accelerate" or "LOCAL_RANK" not in os.environ:  # not a launched rank: this is the user's command
+            e.resume_command = resume_command([] if "--resume" in sys.argv else ["--resume"])
+        raise
 
 
-def _launch_accelerate(config_file: Optional[str]) -> int:
-    """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config."""
+def resume_command(extra: list[str]) -> str:
+    """The command line of this process (as ``medtune ...``) plus ``extra``: what resumes a stopped run."""
+    import shlex
+
+    return shlex.join(["medtune", *sys.argv[1:], *extra])
+
+
+def _refuse_fsdp_on_cpu(path: Path) -> None:
+    """FSDP needs an accelerator: accelerate 1.16 would run an FSDP config on CPUs as plain DDP, silently.
+
+    Raises:
+        ConfigError: ``distributed_type: FSDP`` in ``path`` on a machine without CUDA.
+    """
+    import yaml
+
+    kind = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("distributed_type")
+    if kind == "FSDP" and not _cuda():
+        raise ConfigError(f"{path}: FSDP needs GPUs (accelerate takes its FSDP path only for accelerator devices and "
+                          "would run this config on CPUs as plain DDP); here use --config-file cpu2 (DDP over gloo) or "
+                          "zero2/zero3 (DeepSpeed's CPU accelerator)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _launch_accelerate(config_file: Optional[str], cfg: TrainConfig) -> int:
+    """Re-run this ``medtune train`` command under ``accelerate launch`` with the given config.
+
+    The mixed precision of the launch follows ``train.bf16`` / ``train.fp16`` (the shipped configs'
+    own ``mixed_precision`` is overridden). SIGTERM/SIGINT sent to this process is passed once to
+    the launcher, which passes it to every rank (each saves its shard, see
+    :mod:`medtune.train.checkpoints`); the launcher waits ``train.preemption_grace_s`` + 30 s for
+    them (torchrun's ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``; no limit given: 24 h) before SIGKILL.
+
+    Returns:
+        The launcher's exit status.
+
+    Raises:
+        TrainingPreempted: the ranks stopped on a signal after saving (``preempted.json`` written
+            during this launch), so the exit status is :data:`EXIT_PREEMPTED`.
+    """
+    import time
+
     if config_file is None:
         raise ConfigError("--launcher accelerate needs --config-file (a path, or one of: ddp, fsdp, zero2, zero3, cpu2)")
     path = Path(config_file)
@@ -297,9 +361,47 @@ def _launch_accelerate(config_file: Optional[str]) -> int:
             skip = True
         elif not a.startswith(("--launcher=", "--config-file=")):
             args.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "-m", "medtune", "train", *args]
+    _refuse_fsdp_on_cpu(path)
+    precision = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "no"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--mixed_precision", precision,
+           "-m", "medtune", "train", *args]
     err.print("[bold]launching:[/] " + " ".join(cmd))
-    return subprocess.call(cmd)
+    wait_s = int(cfg.preemption_grace_s) + 30 if cfg.preemption_grace_s else 86400
+    started = time.time()
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(wait_s)}
+    if not _cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (zero2/zero3 configs without a GPU)
+    rc = _run_forwarding_signals(cmd, env)
+    marker = Path(cfg.output_dir) / "preempted.json"
+    if rc != 0 and marker.is_file() and marker.stat().st_mtime >= started:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        raise TrainingPreempted(info["checkpoint"], info["step"], info["signal"])
+    return rc
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` in its own session; pass the first SIGTERM/SIGINT this process gets on to it, once.
+
+    Its own session keeps a terminal's Ctrl-C from reaching the launcher twice (directly and from us).
+
+    Returns:
+        Its exit status.
+    """
+    import signal
+
+    proc, got = subprocess.Popen(cmd, env=env, start_new_session=True), []
+
+    def forward(signum, frame):
+        if not got:
+            proc.send_signal(signum)
+        got.append(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _run_merge(path: Optional[Path], r: Recipe) -> None:
@@ -325,7 +427,11 @@ def _optional(module: str, name: str):
 
 
 def _run_serve(path: Optional[Path], r: Recipe) -> None:
-    _optional("medtune.serve", "serve")(resolve(r, create=("serve",), prefer_merged=path is not None).serve)
+    cfg = resolve(r, create=("serve",), prefer_merged=path is not None).serve
+    if cfg.upstream:  # gateway mode: the clinical layer in front of another OpenAI-compatible server
+        _optional("medtune.gateway", "serve_gateway")(cfg)
+    else:
+        _optional("medtune.serve", "serve")(cfg)
 
 
 def _run_web(path: Optional[Path], r: Recipe) -> None:
@@ -362,7 +468,9 @@ _stage_command(app, "chat", "chat", ChatConfig, _run_chat, aliases={"rag_index":
                extra={"prompt": (Optional[str], typer.Option(None, help="Answer this one message and exit (non-interactive)."))},
                help="Chat with a model: interactive (/reset, /exit) or one-shot with --prompt.")
 _stage_command(app, "serve", "serve", ServeConfig, _run_serve, aliases={"adapters": ["--adapter"], "rag_index": ["--index"]},
-               help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics.")
+               help="OpenAI-compatible server: /v1/chat/completions (streaming or not), /v1/models, /health, /metrics. "
+                    "With --upstream URL (gateway mode) it loads no model and adds the safety layer, retrieval, keys, "
+                    "limits and metrics in front of another OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama).")
 _stage_command(app, "web", "web", WebConfig, _run_web, aliases={"rag_index": ["--index"]},
                help="Web chat (gradio): streaming, multi-turn, system prompt, settings, safety banners.")
 _stage_command(app, "export", "export", ExportConfig, _run_export, positional="model",
@@ -381,7 +489,11 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
     from medtune.run import run_recipe
 
     r = load_recipe(recipe, sets)
-    run_recipe(r, force=force, only=only)
+    try:
+        run_recipe(r, force=force, only=only)
+    except TrainingPreempted as e:
+        e.resume_command = resume_command(["--set", f"{getattr(e, 'stage', 'train')}.resume=true"])
+        raise
     merged = r.stage_dir("merge")
     if merged.is_dir():
         print(f"\nChat with the result:\n  medtune chat --model {merged}\n"
@@ -391,36 +503,73 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
                   f"  medtune export {merged} --quant q8_0 --format ollama --output-dir {r.stage_dir('export')}")
 
 
+def _studio_help(name: str) -> str:
+    return StudioConfig.model_fields[name].description
+
+
+@app.command()
+@friendly_errors
+def studio(host: str = typer.Option("127.0.0.1", help=_studio_help("host")),
+           port: int = typer.Option(7870, help=_studio_help("port")),
+           workdir: Path = typer.Option(Path("runs"), help=_studio_help("workdir")),
+           auth: Optional[str] = typer.Option(None, help=_studio_help("auth")),
+           max_upload_mb: float = typer.Option(20.0, help=_studio_help("max_upload_mb")),
+           read_root: Optional[List[Path]] = typer.Option(None, "--read-root", help=_studio_help("read_roots")
+                                                         + " Repeatable; default: examples.")) -> None:
+    """The whole pipeline in a local web page: recipe form, data browser, training with live curves, stop and
+    resume, evaluation reports side by side, base vs fine-tuned chat. See docs/studio.md."""
+    from medtune.studio.access import check_bind
+
+    cfg = StudioConfig(host=host, port=port, workdir=workdir, auth=auth, max_upload_mb=max_upload_mb,
+                       **({"read_roots": read_root} if read_root else {}))
+    check_bind(cfg.host, cfg.auth)  # before gradio is imported: a refusal is immediate
+    err.print(f"medtune studio: http://{cfg.host}:{cfg.port}/  (work dir {cfg.workdir}; Ctrl-C stops)", markup=False)
+    _optional("medtune.studio.app", "launch_studio")(cfg)
+
+
 # ----------------------------------------------------------------------------- eval
 
 
-def _eval_runner(section: str, module: str, function: str) -> Callable:
+def _eval_runner(section: str, module: str, function: str, command: str, needs: str) -> Callable:
+    """The function behind ``medtune eval COMMAND``; without the section it names the options ``needs``."""
     def run_eval(path: Optional[Path], r: Recipe) -> None:
         import importlib
 
         cfg = getattr(r, section)
         if cfg is None:
-            raise ConfigError(f"{path or 'no recipe'}: no `{section}:` section; give the file and --model, "
-                              f"or a recipe with `{section}:` (see `medtune eval {section} --help`)")
+            raise ConfigError(f"{path or 'no recipe'}: no `{section}:` section; give the file and {needs}, "
+                              f"or a recipe with `{section}:` (see `medtune eval {command} --help`)")
         getattr(importlib.import_module(module), function)(cfg)
 
     return run_eval
 
 
-_stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq"), positional="data",
-               aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
+_stage_command(eval_app, "mcq", "mcq", McqConfig, _eval_runner("mcq", "medtune.eval.mcq", "run_mcq", "mcq", "--model MODEL"),
+               positional="data", aliases={"column_map": ["--map"], "encodings": ["--encoding"]},
                help="Score a model on a multiple-choice benchmark (accuracy with 95% CI, per subject, per item).")
-_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig, _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval"),
+_stage_command(eval_app, "rag", "rag_eval", RagEvalConfig,
+               _eval_runner("rag_eval", "medtune.eval.rag", "run_rag_eval", "rag", "--index DIR"),
                positional="data", help="Retrieval quality of an index: recall@k and MRR per ranker, and a calibrated min_score.")
-_stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact"), positional="data",
-               aliases={"rag_index": ["--index"]},
+_stage_command(eval_app, "fact", "fact", FactConfig, _eval_runner("fact", "medtune.eval.fact", "run_fact", "fact", "--model MODEL"),
+               positional="data", aliases={"rag_index": ["--index"], "encodings": ["--encoding"]},
                help="Knowledge-base fact recall: share of questions with >=1, >=1/2 and >=2/3 of expected items mentioned.")
-_stage_command(eval_app, "judge", "judge", JudgeConfig, _eval_runner("judge", "medtune.eval.judge", "run_judge"), positional="data",
-               aliases={"answer_columns": ["--answer"]},
+_stage_command(eval_app, "judge", "judge", JudgeConfig,
+               _eval_runner("judge", "medtune.eval.judge", "run_judge", "judge", "--judge SPEC --answer COLUMN"),
+               positional="data", aliases={"answer_columns": ["--answer"]},
                help="LLM-as-judge: rubric scores, or A vs B judged in both orders (win/tie/loss, order inconsistency).")
-_stage_command(eval_app, "answers", "answers", AnswersConfig, _eval_runner("answers", "medtune.eval.answers", "run_answers"),
+_stage_command(eval_app, "answers", "answers", AnswersConfig,
+               _eval_runner("answers", "medtune.eval.answers", "run_answers", "answers", "--model NAME=SPEC"),
                positional="data", aliases={"models": ["--model"]},
                help="Answer a prompt file with several models (one <name>_answer column each); resumable.")
+
+_stage_command(eval_app, "lm-eval", "lm_eval", LmEvalConfig, _eval_runner("lm_eval", "medtune.eval.harness", "run_lm_eval", "lm-eval", "--tasks TASKS --model MODEL"),
+               aliases={"tasks": ["--task"], "max_items": ["--limit"]},
+               help="lm-evaluation-harness tasks (medqa_4options, kormedmcqa, mmlu clinical ...) on a model medtune loads; "
+                    "results with the harness's stderr, beside medtune's MCQ in the report. Needs pip install 'medtune[lm-eval]'.")
+_stage_command(eval_app, "rubric", "rubric", RubricConfig, _eval_runner("rubric", "medtune.eval.rubric", "run_rubric", "rubric", "--model MODEL"),
+               positional="data",
+               help="Rubric-graded conversations (HealthBench format): each criterion graded by a judge; HealthBench score "
+                    "with a bootstrap interval, per tag, and the criteria most often missed.")
 
 
 @eval_app.command("report")
@@ -428,11 +577,13 @@ _stage_command(eval_app, "answers", "answers", AnswersConfig, _eval_runner("answ
 def report(runs: List[Path] = typer.Argument(..., help="Directories holding results.json files (searched recursively)."),
            output: Path = typer.Option(Path("runs/eval/report.html"), help="HTML report path (markdown written beside it)."),
            title: str = typer.Option("medtune evaluation report", help="Report title."),
+           answers_per_language: int = typer.Option(3, min=0, help="Answers per evaluation and language shown side by side in 'What the models said'."),
+           seed: int = typer.Option(42, help="Seed of that sample of answers."),
            ) -> None:
-    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates."""
+    """One self-contained HTML (+ markdown) report: accuracy with error bars, judge scores, win rates, answers side by side."""
     from medtune.eval.report import write_report
 
-    write_report(runs, output, title)
+    write_report(runs, output, title, answers_per_language, seed)
 
 
 @eval_app.command("safety")
@@ -508,6 +659,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # bitsandbytes' CPU backend tries an optional hub kernel on import (peft imports it) and warns when it
+    # cannot have it; its own CPU kernels run instead, so the warning says nothing a user can act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main() -> None:

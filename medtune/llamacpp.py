@@ -41,10 +41,14 @@ def llama_cpp_version() -> str:
 
 
 def threads() -> int:
-    """llama.cpp threads: ``$MEDTUNE_LLAMA_THREADS``, else half the logical CPUs (llama-cpp-python's default:
-    the physical cores on SMT machines). More threads than free cores is far slower, not a little: ggml's
-    threads wait for each other at every step (2 threads on a busy 2-core machine: 0.23 tokens/s, 1 thread: 2.2)."""
-    return int(os.environ.get("MEDTUNE_LLAMA_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+    """llama.cpp threads: ``$MEDTUNE_LLAMA_THREADS``, else the thread count chosen for the process
+    (:func:`medtune.threads.use_free_cores`: ``num_threads``, ``$MEDTUNE_THREADS``, or the cores free at start).
+    More threads than free cores is far slower, not a little: ggml's threads wait for each other at every
+    step (2 threads on a busy 2-core machine: 0.23 tokens/s, 1 thread: 2.2)."""
+    from medtune.threads import chosen_threads
+
+    own = os.environ.get("MEDTUNE_LLAMA_THREADS")
+    return int(own) if own else chosen_threads()
 
 
 def load_gguf(path: Path | str, n_ctx: int = 4096, logits_all: bool = False):

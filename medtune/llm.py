@@ -176,10 +176,11 @@ class LLMClient:
     Args:
         cfg: backend, limits and default sampling parameters.
         cache_path: SQLite file for the reply cache; None keeps no cache (every call is made).
+        key: the recipe key ``cfg`` was read from, named in error messages (``data.teacher``).
     """
 
-    def __init__(self, cfg: LLMConfig, cache_path: Path | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: LLMConfig, cache_path: Path | None = None, key: str = "data.teacher"):
+        self.cfg, self.key = cfg, key
         self.model = cfg.model or (DEFAULT_LOCAL_MODEL if cfg.base_url is None else "default")
         self.local = cfg.base_url is None
         self.cache = _Cache(cache_path)
@@ -221,7 +222,7 @@ class LLMClient:
         if sensitive and not self.is_local and not self.cfg.allow_sensitive_remote:
             raise SensitiveDataError(
                 f"refusing to send a source marked sensitive to {self.cfg.base_url}: only the local model or a "
-                "loopback endpoint may see it; set teacher.allow_sensitive_remote=true to override")
+                f"loopback endpoint may see it; to override, --set {self.key}.allow_sensitive_remote=true")
         p = self.params(**params)
         key = cache_key(self.model, messages, p)
         hit = self.cache.get(key)
@@ -230,6 +231,10 @@ class LLMClient:
             return hit
         sem, limiter = self._loop_objects()
         async with sem:
+            hit = self.cache.get(key)  # the same call, made twice at once, was answered while this one waited
+            if hit is not None:
+                self.usage["cache_hits"] += 1
+                return hit
             reply = await self._with_retries(messages, p)
         self.cache.put(key, reply)
         self.usage["prompt_tokens"] += reply.prompt_tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import time
@@ -32,14 +33,16 @@ def file_digest(path: Path) -> str:
 
 
 def tree_digests(path: Path) -> dict[str, str]:
-    """Digests of a file, or of every file under a directory (relative names, checkpoints skipped)."""
+    """Digests of a file, or of every file under a directory (relative names; checkpoints, their staging
+    directory and ``preempted.json`` skipped)."""
     path = Path(path)
     if path.is_file():
         return {path.name: file_digest(path)}
     if not path.is_dir():
         return {}
     return {str(p.relative_to(path)): file_digest(p) for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.relative_to(path).parts[0].startswith("checkpoint-") and p.name != "manifest.json"}
+            if p.is_file() and not p.relative_to(path).parts[0].startswith(("checkpoint-", ".staging", ".manifest.json"))
+            and p.name not in ("manifest.json", "preempted.json")}
 
 
 def package_versions() -> dict[str, str]:
@@ -83,12 +86,22 @@ def is_up_to_date(stage_dir: Path, fp: str) -> bool:
 
 def write_manifest(stage_dir: Path, stage: str, config: dict, inputs: dict, fp: str, seed: int,
                    started: float, summary: dict | None = None) -> dict:
-    """Write ``stage_dir/manifest.json`` and return it."""
+    """Write ``stage_dir/manifest.json`` atomically (a temporary file renamed over it) and return it.
+
+    A kill while writing leaves the previous manifest (or none), never a truncated one, so a
+    stage is never taken for up to date on the strength of half a file.
+    """
     manifest = {
         "stage": stage, "fingerprint": fp, "config": config, "inputs": inputs,
         "outputs": tree_digests(stage_dir), "seed": seed, "packages": package_versions(),
         "git_commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_s": round(time.time() - started, 1), "summary": summary or {},
     }
-    (Path(stage_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    path = Path(stage_dir) / "manifest.json"
+    tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return manifest

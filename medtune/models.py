@@ -296,6 +296,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
                quantization_config=None, device_map=None):
     """Load a causal LM (and optionally a LoRA adapter on top) for training or inference.
 
+    The first load in a process also sets torch's CPU threads to the cores free at that moment
+    (:func:`medtune.threads.use_free_cores`; ``$MEDTUNE_THREADS`` overrides).
+
     Args:
         spec: pack name, model directory, ``.gguf`` file or hub id.
         adapter: optional peft adapter directory trained on this base.
@@ -310,6 +313,9 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medtune.threads import use_free_cores
+
+    use_free_cores()  # once per process: torch computes on the cores free at start
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     path = resolve_model(spec)
@@ -320,15 +326,22 @@ def load_model(spec: str, *, adapter: Path | str | None = None, dtype=None, trus
         )
     except OSError as e:
         raise ModelError(f"cannot load model {spec!r} ({path}): {e}") from None
-    pack = PACKS.get(spec)
-    if pack is not None:
-        given = model.generation_config.to_diff_dict()
-        for key, value in pack.generation:
-            if key not in given:
-                setattr(model.generation_config, key, value)
+    pack_generation_defaults(spec, model.generation_config)
     if adapter is not None:
         model = attach_adapter(model, Path(adapter))
     return model
+
+
+def pack_generation_defaults(spec: str, generation_config) -> None:
+    """Set a pack's upstream decoding defaults (``Pack.generation``) on ``generation_config`` where it has none.
+
+    Every backend that loads ``spec`` calls this (transformers, vLLM), so they sample alike.
+    """
+    pack = PACKS.get(spec)
+    given = generation_config.to_diff_dict() if pack is not None else {}
+    for key, value in pack.generation if pack is not None else ():
+        if key not in given:
+            setattr(generation_config, key, value)
 
 
 def base_fingerprint(config) -> dict:

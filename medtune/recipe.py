@@ -29,7 +29,8 @@ from medtune.config import (ChatConfig, ExportConfig, MergeConfig, SamplesConfig
                             TrainConfig, WebConfig)
 from medtune.data.config import DataConfig
 from medtune.errors import ConfigError
-from medtune.eval.config import AnswersConfig, EvalConfig, FactConfig, JudgeConfig, McqConfig, RagEvalConfig
+from medtune.eval.config import (AnswersConfig, EvalConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig,
+                                 RagEvalConfig, RubricConfig)
 from medtune.index.config import IndexSource, RagConfig
 
 # Where each stage writes under the recipe's output_dir (also the names `medtune run` prints).
@@ -61,6 +62,8 @@ class Recipe(Section):
     judge: JudgeConfig | None = None
     answers: AnswersConfig | None = None
     rag_eval: RagEvalConfig | None = None
+    lm_eval: LmEvalConfig | None = None
+    rubric: RubricConfig | None = None
 
     def stage_dir(self, stage: str) -> Path:
         """``<output_dir>/<dir>`` of a stage (``train`` -> ``adapter``, ``merge`` -> ``merged`` ...)."""
@@ -227,7 +230,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Return a copy of ``data`` with each ``KEY=VALUE`` override set at its dotted path."""
-    data = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False)) if data else {}
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -287,19 +290,35 @@ def load_recipe(path: Path | str | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + --set"
+    return validate_recipe(data, source)
+
+
+def validate_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping (as read from YAML).
+
+    Raises:
+        ConfigError: one line per problem, ``<source>: <dotted key>: <what is wrong> (got ...)``, an
+            unknown key with the closest known one.
+    """
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
         raise ConfigError("\n".join(_describe(err, source) for err in e.errors())) from None
 
 
-def field_help(model: type[BaseModel], prefix: str) -> str:
-    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped)."""
+def field_help(model: type[BaseModel], prefix: str, values: BaseModel | None = None) -> str:
+    """Render ``model``'s fields as help lines ``prefix.field = default  -- description`` (click keeps ``\\b`` blocks unwrapped).
+
+    Args:
+        values: an instance whose values are shown instead of the class defaults (a nested section's
+            ``default_factory`` may set its own, e.g. ``fact.generation.max_new_tokens = 64``).
+    """
     lines = ["\b"]
     for name, f in model.model_fields.items():
         default = f.default if f.default_factory is None else f.default_factory()
+        default = getattr(values, name) if values is not None else default
         if isinstance(default, BaseModel):
-            lines.append(field_help(type(default), f"{prefix}.{name}").removeprefix("\b\n"))
+            lines.append(field_help(type(default), f"{prefix}.{name}", default).removeprefix("\b\n"))
         elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
             shown = str(default) if isinstance(default, Path) else repr(default)
             lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")

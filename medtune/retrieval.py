@@ -22,7 +22,11 @@ Index directory::
 
     index.json       settings (tokenizer, dense, encoder) and build counts
     passages.jsonl   one passage per line: id, text, source_file, doc_id, passage_id, char_span,
-                     language, sha256 (content hash: incremental re-embedding keys on it)
+                     language, title, section (heading path), page, sha256 (content hash:
+                     incremental re-embedding keys on it)
+
+Citations name where a passage stands: ``[2] 高血压指南 › 3.2 药物治疗 › p. 14`` (the document's
+title or file name, its heading path, its page: :func:`medtune.documents.provenance_label`).
     vectors.npy      (n_passages, 384) float32, L2-normalised (absent when dense is off)
     bm25/            the bm25s index
 """
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medtune.documents import provenance_label
 from medtune.errors import ConfigError
 from medtune.text import detect_language
 
@@ -161,9 +166,11 @@ class Hit:
     dense: float | None = None
 
     def citation(self, number: int) -> dict:
-        """The citation a reply carries for marker ``[number]``."""
+        """The citation a reply carries for marker ``[number]``: where the passage stands (``label``:
+        doc › section path › page; ``title``, ``section``, ``page``), its file, id, span, scores and text."""
         p = self.passage
-        return {"marker": number, "source_file": p["source_file"], "passage_id": p["passage_id"],
+        return {"marker": number, "label": label_of(p), "source_file": p["source_file"], "passage_id": p["passage_id"],
+                "title": p.get("title"), "section": p.get("section") or [], "page": p.get("page"),
                 "char_span": p.get("char_span"), "score": round(self.score, 6),
                 "relevance": None if self.relevance is None else round(self.relevance, 4), "text": p["text"]}
 
@@ -257,13 +264,22 @@ def _kb_text(fields: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def label_of(passage: dict) -> str:
+    """``"<doc> › <section path> › p. N"`` of an index row (:func:`medtune.documents.provenance_label`);
+    ``"<doc>, <passage id>"`` for a passage with neither section nor page (a kb entry, a text without headings)."""
+    if passage.get("section") or passage.get("page"):
+        return provenance_label(passage.get("title"), passage.get("source_file", ""), passage.get("section"), passage.get("page"))
+    return f"{passage.get('title') or Path(passage.get('source_file', '')).name}, {passage.get('passage_id')}"
+
+
 def passage_of(record) -> dict:
     """One index row (the fields listed in the module docstring) from a data-stage reader record.
 
     Reads, for a guideline passage (``kind`` ``passage``): ``text``; ``meta.source_file``, ``doc_id``,
     ``passage_id``, ``char_span``, ``language``. For a knowledge-base entry (``kind`` ``kb``): ``fields``
     (rendered as ``name`` then ``field: value`` lines); ``meta.source_file``, ``doc_id``, ``name``,
-    ``language`` (passage id = doc id, no character span).
+    ``language`` (passage id = doc id, no character span). Both: ``meta.title``, ``section``, ``page``
+    where the reader knew them (documents).
     """
     meta = record.meta
     if record.kind == "kb":
@@ -271,7 +287,8 @@ def passage_of(record) -> dict:
     else:
         text, pid, span = record.text, meta.get("passage_id", record.id), meta.get("char_span")
     return {"id": pid, "text": text, "source_file": meta.get("source_file", ""), "doc_id": meta.get("doc_id", record.id),
-            "passage_id": pid, "char_span": span, "language": meta.get("language"),
+            "passage_id": pid, "char_span": span, "language": meta.get("language"), "title": meta.get("title"),
+            "section": meta.get("section") or [], "page": meta.get("page"),
             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
@@ -316,13 +333,29 @@ NOT_COVERED = {
 }
 
 
+# How a reply says the sources do not cover a question: the trained sentence (NOT_IN_GUIDELINES) and the
+# usual ways of saying it, per language; :func:`says_not_covered` looks for any of them.
+_ABSTAIN = re.compile(
+    r"do(?:es)? not (?:cover|contain|mention|address|say)|(?:is|are) not (?:covered|mentioned)|no (?:relevant )?information"
+    r"|not (?:in|found in) the (?:indexed )?(?:guidelines?|sources?|passages?)"
+    r"|未涉及|没有涉及|未提及|没有提到|没有相关|未包含|没有包含|无法回答|不能回答"
+    r"|내용이 없|다루지 않|언급(?:되어 있지 않|하지 않|이 없)|정보가 없|포함(?:되어 있지 않|하지 않)|답할 수 없", re.I)
+
+
+def says_not_covered(reply: str) -> bool:
+    """True when ``reply`` says the sources do not cover the question (:data:`NOT_IN_GUIDELINES` or
+    a usual wording of it in en / zh / ko)."""
+    return bool(_ABSTAIN.search(reply))
+
+
 @dataclass
 class Grounding:
     """What retrieval adds to one turn.
 
     Attributes:
         messages: the conversation with the passages (or the nothing-found note) in the system turn.
-        citations: ``[{marker, source_file, passage_id, char_span, score, relevance, text}, ...]`` for the
+        citations: ``[{marker, label, source_file, passage_id, title, section, page, char_span, score, relevance,
+            text}, ...]`` for the
             passages shown as [1], [2] ... (empty when nothing relevant was found).
         covered: False when the best hit scored below ``min_score``.
         note: text the reply starts with when not covered ("" otherwise).
@@ -335,11 +368,10 @@ class Grounding:
 
 
 def context_block(hits: list[Hit], lang: str) -> str:
-    """The system-turn text: instructions, then ``[n] (source_file, passage_id)`` and each passage."""
+    """The system-turn text: instructions, then ``[n] (doc › section path › p. N)`` and each passage."""
     parts = [CONTEXT_INTRO.get(lang, CONTEXT_INTRO["en"])]
     for n, h in enumerate(hits, start=1):
-        p = h.passage
-        parts.append(f"[{n}] ({Path(p['source_file']).name}, {p['passage_id']})\n{p['text'].strip()}")
+        parts.append(f"[{n}] ({label_of(h.passage)})\n{h.passage['text'].strip()}")
     return "\n\n".join(parts)
 
 

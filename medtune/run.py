@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medtune.errors import TrainingPreempted
 from medtune.recipe import STAGE_DIRS, Recipe, resolve
 from medtune.manifest import fingerprint, is_up_to_date, tree_digests, write_manifest
 from medtune.models import model_identity
@@ -38,7 +39,7 @@ def _data(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     cfg = recipe.data
     inputs = {str(s.path): tree_digests(s.path) for s in cfg.sources}
     inputs.update({str(p): tree_digests(p) for p in cfg.filters.decontam_files})
-    for extra in (cfg.templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
+    for extra in (cfg.templates, cfg.view_templates, cfg.prompts_dir, cfg.dialogue.seed_file if cfg.dialogue else None):
         if extra is not None:
             inputs[str(extra)] = tree_digests(extra)
     return cfg.model_dump(mode="json"), inputs, lambda: build_data(cfg, seed=recipe.seed)
@@ -51,17 +52,52 @@ def build_index_from_sources(cfg) -> dict:
         cfg: a resolved :class:`medtune.index.config.RagConfig` (``sources`` and ``index_dir`` set).
 
     Returns:
-        :func:`medtune.index.build.build_index`'s stats plus ``rejected`` (records the readers rejected).
+        :func:`medtune.index.build.build_index`'s stats plus ``rejected`` (records the readers rejected),
+        ``skipped`` (``[(file, reason)]`` of files not read at all) and ``rejects_file``
+        (``<index_dir>/rejects.jsonl``, every reject located).
+
+    Raises:
+        ConfigError: the sources gave no passage (the message says how each source was read -- its
+            type and how to choose the other --, its counts and first reject reasons, and the skipped files).
     """
     from medtune.data.build import read_source
     from medtune.data.config import SourceConfig
-    from medtune.data.records import Tally
+    from medtune.data.records import Tally, save_rejects
+    from medtune.errors import ConfigError
     from medtune.index.build import build_index
 
-    tally, records = Tally("index"), []
+    records, tallies = [], []
     for s in cfg.sources:
-        records += read_source(SourceConfig(**s.model_dump()), tally)
-    return {**build_index(records, cfg), "rejected": sum(tally.dropped.values())}
+        tallies.append(Tally(f"index:{s.type}:{s.path}"))
+        records += read_source(SourceConfig(**s.model_dump()), tallies[-1])
+    skipped = [f for t in tallies for f in t.skipped_files()]
+    if not any(r.text.strip() or r.fields for r in records):
+        raise ConfigError("medtune index build: the sources gave no passages:\n  " + "\n  ".join(
+            _source_report(s, t) for s, t in zip(cfg.sources, tallies)))
+    try:
+        stats = build_index(records, cfg)
+    except ConfigError as e:
+        if not skipped:
+            raise
+        raise ConfigError(f"{e}; files not read: " + "; ".join(f"{f} ({r})" for f, r in skipped[:10])) from None
+    rejects = Path(cfg.index_dir) / "rejects.jsonl"
+    save_rejects(tallies, rejects)
+    return {**stats, "rejected": sum(sum(t.dropped.values()) for t in tallies), "skipped": skipped,
+            "rejects_file": str(rejects)}
+
+
+def _source_report(source, tally) -> str:
+    """One line on what reading an index source gave: its type (and how to choose the other), counts,
+    the first reasons and the files not read."""
+    first: dict[str, str] = {}
+    for r in tally.rejects:
+        first.setdefault(r.reason, r.where)
+    reasons = [f"{reason} ({tally.dropped[reason]}, first at {where})" for reason, where in list(first.items())[:3]]
+    other = "guideline" if source.type == "kb" else "kb"
+    what = "knowledge-base entries with a name field" if source.type == "kb" else "guideline text"
+    return (f"{source.path}: read as {source.type} ({what}): {tally.kept} records, {sum(tally.dropped.values())} rejected"
+            + (f"; first reasons: {'; '.join(reasons)}" if reasons else "")
+            + f"; if it holds {other} {'entries' if other == 'kb' else 'passages'}, give --source {other}:{source.path}")
 
 
 def _index(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
@@ -193,9 +229,12 @@ def _eval(recipe: Recipe, out: Path) -> tuple[dict, dict, callable]:
     inputs = {"base": model_identity(recipe.model), "finetuned": tree_digests(recipe.stage_dir("merge"))
               or tree_digests(recipe.stage_dir("train")), "mcq_files": files,
               "fact_file": tree_digests(cfg.fact_file) if cfg.fact_file else None,
+              **{k: tree_digests(getattr(cfg, k)) for k in ("fact_entities", "fact_unanswerable") if getattr(cfg, k)},
               "train": recipe.train.model_dump(mode="json") if recipe.train else None,
               "rag_index": tree_digests(Path(cfg.rag_index) / "passages.jsonl") if cfg.rag_index else None,
-              "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None}
+              "safety_file": tree_digests(cfg.safety_file) if cfg.safety_file else None,
+              "rubric_file": tree_digests(cfg.rubric_file) if cfg.rubric_file else None,
+              "lm_eval": {t: tree_digests(Path(t)) for t in [*cfg.lm_eval_tasks, *map(str, cfg.lm_eval_data.values())] if Path(t).is_file()}}
     aligned = [recipe.output_dir / "align-merged", recipe.stage_dir("align")] if recipe.align is not None else None
     if aligned:
         inputs["aligned"] = tree_digests(aligned[0]) or tree_digests(aligned[1])
@@ -233,7 +272,11 @@ def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = Non
             continue
         console.rule(f"[bold]{name}")
         started = time.time()
-        summary = run()
+        try:
+            summary = run()
+        except TrainingPreempted as e:  # stopped by a signal, checkpoint saved: no manifest, so a rerun redoes it
+            e.stage = name
+            raise
         out.mkdir(parents=True, exist_ok=True)
         manifest = write_manifest(out, name, config, inputs, fp, recipe.seed, started,
                                   {k: v for k, v in summary.items() if k != "losses"})

@@ -99,12 +99,33 @@ _DANGLING = re.compile(
     r"|(?:이|위|해당|다음)\s?(?:보고서|판독문|지침|문단|글|본문|기사|증례)", re.I)
 
 
+# a document given in the prompt under a label: "문서: ...", "지문:\n...", "Passage: ...", "原文：..."
+_DOC_LABEL = re.compile(
+    r"(?:^|\n)\s*(?:문서|지문|본문|원문|글|기사|보고서|판독문|지침|자료|document|passage|text|article|context|excerpt|"
+    r"report|radiology report|guideline passage|原文|文章|文本|材料|资料|段落|报告|影像报告|指南原文|病例|背景资料?)\s*[:：]", re.I)
+
+
 def dangling_reference(question: str, context: str = "") -> str | None:
-    """The phrase by which ``question`` refers to a document ("this report", "该报告", "이 보고서"),
-    when ``context`` (the rest of the prompt) is too short to be that document; else None."""
+    """The phrase by which ``question`` refers to a document ("this report", "该报告", "이 글"), when
+    the prompt does not hold that document; else None.
+
+    The document counts as present when ``context`` (the rest of the prompt) together with the lines
+    of ``question`` other than the one with the phrase is 200 characters or more, or when a label such
+    as ``문서:``, ``Passage:``, ``原文：`` (:data:`_DOC_LABEL`) introduces at least 20 characters of text.
+    """
     m = _DANGLING.search(question)
-    if m is None or len(context.strip()) >= 200:
+    if m is None:
         return None
+    start, end = question.rfind("\n", 0, m.start()) + 1, question.find("\n", m.end())
+    rest = context + "\n" + question[:start] + question[len(question) if end < 0 else end:]
+    if len(rest.strip()) >= 200:
+        return None
+    whole = context + "\n" + question
+    for label in _DOC_LABEL.finditer(whole):
+        body = whole[label.end():].split("\n\n")[0]
+        body = body[:body.find(m.group(0))] if m.group(0) in body else body
+        if len(re.sub(r"\s", "", body)) >= 20:
+            return None
     return m.group(0)
 
 

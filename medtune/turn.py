@@ -8,13 +8,16 @@ Every front end prepares a turn with :func:`prepare_turn` and streams the answer
 2. with a retrieval index (``RagSettings.index``), :func:`medtune.retrieval.ground` puts the top
    passages into the system turn and lists them as ``citations``; when nothing relevant is found a
    note ("the guideline does not cover this") follows the urgent message;
-3. the model's text is streamed between the prefix and the suffix.
+3. the model's text is streamed between the prefix and the suffix (:func:`stream_turn`, or
+   :func:`astream_turn` for an async source such as the gateway's upstream stream). When the model
+   text comes from a server that runs this pipeline itself (``medtune web --endpoint`` or a gateway
+   in front of ``medtune serve``), :class:`Unrepeat` drops its copy of the prefix and suffix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 from medtune.config import RagSettings, SafetyConfig
 from medtune.retrieval import ground, open_index
@@ -90,3 +93,52 @@ def stream_turn(turn: Turn, generate: Callable[[list[dict]], Iterator[str]]) -> 
     yield from generate(turn.messages)
     if turn.suffix:
         yield turn.suffix
+
+
+async def astream_turn(turn: Turn, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    """:func:`stream_turn` for an async source of model text (the gateway's upstream stream).
+
+    Args:
+        turn: from :func:`prepare_turn`.
+        pieces: the model's text pieces for ``turn.messages``.
+
+    Yields:
+        Text pieces: the prefix, the model's pieces, the suffix.
+    """
+    if turn.prefix:
+        yield turn.prefix
+    async for piece in pieces:
+        yield piece
+    if turn.suffix:
+        yield turn.suffix
+
+
+class Unrepeat:
+    """Drop a leading ``prefix`` and trailing ``suffix`` from streamed text when the source added them too.
+
+    Feed pieces with :meth:`feed` and call :meth:`end` once; the text out is the text in, less a
+    copy of ``prefix`` at its start and of ``suffix`` at its end. While streaming, only text that
+    may still be the prefix, or the start of the suffix, is held back; the rest passes at once.
+    """
+
+    def __init__(self, prefix: str, suffix: str):
+        self.prefix, self.suffix = prefix, suffix
+        self.head, self.tail, self.started = "", "", not prefix
+
+    def feed(self, piece: str) -> str:
+        """The part of the text so far that can be passed on now ("" while held back)."""
+        if not self.started:
+            self.head += piece
+            if len(self.head) < len(self.prefix) and self.prefix.startswith(self.head):
+                return ""
+            piece, self.started = self.head.removeprefix(self.prefix), True
+        self.tail += piece
+        keep = next((k for k in range(min(len(self.tail), len(self.suffix)), 0, -1)
+                     if self.tail.endswith(self.suffix[:k])), 0)
+        out, self.tail = self.tail[: len(self.tail) - keep], self.tail[len(self.tail) - keep:]
+        return out
+
+    def end(self) -> str:
+        """What was held back, less the suffix when the source ended with it."""
+        rest = (self.head if not self.started else "") + self.tail
+        return rest.removesuffix(self.suffix) if self.suffix else rest

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from medtune.config import GenerationSettings, RagSettings, SafetyConfig, WebConfig
 from medtune.safety import DISCLAIMER, guard
-from medtune.turn import Turn, prepare_turn, stream_turn
+from medtune.turn import Turn, Unrepeat, prepare_turn, stream_turn
 
 try:
     import gradio as gr
@@ -27,75 +27,78 @@ BANNER_STYLE = ("background:#b00020;color:#fff;font-size:1.15em;font-weight:700;
                 "border-radius:8px;margin:6px 0")
 
 
-def local_backend(cfg: WebConfig) -> Callable[[list[dict], GenerationSettings], Iterator[str]]:
+def local_backend(cfg: WebConfig) -> Callable[..., Iterator[str]]:
     """Model text pieces from the local model in ``cfg`` (no safety layer; see :func:`reply_stream`)."""
     from medtune.models import load_chat_model
     from medtune.generation import stream_chat
 
     model, tokenizer = load_chat_model(cfg.model, cfg.adapter, cfg.trust_remote_code, cfg.backend)
-    return lambda messages, settings: stream_chat(model, tokenizer, messages, settings)
+    return lambda messages, settings, meta=None: stream_chat(model, tokenizer, messages, settings)
 
 
-def endpoint_backend(cfg: WebConfig) -> Callable[[list[dict], GenerationSettings], Iterator[str]]:
-    """Model text pieces streamed from an OpenAI-compatible endpoint with the official client."""
+def endpoint_backend(cfg: WebConfig) -> Callable[..., Iterator[str]]:
+    """Model text pieces streamed from an OpenAI-compatible endpoint with the official client.
+
+    The returned ``generate(messages, settings, meta=None)`` puts the ``citations`` that a medtune
+    server or gateway with an index sends on its first chunk into ``meta["citations"]``.
+    """
     import openai
 
     client = openai.OpenAI(base_url=cfg.endpoint, api_key=cfg.api_key or os.environ.get("MEDTUNE_API_KEY") or "none",
                            max_retries=1)
     name = cfg.endpoint_model or client.models.list().data[0].id
 
-    def generate(messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+    def generate(messages: list[dict], settings: GenerationSettings, meta: dict | None = None) -> Iterator[str]:
         stream = client.chat.completions.create(
             model=name, messages=messages, stream=True, temperature=settings.temperature, top_p=settings.top_p,
             max_tokens=settings.max_new_tokens, seed=settings.seed)
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if not chunk.choices:
+                continue
+            cited = (chunk.choices[0].delta.model_extra or {}).get("citations")
+            if cited is not None and meta is not None:
+                meta["citations"] = cited
+            if chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
 
     return generate
 
 
 def _without(pieces: Iterator[str], prefix: str, suffix: str) -> Iterator[str]:
-    """Pass ``pieces`` through, dropping a leading ``prefix`` and trailing ``suffix`` if the source already added them.
-
-    Used on endpoints that run the medtune safety layer themselves, so messages are not doubled.
-    """
-    head, started = "", not prefix
-    tail = ""
+    """Pass ``pieces`` through, dropping a leading ``prefix`` and trailing ``suffix`` if the source already
+    added them (endpoints that run the medtune turn pipeline themselves), see :class:`medtune.turn.Unrepeat`."""
+    strip = Unrepeat(prefix, suffix)
     for piece in pieces:
-        if not started:
-            head += piece
-            if len(head) < len(prefix) and prefix.startswith(head):
-                continue
-            piece, started = head.removeprefix(prefix), True
-        tail += piece
-        if len(tail) > len(suffix):
-            yield tail[: len(tail) - len(suffix)]
-            tail = tail[len(tail) - len(suffix):]
-    rest = (head if not started else "") + tail
-    yield rest.removesuffix(suffix) if suffix else rest
+        out = strip.feed(piece)
+        if out:
+            yield out
+    yield strip.end()
 
 
 def reply_stream(messages: list[dict], settings: GenerationSettings, safety: SafetyConfig,
-                 backend: Callable[[list[dict], GenerationSettings], Iterator[str]],
-                 remote: bool = False, rag: RagSettings | None = None, turn: Turn | None = None) -> Iterator[str]:
+                 backend: Callable[..., Iterator[str]], remote: bool = False, rag: RagSettings | None = None,
+                 turn: Turn | None = None, meta: dict | None = None) -> Iterator[str]:
     """The answer as text pieces: urgent message first, model text, then disclaimer (per ``safety``);
     grounded in ``rag.index`` when set (retrieval runs here, also in front of an endpoint).
-    ``turn``: an already prepared :class:`medtune.turn.Turn` for ``messages`` (else prepared here)."""
+    ``turn``: an already prepared :class:`medtune.turn.Turn` for ``messages`` (else prepared here);
+    ``meta``: gets the ``citations`` an endpoint sends (a medtune gateway or server with an index)."""
     turn = turn or prepare_turn(messages, safety, rag=rag)
-    generate = (lambda m: _without(backend(m, settings), turn.prefix, turn.suffix)) if remote else (lambda m: backend(m, settings))
-    return stream_turn(turn, generate)
+    if remote:
+        return stream_turn(turn, lambda m: _without(backend(m, settings, meta), turn.prefix, turn.suffix))
+    return stream_turn(turn, lambda m: backend(m, settings))
 
 
 def sources_html(citations: list[dict] | None) -> str:
-    """The reply's sources as expandable ``<details>`` blocks (summary: marker, file, passage id, span, score)."""
+    """The reply's sources as expandable ``<details>`` blocks (summary: marker, doc › section › page, then
+    file, passage id, span, score)."""
     if not citations:
         return ""
     items = []
     for c in citations:
         span = f", chars {c['char_span'][0]}&ndash;{c['char_span'][1]}" if c.get("char_span") else ""
-        items.append(f"<details class='source'><summary>[{c['marker']}] {html.escape(str(c['source_file']))}, "
-                     f"{html.escape(str(c['passage_id']))}{span} (score {c['score']:.4f})</summary>"
+        items.append(f"<details class='source'><summary>[{c['marker']}] {html.escape(str(c.get('label') or ''))} "
+                     f"({html.escape(str(c['source_file']))}, "
+                     f"{html.escape(str(c['passage_id']))}{span}, score {c['score']:.4f})</summary>"
                      f"<blockquote style='white-space:pre-wrap'>{html.escape(c.get('text', ''))}</blockquote></details>")
     return "<div id='sources-list'><b>Sources</b>" + "".join(items) + "</div>"
 
@@ -112,7 +115,7 @@ def banner_html(messages: list[dict], safety: SafetyConfig) -> str:
     return f'<div id="urgent-banner-box" role="alert" style="{BANNER_STYLE}">{html.escape(g.prefix.strip())}</div>' if g.prefix else ""
 
 
-def build_ui(cfg: WebConfig, backend: Callable[[list[dict], GenerationSettings], Iterator[str]]) -> "gr.Blocks":
+def build_ui(cfg: WebConfig, backend: Callable[..., Iterator[str]]) -> "gr.Blocks":
     """The gradio page: chat, system prompt, settings, disclaimer and urgent banner."""
     remote = cfg.endpoint is not None and cfg.model is None
     g0 = cfg.generation
@@ -127,8 +130,11 @@ def build_ui(cfg: WebConfig, backend: Callable[[list[dict], GenerationSettings],
         settings = g0.model_copy(update={"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_tokens)})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, banner, "", sources
-        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote, rag=cfg.rag, turn=turn):
+        meta: dict = {}  # citations from an endpoint that retrieves (a medtune gateway or server with --index)
+        for piece in reply_stream(messages, settings, cfg.safety, backend, remote=remote, rag=cfg.rag, turn=turn, meta=meta):
             history[-1]["content"] += piece
+            if turn.citations is None and meta.get("citations") is not None:
+                sources = sources_html(meta["citations"])
             yield history, banner, "", sources
 
     with gr.Blocks(title="medtune chat") as ui:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Debian's chromium (+ chromedriver) for the
-# headless-browser test of `medtune web`. Idempotent; call it from .ci/run before the tests.
-# Without root or apt it prints a note and exits 0 (the browser test then skips with a reason).
+# headless-browser tests of `medtune web` and `medtune studio` (tests/test_web.py, tests/test_studio_browser.py;
+# playwright drives /usr/bin/chromium, so no browser download is needed). Idempotent; setup.sh --test runs it.
+# Without root or apt it prints a note and exits 0 (the browser tests then skip with a reason).
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
   echo "chromium present: $(/usr/bin/chromium --version 2>/dev/null | head -1)"

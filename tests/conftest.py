@@ -146,3 +146,10 @@ def train_and_check_adapter_only(trainer) -> dict:
     assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
     assert all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     return before
+
+
+def pytest_collection_modifyitems(config, items):
+    """Quick tier (``-m "not slow"``): tests over both tiny architectures run on qwen2 only; llama in the full run."""
+    for item in items:
+        if getattr(item, "callspec", None) and item.callspec.params.get("tiny_model_dir") == "llama":
+            item.add_marker(pytest.mark.slow)

@@ -6,6 +6,12 @@ order from ``server.faults`` (one per request): ``"400"``, ``"429"``, ``"500"``,
 body), ``"html"`` (a 200 with an HTML page). ``latency_s`` delays every answer; after
 ``hang_after`` successful answers every further request blocks until shutdown (for kill tests).
 Counters: ``calls`` (every request), ``ok`` (a Counter of answered prompts), ``max_inflight``.
+
+With ``"stream": true`` the answer is Server-Sent Events (chunked), one ``chat.completion.chunk`` per
+word, ``chunk_delay_s`` apart, then a usage chunk and ``data: [DONE]``. Stream faults: ``"cut"``
+(the connection closes after two chunks), ``"stall"`` (silence after one chunk, ``slow_s``),
+``"error_event"`` (an error event after one chunk), ``"badchunk"`` (a chunk that is not JSON).
+``dropped`` counts streams whose client went away before the end. ``GET /v1/models`` lists ``model``.
 """
 
 from __future__ import annotations
@@ -18,8 +24,24 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def _event(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def _sse_chunks(req: dict, text: str) -> list[bytes]:
+    meta = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": req["model"]}
+    words = [w + " " for w in text.split(" ")]
+    words[-1] = words[-1][:-1]
+    out = [_event({**meta, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    out += [_event({**meta, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
+    out.append(_event({**meta, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    out.append(_event({**meta, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}}))
+    return out + [b"data: [DONE]\n\n"]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY, as real servers: small SSE chunks leave at once
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -32,6 +54,45 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
+
+    def _stream(self, srv: "FakeOpenAI", req: dict, text: str, fault: str):
+        """Answer as SSE over chunked transfer encoding (with the stream faults)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = _sse_chunks(req, text)
+        if fault == "badchunk":
+            events = events[:2] + [b"data: {not json\n\n"]
+        try:
+            for i, event in enumerate(events):
+                if i and srv.chunk_delay_s:
+                    time.sleep(srv.chunk_delay_s)
+                self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                self.wfile.flush()
+                if i == 2 and fault == "cut":
+                    self.close_connection = True
+                    return
+                if i == 1 and fault == "stall":
+                    srv.stop.wait(srv.slow_s)
+                    return
+                if i == 1 and fault == "error_event":
+                    err = _event({"error": {"message": "internal boom", "type": "server_error"}})
+                    self.wfile.write(f"{len(err):x}\r\n".encode() + err + b"\r\n0\r\n\r\n")
+                    return
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            with srv.lock:
+                srv.dropped += 1
+            self.close_connection = True
+            return
+        with srv.lock:
+            srv.ok[req["messages"][-1]["content"]] += 1
+
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            return self._send(200, json.dumps({"object": "list", "data": [{"id": self.server.owner.model}]}).encode())
+        self._send(404, b'{"error": {"message": "not found"}}')
 
     def do_POST(self):
         try:
@@ -69,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(srv.latency_s)
         prompt = req["messages"][-1]["content"]
         text = srv.reply(req) if srv.reply else f"echo: {prompt}"
+        if req.get("stream"):
+            return self._stream(srv, req, text, fault)
         body = {"id": "cmpl-1", "object": "chat.completion", "created": int(time.time()), "model": req["model"],
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(text), "total_tokens": len(prompt) + len(text)}}
@@ -80,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
             srv.ok[prompt] += 1
 
 
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
@@ -89,9 +154,9 @@ class FakeOpenAI:
     """Start with ``with FakeOpenAI() as srv:``; ``srv.base_url`` is ``http://127.0.0.1:<port>/v1``."""
 
     def __init__(self, faults=(), latency_s: float = 0.0, slow_s: float = 5.0, hang_after: int | None = None,
-                 reply=None):
+                 reply=None, chunk_delay_s: float = 0.0, model: str = "fake-model"):
         self.faults, self.latency_s, self.slow_s, self.hang_after = deque(faults), latency_s, slow_s, hang_after
-        self.reply = reply
+        self.reply, self.chunk_delay_s, self.model, self.dropped = reply, chunk_delay_s, model, 0
         self.calls, self.ok, self.lock, self.stop = 0, Counter(), threading.Lock(), threading.Event()
         self.granted = 0  # answers promised so far (counted before sending, unlike ``ok``)
         self.inflight = self.max_inflight = 0
@@ -118,9 +183,10 @@ def cache_rows(db) -> int:
         return 0
 
 
-if __name__ == "__main__":  # manual use: python tests/fake_openai.py [latency_s]
+if __name__ == "__main__":  # manual use and benchmarks: python tests/fake_openai.py [latency_s] [chunk_delay_s]
     import sys
 
-    with FakeOpenAI(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as s:
+    args = [float(a) for a in sys.argv[1:3]]
+    with FakeOpenAI(latency_s=args[0] if args else 0.0, chunk_delay_s=args[1] if len(args) > 1 else 0.0) as s:
         print(s.base_url, flush=True)
         s.stop.wait()

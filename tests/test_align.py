@@ -32,6 +32,7 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_dpo_loss_falls_margin_grows_only_adapter_changes(qwen_dir, pair_file, tmp_path, tokenizer):
     trainer, stats, cb = build_preference_trainer(cfg(qwen_dir, pair_file, tmp_path / "o", objective="dpo"))
     pairs, _ = read_preferences(pair_file)
@@ -46,6 +47,7 @@ def test_dpo_loss_falls_margin_grows_only_adapter_changes(qwen_dir, pair_file, t
     assert [h for h in cb.history if "rewards/margins" in h][-1]["rewards/margins"] > 0
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 @pytest.mark.parametrize("objective", ["kto", "orpo"])
 def test_kto_and_orpo_train_and_the_loss_falls(objective, qwen_dir, pair_file, tmp_path):
     trainer, stats, cb = build_preference_trainer(cfg(qwen_dir, pair_file, tmp_path / "o", objective=objective))
@@ -71,6 +73,7 @@ def test_medical_rewards_score_verifiable_answers():
     assert urgent_care([red, red, benign, benign], [msg("Call 911 now."), msg("Rest."), msg("Call 911 now."), msg("In the fridge.")]) == [1.0, 0.0, 0.0, 1.0]
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_grpo_mean_reward_grows_on_a_toy_verifiable_task(tmp_path, tokenizer):
     """A random 2-layer model cannot answer medical questions, so the toy task is one it can learn in
     seconds: reward = share of completion tokens in the lower half of the vocabulary (~0.5 at random).
@@ -100,6 +103,7 @@ def test_grpo_mean_reward_grows_on_a_toy_verifiable_task(tmp_path, tokenizer):
     assert mean(rewards[-4:]) > mean(rewards[:4]) + 0.25
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_recipe_chains_sft_then_dpo_with_manifests_and_cli_objective(qwen_dir, pair_file, sft_file, tmp_path):
     """`medtune run`: train (sft) -> merge -> align (dpo on the merged model) -> align-merged; a rerun skips
     every stage; `medtune train RECIPE --set train.objective=dpo` trains DPO through the generated CLI."""

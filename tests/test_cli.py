@@ -81,6 +81,7 @@ samples: {{prompts: ["What is hypertension?"], generation: {{max_new_tokens: 6}}
     return p
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_run_recipe_manifests_skip_and_force(tmp_path, qwen_dir, sft_file):
     p = recipe_file(tmp_path, qwen_dir, sft_file)
     first = run_recipe(load_recipe(p))

@@ -7,6 +7,7 @@ import pytest
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_build_grounded_outputs_with_provenance(tmp_path):
     assert stats["steps"]["generate:report-qa"]["kept"] == 3
     assert stats["teacher"]["retries"] == 2 and stats["records"]["train"] == len(train)
     assert {"kb-template", "guideline-qa", "qa_tree", "report-qa"} <= set(stats["generators"])
-    assert "## Filters" in (out / "DATA_CARD.md").read_text() and (out / "rejects.jsonl").read_text().count("\n") >= 2
+    assert "## Counts per step" in (out / "DATA_CARD.md").read_text() and (out / "rejects.jsonl").read_text().count("\n") >= 2
 
 
 def test_sensitive_source_is_refused_for_a_remote_teacher(tmp_path):
@@ -92,6 +93,9 @@ def test_sensitive_source_is_refused_for_a_remote_teacher(tmp_path):
     res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", "data.sources=[{path: "
                                    f"{SOURCES / 'reports'}, type: report, sensitive: true}}]"])
     assert res.exit_code == 2 and "allow_sensitive_remote" in res.output
+    advice = re.search(r"--set (\S+=\S+)", " ".join(res.output.split())).group(1)  # the override it names is a real key
+    assert advice == "data.teacher.allow_sensitive_remote=true"
+    assert load_recipe(recipe, [advice]).data.teacher.allow_sensitive_remote is True
 
 
 def test_dialogue_translate_and_alpaca_output(tmp_path):
@@ -314,3 +318,127 @@ def test_a_source_with_validation_false_stays_whole_in_training():
         assert all(f in train for f in facts) and len(train) + len(val) == 20
     train, val = split_by_document(facts + qa, 0.5, 0)
     assert any(r.meta["source_file"] == "kb/facts.jsonl" for r in val)  # without it, facts can be held out
+
+
+# ----------------------------------------------------------------------------- issue 24: real public files, second pass
+FIXTURES = ROOT / "tests" / "fixtures" / "data"
+
+
+def assert_one_count_table(output: str, out: Path) -> dict:
+    """Every count of every step (seen, kept, dropped, fixed, cut, skipped, not returned) is in the printed
+    summary, in stats.json and in DATA_CARD.md, rendered from the same rows; returns stats["steps"]."""
+    from medtune.data.records import COUNTS, count_rows
+
+    steps = json.loads((out / "stats.json").read_text(encoding="utf-8"))["steps"]
+    card = (out / "DATA_CARD.md").read_text(encoding="utf-8")
+    for step, seen, kept, *cells in count_rows(steps):
+        assert "| " + " | ".join([step, seen, kept, *(c.replace("|", "\\|") for c in cells)]) + " |" in card
+        printed = f"  {step}: seen {seen}, kept {kept}" + "".join(f", {k} {c}" for k, c in zip(COUNTS.values(), cells) if c)
+        assert printed in output.splitlines(), (printed, output)
+    return steps
+
+
+def _build(tmp: Path, teacher, sets: list[str] = (), **data):
+    with FakeOpenAI(reply=teacher) as srv:
+        recipe = write_recipe(tmp, srv.base_url, validation_fraction=0.0, **data)
+        res = CliRunner().invoke(app, ["data", "build", str(recipe), *sets])
+    assert res.exit_code == 0, res.output
+    return res, tmp / "run" / "data"
+
+
+def test_stripped_format_tokens_are_in_the_audit_the_card_and_the_summary(tmp_path):
+    """24.3: a Korean QA CSV whose cells end in </s>: the read step fixed them, but the audit said 0 and the card nothing."""
+    res, out = _build(tmp_path, teacher_reply, sources=[{"path": str(FIXTURES / "ko_qa_eos.csv"), "type": "corpus"}])
+    a = json.loads((out / "stats.json").read_text())["audit"]["format_tokens"]
+    assert a["records"] == 0 and a["stripped_records"] == 3 and a["stripped_tokens"] == 5
+    assert "format tokens stripped when read: 3 kept records (5 tokens)" in (out / "DATA_CARD.md").read_text()
+    steps = assert_one_count_table(res.output, out)
+    assert steps[f"read:corpus:{FIXTURES / 'ko_qa_eos.csv'}"]["fixed"] == {"format tokens stripped": 3}
+    assert all(r["meta"]["format_tokens_stripped"] for r in lines(out / "train.jsonl"))
+
+
+def _dialogue_teacher(seen: list[str], tasks: str, answer: str):
+    def reply(req):
+        c = req["messages"][-1]["content"]
+        seen.append(c)
+        return tasks if "{" not in c and ("示例任务" in c or "example tasks" in c) else answer
+    return reply
+
+
+def test_chinese_seeds_get_chinese_prompts_and_missing_and_cut_answers_are_counted(tmp_path):
+    """24.4 + 24.5: Chinese seeds (no `language`) got English prompts; "Task 1:" stayed in the task; 1 of 2 tasks
+    came back uncounted; an answer that used all of max_tokens was kept without being counted as cut."""
+    seen: list[str] = []
+    cut_answer = "1. 多喝水并注意休息。2. 按时服用退烧药。3. 观察精神状态。4. **注意"  # ends mid-phrase
+    teacher = _dialogue_teacher(seen, "Task 1: 孩子发烧到38.5度，需要马上去医院吗？", cut_answer)
+    res, out = _build(tmp_path, teacher, ["--set", f"data.teacher.max_tokens={len(cut_answer)}"], sources=[],
+                      dialogue={"seed_file": str(FIXTURES / "dialogue_seeds_zh.json"), "tasks_per_round": 2})
+    assert "请写出2个新的" in seen[0] and "Write" not in seen[0]  # the Chinese template
+    rows = lines(out / "train.jsonl")
+    assert [r["messages"][0]["content"] for r in rows] == ["孩子发烧到38.5度，需要马上去医院吗？"]
+    assert rows[0]["meta"]["answer_cut"] and rows[0]["meta"]["language"] == "zh"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["audit"]["answers_cut"]["by_teacher_limit"] == 1
+    steps = assert_one_count_table(res.output, out)
+    assert steps["generate:dialogue"]["not_returned"] == {"tasks asked for, not in the teacher's reply": 1}
+    assert steps["generate:dialogue"]["cut"] == {"answer reached the teacher's max_tokens": 1}
+
+
+def test_chinese_dialogue_skips_category_headers_and_keeps_multi_line_tasks(tmp_path):
+    """24.6: "**给出医学建议**" became a task, a numbered task on two lines became two, and seeds without a
+    category put the English word "general" into the Chinese prompt."""
+    seen: list[str] = []
+    tasks = "**给出医学建议**\n1. 我有高血压，\n最近头晕得厉害，需要换药吗？\n2. 老人夜里总是咳嗽，要注意什么？"
+    res, out = _build(tmp_path, _dialogue_teacher(seen, tasks, "建议尽快就医，由医生评估后调整治疗。"), sources=[],
+                      dialogue={"seed_file": str(FIXTURES / "dialogue_seeds_zh.json"), "tasks_per_round": 2, "language": "zh"})
+    assert "general" not in seen[0] and "常见健康咨询" in seen[0]
+    asked = sorted(r["messages"][0]["content"] for r in lines(out / "train.jsonl"))
+    assert asked == ["我有高血压，\n最近头晕得厉害，需要换药吗？", "老人夜里总是咳嗽，要注意什么？"]
+    assert not assert_one_count_table(res.output, out)["generate:dialogue"]["not_returned"]
+
+
+def test_a_guideline_source_with_generator_none_is_counted_and_warned_about(tmp_path):
+    """24.7: 30 guideline records read, 0 generated, no warning."""
+    src = [{"path": str(FIXTURES / "guideline_update_zh.txt"), "type": "guideline", "generator": "none", "max_chars": 120},
+           {"path": str(FIXTURES / "zh_wenda.txt"), "type": "corpus"}]
+    res, out = _build(tmp_path, teacher_reply, sources=src)
+    steps = assert_one_count_table(res.output, out)
+    read = steps[f"read:guideline:{FIXTURES / 'guideline_update_zh.txt'}"]["kept"]
+    assert read >= 2 and f"guideline_update_zh.txt: {read} guideline records read, none used" in res.output
+    assert steps["generate:none"]["skipped"] == {"guideline records with generator none (only qa_tree / corpus records pass through)": read}
+
+
+def test_a_guideline_update_date_is_not_phi_but_an_admission_date_is(tmp_path):
+    """24.8: "该指南于2020年3月1日更新" (a guideline's update date) became [DATE]."""
+    def teacher(req):
+        c = req["messages"][-1]["content"]
+        if "问题：" not in c:
+            return "1. 这段内容说了什么？"
+        return "原文：" + c.split("<passage>")[1].split("</passage>")[0].strip()
+    res, out = _build(tmp_path, teacher, sources=[{"path": str(FIXTURES / "guideline_update_zh.txt"), "type": "guideline",
+                                                   "questions_per_item": 1, "max_chars": 2000}])
+    answers = [r["messages"][-1]["content"] for r in lines(out / "train.jsonl")]
+    assert any("该指南于2020年3月1日更新" in a for a in answers)
+    assert any("患者于[DATE]入院" in a for a in answers) and not any("2021年5月3日" in a for a in answers)
+    assert json.loads((out / "stats.json").read_text())["phi_replacements"] == {"DATE": 1}
+    assert assert_one_count_table(res.output, out)["filter:phi"]["fixed"] == {"[DATE] placeholders written": 1}
+
+
+def test_a_question_about_a_document_in_the_same_prompt_is_not_flagged(tmp_path):
+    """24.9: a KQMA-style row ("문서: ...\\n질문: 이 글에서 ...") was flagged as referring to an absent document."""
+    res, out = _build(tmp_path, teacher_reply, sources=[{"path": str(FIXTURES / "kqma_documents_ko.csv"), "type": "corpus"}])
+    d = json.loads((out / "stats.json").read_text())["audit"]["dangling_references"]
+    assert d["records"] == 1 and "불면증" in d["examples"][0]["text"]  # only the row without its document
+
+
+def test_filter_rejects_name_the_field_and_show_the_record(tmp_path):
+    """24.11: rejects of the filters had an empty `field` and `record`; the audit's examples ended in ": "."""
+    res, out = _build(tmp_path, teacher_reply, ["--set", "data.filters.max_chars=15"],
+                      sources=[{"path": str(FIXTURES / "zh_wenda.txt"), "type": "corpus"}])
+    rejects = [r for r in lines(out / "rejects.jsonl") if r["step"] == "filter:length"]
+    assert len(rejects) == 2 and all(r["field"] == "answer" and r["record"].startswith("Q: ") and " | A: " in r["record"]
+                                     for r in rejects)
+    top = json.loads((out / "stats.json").read_text())["audit"]["top_reject_reasons"][0]
+    assert top["reason"] == "answer longer than 15 chars"
+    assert all("[answer]: Q: " in e and not e.endswith(": ") for e in top["examples"])
+    assert_one_count_table(res.output, out)

@@ -153,7 +153,8 @@ def test_format_tokens_are_stripped_at_read_time_and_counted():
         for m in r.messages:
             assert "</s>" not in m["content"] and "<|endoftext|>" not in m["content"]
     assert recs[0].messages[-1]["content"] == "매일 같은 시간에 복용하세요."
-    assert tally.fixed["format tokens stripped"] == 5 and tally.summary()["fixed"]
+    assert tally.fixed["format tokens stripped"] == 3  # records repaired (5 tokens in all)
+    assert sum(r.meta["format_tokens_stripped"] for r in recs) == 5 and tally.summary()["fixed"]
 
 
 def test_inline_user_bot_turns_become_real_turns():

@@ -204,7 +204,75 @@ def test_fact_file_rejected_whole_says_why_and_writes_rejects(tmp_path):
     with pytest.raises(DataFileError) as e:
         load_facts(bad, rejects_path=tmp_path / "out" / "rejects.jsonl")
     msg = str(e.value)
-    assert "no question column" in msg and "indications" in msg and "question_column" in msg
+    assert "no question column" in msg and "indications" in msg and "--question-column" in msg
     assert len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 2
     items, _ = load_facts(bad, question_column="drug", expected_column="indications")
     assert items[1]["expected"] == ["fever"]
+
+
+def test_fact_bleed_counts_another_entrys_item_but_not_the_asked_entrys_own(tmp_path):
+    """Bleed through the CLI: an answer naming a neighbour's item counts; a shared item, an item the
+    asked entry's KB text holds, and another source's item do not."""
+    facts = _write_rows(tmp_path / "facts.jsonl", [
+        {"id": "amlo", "question": "氨氯地平治什么病？", "expected": ["高血压", "心绞痛"]},
+        {"id": "furo", "question": "呋塞米治什么病？", "expected": ["水肿", "心力衰竭", "高血压"], "synonyms": {"心力衰竭": ["心衰"]}},
+        {"id": "warf", "question": "와파린은 어디에 쓰나요?", "expected": ["심방세동", "폐색전증"]},
+        {"id": "rosu", "question": "로수바스타틴은 어디에 쓰나요?", "expected": ["고콜레스테롤혈증", "뇌졸중"]},
+        {"id": "met", "question": "What is metformin for?", "expected": ["type 2 diabetes"], "source": "other.jsonl"},
+        {"id": "sal", "question": "What is salbutamol for?", "expected": ["asthma"]}])
+    kb = _write_rows(tmp_path / "kb.jsonl", [{"name": "와파린", "indications": ["심방세동 환자의 뇌졸중 예방", "폐색전증"]}])
+    replies = {"氨氯地平": "氨氯地平用于高血压和心衰。",          # 心衰 is furosemide's, not amlodipine's: bleed
+               "呋塞米": "呋塞米用于水肿、高血压。",              # 高血压 is shared: its own, not bleed
+               "와파린": "와파린은 심방세동 환자의 뇌졸중 예방에 씁니다.",  # 뇌졸중 is rosuvastatin's, but in warfarin's KB text
+               "로수바스타틴": "로수바스타틴은 고콜레스테롤혈증에 씁니다.",
+               "metformin": "Metformin is for asthma.",       # salbutamol's item, but another source: not bleed
+               "salbutamol": "Salbutamol is for type 2 diabetes."}  # metformin is in another source: not bleed
+
+    def reply(req):
+        return next(v for k, v in replies.items() if k in req["messages"][-1]["content"])
+
+    with FakeOpenAI(reply=reply) as srv:
+        res = CliRunner().invoke(app, ["eval", "fact", str(facts), "--model", f"api={srv.base_url}#m",
+                                       "--set", f"fact.entities={kb}", "--output-dir", str(tmp_path / "f")])
+        assert res.exit_code == 0, res.output
+        rows = {r["id"]: r for r in map(json.loads, (tmp_path / "f" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
+        assert rows["amlo"]["bleed"] and rows["amlo"]["bleed_items"] == ["心衰"]
+        assert [i for i, r in rows.items() if r["bleed"]] == ["amlo"]
+        out = json.loads((tmp_path / "f" / "results.json").read_text(encoding="utf-8"))
+        assert out["bleed"]["k"] == 1 and out["bleed"]["n"] == 6
+        assert out["by_language"]["zh"] == {"n": 2, "hit_any": 1.0, "hit_half": 1.0, "bleed": 0.5}
+        # without the KB, warfarin's correct "stroke prevention in AF" is counted as rosuvastatin's item
+        res = CliRunner().invoke(app, ["eval", "fact", str(facts), "--model", f"api={srv.base_url}#m",
+                                       "--output-dir", str(tmp_path / "g")])
+        rows = {r["id"]: r for r in map(json.loads, (tmp_path / "g" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
+        assert rows["warf"]["bleed_items"] == ["뇌졸중"]
+
+
+def test_fact_warns_when_most_answers_hit_the_token_limit_and_the_advice_runs(tmp_path, qwen_dir):
+    """Issue 24 (also seen): on a drug-indication CSV every answer of the base pack ran into max_new_tokens and
+    `eval fact` said nothing; the tiny random model never ends within 4 tokens either."""
+    fix = Path(__file__).parent / "fixtures" / "eval" / "drug_facts_zh.csv"
+    base = ["eval", "fact", str(fix), "--model", str(qwen_dir)]
+    r = CliRunner().invoke(app, [*base, "--max-new-tokens", "4", "--output-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    stops = json.loads((tmp_path / "a" / "results.json").read_text())["quality"]["stops"]
+    assert stops["n"] == 3 and stops["k"] == 0
+    assert "3 of 3 answers hit the token limit (max_new_tokens 4)" in r.output
+    advice = re.search(r"rerun with (--max-new-tokens \d+)", r.output).group(1).split()
+    r = CliRunner().invoke(app, [*base, *advice, "--max-items", "1", "--output-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["decoding"]["max_new_tokens"] == int(advice[1])
+
+
+def test_eval_help_shows_the_defaults_the_run_uses():
+    """Issue 24.10: `eval fact --help` showed max_new_tokens = 256 (the class default) while the run used 64."""
+    from medtune.eval.config import FactConfig
+
+    out = CliRunner().invoke(app, ["eval", "fact", "--help"]).output
+    assert "fact.generation.max_new_tokens = 64" in out and "max_new_tokens = 256" not in out
+    assert FactConfig(data="x", model="m").generation.max_new_tokens == 64
+    assert "mcq.generation.max_new_tokens = 16" in CliRunner().invoke(app, ["eval", "mcq", "--help"]).output
+    from medtune.eval.config import EvalConfig
+    from medtune.recipe import field_help
+
+    assert "eval.fact_generation.max_new_tokens = 40" in field_help(EvalConfig, "eval")  # the recipe's eval stage

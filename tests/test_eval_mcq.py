@@ -299,3 +299,63 @@ def test_cli_mcq_takes_a_recipe_and_set_like_train(tmp_path, qwen_dir):
     assert json.loads((tmp_path / "o" / "results.json").read_text())["n"] == 2
     r = CliRunner().invoke(app, ["eval", "mcq", str(recipe), "--set", "mcq.max_itemz=2"])
     assert r.exit_code == 2 and "did you mean 'max_items'" in r.output
+
+
+CMEXAM_VAL = FIX / "cmexam_val_shape.csv"  # CMExam's val.xlsx columns: Question, Options ("A xxx\nB yyy" with a literal \n), Answer, Explanation
+
+
+def test_cli_calibrate_runs_on_a_cmexam_workbook_and_reports_both_accuracies(tmp_path, qwen_dir):
+    """Issue 24.1: `eval mcq ... --calibrate` crashed (the content-free cache key held the model's identity dict)."""
+    book = _to_xlsx(CMEXAM_VAL, tmp_path / "val.xlsx")
+    r = CliRunner().invoke(app, ["eval", "mcq", str(book), "--model", str(qwen_dir), "--calibrate",
+                                 "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["format"] == "cmexam" and res["n"] == 6 and res["rejected"] == 3  # as in the real file: 'nan', a gap
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    assert any("empty value as pandas writes it" in x for x in reasons) and any("not A, B, C" in x for x in reasons)
+    raw, cal = res["option_distribution"]["predicted"], res["debiased"]["option_distribution"]["predicted"]
+    assert abs(sum(raw.values()) - 1) < 1e-3 and abs(sum(cal.values()) - 1) < 1e-3
+    assert "calibrated (content-free" in r.output and "predicted letters:" in r.output
+    prior = res["debiased"]["content_free_prior"]["zh ABCDE"]  # what the calibration divided by, shown too
+    assert set(prior) == set("ABCDE") and abs(sum(prior.values()) - 1) < 1e-3 and "content-free prior (zh ABCDE)" in r.output
+    rows = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert all(x["prediction_debiased"] for x in rows) and any(x["multi"] for x in rows)
+
+
+def test_collapse_warning_suggests_an_option_the_cli_accepts(tmp_path, qwen_dir, monkeypatch):
+    """Issue 24.2: the warning said `try --set calibrate=true`, which the CLI refused (unknown key); the
+    test runs exactly what the warning now suggests."""
+    import math as m
+    import re
+
+    import medtune.eval.mcq as mcq
+
+    monkeypatch.setattr(mcq, "letter_logprobs", lambda backend, prompts, letters: [
+        {k: m.log(0.8 if k == "B" else 0.05) for k in ls} for ls in letters])  # a model that always says B
+    base = ["eval", "mcq", str(_to_xlsx(CMEXAM_VAL, tmp_path / "val.xlsx")), "--model", str(qwen_dir)]
+    r = CliRunner().invoke(app, [*base, "--output-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "letter collapse: B" in r.output
+    suggested = re.search(r"rerun with (--[a-z-]+)", r.output).group(1)
+    r = CliRunner().invoke(app, [*base, suggested, "--output-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "calibrated (content-free" in r.output and "rerun with" not in r.output
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["debiased"]["accuracy"] is not None
+
+
+@pytest.mark.slow
+def test_cli_calibrate_on_the_default_pack(tmp_path):
+    """The acceptance run: a CMExam-format workbook, the default pack, raw and calibrated accuracy with letter shares."""
+    from medtune.models import PACKS, pack_status
+
+    DEFAULT_PACK = "qwen2.5-coder-0.5b-instruct"
+    if not pack_status(PACKS[DEFAULT_PACK])["cached"]:
+        pytest.skip(f"{DEFAULT_PACK} is not prepared (medtune models prepare {DEFAULT_PACK})")
+    book = _to_xlsx(CMEXAM_VAL, tmp_path / "val.xlsx")
+    r = CliRunner().invoke(app, ["eval", "mcq", str(book), "--model", DEFAULT_PACK, "--max-items", "2", "--calibrate",
+                                 "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["n"] == 2 and 0 <= res["debiased"]["accuracy"] <= 1 and res["debiased"]["option_distribution"]["predicted"]
+    assert "calibrated (content-free" in r.output and "predicted letters:" in r.output

@@ -28,7 +28,8 @@ def test_eval_stage_compares_base_and_finetuned_and_writes_report(tmp_path, qwen
     summary = res["eval"]["summary"]
     for name in ("base", "finetuned"):
         assert summary[name]["mcq"]["mcq_mixed.jsonl"]["n"] == 30
-        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed"}
+        assert sum(v["n"] for v in summary[name]["fact_by_language"].values()) == 2
         assert summary[name]["heldout"]["n"] == 4  # 20% of 20 examples
         q = summary[name]["fact_quality"]  # 4 new tokens of a random model: never stops by itself
         assert set(q) == {"stops", "loops", "language_match"} and q["stops"] == 0.0
@@ -36,10 +37,16 @@ def test_eval_stage_compares_base_and_finetuned_and_writes_report(tmp_path, qwen
         assert lo <= summary[name]["heldout"]["perplexity"] <= hi
     measures = {c["measure"]: c["verdict"] for c in summary["comparison"]}
     assert "held-out answer perplexity" in measures and "answers that stop (fact)" in measures
+    assert "fact answers naming another entry's item, bleed (kb_facts.jsonl)" in measures
     assert summary["base"]["heldout"]["nll_per_token"] != summary["finetuned"]["heldout"]["nll_per_token"]
     page = (out / "eval" / "report.html").read_text(encoding="utf-8")
     assert "finetuned" in page and "Held-out answers" in page and "Fact recall" in page
     assert "Generation quality" in page and "Base vs fine-tuned" in page and "degenerate repetition" in page
+    assert "bleed (names another entry&#x27;s item)" in page
+    assert summary["base"]["mcq"]["mcq_mixed.jsonl"]["verdict"]["uses"] == "pride"  # PriDe and calibration by default
+    assert "MCQ accuracy, PriDe-debiased (mcq_mixed.jsonl)" in measures
+    said = (out / "eval" / "report.md").read_text(encoding="utf-8").split("## What the models said", 1)[1]
+    assert "| lang | changed | question | reference | base | finetuned |" in said and "**hits " in said
     manifest = json.loads((out / "eval" / "manifest.json").read_text())
     assert manifest["stage"] == "eval" and manifest["inputs"]["finetuned"]
     assert run_recipe(recipe, only=["eval"])["eval"]["status"] == "skipped"
@@ -72,3 +79,31 @@ def test_eval_stage_three_models_side_by_side_with_urgent_care(tmp_path, qwen_di
     assert "aligned vs SFT" in page and "urgent care" in page
     rows = [json.loads(line) for line in open(out / "eval" / "urgent" / "aligned" / "predictions.jsonl")]
     assert [r["id"] for r in rows] == ["e1", "e2", "b1"] and all(r["urgent"] is False for r in rows)
+
+
+def test_eval_stage_with_harness_tasks_and_rubric_conversations(tmp_path, qwen_dir, tokenizer):
+    """lm-eval tasks and rubric-graded conversations in the stage: both in the comparison and the report."""
+    import pytest
+
+    pytest.importorskip("lm_eval", reason="needs the lm-eval extra: pip install 'medtune[lm-eval]'")
+    from tests.fake_openai import FakeOpenAI
+
+    out = tmp_path / "run"
+    m = build_model("qwen2", len(tokenizer), seed=1)
+    m.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+    task = EXAMPLES / "lm_eval" / "medtune_mcq_mixed.yaml"
+    with FakeOpenAI(reply=lambda req: '{"explanation": "-", "criteria_met": false}') as srv:
+        recipe = load_recipe(None, [f"model={qwen_dir}", f"output_dir={out}", "eval.mcq_files=[]", "eval.fact_file=null",
+                                    "eval.heldout=false", f"eval.lm_eval_tasks=[{task}]", "eval.lm_eval_max_items=4",
+                                    f"eval.rubric_file={EXAMPLES / 'rubric_health.jsonl'}", "eval.max_rubric_items=3",
+                                    f"eval.rubric_judge={srv.base_url}#grader", "eval.rubric_generation.max_new_tokens=4"])
+        summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
+    for name in ("base", "finetuned"):
+        assert summary[name]["lm_eval"]["medtune_mcq_mixed"]["metric"] == "acc"
+        assert summary[name]["rubric"]["score"]["n"] == 3 and summary[name]["rubric"]["score"]["score"] == 0.0
+    measures = {c["measure"] for c in summary["comparison"]}
+    assert {"lm-eval medtune_mcq_mixed: acc", "HealthBench score (rubric_health.jsonl)"} <= measures
+    md = (out / "eval" / "report.md").read_text(encoding="utf-8")
+    assert "## lm-evaluation-harness" in md and "## Rubric-graded conversations" in md
+    assert "### Rubric-graded conversations: rubric_health.jsonl" in md.split("## What the models said", 1)[1]

@@ -52,6 +52,14 @@ def test_cache_makes_a_second_run_free(tmp_path):
     assert srv.calls == 6
 
 
+def test_the_same_call_made_twice_at_once_is_paid_once(tmp_path):
+    with FakeOpenAI() as srv:
+        t = LLMClient(_cfg(srv, concurrency=1), cache_path=tmp_path / "c.sqlite")
+        out = t.complete_many(_msgs(2) + _msgs(2))  # two sources asking the teacher the same questions
+    assert [c.text for c in out] == ["echo: q0", "echo: q1"] * 2
+    assert srv.calls == 2 and t.usage["cache_hits"] == 2
+
+
 def test_non_retryable_and_exhausted_errors_do_not_lose_other_results():
     with FakeOpenAI(faults=["400"]) as srv:
         t = LLMClient(_cfg(srv, concurrency=1))

@@ -24,6 +24,7 @@ def adapter(qwen_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_merge_parity_and_greedy_equality(qwen_dir, adapter, tmp_path):
     out = tmp_path / "merged"
     summary = merge_adapter(MergeConfig(adapter=adapter, output_dir=out))

@@ -1,5 +1,6 @@
 """Continued pre-training (objective pt): passage-bounded chunks, every token labelled, loss falls, only LoRA moves."""
 
+import pytest
 import json
 
 import torch
@@ -39,6 +40,7 @@ def test_overlong_passage_is_cut_into_windows():
     assert chunks == [([1] * 3, False), ([2] * 4, True), ([2] * 4, True), ([2] * 2, True), ([3] * 2 + [4] * 2, False)]
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_pt_loss_falls_and_only_lora_changes(qwen_dir, tmp_path):
     (tmp_path / "book.txt").write_text("\n".join([BOOK] * 4), encoding="utf-8")
     cfg = TrainConfig(objective="pt", model=str(qwen_dir), train_file=tmp_path / "book.txt", output_dir=tmp_path / "out",

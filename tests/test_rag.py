@@ -188,19 +188,17 @@ def short_index(tmp_path, fake_encoder):
 
 @pytest.mark.parametrize("message,min_score", [("What blood pressure should adults keep?", 0.0),
                                                ("How do I fix a bicycle tyre?", 0.99)])
-def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score):
+def test_chat_serve_web_and_gateway_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score):
     pytest.importorskip("gradio")
     pytest.importorskip("fastapi")
     import io
 
     import openai
-    from gradio_client import Client
     from rich.console import Console
 
     from medtune.chat import chat
     from medtune.config import ChatConfig, GenerationSettings, RagSettings, SafetyConfig, ServeConfig, WebConfig
-    from medtune.web import launch_web
-    from servekit import free_port, running_server
+    from servekit import running_gateway, running_server
 
     greedy = GenerationSettings(temperature=0.0, max_new_tokens=16)
     rag = RagSettings(index=short_index, top_k=2, min_score=min_score)
@@ -221,18 +219,42 @@ def test_chat_serve_and_web_give_the_same_answer_and_citations(qwen_dir, short_i
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert served.content == streamed == said
     assert served.model_extra["citations"] == chunks[0].choices[0].delta.model_extra["citations"] == cited
+    shown, sources = _ask_web(WebConfig(**common), message)
+    assert shown == said.strip()
+    assert [f"[{c['marker']}] {c['label']} ({c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
+    assert (sources == "") == (cited == [])
+    # gateway mode: the index at the gateway, generation by a plain medtune serve behind it; and the web
+    # page on the gateway (no index of its own) shows the gateway's answer and its sources
+    plain = {k: v for k, v in common.items() if k != "rag"}
+    with running_server(ServeConfig(**plain)) as upstream, \
+            running_gateway(ServeConfig(**common, upstream=upstream.url + "/v1")) as gateway:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0)
+        via = client.chat.completions.create(**ask).choices[0].message
+        chunks = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+        assert via.content == "".join(c.choices[0].delta.content or "" for c in chunks) == said
+        assert via.model_extra["citations"] == chunks[0].choices[0].delta.model_extra["citations"] == cited
+        web_plain = {k: v for k, v in plain.items() if k != "model"}
+        shown, sources = _ask_web(WebConfig(**web_plain, endpoint=gateway.url + "/v1"), message)
+    assert shown == said.strip()
+    assert [f"[{c['marker']}] {c['label']} ({c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
+
+
+def _ask_web(cfg, message: str) -> tuple[str, str]:
+    """(answer shown, sources html) of the web page for one message."""
+    from gradio_client import Client
+
+    from medtune.web import launch_web
+    from servekit import free_port
+
     port = free_port()
-    ui = launch_web(WebConfig(**common, port=port), block=False)
+    ui = launch_web(cfg.model_copy(update={"port": port}), block=False)
     try:
         history, _banner, _, sources = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
             message, [], "", 0.0, 1.0, 16, api_name="/respond")
     finally:
         ui.close()
     content = history[-1]["content"]
-    shown = "".join(p["text"] for p in content) if isinstance(content, list) else content
-    assert shown == said.strip()
-    assert [f"[{c['marker']}] {c['source_file']}, {c['passage_id']}" in sources for c in cited] == [True] * len(cited)
-    assert (sources == "") == (cited == [])
+    return ("".join(p["text"] for p in content) if isinstance(content, list) else content), sources
 
 
 def test_eval_rag_scores_recall_mrr_and_calibrates(tmp_path, fake_encoder):
@@ -390,7 +412,8 @@ def test_eval_stage_scores_fact_recall_closed_book_and_with_the_index(tmp_path, 
         recipe.eval.rag_judge = f"{srv.base_url}#judge"
         summary = run_recipe(recipe, only=["eval"])["eval"]["summary"]
     for name in ("base", "finetuned"):
-        assert set(summary[name]["fact"]) == set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert set(summary[name]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed"}
+        assert set(summary[name]["fact_rag"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed", "citation_support"}
         assert json.loads((out / "eval" / "fact" / f"{name}+rag" / "results.json").read_text())["model"] == f"{name}+rag"
         assert set(summary[name]["citations"]) == {"citation_precision", "answers_with_citation", "sentences_without_citation"}
         cited = json.loads((out / "eval" / "rag" / f"{name}+rag" / "results.json").read_text())["citations"]
@@ -504,3 +527,71 @@ def test_rag_qa_distractors_prefer_the_question_language(tmp_path):
         shown = _distractors("氨氯地平的适应症是什么？", pool[0], pool, terms, 2, True, random.Random(seed))
         assert len(shown) == 2 and pool[0] not in shown
         assert sum(p["language"] == "zh" for p in shown) >= 1  # 2 of the 4 candidates are zh
+
+
+# ---------------------------------------------------------------- automatic citation support, not-covered questions
+def test_fact_rag_citation_support_and_unanswerable_questions_through_the_cli(tmp_path, fake_encoder):
+    """Citation support needs the cited passage to hold the items named; questions the sources do not
+    answer are scored apart, by whether the answer says so."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"name": "Metformin", "indications": ["type 2 diabetes"]}, {"name": "Salbutamol", "indications": ["asthma"]},
+        {"name": "Amlodipine", "indications": ["hypertension"]}]), encoding="utf-8")
+    _build(["--source", f"kb:{kb}", "--index-dir", str(tmp_path / "idx"), "--set", "rag.min_score=-1"])
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "met", "question": "What is Metformin for?", "expected": ["type 2 diabetes"]},
+        {"id": "sal", "question": "What is Salbutamol for?", "expected": ["asthma"]},
+        {"id": "aml", "question": "What is Amlodipine for?", "expected": ["hypertension"]}]), encoding="utf-8")
+    off = tmp_path / "off.jsonl"
+    off.write_text('{"question": "What is Zolpidem for?"}\n{"question": "What is Clopidogrel for?"}\n', encoding="utf-8")
+
+    def reply(req):
+        system, question = req["messages"][0]["content"], req["messages"][-1]["content"]
+        shown = {name: int(n) for n, name in re.findall(r"^\[(\d+)\] \(kb.jsonl, [^)]*\)\n(\w+)", system, re.M)}
+        if "Metformin" in question:  # cites the right passage
+            return f"Metformin is for type 2 diabetes [{shown['Metformin']}]."
+        if "Salbutamol" in question:  # cites a passage that does not hold the item
+            return f"Salbutamol is for asthma [{next(n for k, n in shown.items() if k != 'Salbutamol')}]."
+        if "Amlodipine" in question:  # no citation
+            return "Amlodipine is for hypertension."
+        return "The indexed guidelines do not cover this question." if "Zolpidem" in question else "It treats asthma."
+
+    with FakeOpenAI(reply=reply) as srv:
+        res = CliRunner().invoke(app, ["eval", "fact", str(facts), "--model", f"api={srv.base_url}#m", "--index", str(tmp_path / "idx"),
+                                       "--set", f"fact.unanswerable={off}", "--output-dir", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "f" / "results.json").read_text(encoding="utf-8"))
+    assert out["n"] == 3 and out["hit_any"]["k"] == 3
+    assert (out["citation_support"]["k"], out["citation_support"]["n"]) == (1, 3)
+    assert out["unanswerable"]["n"] == 2 and out["unanswerable"]["abstained"]["k"] == 1
+    assert out["unanswerable"]["bleed"]["k"] == 1  # "It treats asthma." names an item of the taught entries
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "f" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert [rows[i]["citation_supported"] for i in ("met", "sal", "aml")] == [True, False, False]
+    assert "citation support 0.33" in " ".join(res.output.split()) and "unanswerable said so 0.50" in " ".join(res.output.split())
+
+
+def test_index_source_without_usable_passages_says_how_it_was_read_and_the_advice_works(tmp_path, fake_encoder):
+    """Issue 24.12: `index build --source FILE.json` (a JSON array of Chinese guideline passages) said only
+    "no passages": a .json without a type prefix is read as a knowledge base, whose entries need a name."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    src = Path(__file__).parent / "fixtures" / "data" / "guideline_passages_zh.json"
+    r = CliRunner().invoke(app, ["index", "build", "--source", str(src), "--index-dir", str(tmp_path / "i")])
+    assert r.exit_code == 2, r.output
+    msg = " ".join(r.output.split())
+    assert f"{src}: read as kb" in msg and "0 records, 3 rejected" in msg and "not a JSON object (3, first at record 1)" in msg
+    advice = re.search(r"give (--source guideline:\S+)", msg).group(1).split(" ", 1)
+    _build([*advice, "--index-dir", str(tmp_path / "i")])
+    rows = [json.loads(x) for x in (tmp_path / "i" / "passages.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and "钠盐" in rows[0]["text"]

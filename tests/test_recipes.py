@@ -120,7 +120,7 @@ def test_qizhen_reports_three_criteria_on_heldout_phrasings(tmp_path, monkeypatc
     assert not trained_questions & {f["question"] for f in facts}  # evaluation phrasings were held out
     assert all(any(d["name"] in q for q in trained_questions) for d in drugs)  # every drug was trained on
     for model in ("base", "finetuned"):
-        assert set(summary[model]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds"}
+        assert set(summary[model]["fact"]) == {"hit_any", "hit_half", "hit_two_thirds", "bleed"}
         assert len(lines(out / "eval" / "fact" / model / "predictions.jsonl")) == len(facts)
     assert "Fact recall" in (out / "eval" / "report.html").read_text(encoding="utf-8")
 

@@ -1,4 +1,5 @@
-"""Chat, serve (plain and streamed) and web raise the same urgent message for the same conversation."""
+"""Chat, serve (plain and streamed), web and the gateway (serve --upstream) raise the same urgent message
+for the same conversation."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ pytest.importorskip("fastapi")
 from medtune.chat import chat  # noqa: E402
 from medtune.config import ChatConfig, GenerationSettings, SafetyConfig, ServeConfig, WebConfig  # noqa: E402
 from medtune.safety import guard  # noqa: E402
-from medtune.web import banner_html, local_backend, reply_stream  # noqa: E402
-from servekit import running_server  # noqa: E402
+from medtune.web import banner_html, endpoint_backend, local_backend, reply_stream  # noqa: E402
+from servekit import running_gateway, running_server  # noqa: E402
 
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=4)
 CONVERSATIONS = [  # (user turns, whether the guard should flag it)
@@ -30,7 +31,7 @@ def _urgent(text: str) -> str:
 
 
 @pytest.mark.parametrize("turns, flagged", CONVERSATIONS)
-def test_same_flag_in_chat_serve_and_web(qwen_dir, turns, flagged):
+def test_same_flag_in_chat_serve_web_and_gateway(qwen_dir, turns, flagged):
     import openai
 
     said = chat(ChatConfig(model=str(qwen_dir), generation=GREEDY), stdin=io.StringIO("\n".join(turns) + "\n"),
@@ -46,8 +47,16 @@ def test_same_flag_in_chat_serve_and_web(qwen_dir, turns, flagged):
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
                            if c.choices)
         gb = client.chat.completions.create(extra_body={"medtune_locale": "en-GB"}, **kw).choices[0].message.content
+        with running_gateway(ServeConfig(upstream=server.url + "/v1")) as gateway:
+            via = openai.OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0).chat.completions
+            gated = via.create(**kw).choices[0].message.content
+            gated_stream = "".join(c.choices[0].delta.content or "" for c in via.create(stream=True, **kw) if c.choices)
+            web_on_gateway = "".join(reply_stream(messages, GREEDY, SafetyConfig(), remote=True, backend=endpoint_backend(
+                WebConfig(endpoint=gateway.url + "/v1"))))
     web = "".join(reply_stream(messages, GREEDY, SafetyConfig(), local_backend(WebConfig(model=str(qwen_dir)))))
     assert _urgent(served) == _urgent(streamed) == _urgent(web) == expected
+    assert _urgent(gated) == _urgent(gated_stream) == _urgent(web_on_gateway) == expected
+    assert gated == served and web_on_gateway == served  # the gateway drops the upstream's own copy of the urgent text
     assert bool(banner_html(messages, SafetyConfig())) == flagged
     if flagged and "URGENT" in expected:
         assert "Call 999" in _urgent(gb) and "Call 911" in expected

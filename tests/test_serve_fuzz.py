@@ -1,7 +1,8 @@
 """Property tests (Hypothesis) on the chat-completions body of a real medtune server on 127.0.0.1.
 
 Whatever the body, the server answers 200 or a 4xx with an OpenAI-style JSON error body, never a
-5xx, and the kept-alive connection still serves the next request. Examples are few (the tiny
+5xx, and the kept-alive connection still serves the next request; the same for gateway mode in front
+of the server (``serve --upstream``). Examples are few (the tiny
 model answers 2 tokens) so the suite runs in well under a minute on 2 CPU cores.
 """
 
@@ -18,8 +19,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from medtune.config import GenerationSettings, ServeConfig  # noqa: E402
-from servekit import running_server  # noqa: E402
+from medtune.config import GenerationSettings  # noqa: E402
+from servekit import serving  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -47,10 +48,9 @@ bodies = st.fixed_dictionaries({"model": st.sampled_from([MODEL, "cardio", ""]) 
     "tools": json_values, "logprobs": json_values})
 
 
-@pytest.fixture(scope="module")
-def server(qwen_dir):
-    cfg = ServeConfig(model=str(qwen_dir), generation=GenerationSettings(max_new_tokens=2), max_body_bytes=16 * 1024)
-    with running_server(cfg) as s:
+@pytest.fixture(scope="module", params=["engine", "gateway"])
+def server(request, qwen_dir):
+    with serving(request.param, qwen_dir, generation=GenerationSettings(max_new_tokens=2), max_body_bytes=16 * 1024) as s:
         u = urlparse(s.url)
         s.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
         yield s

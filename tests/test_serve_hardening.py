@@ -1,5 +1,6 @@
 """medtune serve under hostile input (issue 11): no request content gives a 5xx, freezes the event
-loop or drops the connection; /metrics, /docs and keys are locked down. Real server on 127.0.0.1."""
+loop or drops the connection; /metrics, /docs and keys are locked down. Real server on 127.0.0.1,
+run twice: the engine itself, and gateway mode (``serve --upstream``) in front of it (issue 26)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ pytest.importorskip("fastapi")
 from medtune.config import GenerationSettings, ServeConfig  # noqa: E402
 from medtune.errors import ConfigError  # noqa: E402
 from medtune.serve import api_key  # noqa: E402
-from servekit import running_server  # noqa: E402
+from servekit import running_server, serving  # noqa: E402
 
 KEY = "hardening-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 LIMIT = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def server(qwen_dir):
-    cfg = ServeConfig(model=str(qwen_dir), api_key=KEY, max_body_bytes=LIMIT,
-                      generation=GenerationSettings(max_new_tokens=4))
-    with running_server(cfg) as s:
+@pytest.fixture(scope="module", params=["engine", "gateway"])
+def server(request, qwen_dir):
+    with serving(request.param, qwen_dir, api_key=KEY, max_body_bytes=LIMIT,
+                 generation=GenerationSettings(max_new_tokens=4)) as s:
         yield s
 
 
@@ -96,7 +96,10 @@ def test_internal_error_hides_its_text_and_keeps_the_connection(server, qwen_dir
         raise RuntimeError("secret internal detail")
 
     conn = Conn(server.url)
-    monkeypatch.setattr(server.engine, "prompt_ids", boom)
+    if server.kind == "engine":
+        monkeypatch.setattr(server.engine, "prompt_ids", boom)
+    else:
+        monkeypatch.setattr("medtune.gateway.prepare_turn", lambda *a, **k: boom(a))
     status, data = conn.post(_body(qwen_dir))
     _assert_error(status, data, 500)
     assert "secret" not in json.dumps(data) and data["error"]["type"] == "server_error"
@@ -105,10 +108,11 @@ def test_internal_error_hides_its_text_and_keeps_the_connection(server, qwen_dir
 
 
 @pytest.mark.slow
-def test_health_answers_while_a_large_request_is_checked(qwen_dir):
-    """A 3.5 MB message is parsed, tokenised and screened off the event loop: /health stays fast."""
-    cfg = ServeConfig(model=str(qwen_dir), generation=GenerationSettings(max_new_tokens=2))
-    with running_server(cfg) as s:
+@pytest.mark.parametrize("kind", ["engine", "gateway"])
+def test_health_answers_while_a_large_request_is_checked(qwen_dir, kind):
+    """A 3.5 MB message is parsed, tokenised and screened off the event loop: /health stays fast
+    (through a gateway, the upstream's context-length 400 comes back as a 400 that says so)."""
+    with serving(kind, qwen_dir, generation=GenerationSettings(max_new_tokens=2)) as s:
         big = _body(qwen_dir, content="he is not unconscious " * 160_000)
         result = {}
         t = threading.Thread(target=lambda: result.update(
@@ -164,3 +168,14 @@ def test_api_key_from_file_or_environment(tmp_path, monkeypatch):
     for bad in (tmp_path / "empty", tmp_path / "missing"):
         with pytest.raises(ConfigError, match=str(bad.name)):
             api_key(ServeConfig(api_key_file=bad))
+
+
+def test_a_stream_dropped_mid_way_leaves_the_server_serving(server, qwen_dir):
+    body = json.loads(_body(qwen_dir, max_tokens=3))
+    for _ in range(3):
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json={**body, "stream": True},
+                          headers=AUTH, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first event, then the client goes away
+    assert httpx.get(server.url + "/health", timeout=10).json()["status"] == "ok"
+    assert Conn(server.url).post(_body(qwen_dir))[0] == 200

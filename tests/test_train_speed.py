@@ -45,6 +45,7 @@ def test_packing_gives_the_unpacked_losses(tiny_model_dir, sft_file, tmp_path):
     assert plain[2] < plain[0]
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_fused_chunked_loss_matches_full_logits_loss(qwen_dir, sft_file, tmp_path):
     fused, t_fused = first_losses(cfg(qwen_dir, sft_file, tmp_path / "a", fused_loss=True))
     full, t_full = first_losses(cfg(qwen_dir, sft_file, tmp_path / "b", fused_loss=False))
@@ -65,6 +66,7 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_si
     return torch.cat(parts)
 
 
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 def test_varlen_attention_glue_gives_unpacked_losses(tiny_model_dir, sft_file, tmp_path, monkeypatch):
     # The CUDA kernel is swapped for a CPU reference, so this checks medtune's glue: layout, offsets, GQA, scale.
     reference_varlen.calls = 0
@@ -210,3 +212,51 @@ def test_answer_only_logits_give_transformers_loss_and_gradients(tiny_model_dir,
     for a, b in zip(full_grads, mine_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
     assert any(g.abs().sum() > 0 for g in mine_grads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU bf16-autocast path")
+def test_bf16_frozen_base_gives_the_autocast_losses_with_fp32_lora_and_optimizer_state(tiny_model_dir, sft_file, tmp_path):
+    # Issue 32: the frozen base's linear weights stored in bf16 once instead of cast by autocast in every
+    # forward. The matmuls see the same bf16 operands, so the losses equal the fp32-master path's.
+    from medtune.train.speed import bf16_frozen_base_on
+
+    assert bf16_frozen_base_on(TrainConfig(bf16=True), cuda=False)
+    assert not bf16_frozen_base_on(TrainConfig(bf16=False), cuda=False)
+    assert not bf16_frozen_base_on(TrainConfig(bf16=True), cuda=True)
+    assert not bf16_frozen_base_on(TrainConfig(bf16=True, method="full"), cuda=False)
+    assert not bf16_frozen_base_on(TrainConfig(bf16=True, objective="dpo"), cuda=False)
+    assert bf16_frozen_base_on(TrainConfig(bf16=True, objective="pt"), cuda=False)
+    with pytest.raises(SpeedError, match="bf16_frozen_base=true needs train.bf16=true"):
+        bf16_frozen_base_on(TrainConfig(bf16_frozen_base=True), cuda=False)
+    master, t_master = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", bf16=True, bf16_frozen_base=False))
+    frozen, t_frozen = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", bf16=True))
+    assert t_frozen.medtune_speed["bf16_frozen_base"] is True and t_master.medtune_speed["bf16_frozen_base"] is False
+    assert frozen[0] == pytest.approx(master[0], rel=1e-6)
+    assert frozen[1:] == pytest.approx(master[1:], rel=1e-3)
+    assert frozen[2] < frozen[0]
+    params = dict(t_frozen.model.named_parameters())
+    base_linear = [n for n in params if n.endswith("base_layer.weight")]
+    assert base_linear and all(params[n].dtype == torch.bfloat16 for n in base_linear)
+    assert params[next(n for n in params if "lm_head" in n)].dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for n, p in params.items() if "embed_tokens" in n or "norm" in n)
+    lora = [p for p in params.values() if p.requires_grad]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    state = [v for s in t_frozen.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    assert state and all(v.dtype == torch.float32 for v in state)
+
+
+def test_bf16_frozen_base_leaves_a_tied_lm_head_and_its_embedding_in_fp32(tokenizer):
+    # SmolLM2 ties its LM head to the token embedding: casting the head would cast the embedding, and
+    # the residual stream would run in bf16 (first loss 2.662 instead of 2.671 on smollm2-135m).
+    from tests.conftest import build_model
+    from medtune.train.speed import cast_frozen_linears
+
+    model = build_model("qwen2", len(tokenizer))
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    saved = cast_frozen_linears(model, torch.bfloat16)
+    assert model.lm_head.weight.dtype == model.model.embed_tokens.weight.dtype == torch.float32
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    linear = sum(p.numel() for n, p in model.named_parameters() if "layers." in n and "proj" in n)
+    assert saved == 2 * linear

@@ -29,10 +29,13 @@ def audit(kept: list[Record], tallies: dict[str, Tally], n_examples: int = 3) ->
     """Audit the kept records and the tallies of one build.
 
     Returns:
-        ``{"format_tokens": {"records", "tokens", "examples"}, "dangling_references": {"records",
+        ``{"format_tokens": {"records", "tokens", "examples", "stripped_records", "stripped_tokens"},
+        "dangling_references": {"records",
         "examples"}, "answers_cut": {"records", "share", "by_teacher_limit", "by_length_filter"},
         "languages": {lang: share}, "top_reject_reasons": [{"reason", "count", "examples"}],
-        "warnings": [str]}``; ``examples`` are ``{"id", "text"}``.
+        "warnings": [str]}``; ``examples`` are ``{"id", "text"}``. ``format_tokens.records`` counts kept
+        records that still hold format tokens; ``stripped_records`` / ``stripped_tokens`` those the readers
+        cleaned (``meta.format_tokens_stripped``).
     """
     tokens, fmt_ex, dangling_ex, n_fmt, n_dangling = Counter(), [], [], 0, 0
     for r in kept:
@@ -47,13 +50,15 @@ def audit(kept: list[Record], tallies: dict[str, Tally], n_examples: int = 3) ->
             n_dangling += 1
             if len(dangling_ex) < n_examples:
                 dangling_ex.append({"id": r.id, "text": f"{phrase!r} in: {r.messages[0]['content'][:160]}"})
+    stripped = [r.meta["format_tokens_stripped"] for r in kept if r.meta.get("format_tokens_stripped")]
     by_teacher = sum(bool(r.meta.get("answer_cut")) for r in kept)
     by_filter = sum(n for t in tallies.values() for reason, n in t.dropped.items() if reason.startswith("answer longer than"))
     answers = len(kept) + by_filter
     langs = Counter(r.meta.get("language") or "unknown" for r in kept)
     rejects = Counter(x.reason for t in tallies.values() for x in t.rejects)
     top = [{"reason": reason, "count": n,
-            "examples": [f"{x.file} {x.where}: {str(x.record)[:120]}" for t in tallies.values() for x in t.rejects
+            "examples": [f"{x.file} {x.where}" + (f" [{x.field}]" if x.field else "") + (f": {str(x.record)[:120]}" if x.record else "")
+                         for t in tallies.values() for x in t.rejects
                          if x.reason == reason][:n_examples]} for reason, n in rejects.most_common(5)]
     warnings = []
     if n_fmt:
@@ -61,7 +66,8 @@ def audit(kept: list[Record], tallies: dict[str, Tally], n_examples: int = 3) ->
     if n_dangling:
         warnings.append(f"{n_dangling} kept questions refer to a document absent from the prompt "
                         f"(e.g. {dangling_ex[0]['text'][:80]!r})")
-    return {"format_tokens": {"records": n_fmt, "tokens": dict(tokens), "examples": fmt_ex},
+    return {"format_tokens": {"records": n_fmt, "tokens": dict(tokens), "examples": fmt_ex,
+                              "stripped_records": len(stripped), "stripped_tokens": sum(stripped)},
             "dangling_references": {"records": n_dangling, "examples": dangling_ex},
             "answers_cut": {"records": by_teacher + by_filter, "share": round((by_teacher + by_filter) / answers, 4) if answers else 0.0,
                             "by_teacher_limit": by_teacher, "by_length_filter": by_filter},
@@ -72,9 +78,12 @@ def audit(kept: list[Record], tallies: dict[str, Tally], n_examples: int = 3) ->
 def audit_lines(a: dict) -> list[str]:
     """The audit as markdown lines for the data card."""
     cut = a["answers_cut"]
+    fmt = a["format_tokens"]
     lines = ["## Audit", "", "**" + ("WARNING: " + "; ".join(a["warnings"]) if a["warnings"] else "clean: no format tokens, "
                                      "no question refers to an absent document") + "**", "",
-             f"- format tokens: {a['format_tokens']['records']} records {a['format_tokens']['tokens'] or ''}",
+             f"- format tokens left: {fmt['records']} records {fmt['tokens'] or ''}",
+             f"- format tokens stripped when read: {fmt.get('stripped_records', 0)} kept records "
+             f"({fmt.get('stripped_tokens', 0)} tokens)",
              f"- questions referring to an absent document: {a['dangling_references']['records']}",
              f"- answers cut by length limits: {cut['records']} ({cut['share']:.1%}; teacher max_tokens {cut['by_teacher_limit']}, "
              f"length filter {cut['by_length_filter']})",

@@ -8,9 +8,11 @@ Outputs in ``output_dir``:
   ``pairwise-judge`` (only when a source makes them; read by :func:`medtune.preference_data.read_preferences`, not
   filtered or split).
 - ``rejects.jsonl``: every reject with step, file, line/record and reason.
-- ``stats.json``: counts per step and drop reasons, PHI counts per type, teacher token usage, time,
-  and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
-- ``DATA_CARD.md``: sources, sizes, languages, generators, filters, the audit and a few examples.
+- ``stats.json``: ``steps``, the count table: per step seen, kept, and per reason dropped, fixed, cut,
+  skipped and not returned by the teacher (:class:`medtune.data.records.Tally`; the build prints the same
+  rows and the data card shows them, all rendered by :func:`medtune.data.records.count_rows`), PHI counts
+  per type, teacher token usage, time, and the data-quality ``audit`` (:func:`medtune.data.audit.audit`).
+- ``DATA_CARD.md``: sources, sizes, languages, generators, the count table, the audit and a few examples.
 - ``teacher_cache.sqlite``: the teacher's reply cache (a killed build re-run pays for nothing twice).
 - ``pairwise_cache.sqlite``: the ``pairwise-judge`` sampler's and judge's reply cache (same purpose).
 """
@@ -25,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medtune.config import SafetyConfig
 from medtune.data import filters as F
@@ -32,7 +35,7 @@ from medtune.data import generators as G
 from medtune.data import readers as R
 from medtune.data.audit import audit, audit_lines
 from medtune.data.config import DEFAULT_GENERATOR, DataConfig, SourceConfig
-from medtune.data.records import Record, Tally, save_rejects
+from medtune.data.records import COUNTS, Record, Tally, count_rows, save_rejects
 from medtune.errors import ConfigError, DataFileError
 from medtune.llm import LLMClient
 
@@ -45,9 +48,11 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
     """All records of one source (``max_items`` applied), each tagged ``meta.sensitive``."""
     kw = {"encoding": src.encoding, "language": src.language}
     if src.type == "guideline":
-        it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars, **kw)
+        it = R.read_guidelines(src.path, tally, max_chars=src.max_chars, overlap_chars=src.overlap_chars,
+                               max_file_mb=src.max_file_mb, **kw)
     elif src.type == "kb":
-        it = R.read_kb(src.path, tally, name_field=src.name_field, **kw)
+        it = R.read_kb(src.path, tally, name_field=src.name_field, max_file_mb=src.max_file_mb, columns=src.columns,
+                       item_separator=src.item_separator, **kw)
     elif src.type == "report":
         it = R.read_reports(src.path, tally, **kw)
     elif src.type == "qa_tree":
@@ -63,6 +68,31 @@ def read_source(src: SourceConfig, tally: Tally) -> list[Record]:
         if src.max_items is not None and len(records) >= src.max_items:
             break  # before asking the reader for one more: its tally counts only what was used
     return records
+
+
+def print_skipped(skipped: list[tuple[str, str]], rejects: Path, limit: int = 20) -> None:
+    """Name the files a reader did not read, with the reason (at most ``limit``; all are in ``rejects``)."""
+    for file, reason in skipped[:limit]:
+        console.print(f"  [yellow]skipped[/] {escape(file)}: {escape(reason)}", highlight=False)
+    if len(skipped) > limit:
+        console.print(f"  ... and {len(skipped) - limit} more skipped files (all in {rejects})")
+
+
+def read_sources(cfg: DataConfig, tallies: dict[str, Tally], rejects: Path) -> list[tuple[SourceConfig, list[Record]]]:
+    """Read every source (one ``read:<type>:<path>`` tally each), printing counts, the files not read
+    (:func:`print_skipped`; all in ``rejects``) and a warning for a source that gave nothing."""
+    sources = []
+    for k, src in enumerate(cfg.sources):
+        step = f"read:{src.type}:{src.path}"
+        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
+        tally = tallies[step] = Tally(step)
+        sources.append((src, read_source(src, tally)))
+        console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
+        print_skipped(tally.skipped_files(), rejects)
+        if not sources[-1][1] and tally.rejects:
+            first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
+            console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
+    return sources
 
 
 async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Record]]], teacher: LLMClient,
@@ -88,7 +118,8 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         tally = tallies.setdefault(f"generate:{gen}", Tally(f"generate:{gen}"))
         if gen == "none":
             if src.type not in ("qa_tree", "corpus"):
-                continue  # source read and counted only
+                _skip(src, records, tally)
+                continue
             for r in records:
                 r.meta.update(generator=src.type, teacher_model=None)  # passed through as written
             out.extend(records)
@@ -104,6 +135,9 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
                 raise ConfigError(f"source {src.path}: generator pairwise-judge needs type {' | '.join(PROMPT_TYPES)} (got {src.type})")
             pj_seed = cfg.pairwise_judge.sampler.seed if cfg.pairwise_judge.sampler.seed is not None else seed
             jobs += [(pairs, G.pairwise_judge(r, *judges, cfg.pairwise_judge, pj_seed, tally)) for r in records]
+        elif gen == "kb-template" and src.augment is not None:
+            templates = templates or G.load_templates(cfg.templates)
+            sink.extend(await _kb_views(cfg, src, records, templates, teacher, seed, tally))
         elif gen == "kb-template":
             templates = templates or G.load_templates(cfg.templates)
             for r in records:
@@ -130,6 +164,30 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
     return out
 
 
+async def _kb_views(cfg: DataConfig, src: SourceConfig, records: list[Record], templates: dict, teacher: LLMClient,
+                    seed: int, tally: Tally) -> list[Record]:
+    """Knowledge views of one augmented kb source (:func:`G.kb_views`), with teacher paraphrases first when
+    ``augment.teacher_questions`` > 0. Its own seeded generator: the other sources' data stays as without it."""
+    views = G.load_view_templates(cfg.view_templates)
+    aug = src.augment
+    extra = await G.teacher_questions(records, templates, views, aug.teacher_questions, teacher, cfg.prompts_dir,
+                                      aug.fields, tally) if aug.teacher_questions else {}
+    return G.kb_views(records, templates, views, aug, random.Random(f"kb-views:{seed}:{src.path}"), tally, extra)
+
+
+def _skip(src: SourceConfig, records: list[Record], tally: Tally) -> None:
+    """Count (and warn about) the records of a source that ``generator: none`` does not pass through:
+    only QA records (qa_tree, corpus) are training examples as written."""
+    if not records:
+        return
+    tally.skipped[f"{src.type} records with generator none (only qa_tree / corpus records pass through)"] += len(records)
+    usable = " | ".join(g for g, t in (("guideline-qa", "guideline"), ("kb-template", "kb"), ("report-qa", "report"),
+                                       ("safety-pairs", "labelled")) if t == src.type)
+    console.print(f"[bold yellow]WARNING[/] {src.path}: {len(records)} {src.type} records read, none used: generator none "
+                  f"passes only QA records (qa_tree, corpus) through; for training examples from them use generator: "
+                  f"{usable or 'another generator'}", highlight=False, soft_wrap=True)
+
+
 def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] | None:
     """``(sampler, judge)`` clients of the ``pairwise-judge`` generator (one shared client when both name the
     same model on the same backend); None when no source uses it.
@@ -143,9 +201,9 @@ def pairwise_clients(cfg: DataConfig, out: Path) -> tuple[LLMClient, LLMClient] 
     if pj.sampler.temperature <= 0:
         raise ConfigError("data.pairwise_judge.sampler.temperature is 0: greedy sampling gives identical answers; "
                           "set it > 0 (e.g. 0.8)")
-    sampler = LLMClient(pj.sampler, cache_path=out / "pairwise_cache.sqlite")
+    sampler = LLMClient(pj.sampler, cache_path=out / "pairwise_cache.sqlite", key="data.pairwise_judge.sampler")
     same = (pj.judge.base_url, pj.judge.model or sampler.model) == (pj.sampler.base_url, sampler.model)
-    return sampler, sampler if same else LLMClient(pj.judge, cache_path=out / "pairwise_cache.sqlite")
+    return sampler, sampler if same else LLMClient(pj.judge, cache_path=out / "pairwise_cache.sqlite", key="data.pairwise_judge.judge")
 
 
 def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrubber | None]:
@@ -163,6 +221,16 @@ def filter_steps(cfg, seed: int) -> tuple[list[tuple[str, F.Filter]], F.PHIScrub
     if cfg.decontam_files:
         steps.append(("filter:decontam", F.Decontaminator(cfg.decontam_files, cfg.decontam_word_ngram, cfg.decontam_char_ngram)))
     return steps, phi
+
+
+def count_filter_repairs(steps: list[tuple[str, F.Filter]], tallies: dict[str, Tally]) -> None:
+    """Put what the filters changed without dropping into the count table: PHI placeholders written
+    (``fixed``, per type) and ``kb-template`` records the near-duplicate filter does not compare (``skipped``)."""
+    for name, f in steps:
+        if isinstance(f, F.PHIScrubber):
+            tallies[name].fixed.update({f"[{kind}] placeholders written": n for kind, n in f.counts.items()})
+        elif isinstance(f, F.NearDedup) and f.exempt:
+            tallies[name].skipped["kb-template records, not compared (exact duplicates still removed)"] += f.exempt
 
 
 def split_by_document(records: list[Record], fraction: float, seed: int,
@@ -220,16 +288,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     seed = cfg.seed if cfg.seed is not None else seed
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[str, Tally] = {}
-    sources, pairs = [], []
-    for k, src in enumerate(cfg.sources):
-        step = f"read:{src.type}:{src.path}"
-        step += f"#{k}" if step in tallies else ""  # a file read twice (e.g. SFT pass-through + pairwise-judge prompts)
-        tally = tallies[step] = Tally(step)
-        sources.append((src, read_source(src, tally)))
-        console.print(f"read {src.path} ({src.type}): {len(sources[-1][1])} records, {sum(tally.dropped.values())} rejected")
-        if not sources[-1][1] and tally.rejects:
-            first = list(dict.fromkeys(r.reason for r in reversed(tally.rejects)))[:3]
-            console.print(f"[bold yellow]WARNING[/] {src.path}: no record read; reasons:\n  " + "\n  ".join(first))
+    sources, pairs = read_sources(cfg, tallies, out / "rejects.jsonl"), []
     teacher = LLMClient(cfg.teacher, cache_path=out / "teacher_cache.sqlite")
     judges = pairwise_clients(cfg, out)
     try:
@@ -242,6 +301,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
             client.close()
     steps, phi = filter_steps(cfg.filters, seed)
     kept = list(F.run_filters(generated, steps, tallies))
+    count_filter_repairs(steps, tallies)
     train, val = split_by_document(kept, cfg.validation_fraction, seed,
                                    tuple(Path(s.path) for s in cfg.sources if not s.validation))
     _write_jsonl(out / "train.jsonl", [to_line(r, cfg.format) for r in train])
@@ -268,6 +328,7 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
     if cfg.strict and stats["audit"]["warnings"]:
         raise DataFileError(f"data.strict: the audit found problems: {'; '.join(stats['audit']['warnings'])}; "
                             f"see the Audit section of {out / 'DATA_CARD.md'}")
+    print_counts(stats["steps"])
     console.print(f"data: {len(generated)} generated -> {len(kept)} kept ({len(train)} train, {len(val)} validation), "
                   f"{n_rejects} rejects, teacher {teacher.usage['requests']} calls / {teacher.usage['cache_hits']} cached, "
                   f"{stats['wall_s']} s -> {out}")
@@ -275,6 +336,14 @@ def build_data(cfg: DataConfig, seed: int = 42) -> dict:
             "validation_file": str(out / "validation.jsonl"),
             "pairs_file": str(out / "pairs.jsonl") if pairs else None, "teacher_requests": teacher.usage["requests"],
             "teacher_tokens": teacher.usage["prompt_tokens"] + teacher.usage["completion_tokens"], "wall_s": stats["wall_s"]}
+
+
+def print_counts(steps: dict) -> None:
+    """Print the build's count table (:func:`medtune.data.records.count_rows`; the data card shows the same)."""
+    console.print("counts per step:")
+    for step, seen, kept, *cells in count_rows(steps):
+        counts = "".join(f", {label} {cell}" for label, cell in zip(COUNTS.values(), cells) if cell)
+        console.print(f"  {step}: seen {seen}, kept {kept}{counts}", markup=False, highlight=False, soft_wrap=True)
 
 
 def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int = 3) -> str:
@@ -292,8 +361,9 @@ def data_card(cfg: DataConfig, stats: dict, kept: list[Record], n_examples: int 
               f"- teacher: {stats['teacher']['model']} via {stats['teacher']['backend']}; {stats['teacher']['requests']} calls, "
               f"{stats['teacher']['cache_hits']} cached, {stats['teacher']['prompt_tokens']} prompt + "
               f"{stats['teacher']['completion_tokens']} completion tokens",
-              "", "## Filters", "", "| step | seen | kept | dropped |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['seen']} | {v['kept']} | {v['dropped'] or ''} |" for k, v in stats["steps"].items()]
+              "", "## Counts per step", "", "| " + " | ".join(("step", "seen", "kept", *COUNTS.values())) + " |",
+              "|" + "---|" * (3 + len(COUNTS))]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in count_rows(stats["steps"])]
     lines += ["", f"PHI replacements: {stats['phi_replacements'] or 'none'}", ""]
     lines += audit_lines(stats["audit"]) + ["## Examples", ""]
     for rec in kept[:: max(1, len(kept) // n_examples)][:n_examples]:

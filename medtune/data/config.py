@@ -29,6 +29,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class KbAugmentConfig(_Section):
+    """Knowledge views of a kb source: each fact (entry x field) in many question phrasings, answer
+    statements and item orders, asked in both directions, and several entries in one answer.
+
+    Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1, Knowledge Storage and Extraction"
+    (a fact seen in many phrasings and orders becomes extractable under new questions); Berglund et al.
+    2023, "The Reversal Curse" (A -> B training does not teach B -> A, so both directions are written).
+    Phrasings: ``medtune/data/kb_views.yaml`` (or ``data.view_templates``)."""
+
+    views: int = Field(8, ge=1, description="Question/answer views per fact (entry x field): question phrasings (templates, then teacher paraphrases), answer statements and item orders, each drawn without repeats while they last.")
+    reverse: bool = Field(True, description="Also ask each list item back (item -> the entries of this source, same language and field, that list it) where the field has reverse phrasings.")
+    reverse_views: int = Field(1, ge=1, description="Phrasings per reversed item.")
+    passages: int = Field(1, ge=0, description="Multi-fact answers each entry appears in: passage_size entries of the same source, language and field answered together (0: none).")
+    passage_size: int = Field(3, ge=2, description="Entries per multi-fact answer.")
+    teacher_questions: int = Field(0, ge=0, description="Extra question phrasings per fact written by the teacher (data.teacher, one call per fact, cached); 0: templates only.")
+    fields: list[str] | None = Field(None, description="Fields to augment (default: every field with a kb template label).")
+
+
 class SourceConfig(_Section):
     """One source: what it is, how to read it and which generator turns it into QA pairs."""
 
@@ -39,15 +57,18 @@ class SourceConfig(_Section):
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
     sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")
-    columns: dict[str, str] | None = Field(None, description="corpus: map question/answer/system to column names, e.g. {question: 问题, answer: 回答}.")
+    columns: dict[str, str] | None = Field(None, description="corpus: map question/answer/system to column names, e.g. {question: 问题, answer: 回答}; kb: map template fields to a table's columns, e.g. {indications: 医学专家标注的适应病症}.")
+    item_separator: str | None = Field(None, description="kb: split string values holding this separator into item lists (e.g. '|' for a cell 高血压|心绞痛).")
     name_field: str | None = Field(None, description="kb: the field holding the entry name (default: name, title, 名称 ...).")
     question_field: str = Field("question", description="qa_tree: field of the question JSON files.")
     answer_field: str = Field("answer", description="qa_tree: field of the answer JSON files (string, list or {intro, body, conclusion}).")
     max_chars: int = Field(800, ge=50, description="guideline: maximum passage length in characters.")
     overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
+    max_file_mb: float = Field(100.0, gt=0, description="guideline / kb documents: refuse a file larger than this (MB), and a .docx/.hwpx whose zip directory declares more uncompressed (zip bomb).")
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages / reports / entries (caps teacher calls).")
     validation: bool = Field(True, description="False keeps all of this source's records in training, out of the validation split (e.g. the KB whose facts an evaluation asks about in other words).")
     questions_per_item: int = Field(2, ge=1, description="guideline-qa / report-qa: questions asked per passage or report.")
+    augment: KbAugmentConfig | None = Field(None, description="kb: knowledge views (many phrasings, both directions, multi-fact answers; see KbAugmentConfig) instead of data.paraphrases template questions per field.")
     multi_turn: bool = Field(False, description="guideline-qa / report-qa: join the kept pairs of one passage or report into one multi-turn conversation whose first user turn carries the source text (a chat that keeps the report in context, as Ko-Radiology-GPT trained).")
 
 
@@ -60,7 +81,7 @@ class DialogueConfig(_Section):
     examples_per_prompt: int = Field(3, ge=1, description="Seed / kept tasks shown as examples per call (k).")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Keep a new task only if its ROUGE-L to every kept task is below this.")
     consultations: int = Field(0, ge=0, description="Also write this many multi-turn doctor-patient consultations from kept tasks.")
-    language: str = Field("en", description="Language of the prompts and tasks: en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
+    language: str = Field("auto", description="Language of the prompts and tasks: auto (the seeds' most common language), en, zh (shipped) or one with dialogue_tasks.txt / dialogue_answer.txt under prompts_dir/<language>/.")
 
 
 class PairwiseJudgeConfig(_Section):
@@ -104,6 +125,7 @@ class DataConfig(_Section):
     teacher: LLMConfig = Field(default_factory=LLMConfig, description="LLM for the generators (default: local offline pack).")
     templates: Path | None = Field(None, description="kb-template YAML (default: medtune/data/kb_templates.yaml).")
     prompts_dir: Path | None = Field(None, description="Folder with <language>/<name>.txt prompt templates overriding the shipped ones.")
+    view_templates: Path | None = Field(None, description="Phrasings of the kb knowledge views (default: medtune/data/kb_views.yaml; used by sources with augment).")
     paraphrases: int = Field(2, ge=1, description="kb-template: question paraphrases used per field.")
     rag_passages: int = Field(3, ge=1, le=20, description="rag-qa: passages in each prompt, numbered [1]..[k] (use the top_k of chat/serve/web).")
     rag_not_covered: float = Field(0.2, ge=0.0, le=1.0, description="rag-qa: share of examples whose gold passage is removed; their answer says the guideline does not cover the question.")

@@ -206,15 +206,20 @@ PERSON_DATE = re.compile(
     r"follow|clinic|hospital|\bED\b|patient|pt\b|date of service|deliver|died|death|onset|"
     r"入院|出院|出生|生日|就诊|就医|门诊|急诊|复诊|随访|手术|检查|诊断|住院|发病|分娩|死亡|患者|病人|患儿|来院|"
     r"입원|퇴원|출생|생년월일|생일|내원|방문|진료|외래|응급|수술|검사|진단|발병|분만|사망|환자", re.I)
-NOT_PERSON_DATE = re.compile(r"^\s*(?:起|开始)?\s*(?:施行|实施|生效|颁布|发布|公布|印发|批准|通过|修订|修正|废止|"
-                             r"시행|공포|승인|개정|발표|제정)|^\s*(?:effective|enacted|approved|published|issued|amended)", re.I)
+NOT_PERSON_DATE = re.compile(r"^\s*(?:起|开始)?\s*(?:施行|实施|生效|颁布|发布|公布|印发|批准|通过|修订|修正|废止|更新|"
+                             r"시행|공포|승인|개정|발표|제정|갱신|업데이트)|"
+                             r"^\s*(?:effective|enacted|approved|published|issued|amended|updated|revised)", re.I)
+# the date of a document: "该指南于2020年3月1日更新", "본 지침은 2021년 ...", "guideline updated on ..."
+DOCUMENT_DATE = re.compile(r"(?:指南|共识|规范|标准|指引|说明书|本版|文件|지침|가이드라인|권고안|guidelines?|consensus|statement|"
+                           r"recommendations?|version|updated|revised|published)\s*(?:于|在|自|은|는|이|가|on|in|of|dated)?\s*$", re.I)
 
 
 def date_about_person(m: re.Match, window: int = 24) -> bool:
     """True when the date matched by ``m`` is about a person: a care or life event word
-    (:data:`PERSON_DATE`) within ``window`` characters, and no law/approval verb right after it."""
+    (:data:`PERSON_DATE`) within ``window`` characters, no law/approval/update verb right after it
+    (:data:`NOT_PERSON_DATE`) and no document as its subject right before it (:data:`DOCUMENT_DATE`)."""
     text = m.string
-    if NOT_PERSON_DATE.search(text[m.end():m.end() + 12]):
+    if NOT_PERSON_DATE.search(text[m.end():m.end() + 12]) or DOCUMENT_DATE.search(text[max(0, m.start() - 16):m.start()]):
         return False
     return PERSON_DATE.search(text[max(0, m.start() - window):m.end() + window]) is not None
 
@@ -388,7 +393,9 @@ class Decontaminator:
 def run_filters(records: Iterable[Record], steps: list[tuple[str, Filter]], tallies: dict[str, Tally]) -> Iterator[Record]:
     """Pass records through ``steps`` in order; each drop is counted in ``tallies[name]`` with its reason.
 
-    Dropped records are also kept as rejects (file = ``meta.source_file``, where = record id).
+    Dropped records are also kept as rejects: file = ``meta.source_file``, where = record id, field =
+    the part the reason names (``question``, ``answer``, else ``messages``), record = an excerpt of the
+    question and answer.
     """
     for name, _ in steps:
         tallies.setdefault(name, Tally(name))
@@ -396,7 +403,9 @@ def run_filters(records: Iterable[Record], steps: list[tuple[str, Filter]], tall
         for name, check in steps:
             keep, reason = check(r)
             if not keep:
-                tallies[name].drop(reason, r.meta.get("source_file", "?"), r.id)
+                part = next((p for p in ("answer", "question") if p in reason), "messages")
+                excerpt = f"Q: {question_of(r)[:140]} | A: {answer_of(r)[:140]}"
+                tallies[name].drop(reason, r.meta.get("source_file", "?"), r.id, excerpt, part)
                 break
             tallies[name].keep()
         else:

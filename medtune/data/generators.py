@@ -2,7 +2,8 @@
 
 | generator            | LLM calls                                 | from            |
 |----------------------|-------------------------------------------|-----------------|
-| :func:`kb_template`  | none                                      | ``kb``          |
+| :func:`kb_template`  | none                                      | ``kb``, table rows |
+| :func:`kb_views`     | none (+ 1 per fact with teacher paraphrases) | ``kb`` (``augment``) |
 | :func:`grounded_qa`  | 1 + N (+ N judge) per passage / report    | ``passage``, ``report`` |
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
@@ -22,6 +23,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -81,18 +83,39 @@ def load_templates(path: Path | None = None) -> dict:
     return data
 
 
-def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
-    """Question/answer pairs from one knowledge-base entry, ``paraphrases`` per known field.
+def _entry(r: Record) -> tuple[str | None, dict, str | None]:
+    """``(name, fields, name_field)`` of a kb entry, or of a table-row passage (``meta.table``: the
+    first cell names the row, the other cells are fields named by their column header)."""
+    table = r.meta.get("table")
+    if r.kind == "passage" and table:
+        fields = {h or f"column {i + 1}": c for i, (h, c) in enumerate(zip(table["header"], table["cells"])) if i and c}
+        return table["cells"][0] or None, fields, table["header"][0]
+    return r.meta.get("name"), r.fields, r.meta.get("name_field")
 
-    Reads ``fields``, ``meta.name``, ``meta.language``. Answers are the field values (lists joined)
-    in the language's ``answer`` template. Deterministic for a given ``rng`` state.
+
+def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random, tally: Tally) -> list[Record]:
+    """Question/answer pairs from one knowledge-base entry or table row, ``paraphrases`` per field.
+
+    Reads ``fields``, ``meta.name``, ``meta.language`` -- or, for a table row (a kb entry read from a
+    document's table, or a guideline passage with ``meta.table``), the row's cells: a column with
+    no field template is asked about with the language's ``table_questions`` and its header as
+    the label, so the answer is grounded in that row alone ("max daily dose of amoxicillin: 3 g").
+    Answers are the field values (lists joined) in the language's ``answer`` template.
+    Deterministic for a given ``rng`` state.
     """
     lang = r.meta.get("language") if r.meta.get("language") in templates else "en"
-    spec, name, out = templates[lang], r.meta["name"], []
+    spec, out = templates[lang], []
+    name, fields, name_field = _entry(r)
+    if not name:
+        tally.drop("passage is not a table row (kb-template asks about kb entries and table rows)",
+                   r.meta.get("source_file"), r.id, r.text[:120])
+        return []
     text_hash = hashlib.sha256(json.dumps(spec, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
-    for field, value in r.fields.items():
+    for field, value in fields.items():
         f = spec["fields"].get(field)
-        if f is None or field == r.meta.get("name_field"):
+        if f is None and r.meta.get("table") and spec.get("table_questions"):
+            f = {"label": field, "questions": spec["table_questions"]}
+        if f is None or field == name_field:
             continue
         value = spec.get("joiner", ", ").join(value) if isinstance(value, list) else value
         questions = rng.sample(f["questions"], min(paraphrases, len(f["questions"])))
@@ -100,35 +123,297 @@ def kb_template(r: Record, templates: dict, paraphrases: int, rng: random.Random
             tally.keep()
             out.append(Record(
                 id=f"{r.id}/{field}/{k}", kind="qa",
-                messages=[{"role": "user", "content": q.format(name=name)},
+                messages=[{"role": "user", "content": q.format(name=name, label=f["label"])},
                           {"role": "assistant", "content": spec["answer"].format(name=name, label=f["label"], value=value)}],
                 meta={**_provenance(r), "field": field, "generator": "kb-template", "teacher_model": None,
                       "prompt_template_hash": text_hash, "language": lang}))
     if not out:
-        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(r.fields))[:120])
+        tally.drop("kb entry has no field with a template", r.meta.get("source_file"), r.id, str(list(fields))[:120])
     return out
 
 
 def _provenance(r: Record) -> dict:
-    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "sensitive")
+    keys = ("source_file", "doc_id", "passage_id", "char_span", "title", "section", "page", "table", "sensitive")
     return {k: r.meta[k] for k in keys if k in r.meta}
 
 
+# ---------------------------------------------------------------- kb views (knowledge augmentation; no LLM)
+VIEW_TEMPLATES = Path(__file__).parent / "kb_views.yaml"
+_JOSA = re.compile(r"(.)(은\(는\)|이\(가\)|을\(를\)|과\(와\)|\(으\)로)")
+_JOSA_FORMS = {"은(는)": ("은", "는"), "이(가)": ("이", "가"), "을(를)": ("을", "를"), "과(와)": ("과", "와"), "(으)로": ("으로", "로")}
+
+
+def load_view_templates(path: Path | None = None) -> dict:
+    """The knowledge-view phrasings: ``{language: {joiner, and, suffixes, generic, fields}}`` (see kb_views.yaml).
+
+    Raises:
+        DataFileError: missing file, or a language without ``generic`` questions and statements.
+    """
+    path = Path(path or VIEW_TEMPLATES)
+    if not path.is_file():
+        raise DataFileError(f"{path}: kb view template file not found")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for lang, spec in data.items():
+        generic = spec.get("generic") if isinstance(spec, dict) else None
+        if not isinstance(generic, dict) or not generic.get("questions") or not generic.get("statements"):
+            raise DataFileError(f"{path}: language {lang!r} needs generic.questions and generic.statements")
+    return data
+
+
+def josa(text: str) -> str:
+    """Korean particles written as ``은(는)``, ``이(가)``, ``을(를)``, ``과(와)``, ``(으)로`` resolved after the
+    syllable before them (final consonant or not; ``(으)로`` takes 로 after ㄹ too); left as written after
+    a non-Hangul character."""
+    def pick(m: re.Match) -> str:
+        prev, form = m.group(1), m.group(2)
+        if not "\uac00" <= prev <= "\ud7a3":
+            return m.group(0)
+        final = (ord(prev) - 0xAC00) % 28
+        with_final, without = _JOSA_FORMS[form]
+        use_first = final != 0 and not (form == "(으)로" and final == 8)
+        return prev + (with_final if use_first else without)
+    return _JOSA.sub(pick, text)
+
+
+def join_items(items: list[str], spec: dict) -> str:
+    """``a, b and c`` in the language of ``spec`` (its ``joiner`` and ``and``)."""
+    if len(items) < 2:
+        return "".join(items)
+    return spec.get("joiner", ", ").join(items[:-1]) + spec.get("and", ", ") + items[-1]
+
+
+def _cycle(options: list, n: int, rng: random.Random) -> list:
+    """``n`` draws from ``options``: a shuffled pass through all of them, then another, and so on."""
+    out = []
+    while len(out) < n and options:
+        out += rng.sample(options, len(options))
+    return out[:n]
+
+
+def _fill(template: str, **kw) -> str:
+    return josa(template.format(**kw))
+
+
+def _view_facts(records: list[Record], templates: dict, views: dict, fields: list[str] | None) -> list[tuple]:
+    """``(record, field, value, lang, label)`` of every fact to augment (fields with a kb-template label)."""
+    facts = []
+    for r in records:
+        lang = r.meta.get("language") if r.meta.get("language") in templates and r.meta.get("language") in views else "en"
+        for field, value in r.fields.items():
+            f = templates[lang]["fields"].get(field)
+            if f is None or field == r.meta.get("name_field") or (fields and field not in fields) or not value:
+                continue
+            facts.append((r, field, value, lang, f["label"]))
+    return facts
+
+
+def _statement(spec: dict, block: dict, templates: dict, name: str, value, label: str, lang: str, rng: random.Random) -> str:
+    """One answer naming every item of ``value`` (a list: random order, a random statement; a string: the
+    kb template's answer form)."""
+    if isinstance(value, str):
+        return templates[lang]["answer"].format(name=name, label=label, value=value)
+    return _fill(rng.choice(block["statements"]), name=name, value=join_items(rng.sample(value, len(value)), spec),
+                 label=label, label_lower=label.lower())
+
+
+def _ended(sentence: str, spec: dict) -> str:
+    """``sentence`` with the language's sentence end (``spec["end"]``, default ".") when it has none, so
+    that in an answer about several entries one entry's last item never runs into the next one's name."""
+    return sentence if sentence.rstrip().endswith((".", "。", "!", "?", "！", "？")) else sentence.rstrip() + spec.get("end", ".")
+
+
+def _shown_name(name: str, rng: random.Random) -> str:
+    """The name as a user may type it: a Latin-script name lower-cased one time in three."""
+    return name.lower() if re.fullmatch(r"[A-Za-z][A-Za-z0-9 .\-]*", name) and rng.random() < 1 / 3 else name
+
+
+def _view_record(r: Record, key: str, question: str, answer: str, lang: str, field: str, view: str, h: str,
+                 names: list[Record] | None = None) -> Record:
+    meta = {**_provenance(r), "field": field, "generator": "kb-template", "view": view, "teacher_model": None,
+            "prompt_template_hash": h, "language": lang}
+    if names:
+        meta["doc_ids"] = [n.meta.get("doc_id", n.id) for n in names]
+    return Record(id=f"{r.id}/{field}/{key}", kind="qa", meta=meta,
+                  messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+
+def kb_views(records: list[Record], templates: dict, views: dict, cfg, rng: random.Random, tally: Tally,
+             extra_questions: dict | None = None) -> list[Record]:
+    """Knowledge views of one kb source: forward, reverse and multi-fact question/answer pairs.
+
+    Knowledge augmentation after Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1, Knowledge
+    Storage and Extraction" (ICML 2024): a fact written in many phrasings and orders is stored so that
+    new questions can extract it, where one fixed phrasing is only memorised. Both directions after
+    Berglund et al. 2023, "The Reversal Curse: LLMs trained on 'A is B' fail to learn 'B is A'".
+
+    Per fact (entry x field with a kb-template label): ``cfg.views`` pairs, each a question phrasing
+    (``views[lang].fields[field].questions`` or ``generic``, then ``extra_questions``) with a style
+    suffix, answered by a statement naming every item in a random order. With ``cfg.reverse``, each
+    list item is asked back (``reverse_questions``) and answered with every entry of the source (same
+    language and field) that lists it. With ``cfg.passages``, groups of ``cfg.passage_size`` entries
+    are answered together. Reads ``fields``, ``meta.name``, ``meta.language``; writes ``messages`` and
+    ``meta`` with the entry's provenance, ``field``, ``view`` (forward | reverse | passage) and, for
+    views of several entries, ``doc_ids``. Deterministic for a given ``rng`` state.
+
+    Args:
+        records: the source's ``kb`` records.
+        templates: :func:`load_templates` (labels, answer forms).
+        views: :func:`load_view_templates`.
+        cfg: :class:`medtune.data.config.KbAugmentConfig`.
+        extra_questions: ``{(record id, field): [question, ...]}`` (teacher paraphrases).
+
+    Returns:
+        The pairs, forward views first.
+    """
+    h = hashlib.sha256(json.dumps([templates, views], ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:12]
+    facts = _view_facts(records, templates, views, cfg.fields)
+    out = []
+    for r, field, value, lang, label in facts:
+        spec = views[lang]
+        block = spec.get("fields", {}).get(field) or spec["generic"]
+        pool = list(block["questions"]) + list((extra_questions or {}).get((r.id, field), []))
+        for k, q in enumerate(_cycle(pool, cfg.views, rng)):
+            question = _fill(q, name=_shown_name(r.meta["name"], rng), label=label, label_lower=label.lower())
+            question += rng.choice(spec.get("suffixes") or [""])
+            answer = _statement(spec, block, templates, r.meta["name"], value, label, lang, rng)
+            out.append(_view_record(r, f"v{k}", question, answer, lang, field, "forward", h))
+    if cfg.reverse:
+        out += _reverse_views(facts, views, cfg.reverse_views, rng, h)
+    if cfg.passages:
+        out += _passage_views(facts, templates, views, cfg, rng, h)
+    tally.seen += len(out)
+    tally.kept += len(out)
+    if not facts:
+        tally.drop("kb source has no field with a template to augment", records[0].meta.get("source_file") if records else None)
+    return out
+
+
+def _reverse_views(facts: list[tuple], views: dict, n: int, rng: random.Random, h: str) -> list[Record]:
+    """Item -> entries pairs for every list item of a field with ``reverse_questions``."""
+    owners: dict[tuple, list[Record]] = {}
+    for r, field, value, lang, _ in facts:
+        if isinstance(value, list) and views[lang].get("fields", {}).get(field, {}).get("reverse_questions"):
+            for item in dict.fromkeys(value):
+                owners.setdefault((lang, field, item), []).append(r)
+    out = []
+    for j, ((lang, field, item), rs) in enumerate(owners.items()):
+        spec, block = views[lang], views[lang]["fields"][field]
+        names = join_items([x.meta["name"] for x in rs], spec)
+        for k, q in enumerate(_cycle(block["reverse_questions"], n, rng)):
+            question = _fill(q, item=item) + rng.choice(spec.get("suffixes") or [""])
+            out.append(_view_record(rs[0], f"r{j}.{k}", question,
+                                    _fill(block["reverse_answer"], item=item, names=names), lang, field, "reverse", h, rs))
+    return out
+
+
+def _passage_views(facts: list[tuple], templates: dict, views: dict, cfg, rng: random.Random, h: str) -> list[Record]:
+    """Answers about ``cfg.passage_size`` entries at once (same language and field); each entry in ``cfg.passages`` of them."""
+    groups: dict[tuple, list[tuple]] = {}
+    for fact in facts:
+        groups.setdefault((fact[3], fact[1]), []).append(fact)
+    out = []
+    for (lang, field), members in groups.items():
+        spec = views[lang]
+        block = spec.get("fields", {}).get(field) or spec["generic"]
+        if len(members) < 2:
+            continue
+        for rep in range(cfg.passages):
+            order = rng.sample(members, len(members))
+            for g in range(0, len(order), cfg.passage_size):
+                group = order[g:g + cfg.passage_size]
+                if len(group) < 2:
+                    group = order[-cfg.passage_size:] if len(order) >= 2 else group
+                label = group[0][4]
+                names = join_items([f[0].meta["name"] for f in group], spec)
+                question = _fill(rng.choice(block.get("passage_questions") or spec["generic"]["passage_questions"]),
+                                 names=names, label=label, label_lower=label.lower())
+                answer = spec.get("sep", " ").join(_ended(_statement(spec, block, templates, f[0].meta["name"], f[2], label,
+                                                                     lang, rng), spec) for f in group)
+                out.append(_view_record(group[0][0], f"p{rep}.{g}", question, answer, lang, field, "passage", h,
+                                        [f[0] for f in group]))
+    return out
+
+
+async def teacher_questions(records: list[Record], templates: dict, views: dict, n: int, teacher: LLMClient,
+                            prompts_dir: Path | None, fields: list[str] | None, tally: Tally) -> dict:
+    """``n`` teacher paraphrases of one template question per fact (``kb_questions`` prompt, one call per
+    fact); a paraphrase that does not name the entry as written is dropped and counted.
+
+    Returns:
+        ``{(record id, field): [question, ...]}`` for :func:`kb_views`.
+
+    Raises:
+        SensitiveDataError: a sensitive source and a remote teacher.
+    """
+    facts = _view_facts(records, templates, views, fields)
+
+    async def one(r: Record, field: str, lang: str) -> list[str]:
+        tpl, _ = load_prompt("kb_questions", lang, prompts_dir)
+        block = views[lang].get("fields", {}).get(field) or views[lang]["generic"]
+        label = templates[lang]["fields"][field]["label"]
+        seed_q = _fill(block["questions"][0], name=r.meta["name"], label=label, label_lower=label.lower())
+        try:
+            reply = await teacher.complete([{"role": "user", "content": tpl.format(name=r.meta["name"], question=seed_q, n=n)}],
+                                           sensitive=bool(r.meta.get("sensitive")))
+        except SensitiveDataError:
+            raise
+        except LLMError as e:
+            tally.drop("teacher call failed (kb paraphrases)", r.meta.get("source_file"), r.id, str(e))
+            return []
+        kept = []
+        for q in parse_list(reply.text, n):
+            if r.meta["name"] in q:
+                kept.append(q.replace("{", "{{").replace("}", "}}").replace(r.meta["name"], "{name}"))
+            else:
+                tally.drop("kb paraphrase does not name the entry", r.meta.get("source_file"), r.id, q[:120])
+        return kept
+
+    got = await asyncio.gather(*(one(r, field, lang) for r, field, _, lang, _ in facts))
+    return {(r.id, field): qs for (r, field, *_), qs in zip(facts, got)}
+
+
 # ---------------------------------------------------------------- teacher-based
-_NUMBERED = re.compile(r"^\s*(?:\d+[.)、:：]|[-*•]|Q\d*[.:：])\s*")
+_NUMBERED = re.compile(r"^\s*(?:(?:task|question|instruction|任务|问题|题目|과제|질문|문제)\s*\d+\s*[.)、:：]?|\d+\s*[.)、:：]"
+                       r"|[-*•](?!\*)|Q\d*[.:：])\s*", re.I)
+_HEADER = re.compile(r"^(?:#{1,6}\s.*|\*\*[^*]+\*\*\s*[:：]?|__[^_]+__\s*[:：]?)$")
 
 
 def parse_list(text: str, n: int) -> list[str]:
-    """Up to ``n`` items of a numbered or bulleted list in a teacher reply (numbering removed, de-duplicated)."""
+    """Up to ``n`` items of a numbered or bulleted list in a teacher reply (numbering removed, de-duplicated).
+
+    In a numbered reply, an unnumbered line continues the item above it (joined with a newline); lines
+    before the first item, after a blank line, and headers (``**Category**``, ``# ...``, an unnumbered
+    line ending with a colon) are not items; nor is an item that ends with a colon. A reply without numbering gives one item per line.
+    """
+    lines = text.splitlines()
+    numbered = any(_NUMBERED.match(line) for line in lines)
+    parts: list[list[str]] = []
+    current: list[str] | None = None
+    for line in lines:
+        m = _NUMBERED.match(line)
+        body = (line[m.end():] if m else line).strip()
+        if not body or _HEADER.match(body) or (not m and body.endswith((":", "："))):
+            current = None  # a blank line or a header ends an item
+        elif m or not numbered:
+            current = [body]
+            parts.append(current)
+        elif current is not None:
+            current.append(body)
     items = []
-    for line in text.splitlines():
-        item = _NUMBERED.sub("", line).strip().strip('"')
+    for p in parts:
+        item = "\n".join(p).replace("**", "").strip().strip('"')
         if len(item) >= 4 and item not in items and not item.endswith((":", "：")):
             items.append(item)
     return items[:n]
 
 
 CUT_MARK = "\x00cut\x00"  # internal: prefixed to an answer that reached the teacher's max_tokens
+CUT_REASON = "answer reached the teacher's max_tokens"
+
+
+def reached_limit(reply, teacher: LLMClient, max_tokens: int | None = None) -> bool:
+    """True when ``reply`` used all the completion tokens the call allowed (the text is cut)."""
+    return reply.completion_tokens >= (max_tokens or teacher.cfg.max_tokens)
 CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": "影像报告"},
                   "guideline": {"en": "Guideline passage", "ko": "지침 원문", "zh": "指南原文"}}
 
@@ -154,7 +439,7 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
         SensitiveDataError: the source is sensitive and the teacher is remote (stops the run).
     """
     lang = r.meta.get("language", "en")
-    text = r.text if kind == "guideline" else "\n".join(
+    text = _guideline_text(r) if kind == "guideline" else "\n".join(
         f"{k.upper()}: {r.fields[k]}" for k in ("findings", "impression") if r.fields.get(k))
     q_tpl, q_hash = load_prompt(f"{kind}_questions", lang, prompts_dir)
     a_tpl, a_hash = load_prompt(f"{kind}_answer", lang, prompts_dir)
@@ -170,6 +455,8 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     questions = parse_list(reply.text, n)
     if not questions:
         tally.drop("teacher wrote no parsable question", r.meta.get("source_file"), r.id, reply.text[:200])
+    elif len(questions) < n:
+        tally.not_returned["questions asked for, not in the teacher's reply"] += n - len(questions)
     answers = await asyncio.gather(*(_answer(teacher, a_tpl, j_tpl, text, q, sensitive) for q in questions))
     out = []
     for k, (q, (answer, verdict)) in enumerate(zip(questions, answers)):
@@ -181,6 +468,8 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.keep()
             cut = answer.startswith(CUT_MARK)
             answer = answer.removeprefix(CUT_MARK)
+            if cut:
+                tally.cut[CUT_REASON] += 1
             label = CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"])
             prompt = f"{label}:\n{text}\n\n{q}" if not multi_turn and (kind == "report" or dangling_reference(q)) else q
             out.append(Record(id=f"{r.id}/q{k}", kind="qa",
@@ -191,6 +480,13 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
     if multi_turn and out:
         return _in_context(out, r.id, text, CONTEXT_LABELS[kind].get(lang, CONTEXT_LABELS[kind]["en"]))
     return out
+
+
+def _guideline_text(r: Record) -> str:
+    """What the teacher reads of a guideline passage: its text; a table row (``meta.table``) is led by
+    its section path, so a question about the row can name what the table is about."""
+    section = r.meta.get("section") or []
+    return f"{' › '.join(section)}\n{r.text}" if r.meta.get("table") and section else r.text
 
 
 def _in_context(pairs: list[Record], source_id: str, text: str, label: str) -> list[Record]:
@@ -206,7 +502,7 @@ async def _answer(teacher: LLMClient, a_tpl: str, j_tpl: str, text: str, q: str,
     try:
         reply = await teacher.complete([{"role": "user", "content": a_tpl.format(passage=text, question=q)}], sensitive=sensitive)
         answer = reply.text.strip()
-        if reply.completion_tokens >= teacher.cfg.max_tokens:
+        if reached_limit(reply, teacher):
             answer = CUT_MARK + answer  # hit the token limit: counted by the audit, mark removed there
     except SensitiveDataError:
         raise
@@ -279,7 +575,7 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
         if output is not None and not isinstance(output, str):
             tally.drop("seed `output` is not a string", path, where, str(t)[:200])
             continue
-        tasks.append({"instruction": task, "category": str(t.get("category") or "general"), "output": output, "line": where})
+        tasks.append({"instruction": task, "category": str(t.get("category") or "").strip(), "output": output, "line": where})
     if not tasks:
         reasons = list(dict.fromkeys(f"{r.where}: {r.reason}" for r in tally.rejects))[:3]
         raise DataFileError(f"{path}: no usable seed task; expected JSONL or a JSON array of "
@@ -287,36 +583,70 @@ def load_seed_tasks(path: Path, tally: Tally) -> list[dict]:
     return tasks
 
 
-async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
-    """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
+GENERAL_CATEGORY = {"en": "general health questions", "zh": "常见健康咨询", "ko": "일반 건강 상담"}
 
-    Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category, asks
-    for ``tasks_per_round`` new tasks, and keeps a task only if its ROUGE-L to every seed and
-    kept task is below ``rouge_threshold``. Kept tasks are answered; with ``consultations`` > 0
-    the teacher also writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some.
-    """
-    seeds = load_seed_tasks(cfg.seed_file, tally)
-    lang = cfg.language  # English prompts for another language would write tasks the language filter then drops
-    t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
-    a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
-    pool, kept = [s["instruction"] for s in seeds], []
-    categories = sorted({s["category"] for s in seeds})
+
+def seed_language(cfg, seeds: list[dict]) -> str:
+    """The dialogue prompts' language: ``cfg.language``, or with ``auto`` the most common language of the
+    seed instructions (:func:`medtune.text.detect_language`; English when none is detected)."""
+    if cfg.language != "auto":
+        return cfg.language
+    counts = Counter(detect_language(s["instruction"]) for s in seeds)
+    return next((lang for lang, _ in counts.most_common() if lang in ("en", "zh", "ko")), "en")
+
+
+async def _propose_tasks(cfg, teacher: LLMClient, template: str, pool: list[str], categories: list[str],
+                         rng: random.Random, tally: Tally) -> list[tuple[str, str]]:
+    """``[(task, category)]`` kept from ``cfg.rounds`` calls; drops and missing tasks are counted."""
+    kept = []
     for _ in range(cfg.rounds):
         examples = rng.sample(pool, min(cfg.examples_per_prompt, len(pool)))
         category = rng.choice(categories)
-        prompt = t_tpl.format(examples="\n".join(f"{i + 1}. {e}" for i, e in enumerate(examples)),
-                              n=cfg.tasks_per_round, category=category)
+        prompt = template.format(examples="\n".join(f"{i + 1}. {e}" for i, e in enumerate(examples)),
+                                 n=cfg.tasks_per_round, category=category)
         try:
             reply = await teacher.complete([{"role": "user", "content": prompt}], temperature=0.7, seed=len(pool))
         except LLMError as e:
             tally.drop("teacher call failed (tasks)", cfg.seed_file, "round", str(e))
             continue
-        for task in parse_list(reply.text, cfg.tasks_per_round):
+        tasks = parse_list(reply.text, cfg.tasks_per_round)
+        if len(tasks) < cfg.tasks_per_round:
+            tally.not_returned["tasks asked for, not in the teacher's reply"] += cfg.tasks_per_round - len(tasks)
+        for task in tasks:
             if max(rouge_l(task, p) for p in pool) >= cfg.rouge_threshold:
                 tally.drop(f"ROUGE-L >= {cfg.rouge_threshold} to an existing task", cfg.seed_file, task[:60])
                 continue
             pool.append(task)
             kept.append((task, category))
+    return kept
+
+
+async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: random.Random, tally: Tally) -> list[Record]:
+    """Self-instruct (Wang et al., 2023) / BELLE-style scenario tasks, answered by the teacher.
+
+    Each round samples ``examples_per_prompt`` tasks (seeds and kept ones) and a category (the seeds'
+    ``category`` values; a general one in the prompts' language when they have none), asks for
+    ``tasks_per_round`` new tasks, and keeps a task only if its ROUGE-L to every seed and kept task is
+    below ``rouge_threshold``. Kept tasks are answered; with ``consultations`` > 0 the teacher also
+    writes multi-turn consultations (``Patient:`` / ``Doctor:`` lines) for some. The prompts are in
+    :func:`seed_language`. Counted in ``tally``: drops, tasks the teacher did not return
+    (``not_returned``) and answers that reached its ``max_tokens`` (``cut``; ``meta.answer_cut``).
+
+    Raises:
+        DataFileError: no usable seed task, or no prompt template in the language.
+    """
+    seeds = load_seed_tasks(cfg.seed_file, tally)
+    lang = seed_language(cfg, seeds)  # English prompts for another language would write tasks the language filter then drops
+    try:
+        t_tpl, t_hash = load_prompt("dialogue_tasks", lang, prompts_dir, fallback=False)
+        a_tpl, a_hash = load_prompt("dialogue_answer", lang, prompts_dir, fallback=False)
+    except DataFileError as e:
+        if cfg.language != "auto":
+            raise
+        raise DataFileError(f"{e} (language {lang!r} detected from the seed tasks; --set data.dialogue.language=en "
+                            "uses the English prompts)") from None
+    categories = sorted({s["category"] for s in seeds if s["category"]}) or [GENERAL_CATEGORY.get(lang, "general")]
+    kept = await _propose_tasks(cfg, teacher, t_tpl, [s["instruction"] for s in seeds], categories, rng, tally)
     replies = await asyncio.gather(*(teacher.complete([{"role": "user", "content": a_tpl.format(question=t)}])
                                      for t, _ in kept), return_exceptions=True)
     meta = {"source_file": str(cfg.seed_file), "generator": "dialogue", "teacher_model": teacher.model,
@@ -327,9 +657,12 @@ async def dialogue(cfg, teacher: LLMClient, prompts_dir: Path | None, rng: rando
             tally.drop("teacher call failed (answer)", cfg.seed_file, task[:60], str(rep))
             continue
         tally.keep()
+        cut = reached_limit(rep, teacher)
+        tally.cut[CUT_REASON] += cut
         out.append(Record(id=f"dialogue/{k}", kind="qa", messages=[{"role": "user", "content": task},
                                                                    {"role": "assistant", "content": rep.text.strip()}],
-                          meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task)}))
+                          meta={**meta, "doc_id": f"dialogue/{k}", "category": category, "language": detect_language(task),
+                                **({"answer_cut": True} if cut else {})}))
     if cfg.consultations:
         out += await _consultations([t for t, _ in kept][: cfg.consultations], teacher, lang, prompts_dir, meta, tally)
     return out
@@ -370,9 +703,12 @@ async def _consultations(tasks: list[str], teacher: LLMClient, lang: str, prompt
             tally.drop("consultation failed or not in Patient:/Doctor: turns", meta["source_file"], task[:60])
             continue
         tally.keep()
+        cut = reached_limit(rep, teacher)
+        tally.cut[CUT_REASON] += cut
         out.append(Record(id=f"consultation/{k}", kind="qa", messages=msgs,
                           meta={**meta, "doc_id": f"consultation/{k}", "generator": "consultation",
-                                "prompt_template_hash": h, "language": detect_language(task)}))
+                                "prompt_template_hash": h, "language": detect_language(task),
+                                **({"answer_cut": True} if cut else {})}))
     return out
 
 
@@ -612,8 +948,10 @@ def rag_qa(pairs: list[Record], sources: list[Record], k: int, not_covered: floa
     for pair in pairs:
         gold = by_id.get(pair.meta.get("passage_id") or pair.meta.get("doc_id"))
         question, answer = pair.messages[0]["content"], pair.messages[-1]["content"]
-        if gold is None or len(pair.messages) != 2 or dangling_reference(question):
-            why = "no source passage" if gold is None else "multi-turn pair" if len(pair.messages) != 2 else "question refers to its passage"
+        if gold is None or len(pair.messages) != 2 or dangling_reference(question) or len(pair.meta.get("doc_ids", ())) > 1:
+            why = ("no source passage" if gold is None else "multi-turn pair" if len(pair.messages) != 2
+                   else "view of several entries (no single gold passage)" if len(pair.meta.get("doc_ids", ())) > 1
+                   else "question refers to its passage")
             tally.drop(f"rag-qa: {why}", pair.meta.get("source_file"), pair.id, question[:120])
             continue
         covered = rng.random() >= not_covered

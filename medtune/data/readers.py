@@ -2,8 +2,8 @@
 
 | reader              | reads                                                        | yields kind |
 |---------------------|--------------------------------------------------------------|-------------|
-| :func:`read_guidelines` | .txt / .md / .pdf, JSON array of strings, JSONL ``text``  | ``passage`` |
-| :func:`read_kb`     | JSON / JSONL (MongoDB export too) / CSV entries               | ``kb``      |
+| :func:`read_guidelines` | .txt .md .docx .hwp .hwpx .html .pdf (:mod:`medtune.documents`), JSON array of strings, JSONL ``text`` | ``passage`` |
+| :func:`read_kb`     | JSON / JSONL (MongoDB export too) / CSV entries; table rows of documents | ``kb``      |
 | :func:`read_reports`| free-text radiology reports (.txt) or CSV, one column per section | ``report`` |
 | :func:`read_qa_tree`| AI Hub layout: ``1.질문/<...>/*.json`` + ``2.답변/<...>/*.json`` | ``qa``      |
 | :func:`read_corpus` | Alpaca, ShareGPT, ``messages``, column-mapped CSV / JSONL     | ``qa``      |
@@ -11,7 +11,9 @@
 Every reader takes a file or a directory (read recursively, sorted), an optional forced
 ``encoding``, and a :class:`~medtune.data.records.Tally` that receives located rejects. Bad
 records never stop the run; a source that cannot be read at all raises
-:class:`~medtune.data.records.DataFileError`.
+:class:`~medtune.data.records.DataFileError`. The guideline and kb readers name every file of
+their folder that they do not read (unsupported type, encrypted, no text layer, too large) as a
+reject at ``<file>``, so nothing is skipped without a word.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Iterator
 
 from medtune.data.records import Record, Tally
-from medtune.errors import DataFileError
-from medtune.io import (SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
+from medtune.documents import DEFAULT_MAX_MB, TEXT_FORMATS, Document, finish, passages, read_document, text_blocks
+from medtune.documents import SUFFIXES as DOCUMENT_SUFFIXES
+from medtune.errors import DataFileError, DocumentError
+from medtune.io import (NAME_FIELDS, SPREADSHEET_SUFFIXES, Reject, RecordError, columns_hint, parse_rows, read_text,
                         record_to_messages, spreadsheet_rows)
 from medtune.text import detect_language, strip_format_tokens, strip_html
 
@@ -35,6 +39,34 @@ def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not path.is_dir():
         raise DataFileError(f"{path}: source not found")
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _source_files(path: Path, suffixes: tuple[str, ...], tally: Tally, kind: str) -> list[Path]:
+    """Every file under ``path`` (sorted); those no reader of ``kind`` takes are rejected by name."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        raise DataFileError(f"{path}: source not found")
+    out = []
+    for f in files:
+        if f.suffix.lower() in suffixes:
+            out.append(f)
+        else:
+            tally.drop(f"unsupported file type {f.suffix.lower() or '(no suffix)'!r}: no {kind} reader takes it",
+                       f, "<file>", f"supported: {' '.join(suffixes)}")
+    return out
+
+
+def _document(file: Path, tally: Tally, encoding: str | None, max_file_mb: float) -> Document | None:
+    """:func:`medtune.documents.read_document`, or None with the reason counted and the file named."""
+    try:
+        return read_document(file, int(max_file_mb * 2**20), encoding)
+    except DocumentError as e:
+        tally.drop(e.reason, file, "<file>", str(e))
+        return None
 
 
 def _doc_id(path: Path, root: Path) -> str:
@@ -74,111 +106,24 @@ def _structured_items(path: Path, encoding: str | None, tally: Tally,
 
 
 # ---------------------------------------------------------------- guidelines
-_HEADING = re.compile(r"^(#{1,6}\s+\S.*|第[一二三四五六七八九十百\d]+[章节条部分].*|[0-9]+(\.[0-9]+)*[.)、]?\s+\S.{0,60}"
-                      r"|[一二三四五六七八九十]+、.{1,60}|[IVX]+\.\s+\S.*)$")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
-
-
-def _blocks(text: str) -> list[tuple[int, int, bool]]:
-    """Paragraph blocks ``(start, end, is_heading)`` split at blank lines and heading lines."""
-    blocks, start, pos = [], None, 0
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if not stripped or _HEADING.match(stripped):
-            if start is not None:
-                blocks.append((start, pos, False))
-                start = None
-            if stripped:
-                lead = len(line) - len(line.lstrip())
-                blocks.append((pos + lead, pos + lead + len(stripped), True))
-        elif start is None:
-            start = pos + len(line) - len(line.lstrip())
-        pos += len(line)
-    if start is not None:
-        blocks.append((start, pos, False))
-    return [(s, s + len(text[s:e].rstrip()), h) for s, e, h in blocks if text[s:e].strip()]
-
-
-def _windows(text: str, start: int, end: int, max_chars: int, overlap: int) -> list[tuple[int, int]]:
-    """Cut ``text[start:end]`` into windows of <= max_chars, ending at sentence ends when possible."""
-    out = []
-    while end - start > max_chars:
-        cut = start + max_chars
-        ends = [start + m.end() for m in _SENTENCE_END.finditer(text[start:cut]) if m.end() > max_chars // 2]
-        cut = ends[-1] if ends else cut
-        out.append((start, cut))
-        start = max(cut - overlap, start + 1)
-    out.append((start, end))
-    return [(s, e) for s, e in out if text[s:e].strip()]
+GUIDELINE_SUFFIXES = (*DOCUMENT_SUFFIXES, ".json", ".jsonl")
 
 
 def split_passages(text: str, max_chars: int = 800, overlap_chars: int = 100) -> list[tuple[int, int]]:
-    """Split a document into passages at headings and paragraphs.
-
-    Paragraphs are packed greedily up to ``max_chars``; a heading starts a new passage and stays
-    with the text under it; a paragraph longer than ``max_chars`` is cut at sentence ends into
-    windows that overlap by ``overlap_chars``.
-
-    Args:
-        text: the whole document.
-        max_chars: maximum passage length in characters.
-        overlap_chars: overlap between consecutive windows of one long paragraph, in characters.
-
-    Returns:
-        ``[(start, end), ...]`` character spans into ``text`` (``text[start:end]`` is the passage).
-    """
-    spans, cur = [], None
-    for s, e, heading in _blocks(text):
-        if cur and (heading or e - cur[0] > max_chars) and not cur[2]:
-            spans.append((cur[0], cur[1]))
-            cur = None
-        if e - s > max_chars:
-            head = cur[0] if cur else s
-            if cur and s - cur[0] > max_chars // 2:
-                spans.append((cur[0], cur[1]))
-                head = s
-            spans.extend(_windows(text, head, e, max_chars, overlap_chars))
-            cur = None
-        elif cur is None:
-            cur = [s, e, heading]
-        else:
-            cur[1], cur[2] = e, False
-    if cur:
-        spans.append((cur[0], cur[1]))
-    return spans
-
-
-def _pdf_text(path: Path, tally: Tally) -> str | None:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
-    try:
-        pages = [p.extract_text() or "" for p in PdfReader(str(path)).pages]
-    except (PdfReadError, OSError, ValueError) as e:
-        tally.drop("unreadable PDF", path, None, str(e))
-        return None
-    text = "\n\n".join(pages)
+    """Character spans of the passages of a plain-text document (:func:`medtune.documents.passages`)."""
     if not text.strip():
-        tally.drop("PDF has no text layer (scanned?); run OCR first", path, f"{len(pages)} pages")
-        return None
-    return text
+        return []
+    doc = finish(Path("<text>"), "text", text_blocks(text), text)
+    return [(p.start, p.end) for p in passages(doc, max_chars, overlap_chars)]
 
 
-def _guideline_docs(path: Path, root: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[str, str, dict]]:
-    """``(doc_id, text, extra_meta)`` for one guideline file."""
-    suffix, doc = path.suffix.lower(), _doc_id(path, root)
-    if suffix == ".pdf":
-        text = _pdf_text(path, tally)
-        if text is not None:
-            yield doc, text, {}
-        return
+def _json_docs(path: Path, root: Path, encoding: str | None, tally: Tally) -> Iterator[tuple[str, Document, dict]]:
+    """``(doc_id, document, extra_meta)`` for each ``text`` of a JSON / JSONL guideline file."""
     text, _ = read_text(path, encoding)
     if not text.strip():
-        tally.drop("empty file", path)
+        tally.drop("empty file", path, "<file>")
         return
-    if suffix not in (".json", ".jsonl"):
-        yield doc, text, {}
-        return
+    doc = _doc_id(path, root)
     for where, item in parse_rows(path, text):
         if isinstance(item, Reject):  # a JSON array of plain strings is a list of documents
             if not isinstance(item.record, str) or item.field != "<record>":
@@ -189,28 +134,52 @@ def _guideline_docs(path: Path, root: Path, encoding: str | None, tally: Tally) 
             tally.drop("no `text` string", path, where, str(item)[:120])
             continue
         extra = {k: item[k] for k in ("title", "source", "date") if item.get(k) is not None}
-        yield f"{doc}:{item.get('id', where.split()[-1])}", item["text"], extra
+        yield (f"{doc}:{item.get('id', where.split()[-1])}", finish(path, "text", text_blocks(item["text"]), item["text"]),
+               extra)
+
+
+def _passage_meta(file: Path, doc_id: str, k: int, doc: Document, p, language: str) -> dict:
+    meta = {"source_file": str(file), "doc_id": doc_id, "passage_id": f"{doc_id}#p{k}",
+            "char_span": [p.start, p.end] if doc.format in TEXT_FORMATS else None, "language": language,
+            "format": doc.format, "section": list(p.section), "page": p.page}
+    if p.page_end != p.page:
+        meta["page_end"] = p.page_end
+    meta.update({k: v for k, v in (("title", doc.title), ("date", doc.date)) if v})
+    if p.row:
+        meta["table"] = p.row
+    return meta
 
 
 def read_guidelines(path: Path, tally: Tally, encoding: str | None = None, max_chars: int = 800,
-                    overlap_chars: int = 100, language: str | None = None) -> Iterator[Record]:
-    """Guideline / consensus / textbook passages with document ids and character spans.
+                    overlap_chars: int = 100, language: str | None = None,
+                    max_file_mb: float = DEFAULT_MAX_MB) -> Iterator[Record]:
+    """Guideline / consensus / textbook passages cut by structure, with provenance.
 
-    Fields written: ``text``; ``meta.source_file``, ``doc_id``, ``passage_id``, ``char_span``
-    (into the document text), ``language`` (detected unless given), ``title``/``source``/``date``.
+    Reads .txt .md .docx .hwp .hwpx .html .htm .pdf (:func:`medtune.documents.read_document`) and
+    JSON / JSONL documents (``text``, optional ``id``/``title``/``source``/``date``); any other file
+    under ``path``, and a file that cannot be read (encrypted, no text layer, too large, a zip bomb),
+    is a reject naming the file and why. Passages follow :func:`medtune.documents.passages`.
+
+    Fields written: ``text``; ``meta.source_file``, ``doc_id``, ``passage_id``, ``char_span`` (into
+    the text of a .txt/.md/JSON document; None for other formats), ``language`` (detected unless
+    given), ``format``, ``section`` (heading path), ``page`` (None where the format has no pages),
+    ``page_end`` (when it differs), ``table`` (``{header, cells}`` of a table-row passage),
+    ``title``/``date`` (the file's own, or the JSON record's), ``source``.
     """
-    for file in _files(path, (".txt", ".md", ".pdf", ".json", ".jsonl")):
-        for doc_id, text, extra in _guideline_docs(file, path, encoding, tally):
-            for k, (s, e) in enumerate(split_passages(text, max_chars, overlap_chars)):
-                passage = text[s:e]
+    for file in _source_files(path, GUIDELINE_SUFFIXES, tally, "guideline"):
+        if file.suffix.lower() in (".json", ".jsonl"):
+            docs = list(_json_docs(file, path, encoding, tally))
+        else:
+            doc = _document(file, tally, encoding, max_file_mb)
+            docs = [(_doc_id(file, path), doc, {})] if doc else []
+        for doc_id, doc, extra in docs:
+            for k, p in enumerate(passages(doc, max_chars, overlap_chars)):
                 tally.keep()
-                yield Record(id=f"{doc_id}#p{k}", kind="passage", text=passage,
-                             meta={"source_file": str(file), "doc_id": doc_id, "passage_id": f"{doc_id}#p{k}",
-                                   "char_span": [s, e], "language": language or detect_language(passage), **extra})
+                meta = _passage_meta(file, doc_id, k, doc, p, language or detect_language(p.text))
+                yield Record(id=f"{doc_id}#p{k}", kind="passage", text=p.text, meta={**meta, **extra})
 
 
 # ---------------------------------------------------------------- knowledge base
-NAME_FIELDS = ("name", "title", "drug_name", "disease", "名称", "药品名称", "疾病名称", "이름", "약품명", "질병명")
 
 
 def _mongo_plain(value):
@@ -246,30 +215,81 @@ def _kb_fields(item: dict, file: Path, where: str, tally: Tally) -> dict:
     return fields
 
 
+KB_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", *SPREADSHEET_SUFFIXES, *DOCUMENT_SUFFIXES)
+
+
+def _table_entries(file: Path, root: Path, tally: Tally, max_file_mb: float,
+                   language: str | None) -> Iterator[Record]:
+    """One kb entry per table row of a document: the first cell is the name, the other cells are
+    fields named by their column header."""
+    doc = _document(file, tally, None, max_file_mb)
+    if doc is None:
+        return
+    rows = [b for b in doc.blocks if b.kind == "row"]
+    if not rows:
+        tally.drop("no table in the document (a kb source reads table rows)", file, "<file>")
+    for k, b in enumerate(rows):
+        fields = {h or f"column {i + 1}": c for i, (h, c) in enumerate(zip(b.header, b.cells)) if i and c}
+        if not b.cells[0] or not fields:
+            tally.drop("table row without a name (first cell) or values", file, f"row {k + 1}", b.text)
+            continue
+        doc_id = f"{_doc_id(file, root)}:row{k + 1}"
+        meta = {"source_file": str(file), "doc_id": doc_id, "name": b.cells[0], "name_field": b.header[0],
+                "language": language or detect_language(b.text), "format": doc.format, "section": list(b.section),
+                "page": b.page, "table": {"header": list(b.header), "cells": list(b.cells)},
+                **({"title": doc.title} if doc.title else {})}
+        tally.keep()
+        yield Record(id=doc_id, kind="kb", text=b.text, fields=fields, meta=meta)
+
+
 def read_kb(path: Path, tally: Tally, encoding: str | None = None, name_field: str | None = None,
-            language: str | None = None) -> Iterator[Record]:
+            language: str | None = None, max_file_mb: float = DEFAULT_MAX_MB, columns: dict[str, str] | None = None,
+            item_separator: str | None = None) -> Iterator[Record]:
     """Knowledge-base entries (diseases, drugs) with arbitrary string or list fields.
 
-    Accepts a JSON array, JSONL (including MongoDB-export lines with ``{"_id": {"$oid": ...}}``)
-    and CSV (one column per field). HTML in values is stripped. An entry without a name is
-    rejected; a field that is neither a string nor a list of strings is dropped and reported.
+    Accepts a JSON array, JSONL (including MongoDB-export lines with ``{"_id": {"$oid": ...}}``),
+    CSV (one column per field), spreadsheets, and the tables of documents (.docx .hwp .hwpx .html
+    .pdf ...: each row an entry named by its first cell, fields named by the column headers).
+    HTML in values is stripped. An entry without a name is rejected; a field that is neither a
+    string nor a list of strings is dropped and reported; any other file is rejected by name.
+    ``columns`` renames columns to field names (``{indications: 适应病症}``: a table's own column read
+    as the template field); with ``item_separator``, a string value holding it becomes a list of items
+    (a spreadsheet cell ``高血压|心绞痛``).
 
     Fields written: ``fields`` (``_id`` removed); ``meta.source_file``, ``doc_id``
-    (``<file>:<_id or record>``), ``name``, ``language``.
+    (``<file>:<_id or record>``, ``<file>:row<k>`` for a table row), ``name``, ``language``; for a
+    table row also ``table`` (``{header, cells}``), ``section``, ``page``, ``format``, ``title``.
     """
-    for file, where, item in _structured_items(path, encoding, tally):
-        oid = _mongo_plain(item.get("_id"))
-        fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
-        key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
-        name = fields.get(key) if key else None
-        if not isinstance(name, str) or not name:
-            tally.drop(f"no name field ({name_field or ', '.join(NAME_FIELDS[:3])}...)", file, where, str(item)[:120])
+    for file in _source_files(path, KB_SUFFIXES, tally, "kb"):
+        if file.suffix.lower() in DOCUMENT_SUFFIXES:
+            for r in _table_entries(file, path, tally, max_file_mb, language):
+                r.fields = _renamed(r.fields, columns, item_separator, r.meta["name_field"])
+                yield r
             continue
-        doc_id = f"{_doc_id(file, path)}:{oid if isinstance(oid, (str, int)) else where.split()[-1]}"
-        tally.keep()
-        yield Record(id=doc_id, kind="kb", fields=fields,
-                     meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
-                           "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
+        for _, where, item in _structured_items(file, encoding, tally):
+            oid = _mongo_plain(item.get("_id"))
+            fields = _kb_fields({k: v for k, v in item.items() if k != "_id"}, file, where, tally)
+            fields = _renamed(fields, columns, item_separator, name_field)
+            key = name_field or next((k for k in NAME_FIELDS if k in fields), None)
+            name = fields.get(key) if key else None
+            if not isinstance(name, str) or not name:
+                tally.drop(f"no name field ({name_field or ', '.join(NAME_FIELDS[:3])}...)", file, where, str(item)[:120])
+                continue
+            doc_id = f"{_doc_id(file, path)}:{oid if isinstance(oid, (str, int)) else where.split()[-1]}"
+            tally.keep()
+            yield Record(id=doc_id, kind="kb", fields=fields,
+                         meta={"source_file": str(file), "doc_id": doc_id, "name": name, "name_field": key,
+                               "language": language or detect_language(" ".join(map(str, fields.values()))[:2000])})
+
+
+def _renamed(fields: dict, columns: dict[str, str] | None, sep: str | None, name_field: str | None) -> dict:
+    """``fields`` with ``columns`` ({field: column}) renamed and ``sep``-separated strings split into lists."""
+    back = {column: field for field, column in (columns or {}).items()}
+    out = {back.get(k, k): v for k, v in fields.items()}
+    if sep:
+        out = {k: [x.strip() for x in v.split(sep) if x.strip()] if isinstance(v, str) and sep in v and k != name_field else v
+               for k, v in out.items()}
+    return out
 
 
 # ---------------------------------------------------------------- radiology reports
@@ -419,29 +439,39 @@ def read_qa_tree(path: Path, tally: Tally, encoding: str | None = None, question
             tally.drop("empty question or answer", qfile, f"id {key[1]}")
             continue
         doc_id = f"{key[0]}/{key[1]}"
-        messages = clean_turns([{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}], tally)
+        messages, stripped = clean_turns([{"role": "user", "content": question.strip()}, {"role": "assistant", "content": answer}])
         if messages is None:
-            tally.drop("a turn is empty once format tokens are removed", qfile, f"id {key[1]}")
+            tally.drop("a turn is empty once format tokens are removed", qfile, f"id {key[1]}", field="messages")
             continue
         tally.keep()
         yield Record(id=doc_id, kind="qa", messages=messages,
                      meta={"source_file": str(qfile), "answer_file": str(afile), "doc_id": doc_id, "category": key[0],
-                           "language": language or detect_language(question + answer)})
+                           "language": language or detect_language(question + answer), **_fix_meta(tally, stripped)})
 
 
 # ---------------------------------------------------------------- existing corpora
-def clean_turns(messages: list[dict], tally: Tally) -> list[dict] | None:
-    """``messages`` with model-format tokens (``</s>``, ``<|im_end|>``, ``[INST]`` ...) removed from
-    every turn, counted in ``tally.fixed``; None when a turn is left empty."""
-    out = []
+FORMAT_FIX = "format tokens stripped"
+
+
+def clean_turns(messages: list[dict]) -> tuple[list[dict] | None, int]:
+    """``(messages with model-format tokens (``</s>``, ``<|im_end|>``, ``[INST]`` ...) removed from every
+    turn, number of tokens removed)``; the messages are None when a turn is left empty."""
+    out, total = [], 0
     for m in messages:
         content, n = strip_format_tokens(m["content"])
-        if n:
-            tally.fixed["format tokens stripped"] += n
+        total += n
         if not content:
-            return None
+            return None, total
         out.append({**m, "content": content})
-    return out
+    return out, total
+
+
+def _fix_meta(tally: Tally, n_tokens: int) -> dict:
+    """Count a record whose format tokens were stripped (``tally.fixed``) and tag it for the audit."""
+    if not n_tokens:
+        return {}
+    tally.fixed[FORMAT_FIX] += 1
+    return {"format_tokens_stripped": n_tokens}
 
 
 def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: dict[str, str] | None = None,
@@ -449,7 +479,8 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
     """Existing QA / instruction data (Alpaca, ShareGPT, ``messages``, common question/answer field
     names such as 问/答 or question/answer, column-mapped CSV/JSONL; JSONL saved as ``.txt`` too).
 
-    Model-format tokens are stripped from every turn (counted in ``tally.fixed``). A file none of
+    Model-format tokens are stripped from every turn (records counted in ``tally.fixed``, tokens in
+    ``meta.format_tokens_stripped``). A file none of
     whose records is in a known form gets one more reject naming the fields seen and the
     ``columns:`` mapping to add.
 
@@ -462,18 +493,18 @@ def read_corpus(path: Path, tally: Tally, encoding: str | None = None, columns: 
         try:
             messages = record_to_messages(item, columns)
         except RecordError as e:
-            tally.drop("not a QA record", file, where, str(e))
+            tally.drop("not a QA record", file, where, str(e), e.field)
             unknown.setdefault(file, set()).update(map(str, item))
             continue
-        messages = clean_turns(messages, tally)
+        messages, stripped = clean_turns(messages)
         if messages is None:
-            tally.drop("a turn is empty once format tokens are removed", file, where, str(item)[:200])
+            tally.drop("a turn is empty once format tokens are removed", file, where, str(item)[:200], "messages")
             continue
         doc_id = f"{_doc_id(file, path)}:{where.split()[-1]}"
         kept[file] += 1
         tally.keep()
         yield Record(id=doc_id, kind="qa", messages=messages,
-                     meta={"source_file": str(file), "doc_id": doc_id,
+                     meta={"source_file": str(file), "doc_id": doc_id, **_fix_meta(tally, stripped),
                            "language": language or detect_language(" ".join(m["content"] for m in messages)[:2000])})
     for file, fields in unknown.items():
         if not kept.get(file):

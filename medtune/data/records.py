@@ -42,36 +42,75 @@ class Record:
     meta: dict = field(default_factory=dict)
 
 
+COUNTS = {  # what a step counts besides seen / kept, per reason: the columns of the count table
+    "dropped": "dropped",
+    "fixed": "fixed (kept, repaired)",
+    "cut": "cut at a length limit (kept)",
+    "skipped": "read, not used",
+    "not_returned": "asked, not returned by the teacher",
+}
+
+
 @dataclass
 class Tally:
-    """Counts of one step: records in, kept, dropped per reason, plus located rejects."""
+    """Counts of one step: records in, kept, dropped per reason, plus located rejects.
+
+    Besides ``dropped``, per reason: ``fixed`` (records repaired and kept, e.g. format tokens stripped),
+    ``cut`` (kept, but the teacher's reply reached its ``max_tokens``), ``skipped`` (read but not used by
+    the step) and ``not_returned`` (items asked of the teacher that its reply did not contain).
+    """
 
     step: str
     seen: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
-    fixed: Counter = field(default_factory=Counter)  # repairs that kept a record, e.g. "format tokens stripped"
+    fixed: Counter = field(default_factory=Counter)
+    cut: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    not_returned: Counter = field(default_factory=Counter)
 
     def keep(self) -> None:
         self.seen += 1
         self.kept += 1
 
     def drop(self, reason: str, file: str | Path | None = None, where: str | int | None = None,
-             detail: str = "") -> None:
-        """Count a drop; with ``file`` it is also kept as a located reject."""
+             detail: str = "", field: str = "") -> None:
+        """Count a drop; with ``file`` it is also kept as a located reject (``field``: the offending one)."""
         self.seen += 1
         self.dropped[reason] += 1
         if file is not None:
-            self.rejects.append(Reject(str(file), str(where or ""), reason, record=detail[:300], step=self.step))
+            self.rejects.append(Reject(str(file), str(where or ""), reason, field, record=detail[:300], step=self.step))
 
     def reject(self, r: Reject) -> None:
         """Count a reject produced by :mod:`medtune.io` (a bad line or record)."""
-        self.drop(r.reason, r.file, r.where, str(r.record)[:300])
+        self.drop(r.reason, r.file, r.where, str(r.record)[:300], r.field)
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """``(file, reason)`` of every file this step did not read at all (rejects at ``<file>``)."""
+        return [(r.file, r.reason) for r in self.rejects if r.where == "<file>"]
 
     def summary(self) -> dict:
-        out = {"seen": self.seen, "kept": self.kept, "dropped": dict(self.dropped)}
-        return {**out, "fixed": dict(self.fixed)} if self.fixed else out
+        """``{"seen", "kept", "dropped": {reason: n}, "fixed": {...}, "cut": {...}, "skipped": {...},
+        "not_returned": {...}}``: the step's row of the count table (:func:`count_rows`)."""
+        return {"seen": self.seen, "kept": self.kept, **{k: dict(getattr(self, k)) for k in COUNTS}}
+
+
+def count_rows(steps: dict[str, dict]) -> list[list[str]]:
+    """The count table of a build, one source for the printed summary, ``stats.json`` and the data card.
+
+    Args:
+        steps: ``{step: Tally.summary()}`` as stored under ``stats.json`` ``steps``.
+
+    Returns:
+        Rows ``[step, seen, kept, dropped, fixed, cut, skipped, not returned]``; a count cell is
+        ``"n (reason n; ...)"`` or ``""``. The header is ``["step", "seen", "kept", *COUNTS.values()]``.
+    """
+    def cell(reasons: dict) -> str:
+        total = sum(reasons.values())
+        return f"{total} (" + "; ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])) + ")" if total else ""
+
+    return [[step, str(v["seen"]), str(v["kept"]), *(cell(v.get(k) or {}) for k in COUNTS)] for step, v in steps.items()]
 
 
 def save_rejects(tallies: list[Tally], path: Path) -> int:

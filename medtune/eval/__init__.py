@@ -1,4 +1,5 @@
-"""Evaluation: multiple-choice benchmarks, fact recall, LLM-as-judge, answer collection and reports.
+"""Evaluation: multiple-choice benchmarks, fact recall, LLM-as-judge, rubric grading, the lm-evaluation-harness
+bridge, answer collection and reports.
 
 | module        | what                                                                |
 |---------------|---------------------------------------------------------------------|
@@ -8,6 +9,9 @@
 | ``mcq``       | log-likelihood and generate-then-parse scoring, ``results.json``     |
 | ``fact``      | knowledge-base fact recall with the three hit criteria               |
 | ``judge``     | rubric (1-4) and order-swapped pairwise LLM-as-judge                 |
+| ``rubric``    | HealthBench-format conversations graded criterion by criterion       |
+| ``harness``   | lm-evaluation-harness tasks on a model medtune loads (``lm-eval``)    |
+| ``answer_samples`` | the report's "What the models said": seeded answers side by side |
 | ``answers``   | one ``<name>_answer`` column per model                               |
 | ``heldout``   | held-out answer perplexity on the train stage's own held-out examples |
 | ``report``    | one self-contained HTML + markdown report                            |

@@ -51,15 +51,16 @@ def split_sentences(answer: str) -> list[tuple[str, list[int]]]:
     for piece in pieces:
         lead = re.match(r"\s*(?:\[[\d,，、\s]+\]\s*)+", piece)
         if lead and out:  # markers written after the previous sentence's full stop belong to it
-            out[-1] = (out[-1][0], out[-1][1] + _markers(lead.group(0)))
+            out[-1] = (out[-1][0], out[-1][1] + markers_of(lead.group(0)))
             piece = piece[lead.end():]
         text = re.sub(r"\s*" + MARKER.pattern, "", piece).strip()
         if text:
-            out.append((text, _markers(piece)))
+            out.append((text, markers_of(piece)))
     return [(text, list(dict.fromkeys(markers))) for text, markers in out]
 
 
-def _markers(text: str) -> list[int]:
+def markers_of(text: str) -> list[int]:
+    """The passage numbers cited in ``text`` (``[1]``, ``[1][2]``, ``[1, 2]``), in order, repeats kept."""
     return [int(n) for m in MARKER.finditer(text) for n in re.split(r"\s*[,，、]\s*", m.group(1))]
 
 

@@ -8,8 +8,16 @@ recall studies: at least one expected item hit, at least 1/2 of them, at least 2
 
 Input records (JSONL, JSON array, CSV/TSV or .xlsx) read: ``id`` (optional), ``question``,
 ``expected`` (a list of strings, or one string of items separated by ``|``, ``，``, ``、``, ``;``),
-``synonyms`` (optional ``{item: [synonym, ...]}``); other column names via ``question_column`` /
-``expected_column`` (common ones such as 问题/答案 are recognised).
+``synonyms`` (optional ``{item: [synonym, ...]}``), ``source`` (optional: questions about entries of one
+source; default: the whole file); other column names via ``question_column`` / ``expected_column``
+(common ones such as 问题/答案 are recognised).
+
+**Bleed**: an answer that names an item belonging to another entry of the same source and not to the
+asked one -- the taught facts blended with their neighbours, e.g. one memorised indication given to
+several drugs. An item (or synonym of at least two characters) of another question of the source
+counts when it occurs in the answer, unless it is also the asked entry's: one of its expected items
+or synonyms contains it or is contained in it, or -- with ``entities``, the knowledge base the facts
+were taught from -- the text of the entry named in the question contains it.
 """
 
 from __future__ import annotations
@@ -24,24 +32,26 @@ from rich.progress import Progress
 
 from medtune.errors import DataFileError
 from medtune.eval.backends import Backend, generate_replies, load_backend
+from medtune.eval.citations import markers_of
 from medtune.eval.config import FactConfig
 from medtune.eval.quality import answer_quality, quality_summary
 from medtune.eval.results import append_rows, elapsed, finish, load_done, run_key
 from medtune.eval.stats import proportion
-from medtune.io import RecordError, Reject, read_rows, write_rejects
+from medtune.io import NAME_FIELDS, RecordError, Reject, read_rows, write_rejects
 from medtune.manifest import tree_digests
-from medtune.retrieval import ground, open_index
-from medtune.text import item_hit, match_form
+from medtune.retrieval import ground, open_index, says_not_covered
+from medtune.text import detect_language, item_hit, match_form
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
 
 
 def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]]) -> dict:
-    """Hits of one answer: ``{"hits": [...], "missed": [...], "hit_rate", "hit_any", "hit_half", "hit_two_thirds"}``."""
+    """Hits of one answer: ``{"hits": [...], "missed": [...], "hit_rate", "hit_any", "hit_half", "hit_two_thirds"}``
+    (all criteria False when ``expected`` is empty)."""
     norm = match_form(answer)
     hits = [e for e in expected if item_hit(norm, [e, *synonyms.get(e, [])])]
-    rate = len(hits) / len(expected)
+    rate = len(hits) / len(expected) if expected else 0.0
     return {"hits": hits, "missed": [e for e in expected if e not in hits], "hit_rate": round(rate, 4),
             **{name: (rate >= frac and len(hits) > 0) for name, frac in CRITERIA.items()}}
 
@@ -67,13 +77,15 @@ def _column(rec: dict, given: str | None, names: tuple[str, ...]) -> str | None:
 
 
 def load_facts(path: Path, synonyms_file: Path | None = None, question_column: str | None = None,
-               expected_column: str | None = None, rejects_path: Path | None = None) -> tuple[list[dict], list[Reject]]:
+               expected_column: str | None = None, rejects_path: Path | None = None,
+               encodings: list[str] | None = None) -> tuple[list[dict], list[Reject]]:
     """Read fact questions (JSONL/JSON, CSV/TSV or .xlsx); records without a question or any expected item are rejected.
 
     Args:
         question_column / expected_column: the record's fields (default: the first of
             :data:`QUESTION_COLUMNS` / :data:`EXPECTED_COLUMNS` present, case-insensitive).
         rejects_path: where to write the rejects when no question is usable.
+        encodings: encodings tried per line, in order (None: detect; :func:`medtune.io.read_text`).
 
     Raises:
         DataFileError: unreadable file, invalid synonyms file, or no usable question (the message
@@ -86,7 +98,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
         except (OSError, json.JSONDecodeError) as e:
             raise DataFileError(f"{synonyms_file}: synonyms must be a JSON object {{item: [synonyms]}}: {e}") from None
     items, rejects, seen, columns = [], [], set(), set()
-    for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
+    for n, (where, rec) in enumerate(read_rows(Path(path), encodings or None), 1):
         if isinstance(rec, Reject):
             rejects.append(rec)
             continue
@@ -101,7 +113,7 @@ def load_facts(path: Path, synonyms_file: Path | None = None, question_column: s
             write_rejects(rejects, rejects_path)
         reasons = list(dict.fromkeys(f"{r.where}: {r.field}: {r.reason}" for r in rejects))[:3]
         raise DataFileError(f"{path}: no usable fact questions ({len(rejects)} rejected); first reasons: {reasons}; "
-                            f"columns seen: {sorted(columns)[:12]}; name them with question_column= / expected_column="
+                            f"columns seen: {sorted(columns)[:12]}; pass them as --question-column COLUMN --expected-column COLUMN"
                             + (f"; rejects in {rejects_path}" if rejects_path else ""))
     return items, rejects
 
@@ -110,16 +122,96 @@ def _fact(rec: dict, line: int, shared: dict, seen: set, qcol: str | None, ecol:
     question = rec.get(qcol) if qcol else None
     if not isinstance(question, str) or not question.strip():
         raise RecordError(qcol or "question", "missing or empty" if qcol else "no question column")
+    answerable = rec.get("answerable", True) is not False
     expected = split_items(rec.get(ecol)) if ecol else None
-    if not expected:
+    if not expected and answerable:
         raise RecordError(ecol or "expected", "no expected-items column" if not ecol else
-                          "must be a non-empty list of strings or a string of items separated by | ， 、 ;")
+                          "must be a non-empty list of strings or a string of items separated by | ， 、 ; "
+                          "(or answerable: false for a question the sources do not answer)")
     ident = str(rec.get("id") or f"fact-{line}")
     if ident in seen:
         raise RecordError("id", f"duplicate id {ident!r}")
     seen.add(ident)
     syn = rec.get("synonyms") if isinstance(rec.get("synonyms"), dict) else {}
-    return {"id": ident, "question": question.strip(), "expected": expected, "synonyms": {**shared, **syn}}
+    return {"id": ident, "question": question.strip(), "expected": expected or [], "synonyms": {**shared, **syn},
+            "source": str(rec.get("source") or ""), "answerable": answerable}
+
+
+def entity_texts(path: Path) -> dict[str, str]:
+    """``{normalised entry name: normalised text of all its other fields}`` of a knowledge-base file
+    (JSONL/JSON/CSV/.xlsx; the name in the first of :data:`medtune.io.NAME_FIELDS` present).
+
+    Raises:
+        DataFileError: no entry with a name (the message names the fields looked for).
+    """
+    out = {}
+    for _, rec in read_rows(Path(path)):
+        if isinstance(rec, Reject):
+            continue
+        key = next((k for k in NAME_FIELDS if isinstance(rec.get(k), str) and rec[k].strip()), None)
+        if key:
+            values = [v for k, v in rec.items() if k != key for v in (v if isinstance(v, list) else [v]) if isinstance(v, str)]
+            out[match_form(rec[key])] = match_form(" | ".join(values))
+    if not out:
+        raise DataFileError(f"{path}: no knowledge-base entry with a name field ({', '.join(NAME_FIELDS[:4])} ...)")
+    return out
+
+
+def _names(item: dict) -> list[str]:
+    return [n for e in item["expected"] for n in (e, *item["synonyms"].get(e, []))]
+
+
+def bleed_candidates(items: list[dict], entities: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Per question id, the items of the other questions of its source that would be bleed in its answer
+    (see the module docstring): ``{id: [name, ...]}``."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it.get("source", ""), []).append(it)
+    out = {}
+    for it in items:
+        own = [match_form(n) for n in _names(it)]
+        q = match_form(it["question"])
+        entry = max((name for name in entities or {} if name and name in q), key=len, default=None)
+        own_text = entities[entry] if entry else ""
+        foreign = []
+        for other in groups[it.get("source", "")]:
+            for n in _names(other) if other is not it else []:
+                f = match_form(n)
+                if len(f) >= 2 and f not in foreign and not any(f in o or o in f for o in own) and f not in own_text:
+                    foreign.append(f)
+        out[it["id"]] = foreign
+    return out
+
+
+def bleed_items(answer: str, candidates: list[str]) -> list[str]:
+    """The ``candidates`` (:func:`bleed_candidates`) that ``answer`` names."""
+    norm = match_form(answer)
+    return [c for c in candidates if item_hit(norm, [c])]
+
+
+def citation_support(answer: str, hits: list[str], synonyms: dict, shown: list[dict]) -> bool | None:
+    """Automatic citation support of one RAG answer: True when it cites ``[n]`` markers of passages it
+    was shown and every expected item it names (``hits``) occurs in the cited passages' text; None when
+    it names no expected item or was shown no passage (nothing to support).
+
+    Args:
+        shown: the passages in the prompt, ``[{"marker", "text", ...}]`` (a fact prediction's ``citations``).
+    """
+    if not hits or not shown:
+        return None
+    by_marker = {c["marker"]: match_form(c["text"]) for c in shown}
+    cited = [by_marker[m] for m in dict.fromkeys(markers_of(answer)) if m in by_marker]
+    return bool(cited) and all(any(item_hit(t, [h, *synonyms.get(h, [])]) for t in cited) for h in hits)
+
+
+def by_language(rows: list[dict]) -> dict:
+    """Per question language (zh / ko / en ...): ``{lang: {"n", "hit_any", "hit_half", "bleed"}}`` with rates."""
+    out = {}
+    for lang in sorted({detect_language(r["question"], default="en") for r in rows}):
+        sub = [r for r in rows if detect_language(r["question"], default="en") == lang]
+        out[lang] = {"n": len(sub), **{c: round(sum(bool(r.get(c)) for r in sub) / len(sub), 4)
+                                      for c in ("hit_any", "hit_half", "bleed")}}
+    return out
 
 
 def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[dict], dict]:
@@ -134,11 +226,74 @@ def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[d
     return g.messages, {"citations": cited, "covered": g.covered}
 
 
+def _row(it: dict, reply, grounding: dict, foreign: list[str], key: str) -> dict:
+    """One prediction row: the answer, its hits, bleed, abstention, quality and (RAG) citation support."""
+    row = {"id": it["id"], "question": it["question"], "expected": it["expected"], "answerable": it["answerable"],
+           "answer": reply.text, **score_answer(reply.text, it["expected"], it["synonyms"]),
+           "bleed_items": (b := bleed_items(reply.text, foreign)), "bleed": bool(b), "abstained": says_not_covered(reply.text),
+           **answer_quality(it["question"], reply.text, reply.stopped), **grounding, "run_key": key}
+    if "citations" in grounding:
+        row["citation_supported"] = citation_support(reply.text, row["hits"], it["synonyms"], grounding["citations"])
+    return row
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Result fields of the prediction rows: recall criteria, bleed and language split over the answerable
+    questions; abstentions on the others; citation support of RAG answers."""
+    ans = [r for r in rows if r.get("answerable", True)]
+    n = len(ans)
+    out = {"n": n, "mean_hit_rate": round(sum(r["hit_rate"] for r in ans) / n, 4) if n else 0.0,
+           **{c: proportion(sum(r[c] for r in ans), n) for c in CRITERIA},
+           "bleed": proportion(sum(bool(r.get("bleed")) for r in ans), n), "by_language": by_language(ans)}
+    if len(ans) < len(rows):
+        off = [r for r in rows if not r.get("answerable", True)]
+        out["unanswerable"] = {"n": len(off), "abstained": proportion(sum(bool(r.get("abstained")) for r in off), len(off)),
+                               "bleed": proportion(sum(bool(r.get("bleed")) for r in off), len(off))}
+        out["abstained_when_answerable"] = proportion(sum(bool(r.get("abstained")) for r in ans), n)
+    judged = [r["citation_supported"] for r in ans if r.get("citation_supported") is not None]
+    if any("citations" in r for r in ans):
+        out["citation_support"] = proportion(sum(judged), len(judged))
+    return out
+
+
+def _unanswerable(path: Path, taken: set, foreign: dict) -> list[dict]:
+    """The questions of ``path`` (``question``; ``id`` optional) as ``answerable: false`` items; each
+    answer's bleed is any item of the main questions.
+
+    Raises:
+        DataFileError: no question in the file, or an id the main questions use.
+    """
+    names = sorted({f for fs in foreign.values() for f in fs})
+    out = []
+    for n, (where, rec) in enumerate(read_rows(Path(path)), 1):
+        q = rec.get("question") if isinstance(rec, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            continue
+        ident = str(rec.get("id") or f"unanswerable-{n}")
+        if ident in taken:
+            raise DataFileError(f"{path}: {where}: id {ident!r} is also a fact question's id")
+        taken.add(ident)
+        out.append({"id": ident, "question": q.strip(), "expected": [], "synonyms": {}, "source": "", "answerable": False})
+        foreign[ident] = names
+    if not out:
+        raise DataFileError(f"{path}: no question (JSONL/JSON/CSV rows with a `question` field)")
+    return out
+
+
+def _extras(results: dict) -> str:
+    """``, citation support 0.90, unanswerable said so 0.80`` when the results have them."""
+    parts = [f"citation support {results['citation_support']['rate']:.2f}"] if "citation_support" in results else []
+    if "unanswerable" in results:
+        parts.append(f"unanswerable said so {results['unanswerable']['abstained']['rate']:.2f} (n={results['unanswerable']['n']})")
+    return "".join(", " + p for p in parts)
+
+
 def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """Generate answers to the fact questions and score them; write results, predictions and manifest.
 
     Returns:
-        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` (each ``{"n", "k", "rate", "ci95"}``),
+        Results with ``hit_any`` / ``hit_half`` / ``hit_two_thirds`` and ``bleed`` (each ``{"n", "k", "rate",
+        "ci95"}``), ``by_language`` (:func:`by_language`),
         the mean per-question ``hit_rate``, the answers' generation ``quality`` (stops, loops,
         language match; :mod:`medtune.eval.quality`) and the ``decoding`` settings used.
 
@@ -148,13 +303,17 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
     """
     started = time.time()
     items, rejects = load_facts(cfg.data, cfg.synonyms, cfg.question_column, cfg.expected_column,
-                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl")
+                                rejects_path=Path(cfg.output_dir) / "rejects.jsonl", encodings=cfg.encodings)
+    foreign = bleed_candidates(items, entity_texts(cfg.entities) if cfg.entities else None)  # over the whole file
     items = items[:cfg.max_items] if cfg.max_items else items
+    if cfg.unanswerable:
+        items += _unanswerable(cfg.unanswerable, {it["id"] for it in items}, foreign)
     out = Path(cfg.output_dir)
     backend = backend or load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
     config = cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"})
     inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
-              "synonyms": tree_digests(Path(cfg.synonyms)) if cfg.synonyms else None}
+              "synonyms": tree_digests(Path(cfg.synonyms)) if cfg.synonyms else None,
+              **{k: tree_digests(Path(getattr(cfg, k))) for k in ("entities", "unanswerable") if getattr(cfg, k)}}
     key = run_key(config, inputs)
     out.mkdir(parents=True, exist_ok=True)
     done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
@@ -167,22 +326,30 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
             batch = todo[i:i + cfg.batch_size]
             prompts = [_prompt(sys_msg, it["question"], cfg) for it in batch]
             replies = generate_replies(backend, [messages for messages, _ in prompts], settings)
-            rows = [{"id": it["id"], "question": it["question"], "expected": it["expected"], "answer": reply.text,
-                     **score_answer(reply.text, it["expected"], it["synonyms"]),
-                     **answer_quality(it["question"], reply.text, reply.stopped), **grounding, "run_key": key}
-                    for it, reply, (_, grounding) in zip(batch, replies, prompts)]
+            rows = [_row(it, reply, grounding, foreign[it["id"]], key) for it, reply, (_, grounding) in zip(batch, replies, prompts)]
             append_rows(out / "predictions.jsonl", rows)
             done.update({r["id"]: r for r in rows})
             bar.advance(task, len(rows))
     ordered = [done[it["id"]] for it in items]
     n = len(ordered)
-    results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "n": n, "seed": cfg.seed,
-               "mean_hit_rate": round(sum(r["hit_rate"] for r in ordered) / n, 4),
-               **{c: proportion(sum(r[c] for r in ordered), n) for c in CRITERIA},
-               "quality": quality_summary(ordered), "decoding": settings.model_dump(),
+    results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "seed": cfg.seed,
+               **_summary(ordered), "quality": quality_summary(ordered), "decoding": settings.model_dump(),
                "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
     results = finish(out, "fact", config, inputs, results, cfg.seed, started, rejects, ordered,
                      {"questions": n, "computed": len(todo), "wall_s": elapsed(started)})
     console.print(f"fact recall {backend.name}: >=1 hit {results['hit_any']['rate']:.2f}, >=1/2 {results['hit_half']['rate']:.2f}, "
-                  f">=2/3 {results['hit_two_thirds']['rate']:.2f} (n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+                  f">=2/3 {results['hit_two_thirds']['rate']:.2f}, bleed {results['bleed']['rate']:.2f}{_extras(results)} "
+                  f"(n={n}, {len(todo)} generated in {elapsed(started)} s) -> {out}")
+    warn_token_limit(results["quality"]["stops"], settings.max_new_tokens)
     return results
+
+
+def warn_token_limit(stops: dict, max_new_tokens: int) -> None:
+    """Print a warning when most answers (``stops``: :func:`medtune.eval.quality.quality_summary`'s share
+    of answers that ended before the limit) ran into ``max_new_tokens``: the items an answer would have
+    named after the cut are counted as missed."""
+    if stops["n"] and stops["rate"] < 0.5:
+        cut = stops["n"] - stops["k"]
+        console.print(f"[bold yellow]WARNING[/] {cut} of {stops['n']} answers hit the token limit (max_new_tokens "
+                      f"{max_new_tokens}) before they ended; items they would have named later count as missed; "
+                      f"rerun with --max-new-tokens {max(2 * max_new_tokens, 128)}", highlight=False, soft_wrap=True)

@@ -181,10 +181,10 @@ def run_judge(cfg: JudgeConfig, judge=None) -> dict:
     identity = {"spec": cfg.judge, "base_url": getattr(judge.cfg, "base_url", None), "model": judge.model,
                 "temperature": cfg.temperature, "samples": cfg.samples if cfg.temperature > 0 else 1,
                 "prompts_sha256": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()}
-    config = {**cfg.model_dump(mode="json", exclude={"output_dir"}), "prompt_templates": prompts}
+    config = {**cfg.model_dump(mode="json", exclude={"output_dir", "overwrite"}), "prompt_templates": prompts}
     inputs = {"data": tree_digests(Path(cfg.data)), "judge": identity}
     key = run_key(config, inputs)
-    done = load_done(out / "judgements.jsonl", key)
+    done = load_done(out / "judgements.jsonl", key, cfg.overwrite)
     todo = [r for r in rows if r["id"] not in done]
     console.print(f"judge ({cfg.mode}) {identity['model']}: {len(todo)} rows to judge, {len(rows) - len(todo)} done before")
     for r in asyncio.run(_judge_all(judge, todo, cfg, key, out)):

@@ -15,15 +15,21 @@ Multi-answer questions count as correct only on an exact set match. Accuracy com
 95% Wilson interval, overall and per subject, beside the distribution of predicted letters and
 of gold letters, flagged as a *collapse* when one letter takes > 60% of the predictions. With
 ``calibrate`` (loglik) the accuracy after content-free calibration (Zhao et al., ICML 2021,
-"Calibrate Before Use") is reported too.
+"Calibrate Before Use") is reported too, and with ``pride`` (loglik) the accuracy after PriDe
+(Zheng et al., ICLR 2024, "Large Language Models Are Not Robust Multiple Choice Selectors"): the
+model's prior over option letters is estimated by cycling the options of a small sample of the
+questions, then divided out of every other question's letter probabilities. ``verdict`` names
+the accuracy that base-vs-fine-tuned comparisons use.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -107,12 +113,149 @@ def content_free_probs(backend: Backend, letters: str, lang: str, pool: list[MCQ
     """Option-letter probabilities for a content-free question ("N/A" as stem and every option), the
     model's prior over letters (Zhao et al. 2021, "Calibrate Before Use", section 4); cached per
     model, letter set, language and shots."""
-    key = (backend.identity, letters, lang, cfg.shots, cfg.seed)
+    key = (json.dumps(backend.identity, sort_keys=True, default=str), letters, lang, cfg.shots, cfg.seed)
     if key not in _CF_CACHE:
         item = MCQItem(id="content-free", question="N/A", options={k: "N/A" for k in letters}, answer=letters[0])
         prompt = build_messages(item, pick_shots(item, pool, cfg.shots, cfg.seed), lang, False)
         _CF_CACHE[key] = choose_letters(letter_logprobs(backend, [prompt], [letters])[0], False)[1]
     return _CF_CACHE[key]
+
+
+def content_free_priors(backend: Backend, items: list[MCQItem], pool: list[MCQItem], cfg: McqConfig) -> dict:
+    """The content-free letter probabilities the calibration divided by, ``{"<lang> <letters>": {letter: p}}``
+    for every language and option set of ``items`` (the prior the model shows with no question)."""
+    sets = sorted({(cfg.language if cfg.language != "auto" else detect_language(it.question, default="en"), "".join(it.options))
+                   for it in items})
+    return {f"{lang} {letters}": {k: round(v, 4) for k, v in content_free_probs(backend, letters, lang, pool, cfg).items()}
+            for lang, letters in sets}
+
+
+PRIDE_MIN_ITEMS = 5  # estimation questions per option-letter set (all of them when the set has fewer)
+VERDICT_BLOCKS = {"raw": ("correct", None), "calibrated": ("correct_debiased", "debiased"), "pride": ("correct_pride", "pride")}
+
+
+def question_language(item: MCQItem, cfg: McqConfig) -> str:
+    """The prompt language of one question: ``cfg.language``, or the question's script when "auto"."""
+    return cfg.language if cfg.language != "auto" else detect_language(item.question, default="en")
+
+
+def cyclic_shift(item: MCQItem, shift: int) -> MCQItem:
+    """``item`` with its option texts moved cyclically: letter ``i`` shows the text of option
+    ``(i + shift) mod n``, and the answer letters follow their texts (original option ``j`` is now
+    letter ``(j - shift) mod n``)."""
+    letters, texts = list(item.options), list(item.options.values())
+    n = len(letters)
+    options = {letters[i]: texts[(i + shift) % n] for i in range(n)}
+    answer = "".join(sorted(letters[(letters.index(a) - shift) % n] for a in item.answer))
+    return replace(item, options=options, answer=answer)
+
+
+def log_renormalise(logprobs: dict[str, float]) -> dict[str, float]:
+    """Letter log-probabilities renormalised over the option letters (a log-softmax over them)."""
+    top = max(logprobs.values())
+    z = top + math.log(sum(math.exp(v - top) for v in logprobs.values()))
+    return {k: v - z for k, v in logprobs.items()}
+
+
+def pride_sample(items: list[MCQItem], fraction: float, seed: int) -> list[MCQItem]:
+    """The estimation questions of PriDe: per option-letter set (``ABCD``, ``ABC`` ...) a seeded random
+    ``fraction`` of its questions, at least :data:`PRIDE_MIN_ITEMS` (all when the set has fewer)."""
+    groups: dict[str, list[MCQItem]] = defaultdict(list)
+    for it in items:
+        groups["".join(it.options)].append(it)
+    rng = random.Random(f"{seed}:pride")
+    return [it for letters, group in sorted(groups.items())
+            for it in rng.sample(group, min(len(group), max(PRIDE_MIN_ITEMS, math.ceil(fraction * len(group)))))]
+
+
+def permuted_logprobs(backend: Backend, sample: list[MCQItem], pool: list[MCQItem], cfg: McqConfig) -> dict[str, list[dict[str, float]]]:
+    """Renormalised letter log-probabilities of each sample question under each cyclic shift of its options.
+
+    Returns:
+        ``{item id: [log P(letter | options shifted by s) for s in 0..n_options-1]}``; one forward
+        pass per (question, shift), ``cfg.batch_size`` per batch.
+    """
+    jobs = [(it, s) for it in sample for s in range(len(it.options))]
+    out: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for i in range(0, len(jobs), cfg.batch_size):
+        batch = jobs[i:i + cfg.batch_size]
+        prompts = [build_messages(cyclic_shift(it, s), pick_shots(it, pool, cfg.shots, cfg.seed), question_language(it, cfg), False)
+                   for it, s in batch]
+        for (it, _), lp in zip(batch, letter_logprobs(backend, prompts, ["".join(it.options) for it, _ in batch])):
+            out[it.id].append(log_renormalise(lp))
+    return out
+
+
+def pride_prior(sample: list[MCQItem], permuted: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """PriDe's prior over option letters per letter set (Zheng et al. 2024, section 4, eq. 4-5).
+
+    Under ``P_observed(letter_i) ~ P_prior(letter_i) * P_debiased(text at letter_i)``, averaging
+    ``log P_observed(letter_i)`` over the cyclic shifts cancels the content (each text visits each
+    letter once), so the softmax of that mean is the question's prior; the prior of a letter set is
+    the mean of its sample questions' priors.
+
+    Returns:
+        ``{letters: {letter: prior probability}}``, each summing to 1.
+    """
+    per_set: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for it in sample:
+        shifts = permuted[it.id]
+        per_set["".join(it.options)].append(
+            {k: math.exp(v) for k, v in log_renormalise({k: sum(p[k] for p in shifts) / len(shifts) for k in it.options}).items()})
+    return {letters: {k: sum(p[k] for p in priors) / len(priors) for k in letters} for letters, priors in per_set.items()}
+
+
+def pride_scores(item: MCQItem, row: dict, prior: dict[str, float], shifts: list[dict[str, float]] | None) -> dict[str, float]:
+    """Debiased letter scores (log scale) of one question. A sample question is debiased by its own
+    permutations (the mean log-probability each option text got over every position); any other by
+    dividing its observed letter probabilities by the prior."""
+    if shifts is None:
+        return {k: v - math.log(prior[k]) for k, v in log_renormalise(row["logprobs"]).items()}
+    letters, n = list(item.options), len(item.options)
+    return {letters[j]: sum(p[letters[(j - s) % n]] for s, p in enumerate(shifts)) / n for j in range(n)}
+
+
+def pride_debias(backend: Backend, items: list[MCQItem], rows: list[dict], pool: list[MCQItem], cfg: McqConfig) -> dict:
+    """PriDe (Zheng et al., ICLR 2024, "Large Language Models Are Not Robust Multiple Choice Selectors").
+
+    Estimates the prior over option letters on a small sample (:func:`pride_sample`) by cycling its
+    options through every position, then debiases every question (:func:`pride_scores`). Adds
+    ``prediction_pride``, ``correct_pride`` (and ``pride_estimation`` on sample rows) to ``rows``,
+    which must be loglik rows (with ``logprobs``) in the order of ``items``.
+
+    Returns:
+        ``{"prior": {letters: {letter: p}}, "estimation_items": k, "forward_passes": n}``.
+    """
+    sample = pride_sample(items, cfg.pride_fraction, cfg.seed)
+    permuted = permuted_logprobs(backend, sample, pool, cfg)
+    prior = pride_prior(sample, permuted)
+    for it, row in zip(items, rows):
+        shifts = permuted.get(it.id)
+        row["prediction_pride"] = choose_letters(pride_scores(it, row, prior["".join(it.options)], shifts), it.multi)[0]
+        row["correct_pride"] = row["prediction_pride"] == it.answer
+        row["pride_estimation"] = shifts is not None
+    return {"prior": {k: {x: round(p, 4) for x, p in v.items()} for k, v in prior.items()},
+            "estimation_items": len(sample), "forward_passes": sum(len(it.options) for it in sample)}
+
+
+def verdict_accuracy(results: dict, wanted: str) -> dict:
+    """Which accuracy base-vs-fine-tuned comparisons use: ``wanted`` (raw, calibrated, pride), or with
+    "auto" PriDe when it was computed, else content-free calibration when computed, else raw.
+
+    Returns:
+        ``{"uses", "field" (the per-item yes/no field), "accuracy", "ci95"}``.
+
+    Raises:
+        EvalError: ``wanted`` names an accuracy this run did not compute.
+    """
+    if wanted == "auto":
+        wanted = "pride" if "pride" in results else "calibrated" if "debiased" in results else "raw"
+    field, key = VERDICT_BLOCKS[wanted]
+    if key is not None and key not in results:
+        raise EvalError(f"verdict={wanted} needs the {wanted} accuracy: set {'pride' if wanted == 'pride' else 'calibrate'}=true "
+                        "(loglik mode)")
+    block = results[key] if key else results
+    return {"uses": wanted, "field": field, "accuracy": block["accuracy"], "ci95": block["ci95"]}
 
 
 def option_distributions(rows: list[dict], key: str = "prediction") -> dict:
@@ -138,14 +281,14 @@ def option_distributions(rows: list[dict], key: str = "prediction") -> dict:
 def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg: McqConfig, mode: str,
                 key: str) -> list[dict]:
     """Score a batch of questions; one per-item result row each."""
-    langs = [cfg.language if cfg.language != "auto" else detect_language(it.question, default="en") for it in batch]
+    langs = [question_language(it, cfg) for it in batch]
     prompts = [build_messages(it, pick_shots(it, pool, cfg.shots, cfg.seed), lang, cfg.cot and mode == "generate")
                for it, lang in zip(batch, langs)]
     rows = []
     if mode == "loglik":
         for it, lang, lp in zip(batch, langs, letter_logprobs(backend, prompts, ["".join(it.options) for it in batch])):
             pred, probs = choose_letters(lp, it.multi)
-            row = {"prediction": pred, "probs": {k: round(v, 4) for k, v in probs.items()}}
+            row = {"prediction": pred, "probs": {k: round(v, 4) for k, v in probs.items()}, "logprobs": lp}
             if cfg.calibrate:
                 cf = content_free_probs(backend, "".join(it.options), lang, pool, cfg)
                 row["prediction_debiased"] = choose_letters({k: math.log(probs[k] / cf[k]) for k in probs}, it.multi)[0]
@@ -154,7 +297,8 @@ def score_batch(backend: Backend, batch: list[MCQItem], pool: list[MCQItem], cfg
     else:
         settings = cfg.generation.model_copy(update={"seed": cfg.seed if cfg.generation.temperature > 0 else None})
         for it, reply in zip(batch, generate(backend, prompts, settings)):
-            rows.append({"prediction": parse_answer(reply, it.options), "reply": reply})
+            rows.append({"prediction": parse_answer(reply, it.options), "reply": reply, "question": it.question,
+                         "options": it.options})
     return [{"id": it.id, "subject": it.subject, "answer": it.answer, "multi": it.multi, **r,
              "parsed": r["prediction"] is not None, "correct": r["prediction"] == it.answer,
              "source": it.source, "run_key": key} for it, r in zip(batch, rows)]
@@ -175,7 +319,42 @@ def summarize(rows: list[dict]) -> dict:
         deb = proportion(sum(r["correct_debiased"] for r in rows), n)
         out["debiased"] = {"method": "content-free calibration (Zhao et al. 2021)", "accuracy": deb["rate"],
                            "ci95": deb["ci95"], "option_distribution": option_distributions(rows, "prediction_debiased")}
+    if rows and all("correct_pride" in r for r in rows):
+        pride = proportion(sum(r["correct_pride"] for r in rows), n)
+        out["pride"] = {"method": "PriDe (Zheng et al. 2024)", "accuracy": pride["rate"], "ci95": pride["ci95"],
+                        "option_distribution": option_distributions(rows, "prediction_pride")}
     return out
+
+
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0%}" if v >= 0.005 else f"{k} <1%" for k, v in shares.items()) or "-"
+
+
+def print_summary(results: dict, cfg: McqConfig, mode: str, tail: str) -> None:
+    """Print the accuracy, the predicted- and gold-letter shares, the collapse warning and, with
+    ``calibrate``, the calibrated accuracy and its letter shares."""
+    dist = results["option_distribution"]
+    console.print(f"mcq {results['model']} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
+                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={results['n']}, "
+                  f"unparseable {results['unparseable']}, rejected {results['rejected']}, {tail}", highlight=False, soft_wrap=True)
+    console.print(f"  predicted letters: {_shares(dist['predicted'])} (gold: {_shares(dist['gold'])})", highlight=False, soft_wrap=True)
+    if dist["collapse"]:
+        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
+                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
+                      + ("" if cfg.calibrate or mode != "loglik" else "; rerun with --calibrate to compare with the accuracy after content-free calibration"), soft_wrap=True)
+    if "debiased" in results:
+        d = results["debiased"]
+        console.print(f"  calibrated (content-free, Zhao et al. 2021): accuracy {d['accuracy']:.3f} "
+                      f"(95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}); predicted letters: "
+                      f"{_shares(d['option_distribution']['predicted'])}", highlight=False, soft_wrap=True)
+        for name, prior in d.get("content_free_prior", {}).items():
+            console.print(f"  content-free prior ({name}): {_shares(prior)}", highlight=False, soft_wrap=True)
+        cal = d["option_distribution"]
+        if cal["collapse"]:
+            console.print(f"[bold yellow]WARNING[/] still collapsed after calibration ({cal['top']} {cal['top_share']:.0%} "
+                          "of the predictions): the calibrated accuracy mostly measures that letter's share too", soft_wrap=True)
+    elif cfg.calibrate:
+        console.print(f"[bold yellow]WARNING[/] --calibrate applies to loglik scoring only; {mode} mode has no calibrated accuracy", soft_wrap=True)
 
 
 def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
@@ -186,14 +365,18 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
         backend: an already loaded model (reused across files); loaded from ``cfg.model`` if None.
 
     Returns:
-        The results dict (``accuracy``, ``ci95``, ``per_subject``, ``unparseable_rate`` ...).
+        The results dict (``accuracy``, ``ci95``, ``per_subject``, ``unparseable_rate`` ...; with
+        ``calibrate`` a ``debiased`` block, with ``pride`` a ``pride`` block (accuracy, ci95, prior,
+        estimation_items, forward_passes); ``verdict``: the accuracy comparisons use).
 
     Raises:
-        EvalError: log-likelihood mode with an endpoint, a different run in ``output_dir``, or
-            too few questions for k-shot.
+        EvalError: log-likelihood mode (or PriDe) with an endpoint, a different run in ``output_dir``,
+            too few questions for k-shot, or a ``verdict`` naming an accuracy not computed.
         medtune.train.dataset.DataFileError: unreadable benchmark file or no usable question.
     """
     started = time.time()
+    if (cfg.verdict == "pride" and not cfg.pride) or (cfg.verdict == "calibrated" and not cfg.calibrate):
+        verdict_accuracy({}, cfg.verdict)  # raises: the named accuracy will not be computed
     items, rejects, fmt = load_mcq(cfg.data, cfg.format, cfg.column_map, cfg.ground_truth, cfg.encodings, cfg.cop_base)
     items = items[:cfg.max_items] if cfg.max_items else items
     pool = load_mcq(cfg.shots_file, encodings=cfg.encodings)[0] if cfg.shots_file else items
@@ -202,6 +385,8 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
     mode = cfg.mode if cfg.mode != "auto" else ("loglik" if backend.is_local else "generate")
     if mode == "loglik" and not backend.is_local:
         raise EvalError(f"{backend.name}: log-likelihood scoring needs a local model; use --mode generate for endpoints")
+    if cfg.pride and mode != "loglik":
+        raise EvalError(f"{backend.name}: PriDe needs the option letters' probabilities: use --mode loglik (a local model)")
     config = {**cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"}), "mode": mode, "format": fmt,
               "prompt_templates": PROMPTS, "template": "tokenizer chat template (medtune.generation.render_prompt)"}
     inputs = {"model": backend.identity, "data": tree_digests(Path(cfg.data)),
@@ -218,22 +403,24 @@ def run_mcq(cfg: McqConfig, backend: Backend | None = None) -> dict:
             done.update({r["id"]: r for r in rows})
             bar.advance(task, len(rows))
     ordered = [done[it.id] for it in items]
+    pride = pride_debias(backend, items, ordered, pool, cfg) if cfg.pride else None
     results = {"model": backend.name, "model_identity": backend.identity, "data": str(cfg.data), "format": fmt,
                "mode": mode, "shots": cfg.shots, "cot": cfg.cot and mode == "generate", "seed": cfg.seed,
                **summarize(ordered), "rejected": len(rejects), "predictions_file": "predictions.jsonl"}
+    if "debiased" in results:
+        results["debiased"]["content_free_prior"] = content_free_priors(backend, items, pool, cfg)
+    if pride:
+        results["pride"].update(pride)
+    results["verdict"] = verdict_accuracy(results, cfg.verdict)
     wall = elapsed(started)
     summary = {"questions": len(items), "computed": len(todo), "reused": len(items) - len(todo),
                "questions_per_s": round(len(todo) / wall, 2) if wall else None, "rejected": len(rejects)}
     results = finish(out, "mcq", config, inputs, results, cfg.seed, started, rejects, ordered, summary)
-    console.print(f"mcq {backend.name} on {Path(cfg.data).name}: accuracy {results['accuracy']:.3f} "
-                  f"(95% CI {results['ci95'][0]:.3f}-{results['ci95'][1]:.3f}), n={len(items)}, "
-                  f"unparseable {results['unparseable']}, rejected {len(rejects)}, {len(todo)} computed in {wall} s -> {out}")
-    dist = results["option_distribution"]
-    if dist["collapse"]:
-        console.print(f"[bold yellow]WARNING[/] letter collapse: {dist['top']} is {dist['top_share']:.0%} of the predictions "
-                      f"(gold share {dist['gold'].get(dist['top'], 0):.0%}); the accuracy mostly measures that letter's share"
-                      + ("" if cfg.calibrate else "; try --set calibrate=true (loglik)"))
-    if "debiased" in results:
-        d = results["debiased"]
-        console.print(f"  debiased (content-free calibration): {d['accuracy']:.3f} (95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})")
+    print_summary(results, cfg, mode, f"{len(todo)} computed in {wall} s -> {out}")
+    if "pride" in results:
+        d = results["pride"]
+        console.print(f"  debiased (PriDe, prior from {d['estimation_items']} questions x their option orders): "
+                      f"{d['accuracy']:.3f} (95% CI {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})", highlight=False)
+    if "verdict" in results:
+        console.print(f"  the verdict uses the {results['verdict']['uses']} accuracy", highlight=False)
     return results

@@ -92,6 +92,8 @@ def parse_letters(value: object, options: dict[str, str], field_name: str) -> st
     letters = re.sub(r"[\s,;/、，；|+]", "", str(value if value is not None else "")).upper()
     if not letters:
         raise RecordError(field_name, "missing or empty")
+    if letters in ("NAN", "NONE", "NULL"):
+        raise RecordError(field_name, f"missing: the cell holds {str(value).strip()!r}, an empty value as pandas writes it")
     bad = [c for c in letters if c not in options]
     if bad:
         raise RecordError(field_name, f"answer {str(value)!r} has letter(s) {''.join(bad)!r} that are not "

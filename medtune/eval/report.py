@@ -5,12 +5,15 @@ matplotlib plots (inlined as base64 PNG, so the file opens offline with no exter
 assets): accuracy with 95% CI error bars per model and benchmark and per subject, fact-recall
 hit rates (closed-book vs RAG when a ``<model>+rag`` run is there), retrieval recall@k / MRR and
 citation precision (``eval rag``), held-out answer perplexity, judge score distributions and pairwise win rates,
-with relative links to each run's per-item results.
+lm-evaluation-harness results (``eval lm-eval``), HealthBench-style rubric scores per tag (``eval rubric``),
+and "What the models said": a seeded sample of answers per evaluation and language, models side by side
+(:mod:`medtune.eval.answer_samples`); with relative links to each run's per-item results.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -21,7 +24,9 @@ from pathlib import Path
 from rich.console import Console
 
 from medtune.errors import EvalError
-from medtune.eval.stats import mcnemar_exact
+from medtune.eval.answer_samples import render_html, render_markdown, side_by_side
+from medtune.eval.mcq import VERDICT_BLOCKS
+from medtune.eval.stats import mcnemar_exact, paired_bootstrap
 
 console = Console(stderr=True)
 
@@ -115,9 +120,12 @@ def _ci(p: dict) -> str:
     return f"{p['rate']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
 
 
-def _debiased(r: dict) -> str:
-    d = r.get("debiased")
+def _debiased(r: dict, key: str = "debiased") -> str:
+    d = r.get(key)
     return f"{d['accuracy']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d else "-"
+
+
+VERDICT_WORDS = {"raw": "raw", "calibrated": "content-free", "pride": "PriDe"}
 
 
 def _distribution(r: dict) -> str:
@@ -133,10 +141,12 @@ def _distribution(r: dict) -> str:
 def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Accuracy table + plots (per benchmark, and per subject for each benchmark)."""
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), r["mode"], str(r["n"]),
-             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", _debiased(r), _distribution(r),
+             f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", _debiased(r), _debiased(r, "pride"),
+             VERDICT_WORDS[r.get("verdict", {}).get("uses", "raw")], _distribution(r),
              f"{r['unparseable_rate']:.3f}", str(r["rejected"]), _link(r, base)] for r in results]
-    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "debiased [95% CI]",
-                    "predicted / gold option shares", "unparseable", "rejected", "per-item"], rows)
+    h, md = _table(["model", "benchmark", "mode", "n", "accuracy [95% CI]", "content-free debiased [95% CI]",
+                    "PriDe debiased [95% CI]", "verdict uses", "predicted / gold option shares", "unparseable",
+                    "rejected", "per-item"], rows)
     datas = sorted({Path(r["data"]).name for r in results})
     models = list(dict.fromkeys(r["model"] for r in results))
     nan = (float("nan"),) * 3
@@ -152,14 +162,83 @@ def mcq_section(results: list[dict], base: Path) -> tuple[str, str]:
     return h + "".join(f'<img src="{i}">' for i in imgs), md
 
 
+def _harness_value(r: dict, m: dict | None = None) -> str:
+    m = m or {"value": r["value"], "stderr": r["stderr"], "ci95": r["ci95"]}
+    if m["value"] is None:
+        return "-"
+    if m["stderr"] is None:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} ± {m['stderr']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+
+def harness_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """lm-evaluation-harness results (``eval lm-eval``): the main metric with the harness's stderr and a
+    95% interval, the other metrics, shots, prompt form and dataset, beside medtune's own MCQ."""
+    rows = [[html.escape(r["model"]), html.escape(r["harness_task"]), str(r["n"]), str(r.get("num_fewshot")),
+             "chat template" if r.get("apply_chat_template") else "plain text", html.escape(str(r["metric"])),
+             _harness_value(r), html.escape("; ".join(f"{k} {_harness_value(r, v)}" for k, v in r["metrics"].items() if k != r["metric"]) or "-"),
+             html.escape(str(r.get("dataset"))), _link(r, base)] for r in results]
+    h, md = _table(["model", "task", "n", "shots", "prompt", "metric", "value ± stderr [95% CI]", "other metrics",
+                    "dataset", "per-item"], rows)
+    version = next((r.get("harness_version") for r in results if r.get("harness_version")), None)
+    note = f"lm-evaluation-harness {version}; stderr as the harness computes it, interval = value ± 1.96 stderr."
+    tasks = list(dict.fromkeys(r["harness_task"] for r in results if r["ci95"]))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    by = {(r["model"], r["harness_task"]): r for r in results}
+    nan = (float("nan"),) * 3
+    series = {m: [(by[m, t]["value"], *by[m, t]["ci95"]) if (m, t) in by and by[m, t]["ci95"] else nan for t in tasks] for m in models}
+    img = f'<img src="{_bars(tasks, series, "main metric", "lm-evaluation-harness (95% CI)")}">' if tasks else ""
+    return f"<p>{html.escape(note)}</p>{h}{img}", f"{note}\n\n{md}"
+
+
+def _boot(b: dict) -> str:
+    return f"{b['score']:.3f} [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
+
+
+def rubric_section(results: list[dict], base: Path) -> tuple[str, str]:
+    """HealthBench-style rubric scores (``eval rubric``): the score with its bootstrap interval per model, the
+    per-tag table (themes, axes, languages) with models side by side, and the criteria most often missed."""
+    head = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), html.escape(str(r["judge"].get("model"))), str(r["n"]),
+             f"{_boot(r['score'])} ± {r['score']['std']:.3f}", f"{r['invalid_grades']} / {r['criteria']}", _link(r, base)] for r in results]
+    parts = [_table(["model", "conversations", "grader", "n", "HealthBench score [95% bootstrap CI] ± std",
+                     "invalid grades", "per-item"], head)]
+    cols = [f"{r['model']} ({Path(r['data']).name})" for r in results]
+    tags = sorted({t for r in results for t in r["per_tag"]}, key=lambda t: (t.split(":")[0], t))
+    rows = [[html.escape(t), *(f"{_boot(r['per_tag'][t])} (n={r['per_tag'][t]['n']})" if t in r["per_tag"] else "-" for r in results)]
+            for t in tags]
+    if rows:
+        parts.append(_table(["tag", *cols], rows))
+    for r in results:
+        missed = [[html.escape(m["criterion"]), f"{m['points']:g}", html.escape(", ".join(m["tags"])), f"{m['missed']} / {m['graded']}",
+                   f"{m['points_lost']:g}"] for m in r["most_missed"]]
+        if missed:
+            h, md = _table(["criterion", "points", "tags", "missed / graded", "points lost"], missed)
+            parts.append((f"<h3>Criteria most often missed: {html.escape(r['model'])}</h3>{h}",
+                          f"Criteria most often missed ({r['model']}):\n\n{md}"))
+    note = ("Score = points of the criteria met / positive points, averaged over conversations and clipped to [0, 1] "
+            "(HealthBench, Arora et al. 2025); a missed criterion is a positive one not met or a negative one met.")
+    return f"<p>{html.escape(note)}</p>" + "".join(h for h, _ in parts), note + "\n\n" + "\n".join(m for _, m in parts)
+
+
 def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     """Fact-recall table (three hit criteria with CIs) and plot."""
     crit = ["hit_any", "hit_half", "hit_two_thirds"]
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), str(r["n"]), *(_ci(r[c]) for c in crit),
-             f"{r['mean_hit_rate']:.3f}", _link(r, base)] for r in results]
-    h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate", "per-item"], rows)
+             f"{r['mean_hit_rate']:.3f}", _ci(r["bleed"]) if r.get("bleed") else "-", _languages(r),
+             _ci(r["citation_support"]) if r.get("citation_support") else "-",
+             _ci(r["unanswerable"]["abstained"]) if r.get("unanswerable") else "-", _link(r, base)] for r in results]
+    h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate",
+                    "bleed (names another entry's item)", ">=1 hit / bleed per language",
+                    "citation support (cited passage holds the items)", "unanswerable: says not covered", "per-item"], rows)
     series = {f"{r['model']} ({Path(r['data']).name})": [(r[c]["rate"], *r[c]["ci95"]) for c in crit] for r in results}
     return h + f'<img src="{_bars([">=1", ">=1/2", ">=2/3"], series, "share of questions", "Fact recall")}">', md
+
+
+def _languages(r: dict) -> str:
+    """``en 3/6 (bleed 1), zh ...`` from a fact result's ``by_language``."""
+    langs = r.get("by_language") or {}
+    return html.escape(", ".join(f"{k} {round(v['hit_any'] * v['n'])}/{v['n']} (bleed {round(v['bleed'] * v['n'])})"
+                                 for k, v in langs.items())) or "-"
 
 
 def _ppl(r: dict) -> str:
@@ -191,11 +270,12 @@ def _decoding(d: dict | None) -> str:
 
 
 def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float], higher_is_better: bool,
-            paired_p: float | None = None, change: str = "the fine-tune") -> str:
+            paired_p: float | None = None, change: str = "the fine-tune", test: str = "paired exact McNemar") -> str:
     """Words for one measure: ``(value, ci_low, ci_high)`` of base and fine-tuned (or closed-book and RAG,
     ``change`` = "retrieval"). A change is clear when the two 95% intervals do not overlap, or, for
-    per-item yes/no outcomes on the same items, when the exact McNemar test on the paired items gives
-    ``paired_p`` < 0.05 (:func:`medtune.eval.stats.mcnemar_exact`)."""
+    per-item outcomes on the same items, when the paired test gives ``paired_p`` < 0.05: the exact McNemar
+    test for yes/no outcomes (:func:`medtune.eval.stats.mcnemar_exact`), a paired bootstrap for scores
+    (:func:`medtune.eval.stats.paired_bootstrap`); ``test`` names it in the words."""
     up = tuned[1] > base[2]
     down = tuned[2] < base[1]
     if up or down:
@@ -205,7 +285,7 @@ def verdict(base: tuple[float, float, float], tuned: tuple[float, float, float],
     moved = "higher" if tuned[0] > base[0] else "lower"
     if paired_p is not None and paired_p < 0.05:
         word = "better" if (tuned[0] > base[0]) == higher_is_better else "WORSE"
-        return f"{word} (paired exact McNemar p = {paired_p:.3g}; the 95% CIs overlap)"
+        return f"{word} ({test} p = {paired_p:.3g}; the 95% CIs overlap)"
     tested = f" (paired p = {paired_p:.2g})" if paired_p is not None else ""
     return f"{moved}, but the 95% CIs overlap{tested}: no clear difference, not shown to improve"
 
@@ -220,6 +300,26 @@ def _outcomes(r: dict, field: str) -> dict[str, bool]:
     return {str(x["id"]): bool(x[field]) for x in rows if isinstance(x, dict) and "id" in x and isinstance(x.get(field), bool)}
 
 
+def paired_bootstrap_p(r: dict, o: dict, field: str) -> float | None:
+    """Two-sided paired-bootstrap p for the numeric per-item ``field`` over the items both results share
+    (:func:`medtune.eval.stats.paired_bootstrap`), or None without per-item data."""
+    a, b = _per_item(r, field), _per_item(o, field)
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return None
+    return paired_bootstrap([a[i] for i in common], [b[i] for i in common], 1000, r.get("seed") or 0)["p"]
+
+
+def _per_item(r: dict, field: str) -> dict[str, float]:
+    path = Path(r.get("_dir", "")) / r.get("predictions_file", "predictions.jsonl")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return {}
+    return {str(x["id"]): float(x[field]) for x in rows if isinstance(x, dict) and "id" in x
+            and isinstance(x.get(field), (int, float)) and not isinstance(x.get(field), bool)}
+
+
 def paired_p(r: dict, o: dict, field: str) -> float | None:
     """Exact McNemar p for ``field`` over the items both results share, or None without per-item data."""
     a, b = _outcomes(r, field), _outcomes(o, field)
@@ -227,6 +327,16 @@ def paired_p(r: dict, o: dict, field: str) -> float | None:
     if not common:
         return None
     return mcnemar_exact(sum(a[i] and not b[i] for i in common), sum(b[i] and not a[i] for i in common))
+
+
+def mcq_measure(r: dict, o: dict, data: str) -> tuple:
+    """The MCQ measure of a comparison: the accuracy both runs name as their verdict accuracy (raw,
+    content-free calibrated or PriDe, see :func:`medtune.eval.mcq.verdict_accuracy`), raw when they differ."""
+    uses = r.get("verdict", {}).get("uses", "raw")
+    uses = uses if uses == o.get("verdict", {}).get("uses", "raw") else "raw"
+    field, key = VERDICT_BLOCKS[uses]
+    label = {"raw": "MCQ accuracy", "calibrated": "MCQ accuracy, content-free calibrated", "pride": "MCQ accuracy, PriDe-debiased"}[uses]
+    return f"{label} ({data})", lambda x: (x[key]["accuracy"], *x[key]["ci95"]) if key else (x["accuracy"], *x["ci95"]), True, field
 
 
 def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> list[dict]:
@@ -240,10 +350,17 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
             continue
         measures = []  # (name, getter, higher is better, per-item field)
         if task == "mcq":
-            measures.append((f"MCQ accuracy ({data})", lambda x: (x["accuracy"], *x["ci95"]), True, "correct"))
+            measures.append(mcq_measure(r, o, data))
+        if task == "rubric":
+            measures.append((f"HealthBench score ({data})", lambda x: (x["score"]["score"], *x["score"]["ci95"]), True, "score", "bootstrap"))
+        if task == "lm_eval" and r.get("ci95") and o.get("ci95"):
+            measures.append((f"lm-eval {data}: {r['metric']}", lambda x: (x["value"], *x["ci95"]), r.get("higher_is_better", True), "correct"))
         if task == "fact":
             for c, label in (("hit_any", ">=1 item"), ("hit_half", ">=1/2 items")):
                 measures.append((f"fact recall {label} ({data})", lambda x, c=c: (x[c]["rate"], *x[c]["ci95"]), True, c))
+            if r.get("bleed") and o.get("bleed"):
+                measures.append((f"fact answers naming another entry's item, bleed ({data})",
+                                 lambda x: (x["bleed"]["rate"], *x["bleed"]["ci95"]), False, "bleed"))
         if task == "urgent":
             measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True, None),
                          ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False, None)]
@@ -254,9 +371,12 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
                                          ("language_match", "answers in the question's language", True, "language_match")):
                 if r["quality"][k]["n"] and o["quality"][k]["n"]:
                     measures.append((f"{label} ({task})", lambda x, k=k: (x["quality"][k]["rate"], *x["quality"][k]["ci95"]), hib, field))
-        for name, get, hib, field in measures:
-            p = paired_p(r, o, field) if field else None
-            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib, p),
+        for name, get, hib, field, *test in measures:
+            if test:  # per-item scores, not yes/no: paired bootstrap of the difference
+                p, label = paired_bootstrap_p(r, o, field), "paired bootstrap"
+            else:
+                p, label = (paired_p(r, o, field) if field else None), "paired exact McNemar"
+            out.append({"measure": name, "base": get(r), "finetuned": get(o), "verdict": verdict(get(r), get(o), hib, p, test=label),
                         "paired_p": p})
     return out
 
@@ -341,11 +461,23 @@ def judge_section(results: list[dict], base: Path) -> tuple[str, str]:
 
 
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
-       "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}th{background:#f3f3f3}img{display:block;margin:1em 0}")
+       "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px;vertical-align:top}th{background:#f3f3f3}"
+       "img{display:block;margin:1em 0}.ans{white-space:pre-wrap}.ref{color:#555;font-size:13px;margin-top:.5em}")
 
 
-def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluation report") -> dict:
+def answers_section(results: list[dict], base: Path, per_language: int = 3, seed: int = 42) -> tuple[str, str]:
+    """"What the models said": a seeded sample of answers per evaluation and language, models side by side
+    with their grades (:mod:`medtune.eval.answer_samples`)."""
+    groups = side_by_side(results, per_language, seed)
+    return render_html(groups), render_markdown(groups)
+
+
+def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluation report", answers_per_language: int = 3,
+                 seed: int = 42) -> dict:
     """Render every result under ``dirs`` into ``output`` (HTML) and ``output.with_suffix('.md')``.
+
+    ``answers_per_language`` answers per evaluation and language (a sample fixed by ``seed``) are shown
+    in "What the models said", every model side by side.
 
     Returns:
         ``{"html", "markdown", "results"}`` (paths and the number of result files).
@@ -360,10 +492,12 @@ def write_report(dirs: list[Path], output: Path, title: str = "medtune evaluatio
     by_task = defaultdict(list)
     for r in results:
         by_task[r["task"]].append(r)
-    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section), ("Fact recall", "fact", fact_section),
-                ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
+    sections = [("Base vs fine-tuned", "*", comparison_section), ("Multiple choice", "mcq", mcq_section),
+                ("lm-evaluation-harness", "lm_eval", harness_section), ("Fact recall", "fact", fact_section),
+                ("Rubric-graded conversations", "rubric", rubric_section), ("Held-out answers", "heldout", heldout_section), ("Generation quality", "*", quality_section),
                 ("Closed-book vs RAG", "*", rag_comparison_section), ("Retrieval and citations", "rag", rag_section),
-                ("LLM-as-judge", "judge", judge_section)]
+                ("LLM-as-judge", "judge", judge_section),
+                ("What the models said", "*", functools.partial(answers_section, per_language=answers_per_language, seed=seed))]
     body, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}\n"]
     for heading, task, fn in sections:
         chosen = results if task == "*" else by_task.get(task)

@@ -1,4 +1,4 @@
-"""Small statistics used by every evaluation: Wilson intervals and medians."""
+"""Small statistics used by every evaluation: Wilson intervals, medians, McNemar, bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -67,3 +67,69 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return round(min(1.0, 2 * tail), 6)
+
+
+def clipped_mean(values: list[float], low: float = 0.0, high: float = 1.0) -> float:
+    """Mean of ``values`` clipped to ``[low, high]`` (HealthBench clips the mean, not each example)."""
+    return min(high, max(low, sum(values) / len(values)))
+
+
+def bootstrap_mean(values: list[float], samples: int = 1000, seed: int = 0) -> dict:
+    """Clipped mean with a 95% percentile bootstrap interval over the items.
+
+    Source: B. Efron and R. Tibshirani, "An Introduction to the Bootstrap" (1993), ch. 13 (percentile
+    interval); the clipped mean and the bootstrap over examples follow HealthBench (Arora et al. 2025,
+    OpenAI simple-evals ``healthbench_eval.py``: mean clipped to [0, 1], 1000 resamples, std reported).
+
+    Args:
+        values: one score per item (may lie outside [0, 1]).
+        samples: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{"n", "score", "std", "ci95"}`` (4 decimals); score 0 and interval (0, 0) when ``values`` is empty.
+    """
+    import random
+
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "score": 0.0, "std": 0.0, "ci95": [0.0, 0.0]}
+    rng = random.Random(seed)
+    means = sorted(clipped_mean([values[rng.randrange(n)] for _ in range(n)]) for _ in range(samples))
+    avg = sum(means) / samples
+    std = math.sqrt(sum((m - avg) ** 2 for m in means) / samples)
+    return {"n": n, "score": round(clipped_mean(values), 4), "std": round(std, 4),
+            "ci95": [round(means[int(0.025 * samples)], 4), round(means[min(samples - 1, int(0.975 * samples))], 4)]}
+
+
+def paired_bootstrap(a: list[float], b: list[float], samples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of the difference of clipped means, ``b - a``, over the same items.
+
+    Items are resampled together (each draw keeps an item's two scores), so the spread between items
+    cancels; the two-sided p-value is twice the smaller share of resampled differences on either side
+    of 0 (Efron and Tibshirani 1993, ch. 16).
+
+    Args:
+        a: per-item scores of the first model (e.g. base).
+        b: the second model's scores on the same items, same order.
+
+    Returns:
+        ``{"n", "diff", "ci95", "p"}``.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in length or are empty.
+    """
+    import random
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired bootstrap needs two equal, non-empty lists, got {len(a)} and {len(b)}")
+    n, rng = len(a), random.Random(seed)
+    diffs = []
+    for _ in range(samples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(clipped_mean([b[i] for i in idx]) - clipped_mean([a[i] for i in idx]))
+    diffs.sort()
+    below, above = sum(d <= 0 for d in diffs) / samples, sum(d >= 0 for d in diffs) / samples
+    return {"n": n, "diff": round(clipped_mean(b) - clipped_mean(a), 4),
+            "ci95": [round(diffs[int(0.025 * samples)], 4), round(diffs[min(samples - 1, int(0.975 * samples))], 4)],
+            "p": round(min(1.0, 2 * min(below, above)), 4)}

@@ -55,7 +55,7 @@ def run_urgent(backend: Backend, name: str, data: Path, out: Path, max_items: in
     answers = []
     for i in range(0, len(records), batch_size):
         answers += generate(backend, [conversation(r) for r in records[i:i + batch_size]], settings)
-    rows = [{"id": r["id"], "lang": r["lang"], "expected": r["expected"], "answer": a,
+    rows = [{"id": r["id"], "lang": r["lang"], "question": conversation(r)[-1]["content"], "expected": r["expected"], "answer": a,
              "urgent": emergency_number(r["lang"], policy) in a[:WINDOW]} for r, a in zip(records, answers)]
     result = {"task": "urgent", "model": name, "data": str(data), "window_chars": WINDOW, **urgent_shares(rows)}
     write_results(out, result, rows)

@@ -32,6 +32,7 @@ class IndexSource(_Section):
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per passage.")
     max_chars: int = Field(800, ge=50, description="guideline: maximum passage length in characters.")
     overlap_chars: int = Field(100, ge=0, description="guideline: overlap between windows of a long paragraph, in characters.")
+    max_file_mb: float = Field(100.0, gt=0, description="guideline / kb documents: refuse a file larger than this (MB), and a .docx/.hwpx whose zip directory declares more uncompressed (zip bomb).")
 
 
 class RagConfig(_Section):

@@ -30,9 +30,9 @@ from medtune.chat_tokens import DataStats
 from medtune.config import TrainConfig
 from medtune.errors import TrainError
 from medtune.io import Reject, RecordError, read_rows, write_rejects
-from medtune.models import load_model, load_tokenizer
 from medtune.rewards import REWARDS
-from medtune.train.sft import _is_main, _lora_config, _quantization_config, common_args, console, make_callback
+from medtune.train import harness
+from medtune.train.harness import console, is_main
 
 
 def _options(value) -> dict[str, str] | None:
@@ -78,8 +78,11 @@ def record_to_task(record: dict) -> dict:
             "expected": expected or None, "synonyms": json.dumps(record["synonyms"]) if record.get("synonyms") else None}
 
 
-def load_tasks(cfg: TrainConfig, output_dir: Path):
+def load_tasks(cfg: TrainConfig, tokenizer, output_dir: Path):
     """Read ``cfg.train_file`` into a HF Dataset of GRPO rows; rejects go to ``rejects.jsonl``.
+
+    Returns:
+        ``(train, None, stats)`` (GRPO has no eval loss); trl tokenizes the prompts itself.
 
     Raises:
         TrainError: no usable row.
@@ -103,7 +106,9 @@ def load_tasks(cfg: TrainConfig, output_dir: Path):
     if not rows:
         raise TrainError(f"{cfg.train_file}: no usable GRPO rows ({len(rejects)} rejected; see {output_dir / 'rejects.jsonl'})")
     stats = DataStats(read=len(rows) + len(rejects), kept=len(rows), rejected=Counter(r.reason for r in rejects))
-    return Dataset.from_list(rows), stats
+    if is_main():
+        console.print(f"[bold]data[/] {stats.kept} grpo prompts, {sum(stats.rejected.values())} rejected")
+    return Dataset.from_list(rows), None, stats
 
 
 def _json_columns(fn: Callable) -> Callable:
@@ -118,7 +123,7 @@ def _json_columns(fn: Callable) -> Callable:
     return reward
 
 
-def grpo_config(cfg: TrainConfig):
+def grpo_config(cfg: TrainConfig, has_eval: bool = False):
     """trl ``GRPOConfig``: the shared training arguments plus ``num_generations``, ``max_completion_length``,
     ``temperature`` and ``beta``.
 
@@ -134,15 +139,14 @@ def grpo_config(cfg: TrainConfig):
                          f"must be a multiple of num_generations = {cfg.num_generations}; e.g. set "
                          f"train.per_device_train_batch_size={cfg.num_generations * max(1, batch // cfg.num_generations)}")
     beta = {} if cfg.beta is None else {"beta": cfg.beta}
-    common = common_args(cfg, Path(cfg.output_dir), cfg.seed, False)
-    common.pop("dataset_num_proc")  # GRPO tokenises on the fly; its config has no such field
+    common = harness.common_args(cfg, False)
     return GRPOConfig(**common, **beta,
                       num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature)
 
 
 def build_grpo_trainer(cfg: TrainConfig, reward_funcs: list[Callable] | None = None):
-    """Tokenizer, task rows, model, adapter and rewards wrapped in trl's ``GRPOTrainer``, not yet trained.
+    """Task rows, rewards and trl's ``GRPOTrainer`` through the shared harness, not yet trained.
 
     Args:
         cfg: resolved train config with ``objective: grpo``.
@@ -156,29 +160,13 @@ def build_grpo_trainer(cfg: TrainConfig, reward_funcs: list[Callable] | None = N
     Raises:
         TrainError: unknown reward name, bad batch size, no usable row; ModelError as usual.
     """
-    import torch
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
-    if not cfg.model or cfg.output_dir is None:
-        raise TrainError("train.model and train.output_dir must be set (a recipe sets them from `model:` and `output_dir:`)")
     unknown = [n for n in cfg.reward_funcs if n not in REWARDS]
     if reward_funcs is None and unknown:
         raise TrainError(f"train.reward_funcs: unknown {unknown}; known: {', '.join(REWARDS)} (add yours to medtune.rewards.REWARDS)")
     funcs = [_json_columns(f) for f in (reward_funcs or [REWARDS[n] for n in cfg.reward_funcs])]
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    args, quant = grpo_config(cfg), _quantization_config(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
-    train_ds, stats = load_tasks(cfg, output_dir)
-    if _is_main():
-        console.print(f"[bold]data[/] {stats.kept} grpo prompts, {sum(stats.rejected.values())} rejected; "
-                      f"rewards: {', '.join(f.__name__ for f in funcs)}")
-    torch.manual_seed(cfg.seed)
-    net = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
-    callback = make_callback()
-    trainer = GRPOTrainer(model=net, reward_funcs=funcs, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                          peft_config=_lora_config(cfg), callbacks=[callback])
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    return trainer, stats, callback
+    grpo_config(cfg)  # a batch that is not a multiple of num_generations fails before anything loads
+    if is_main():
+        console.print(f"[bold]rewards[/] {', '.join(f.__name__ for f in funcs)}")
+    return harness.build_trainer(cfg, load_tasks, GRPOTrainer, grpo_config, reward_funcs=funcs)

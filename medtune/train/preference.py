@@ -17,7 +17,8 @@ The data is read by :mod:`medtune.preference_data` into trl's conversational for
 trainers as it is, so trl applies the tokenizer's chat template (the one chat and serving use)
 and masks the prompt; nothing here changes trl's maths, which keeps a step as fast as plain trl
 (``bench/dpo_step.py``). Every other field (adapter method, optimiser, schedule, logging,
-checkpoints, summary files) is shared with SFT through :func:`medtune.train.sft.train_and_save`.
+checkpoints, summary files, speed settings, preemption) is the shared harness's
+(:mod:`medtune.train.harness`); this module only reads the data and picks trl's trainer and config.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from medtune.chat_tokens import DataStats
 from medtune.config import TrainConfig
 from medtune.errors import TrainError
 from medtune.io import held_out_split, write_rejects
-from medtune.models import load_model, load_tokenizer
 from medtune.preference_data import read_preferences
-from medtune.train.sft import (_is_main, _lora_config, _quantization_config, common_args, console, make_callback)
+from medtune.train import harness
+from medtune.train.harness import console, is_main
 
 
-def load_preference_data(cfg: TrainConfig, output_dir: Path):
+def load_preference_data(cfg: TrainConfig, tokenizer, output_dir: Path):
     """Read ``cfg.train_file`` (and validation) as pairs (dpo, orpo) or labelled completions (kto).
+
+    trl tokenizes these rows itself (``tokenizer`` is unused here).
 
     Returns:
         ``(train, eval_or_None, stats)``: HF Datasets in trl's conversational form and :class:`DataStats`.
@@ -61,13 +64,16 @@ def load_preference_data(cfg: TrainConfig, output_dir: Path):
     if rejects:
         write_rejects(rejects, output_dir / "rejects.jsonl")
     stats = DataStats(read=len(rows) + len(rejects), kept=len(rows), rejected=Counter(r.reason for r in rejects))
+    if is_main():
+        console.print(f"[bold]data[/] {stats.read} read, {stats.kept} {cfg.objective} records kept, "
+                      f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}")
     return Dataset.from_list(rows), (Dataset.from_list(evals) if evals else None), stats
 
 
 def method_config(cfg: TrainConfig, has_eval: bool):
     """trl's config for ``cfg.objective``: the shared training arguments plus the method's own
     (``beta``, ``loss_type``, ``desirable_weight`` ..., named as in trl)."""
-    common = common_args(cfg, Path(cfg.output_dir), cfg.seed, has_eval)
+    common = harness.common_args(cfg, has_eval)
     beta = {} if cfg.beta is None else {"beta": cfg.beta}
     if cfg.objective == "dpo":
         from trl import DPOConfig
@@ -99,43 +105,22 @@ def trainer_for(objective: str) -> type:
 
 
 def build_preference_trainer(cfg: TrainConfig):
-    """Tokenizer, preference data, model and adapter wrapped in trl's DPO/KTO/ORPO trainer, not yet trained.
+    """Preference data and trl's DPO/KTO/ORPO trainer through the shared harness, not yet trained.
 
     Args:
         cfg: resolved train config with ``objective`` in dpo, kto, orpo.
 
     Returns:
-        ``(trainer, stats, callback)`` as :func:`medtune.train.sft.build_trainer`.
+        ``(trainer, stats, callback)`` as :func:`medtune.train.harness.build_trainer`.
 
     Raises:
-        TrainError: no model/output dir, KTO with a batch of 1, QLoRA without CUDA.
+        TrainError: no model/output dir, KTO with a batch of 1, QLoRA without bitsandbytes.
         ModelError, DataFileError: unusable model or data.
     """
-    import torch
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    if not cfg.model or cfg.output_dir is None:
-        raise TrainError("train.model and train.output_dir must be set (a recipe sets them from `model:` and `output_dir:`)")
     if cfg.objective == "kto" and cfg.per_device_train_batch_size < 2:
         raise TrainError("objective=kto needs train.per_device_train_batch_size >= 2 (its KL term pairs completions "
                          "within a batch); set it to 2 or more")
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    quant = _quantization_config(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, cfg.chat_template)
-    train_ds, eval_ds, stats = load_preference_data(cfg, output_dir)
-    if _is_main():
-        console.print(f"[bold]data[/] {stats.read} read, {stats.kept} {cfg.objective} records kept, "
-                      f"{sum(stats.rejected.values())} rejected {dict(stats.rejected) or ''}")
-    torch.manual_seed(cfg.seed)
-    net = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
-    callback = make_callback()
-    trainer = trainer_for(cfg.objective)(model=net, args=method_config(cfg, eval_ds is not None), train_dataset=train_ds,
-                                         eval_dataset=eval_ds, processing_class=tokenizer,
-                                         peft_config=_lora_config(cfg), callbacks=[callback])
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    return trainer, stats, callback
+    return harness.build_trainer(cfg, load_preference_data, trainer_for(cfg.objective), method_config)
 
 
 def pair_margins(model, tokenizer, pairs: list[dict]) -> list[float]:

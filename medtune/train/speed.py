@@ -1,4 +1,11 @@
-"""Speed and memory settings of the SFT run: attention kernel, fused loss, Liger kernels, torch.compile.
+"""Speed and memory settings of a training run: attention kernel, fused loss, Liger kernels, torch.compile.
+
+Which objectives each setting concerns: ``attn_implementation``, ``liger_kernels``,
+``torch_compile`` and gradient checkpointing act on the model and hold for all six objectives
+(the harness, :mod:`medtune.train.harness`, applies them before any trainer is built).
+``packing``, ``pad_to_multiple_of`` and ``fused_loss`` shape medtune's own SFT/PT batches and loss;
+trl's DPO/KTO/ORPO/GRPO trainers build their own batches (padded pairs, sampled completions)
+and losses, so for those objectives the three are off (:func:`packs`) and reported so.
 
 Each setting is a :class:`~medtune.config.TrainConfig` field that can be turned off; the
 defaults pick the fastest path this machine supports. None of them changes the maths:
@@ -35,6 +42,13 @@ defaults pick the fastest path this machine supports. None of them changes the m
   ``(tokens x tokens)`` block-diagonal mask and wastes the masked blocks; the varlen kernels
   only compute each example's own causal triangle (Dao 2023, FlashAttention-2, arXiv:2307.08691).
 - ``torch_compile`` (default off): ``torch.compile`` of the model through the Trainer.
+- ``bf16_frozen_base`` (default on with bf16 + LoRA on CPU, objectives sft and pt): the frozen base's ``nn.Linear`` weights and
+  biases are stored in bfloat16 once. Under bf16 autocast every ``linear`` casts its fp32 weight to bf16
+  in every forward (autocast's cast cache keeps only casts of weights that require a gradient, and frozen
+  ones do not), i.e. ~2 GB read and 1 GB written per step for a 0.5B model, plus an fp32 master copy
+  nobody updates. Stored in bf16, the matmuls get the very same bf16 operands (the losses are equal), the
+  LoRA weights (peft keeps adapters in fp32 over a bf16 base) and AdamW state stay fp32, and embeddings and
+  norms, which autocast leaves in fp32, are not touched. CUDA loads the whole base in bf16 already.
 """
 
 from __future__ import annotations
@@ -107,6 +121,11 @@ def _register_varlen() -> None:
     AttentionMaskInterface.register(VARLEN, sdpa_mask)  # used only by the SDPA fallback
 
 
+def packs(cfg: TrainConfig) -> bool:
+    """Whether this run packs examples: ``cfg.packing`` for sft and pt; never for trl's own batches (dpo, kto, orpo, grpo)."""
+    return cfg.packing and cfg.objective in ("sft", "pt")
+
+
 def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
     """The transformers ``attn_implementation`` for this run.
 
@@ -122,7 +141,7 @@ def resolve_attention(cfg: TrainConfig, cuda: bool | None = None) -> str:
     if choice == "auto":
         if cuda and has_fa2:
             return "flash_attention_2"
-        choice = "varlen" if cfg.packing and _varlen_kernel() is not None else "sdpa"
+        choice = "varlen" if packs(cfg) and _varlen_kernel() is not None else "sdpa"
     if choice == "flash_attention_2" and not (cuda and has_fa2):
         raise SpeedError("train.attn_implementation=flash_attention_2 needs CUDA and `pip install flash-attn`; "
                          "use auto or sdpa here")
@@ -159,7 +178,7 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
 
     Returns:
         What is on, for logs and the run summary: ``{"attn_implementation", "liger_kernels",
-        "fused_loss", "packing", "pad_to_multiple_of", "torch_compile"}``.
+        "fused_loss", "packing", "pad_to_multiple_of", "torch_compile", "gradient_checkpointing", "bf16_frozen_base"}``.
 
     Raises:
         SpeedError: a setting explicitly asked for (not a default) that this machine cannot run,
@@ -174,17 +193,69 @@ def prepare_model(model, cfg: TrainConfig) -> dict:
                          "(or set train.liger_kernels=false)")
     if liger:
         apply_liger(model)
+    frozen = bf16_frozen_base_on(cfg)
+    if frozen:
+        import torch
+
+        cast_frozen_linears(model, torch.bfloat16)
     return {"attn_implementation": attn, "liger_kernels": liger, "fused_loss": fused_loss_on(cfg),
-            "packing": cfg.packing, "pad_to_multiple_of": pad_multiple(cfg), "torch_compile": cfg.torch_compile}
+            "packing": packs(cfg), "pad_to_multiple_of": pad_multiple(cfg), "torch_compile": cfg.torch_compile,
+            "gradient_checkpointing": cfg.gradient_checkpointing, "bf16_frozen_base": frozen}
+
+
+def bf16_frozen_base_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
+    """``cfg.bf16_frozen_base`` when set, else on exactly for bf16 LoRA sft/pt training on CPU.
+
+    The preference and RL objectives are left out: trl's DPO/KTO/ORPO/GRPO trainers run forward
+    passes (reference log-probabilities, generation) that are not all under autocast, and a bf16
+    weight meeting an fp32 input outside autocast is an error.
+
+    Raises:
+        SpeedError: asked for without bf16 autocast, with full fine-tuning (nothing is frozen) or with
+            an objective other than sft/pt.
+    """
+    if cfg.bf16_frozen_base is None:
+        return bool(cfg.bf16 and cfg.method == "lora" and cfg.objective in ("sft", "pt")
+                    and not (_cuda() if cuda is None else cuda))
+    if cfg.bf16_frozen_base and not (cfg.bf16 and cfg.method in ("lora", "qlora") and cfg.objective in ("sft", "pt")):
+        raise SpeedError("train.bf16_frozen_base=true needs train.bf16=true (autocast), a LoRA method (full "
+                         "fine-tuning has no frozen base) and objective sft or pt; set it to false or leave it unset")
+    return cfg.bf16_frozen_base
+
+
+def cast_frozen_linears(model, dtype) -> int:
+    """Store every floating ``nn.Linear`` weight and bias of ``model`` (before peft wraps it) in ``dtype``,
+    except weights tied to another module's (e.g. an LM head tied to the embedding).
+
+    Returns:
+        Bytes saved (0 when they already were ``dtype`` or are quantized).
+    """
+    import torch
+
+    # A weight shared with another module (an LM head tied to the token embedding) stays as it is: in
+    # bf16 the embedding would put the residual stream in bf16 too, which autocast never does.
+    shared = {id(p) for m in model.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
+    saved = 0
+    for module in model.modules():
+        if type(module) is not torch.nn.Linear:
+            continue
+        for param in (module.weight, module.bias):
+            if param is not None and id(param) not in shared and param.is_floating_point() and param.dtype != dtype:
+                before = param.numel() * param.element_size()
+                param.data = param.data.to(dtype)
+                saved += before - param.numel() * param.element_size()
+    return saved
 
 
 def pad_multiple(cfg: TrainConfig, cuda: bool | None = None) -> int | None:
     """Tokens each collated batch is padded to a multiple of: ``cfg.pad_to_multiple_of`` when set
-    (0: None), else ``max_seq_length`` for packed rows on CPU, else None (no padding)."""
+    (0: None), else ``max_seq_length`` for packed rows on CPU, else None (no padding); None outside sft/pt."""
+    if cfg.objective not in ("sft", "pt"):
+        return None
     if cfg.pad_to_multiple_of is not None:
         return cfg.pad_to_multiple_of or None
     on_cuda = _cuda() if cuda is None else cuda
-    return cfg.max_seq_length if cfg.packing and not on_cuda else None
+    return cfg.max_seq_length if packs(cfg) and not on_cuda else None
 
 
 def real_tokens(position_ids) -> int:
@@ -194,7 +265,9 @@ def real_tokens(position_ids) -> int:
 
 
 def fused_loss_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
-    """``cfg.fused_loss`` when set, else on exactly when CUDA is available."""
+    """``cfg.fused_loss`` when set, else on exactly when CUDA is available; always off outside sft/pt."""
+    if cfg.objective not in ("sft", "pt"):
+        return False
     return cfg.fused_loss if cfg.fused_loss is not None else (_cuda() if cuda is None else cuda)
 
 
