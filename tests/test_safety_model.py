@@ -277,3 +277,12 @@ def test_a_red_flag_after_3000_characters_of_unrelated_text_is_found(lang):
     assert "cardiac" in found.flags
     ordinary = screen([{"role": "user", "content": _long(lang, 3000) + LONG_FILLER[lang]}], lang, SafetyConfig())
     assert not ordinary.flags, (ordinary, lang)
+
+
+@encoder
+def test_the_category_pools_the_flagging_texts_weighted_by_their_score():
+    clf = classifier.load()
+    x = classifier.embed([BURIED_FLAG["en"], "He had a fit, shaking all over, and now he won't wake up."])
+    assert clf.pooled_category(x, np.array([1.0, 0.0])) == "cardiac"
+    assert clf.pooled_category(x, np.array([0.0, 1.0])) == "seizure"
+    assert clf.pooled_category(x, np.array([0.9, 0.1])) == "cardiac"

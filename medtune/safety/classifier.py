@@ -325,6 +325,15 @@ class Classifier:
         """Most likely category for each row of ``x: (n, 384)``."""
         return [CATEGORIES[i] for i in np.argmax(self._z(x) @ self.cat_w + self.cat_b, axis=1)]
 
+    def pooled_category(self, x: np.ndarray, weights: np.ndarray) -> str:
+        """The category of several texts: argmax of the ``weights``-weighted sum of their category
+        probabilities (softmax rows of ``x: (n, 384)``; ``weights: (n,)``, e.g. P(emergency) of the
+        windows that flag), so a window that straddles an emergency and unrelated text does not name
+        the category alone."""
+        z = self._z(x) @ self.cat_w + self.cat_b
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        return CATEGORIES[int(np.argmax(weights @ (probs / probs.sum(axis=1, keepdims=True))))]
+
     def threshold(self, lang: str) -> float:
         return self.thresholds.get(lang, min(self.thresholds.values()))
 
@@ -441,5 +450,6 @@ def classify(messages: list[dict], lang: str, threshold: float | None = None, pa
     i = int(np.argmax(p))
     t = clf.threshold(lang) if threshold is None else threshold
     flag, flag_alone = bool(p[i] >= t), bool(alone.max() >= t)
-    category = clf.category(x[i:i + 1])[0] if flag or flag_alone else None
+    flagged = np.where((p >= t) | (alone >= t), p, 0.0)  # texts that flag, weighted by P(emergency)
+    category = clf.pooled_category(x, flagged) if flag or flag_alone else None
     return Verdict(float(p[i]), flag, category, float(alone.max()), flag_alone)
