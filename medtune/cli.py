@@ -588,9 +588,10 @@ def report(runs: List[Path] = typer.Argument(..., help="Directories holding resu
 
 @eval_app.command("safety")
 @friendly_errors
-def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSONL set (default: the shipped rule set, "
-                                                                "the training validation split, the development set and the test set; "
-                                                                "with --model: the test set)."),
+def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSONL set, or a folder whose *.jsonl files make "
+                                                                "one set (e.g. a test set kept outside the repository); default: the "
+                                                                "shipped rule set, the training validation split, the development sets "
+                                                                "and the test sets; with --model: the test set."),
                 classifier: bool = typer.Option(True, help="Also run the learned classifier (--no-classifier: rules only)."),
                 errors: bool = typer.Option(False, "--errors", help="List every misclassified item."),
                 model: Optional[str] = typer.Option(None, help="End to end: answer every message with this model (pack, "

@@ -94,6 +94,25 @@ def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
     assert EVAL_SET.is_file()
 
 
+def test_eval_safety_file_may_be_a_folder_of_jsonl_sets(tmp_path):
+    """A test set kept outside the repository (one file per language) is scored as one set with ``--file DIR``."""
+    folder = tmp_path / "test_v4"
+    folder.mkdir()
+    (folder / "test_v4_en.jsonl").write_text(json.dumps(
+        {"id": "a", "lang": "en", "text": "I can't breathe", "expected": ["breathing"]}) + "\n")
+    (folder / "test_v4_zh.jsonl").write_text(json.dumps(
+        {"id": "b", "lang": "zh", "text": "我想预约体检", "expected": []}, ensure_ascii=False) + "\n")
+    result = CliRunner().invoke(app, ["eval", "safety", "--file", str(folder), "--no-classifier"])
+    assert result.exit_code == 0, result.output
+    assert "test_v4" in " ".join(result.output.split())
+    rows = [line for line in result.output.splitlines() if "│ rules" in line]
+    assert len(rows) == 2 and any("│ zh" in r for r in rows) and any("│ en" in r for r in rows)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["eval", "safety", "--file", str(empty)])
+    assert result.exit_code == 2 and "without *.jsonl files" in result.output
+
+
 def _best_time(fn, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):

@@ -113,10 +113,21 @@ EVAL_SET = DATA_DIR / "safety_eval.jsonl"  # the shipped rule set
 def load_eval_set(path: Path | str = EVAL_SET) -> list[dict]:
     """Read a labelled safety set: JSONL records ``{"id", "lang", "text" | "messages", "expected": [categories]}``.
 
+    Args:
+        path: one JSONL file, or a folder whose ``*.jsonl`` files (sorted by name) make one set, e.g.
+            a test set kept outside the repository (``test_v4_{zh,ko,en}.jsonl``).
+
     Raises:
-        ValueError: a line that is not JSON or lacks a field, naming the file and line.
+        DataFileError: a folder without ``*.jsonl`` files, or a line that is not JSON or lacks a field,
+            naming the file and line. It is a ``ValueError``.
     """
-    return read_labelled(Path(path), require=("id",))
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataFileError(f"{path}: a folder without *.jsonl files (a labelled set is one JSONL file or a folder of them)")
+        return [rec for f in files for rec in read_labelled(f, require=("id",))]
+    return read_labelled(path, require=("id",))
 
 
 def conversation(rec: dict) -> list[dict]:
