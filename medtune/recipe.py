@@ -320,7 +320,7 @@ def field_help(model: type[BaseModel], prefix: str, values: BaseModel | None = N
         if isinstance(default, BaseModel):
             lines.append(field_help(type(default), _key(prefix, name), default).removeprefix("\b\n"))
         elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
-            shown = str(default) if isinstance(default, Path) else repr(default)
+            shown = "(required)" if f.is_required() and values is None else str(default) if isinstance(default, Path) else repr(default)
             lines.append(f"  {_key(prefix, name)} = {shown}  -- {f.description or ''}")
     return "\n".join(lines)
 
