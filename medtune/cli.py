@@ -478,7 +478,7 @@ _stage_command(app, "export", "export", ExportConfig, _run_export, positional="m
                     "checks greedy parity with transformers (parity.json) and writes a model card.")
 
 
-@app.command(epilog="Fields (use with --set):\n\n" + field_help(Recipe, "recipe"))
+@app.command(epilog="Fields (use with --set):\n\n" + field_help(Recipe, ""))
 @friendly_errors
 def run(recipe: Path = typer.Argument(..., help="YAML recipe."),
         sets: Optional[List[str]] = typer.Option(None, "--set", help="Override a field: --set train.learning_rate=2e-4 (repeatable)."),

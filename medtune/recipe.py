@@ -318,8 +318,13 @@ def field_help(model: type[BaseModel], prefix: str, values: BaseModel | None = N
         default = f.default if f.default_factory is None else f.default_factory()
         default = getattr(values, name) if values is not None else default
         if isinstance(default, BaseModel):
-            lines.append(field_help(type(default), f"{prefix}.{name}", default).removeprefix("\b\n"))
+            lines.append(field_help(type(default), _key(prefix, name), default).removeprefix("\b\n"))
         elif not (default is None and name in Recipe.model_fields and model is Recipe and name != "model"):
-            shown = str(default) if isinstance(default, Path) else repr(default)
-            lines.append(f"  {prefix}.{name} = {shown}  -- {f.description or ''}")
+            shown = "(required)" if f.is_required() and values is None else str(default) if isinstance(default, Path) else repr(default)
+            lines.append(f"  {_key(prefix, name)} = {shown}  -- {f.description or ''}")
     return "\n".join(lines)
+
+
+def _key(prefix: str, name: str) -> str:
+    """The dotted key ``--set`` takes (a recipe's own fields have no prefix: ``--set output_dir=...``)."""
+    return f"{prefix}.{name}" if prefix else name

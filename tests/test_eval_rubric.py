@@ -146,3 +146,16 @@ def test_cli_generates_answers_with_a_model_and_rejects_bad_lines(tmp_path, qwen
     assert row["answer"] and row["lang"] == "zh" and len(row["grades"]) == 5
     r = CliRunner().invoke(app, ["eval", "rubric", str(data), "--judge", "http://127.0.0.1:9/v1#g"])
     assert r.exit_code == 2 and "needs --model" in r.output
+
+
+def test_a_slower_grader_setting_reuses_the_graded_conversations(tmp_path):
+    # lowering judge_concurrency / raising judge_timeout_s after a timeout must not throw the graded work away
+    answers = write_answers(tmp_path / "answers.jsonl", STATED)
+    args = ["eval", "rubric", str(SHIPPED), "--answers", str(answers), "--model", "base", "--output-dir", str(tmp_path / "o")]
+    with FakeOpenAI(reply=fake_grader) as srv:
+        first = CliRunner().invoke(app, [*args, "--judge", f"{srv.base_url}#grader", "--max-items", "3"])
+        before = srv.calls
+        again = CliRunner().invoke(app, [*args, "--judge", f"{srv.base_url}#grader", "--max-items", "3",
+                                         "--set", "rubric.judge_concurrency=1", "--set", "rubric.judge_timeout_s=900"])
+        assert first.exit_code == 0 and again.exit_code == 0, again.output
+        assert before > 0 and srv.calls == before  # nothing graded twice

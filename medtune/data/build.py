@@ -172,7 +172,9 @@ async def _kb_views(cfg: DataConfig, src: SourceConfig, records: list[Record], t
     aug = src.augment
     extra = await G.teacher_questions(records, templates, views, aug.teacher_questions, teacher, cfg.prompts_dir,
                                       aug.fields, tally) if aug.teacher_questions else {}
-    return G.kb_views(records, templates, views, aug, random.Random(f"kb-views:{seed}:{src.path}"), tally, extra)
+    # seeded by the file's name, not its absolute path: the same recipe builds the same data in any checkout
+    rng = random.Random(f"kb-views:{seed}:{Path(str(src.path)).name}")
+    return G.kb_views(records, templates, views, aug, rng, tally, extra)
 
 
 def _skip(src: SourceConfig, records: list[Record], tally: Tally) -> None:

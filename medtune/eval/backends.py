@@ -70,11 +70,13 @@ def model_identity(spec: str, adapter: Path | None = None) -> dict:
     return ident
 
 
-def endpoint_client(spec: str, cache_path: Path | None = None, temperature: float = 0.0, seed: int | None = None):
+def endpoint_client(spec: str, cache_path: Path | None = None, temperature: float = 0.0, seed: int | None = None,
+                    **limits):
     """The shared client (:class:`medtune.llm.LLMClient`) for ``URL#MODEL`` or a local model spec.
 
     Endpoint specs go to the OpenAI-compatible server; anything else runs in process through
     the client's local backend. Either way calls get its limits, retries and SQLite cache.
+    ``limits``: more :class:`medtune.llm.LLMConfig` fields (``concurrency``, ``timeout_s``).
 
     Raises:
         EvalError: an endpoint spec without ``#MODEL``.
@@ -85,9 +87,9 @@ def endpoint_client(spec: str, cache_path: Path | None = None, temperature: floa
         url, _, model = spec.partition("#")
         if not model:
             raise EvalError(f"endpoint {spec!r}: add the served model name after '#', e.g. {url}#my-model")
-        cfg = LLMConfig(base_url=url, model=model, temperature=temperature, seed=seed)
+        cfg = LLMConfig(base_url=url, model=model, temperature=temperature, seed=seed, **limits)
     else:
-        cfg = LLMConfig(model=spec, temperature=temperature, seed=seed)
+        cfg = LLMConfig(model=spec, temperature=temperature, seed=seed, **limits)
     return LLMClient(cfg, cache_path=cache_path)
 
 

@@ -140,6 +140,8 @@ class RubricConfig(Section):
     prompts_dir: Path | None = Field(None, description="Directory with replacement rubric_item_<lang>.txt grader prompts ($conversation, $criterion).")
     max_retries: int = Field(2, ge=0, description="Re-asks after an off-format grader reply before counting the criterion invalid (not met).")
     max_tokens: int = Field(256, ge=16, description="Grader reply length limit (tokens).")
+    judge_concurrency: int = Field(8, ge=1, description="Grader requests in flight at once (lower it for a grader served on a CPU).")
+    judge_timeout_s: float = Field(120.0, gt=0, description="Seconds one grader request may take before it is retried.")
     bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples of conversations for the score's 95% interval.")
     output_dir: Path = Field(Path("runs/eval/rubric"), description="Where results.json, predictions.jsonl, rejects.jsonl and the grader cache go.")
     seed: int = Field(42, description="Seed for sampled decoding, the grader and the bootstrap.")

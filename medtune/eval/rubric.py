@@ -327,11 +327,12 @@ def run_rubric(cfg: RubricConfig, backend: Backend | None = None, judge=None) ->
     if backend is None and not cfg.answers:
         backend = load_backend(cfg.model, cfg.adapter, cache_path=out / "cache.sqlite")
     name, answered_by = _identity(cfg, None if cfg.answers else backend)
-    judge = judge or endpoint_client(cfg.judge, out / "judge_cache.sqlite", 0.0, cfg.seed)
+    judge = judge or endpoint_client(cfg.judge, out / "judge_cache.sqlite", 0.0, cfg.seed,
+                                     concurrency=cfg.judge_concurrency, timeout_s=cfg.judge_timeout_s)
     prompts = {lang: load_template("rubric_item", lang, cfg.prompts_dir).template for lang in sorted({c.lang for c in convs})}
     grader = {"spec": cfg.judge, "base_url": getattr(getattr(judge, "cfg", None), "base_url", None), "model": getattr(judge, "model", None),
               "prompts_sha256": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()}
-    config = {**cfg.model_dump(mode="json", exclude={"overwrite", "output_dir"}), "prompt_templates": prompts}
+    config = {**cfg.model_dump(mode="json", exclude={"overwrite", "output_dir", "judge_concurrency", "judge_timeout_s"}), "prompt_templates": prompts}
     inputs = {"model": answered_by, "data": tree_digests(Path(cfg.data)), "judge": grader}
     key = run_key(config, inputs)
     done = load_done(out / "predictions.jsonl", key, cfg.overwrite)
