@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,7 @@ def test_cli_shipped_examples_with_a_fake_grader_give_the_hand_computed_score(tm
     timing = next(g for g in row["grades"] if "time the symptoms" in g["criterion"])
     assert timing["met"] is False and timing["calls"] == 2
     assert "HealthBench score" in r.output and "0.400" in r.output
+    assert re.search(r"theme:emergency_referrals\s*\S*\s+3\s*\S*\s+" + f"{HAND_EMERGENCY:.3f}", r.output), r.output  # per-tag table
 
 
 def test_cli_per_tag_table_and_paired_bootstrap_base_vs_finetuned_in_the_report(tmp_path):

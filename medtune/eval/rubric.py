@@ -351,4 +351,15 @@ def run_rubric(cfg: RubricConfig, backend: Backend | None = None, judge=None) ->
     s = results["score"]
     console.print(f"rubric {name} on {Path(cfg.data).name}: HealthBench score {s['score']:.3f} (95% CI {s['ci95'][0]:.3f}-"
                   f"{s['ci95'][1]:.3f}), n={s['n']}, invalid grades {results['invalid_grades']}, rejected {len(rejects)} -> {out}")
+    console.print(per_tag_table(results))
     return results
+
+
+def per_tag_table(results: dict):
+    """A rich table of the score per tag (themes, axes, languages): n, score, 95% bootstrap CI."""
+    from rich.table import Table
+
+    table = Table("tag", "n", "score", "95% CI", title="per tag", title_justify="left")
+    for tag, t in sorted(results["per_tag"].items()):
+        table.add_row(tag, str(t["n"]), f"{t['score']:.3f}", f"{t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}")
+    return table
