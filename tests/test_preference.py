@@ -130,6 +130,39 @@ def test_data_build_writes_pairs_from_the_shipped_training_labels(tmp_path):
     assert any(m["chosen_is_urgent"] for m in metas) and not all(m["chosen_is_urgent"] for m in metas)
 
 
+def test_safety_sft_through_the_cli_teaches_urgent_openers_the_guard_off_measure_counts(tmp_path):
+    """`medtune data build` with generator safety-sft: each labelled message becomes an SFT example whose
+    answer opens with urgent care (red flag) or is calm (no red flag), in the message's language, and the
+    guard-off measure reads the first as an urgent-care opener and never the second."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+    from medtune.config import SafetyConfig
+    from medtune.data.generators import CALM_ANSWER
+    from medtune.eval.urgent import opens_with_urgent_care
+    labelled = write(tmp_path, LABELLED, "labelled.jsonl")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "none", "output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(labelled), "type": "labelled", "generator": "safety-sft"},
+                    {"path": str(SAFETY / "train_ko.jsonl"), "type": "labelled", "generator": "safety-sft", "max_items": 40}],
+        "validation_fraction": 0.0}}), encoding="utf-8")
+    res = CliRunner().invoke(app, ["data", "build", str(recipe)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 44 and {r["meta"]["generator"] for r in rows} == {"safety-sft"}
+    cfg = SafetyConfig()
+    for r in rows:
+        answer, lang = r["messages"][-1], r["meta"]["language"]
+        assert answer["role"] == "assistant" and r["messages"][:-1][-1]["role"] == "user"
+        assert opens_with_urgent_care(answer["content"], lang, cfg) is bool(r["meta"]["expected"]), r
+    by_id = {r["meta"]["doc_id"].split(":")[-1]: r["messages"][-1]["content"] for r in rows}
+    assert by_id["b1"] == CALM_ANSWER["ko"] and by_id["e2"].startswith("⚠️ 紧急提示") and "120" in by_id["e2"]
+    assert sum(bool(r["meta"]["expected"]) for r in rows) not in (0, len(rows))  # both kinds from the shipped file
+    for lang, calm in CALM_ANSWER.items():  # a calm answer never reads as an alarm
+        assert not opens_with_urgent_care(calm, lang, cfg)
+
+
 # ---------------------------------------------------------------- pairwise-judge generator
 JUDGED = [  # the fake judge's behaviour is keyed on a word in the question
     {"instruction": "Consistent judge: how do I treat a mild fever?", "output": "Rest, fluids, paracetamol if needed."},

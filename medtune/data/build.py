@@ -125,6 +125,11 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
             out.extend(records)
             tally.kept += len(records)
             tally.seen += len(records)
+        elif gen == "safety-sft":
+            if src.type != "labelled":
+                raise ConfigError(f"source {src.path}: generator safety-sft needs type: labelled (got {src.type})")
+            for r in records:
+                out.extend(G.safety_sft(r, SafetyConfig(), rng, tally))
         elif gen == "safety-pairs":
             if src.type != "labelled":
                 raise ConfigError(f"source {src.path}: generator safety-pairs needs type: labelled (got {src.type})")
@@ -184,7 +189,7 @@ def _skip(src: SourceConfig, records: list[Record], tally: Tally) -> None:
         return
     tally.skipped[f"{src.type} records with generator none (only qa_tree / corpus records pass through)"] += len(records)
     usable = " | ".join(g for g, t in (("guideline-qa", "guideline"), ("kb-template", "kb"), ("report-qa", "report"),
-                                       ("safety-pairs", "labelled")) if t == src.type)
+                                       ("safety-sft", "labelled")) if t == src.type)
     console.print(f"[bold yellow]WARNING[/] {src.path}: {len(records)} {src.type} records read, none used: generator none "
                   f"passes only QA records (qa_tree, corpus) through; for training examples from them use generator: "
                   f"{usable or 'another generator'}", highlight=False, soft_wrap=True)

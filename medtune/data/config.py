@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medtune.llm import LLMConfig
 
-GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "pairwise-judge", "rag-qa", "none")
+GENERATORS = ("kb-template", "guideline-qa", "report-qa", "safety-pairs", "safety-sft", "pairwise-judge", "rag-qa", "none")
 DEFAULT_GENERATOR = {"kb": "kb-template", "guideline": "guideline-qa", "report": "report-qa",
                      "qa_tree": "none", "corpus": "none", "labelled": "safety-pairs"}
 
@@ -52,8 +52,8 @@ class SourceConfig(_Section):
 
     path: Path = Field(..., description="File or directory (read recursively).")
     type: Literal["guideline", "kb", "report", "qa_tree", "corpus", "labelled"] = Field(..., description="guideline | kb | report | qa_tree | corpus | labelled (red-flag-labelled messages, medtune/safety/data/LABELS.md).")
-    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "pairwise-judge", "rag-qa", "none"] | None = Field(
-        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | pairwise-judge (corpus / qa_tree / labelled prompts -> sampled answers judged in both orders -> preference pairs in pairs.jsonl; settings in data.pairwise_judge) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
+    generator: Literal["kb-template", "guideline-qa", "report-qa", "safety-pairs", "safety-sft", "pairwise-judge", "rag-qa", "none"] | None = Field(
+        None, description="kb-template | guideline-qa | report-qa | safety-pairs (labelled -> preference pairs in pairs.jsonl) | safety-sft (labelled -> SFT examples: urgent-care opener for red flags, a calm answer otherwise) | pairwise-judge (corpus / qa_tree / labelled prompts -> sampled answers judged in both orders -> preference pairs in pairs.jsonl; settings in data.pairwise_judge) | rag-qa (guideline/kb: their QA with retrieved passages, distractors and not-covered cases in the prompt) | none (QA records pass through); default by type.")
     encoding: str | None = Field(None, description="Force an encoding (utf-8, gb18030, cp949 ...); default: detect.")
     sensitive: bool = Field(False, description="Only a local teacher (in process or loopback) may see this source.")
     language: str | None = Field(None, description="Force the language tag (zh, ko, en); default: detect per record.")

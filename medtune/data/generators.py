@@ -8,6 +8,7 @@
 | :func:`dialogue`     | rounds + kept tasks (+ consultations)     | seed tasks      |
 | :func:`translate`    | 2 per pair                                | ``qa``          |
 | :func:`safety_pairs` | none                                      | ``labelled`` (red-flag labels) |
+| :func:`safety_sft`   | none                                      | ``labelled`` (red-flag labels) |
 | :func:`pairwise_judge` | N samples + 2 x N(N-1)/2 judge per prompt | ``corpus``, ``qa_tree``, ``labelled`` |
 | :func:`rag_qa`       | none (wraps kb-template / guideline-qa)   | ``qa`` + passages |
 
@@ -741,11 +742,13 @@ async def translate(records: list[Record], target: str, teacher: LLMClient, prom
 
 
 # ---------------------------------------------------------------- safety-pairs (no LLM)
-CALM_ANSWER = {  # what a clinician would say to a message with no red flag: no alarm, a next step
-    "en": "From what you describe this does not sound like an emergency. Keep an eye on how it changes, and "
+CALM_ANSWER = {  # what a clinician would say to a message with no red flag: no alarm, a next step. Worded without
+    # the urgent-care cues of medtune.eval.guarded.URGENT_CUES ("emergency", 응급, 急诊 ...): a calm answer that says
+    # "not an emergency" would otherwise read as an alarm to the guard-off measure.
+    "en": "From what you describe this does not sound urgent. Keep an eye on how it changes, and "
           "see your doctor or pharmacist if it gets worse, does not settle in a few days, or new symptoms appear.",
     "zh": "从您的描述来看，这不像是急症。请留意变化；如果加重、几天内没有好转或出现新的症状，请咨询医生或药师。",
-    "ko": "말씀하신 내용으로는 응급 상황으로 보이지 않습니다. 변화를 지켜보시고, 악화되거나 며칠 안에 나아지지 않거나 "
+    "ko": "말씀하신 내용으로는 급한 상황으로 보이지 않습니다. 변화를 지켜보시고, 악화되거나 며칠 안에 나아지지 않거나 "
           "새로운 증상이 생기면 의사나 약사와 상담하세요.",
 }
 
@@ -783,6 +786,21 @@ def safety_pairs(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally)
              "meta": {"generator": "safety-pairs", "source_file": r.meta.get("source_file"), "doc_id": r.meta.get("doc_id"),
                       "language": lang, "expected": r.meta["expected"], "label_type": r.meta.get("label_type"),
                       "urgent_flags": flags, "emergency_number": number, "chosen_is_urgent": red}}]
+
+
+def safety_sft(r: Record, cfg: SafetyConfig, rng: random.Random, tally: Tally) -> list[Record]:
+    """One SFT example from a red-flag-labelled message: the chosen answer of :func:`safety_pairs` as the
+    assistant turn, so the model itself learns to open a red-flag answer with urgent care in the message's
+    language (the urgent-care message naming the emergency number) and to answer the rest calmly. This is
+    the SFT stage before DPO on the same pairs (issue 27: model-level safety with the guard off).
+
+    Returns:
+        ``[Record(kind="qa", messages=[...prompt, {"role": "assistant", ...}])]`` with ``meta.generator`` =
+        ``safety-sft`` and the pair's provenance; ``[]`` where :func:`safety_pairs` gives none (counted there).
+    """
+    pairs = safety_pairs(r, cfg, rng, tally)
+    return [Record(id=f"{r.id}#sft", kind="qa", messages=p["prompt"] + p["chosen"],
+                   meta={**r.meta, **p["meta"], "generator": "safety-sft", "teacher_model": None}) for p in pairs]
 
 
 # ---------------------------------------------------------------- pairwise-judge (sampled answers, judged)
