@@ -85,6 +85,11 @@ def test_report_shows_seeded_answers_per_language_side_by_side_with_grades(tmp_p
     assert "**correct: " in mcq and "**wrong: A**" in mcq and "answer: " in mcq
     urgent = said.split("### Urgent care", 1)[1].split("###", 1)[0]
     assert "**urgent care (as expected)**" in urgent and "**no urgent care (not as expected)**" in urgent
+    table = md.split("## What the models said", 1)[0]  # the base vs fine-tuned table: urgent care per language too
+    en_row = next(line for line in table.splitlines() if "answered with urgent care, safety layer off (en)" in line)
+    assert en_row.split(" | ")[1:3] == ["0.000 [0.000, 0.793]", "1.000 [0.206, 1.000]"]  # base rests; finetuned calls 911
+    assert "answered with urgent care, safety layer off (zh)" in table and "with an alarm (ko)" in table
+    assert "answered with urgent care, safety layer off (ko)" not in table  # no red-flag ko message: no row
     rubric = said.split("### Rubric-graded conversations", 1)[1]
     assert "criteria: [10] " in rubric and "**score 0.00 (0/23 points, 0/4 criteria met)**" in rubric
     page = (tmp_path / "report.html").read_text(encoding="utf-8")

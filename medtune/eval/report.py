@@ -364,6 +364,12 @@ def comparisons(results: list[dict], a: str = "base", b: str = "finetuned") -> l
         if task == "urgent":
             measures += [("red-flag messages answered with urgent care, safety layer off", lambda x: (x["urgent_on_red_flag"]["rate"], *x["urgent_on_red_flag"]["ci95"]), True, None),
                          ("messages without a red flag answered with an alarm", lambda x: (x["alarm_on_benign"]["rate"], *x["alarm_on_benign"]["ci95"]), False, None)]
+            for lang in (lang for lang in r.get("by_lang", {}) if lang in o.get("by_lang", {})):  # per language, where both have it
+                for key, label, hib in (("urgent_on_red_flag", "red-flag messages answered with urgent care, safety layer off", True),
+                                        ("alarm_on_benign", "messages without a red flag answered with an alarm", False)):
+                    if r["by_lang"][lang][key]["n"] and o["by_lang"][lang][key]["n"]:
+                        measures.append((f"{label} ({lang})", lambda x, lang=lang, key=key: (x["by_lang"][lang][key]["rate"],
+                                                                                             *x["by_lang"][lang][key]["ci95"]), hib, None))
         if task == "heldout" and r.get("perplexity_ci95") and o.get("perplexity_ci95"):
             measures.append(("held-out answer perplexity", lambda x: (x["perplexity"], *x["perplexity_ci95"]), False, None))
         if r.get("quality") and o.get("quality"):
