@@ -605,7 +605,10 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
                 guard: bool = typer.Option(True, help="With --model: --no-guard measures the model alone (no safety layer, "
                                                       "no system prompt): the share of red-flag answers that open with "
                                                       "urgent-care advice in the message's language, and of other answers "
-                                                      "that wrongly do.")) -> None:
+                                                      "that wrongly do."),
+                backend: str = typer.Option("transformers", help="With --model: transformers, or llamacpp to run a .gguf "
+                                                                 "file with llama.cpp as Ollama / LM Studio would (needs "
+                                                                 "pip install 'medtune[gguf]').")) -> None:
     """Recall, precision and category agreement of the red-flag detector: rules, classifier and both, per language and category.
 
     Sets: the training validation split (thresholds are chosen here), the development set
@@ -618,21 +621,25 @@ def eval_safety(file: Optional[Path] = typer.Option(None, help="One labelled JSO
     With --no-guard the model answers alone (as an exported GGUF or another engine serves it) and an answer
     counts when it opens with urgent-care advice in the message's language.
     """
+    if backend not in ("transformers", "llamacpp"):
+        raise ConfigError(f"--backend {backend!r}: choose transformers or llamacpp")
     if model or adapter:
-        return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output, guard)
-    if max_items or max_new_tokens or output or not guard:
-        raise ConfigError("--max-items, --max-new-tokens, --output and --no-guard need --model (the end-to-end check)")
+        return _eval_safety_guarded(model, adapter, file, classifier, errors, max_items, max_new_tokens, output, guard, backend)
+    if max_items or max_new_tokens or output or not guard or backend != "transformers":
+        raise ConfigError("--max-items, --max-new-tokens, --output, --no-guard and --backend need --model (the end-to-end check)")
     from medtune.safety.evaluate import run_detection_eval
 
     run_detection_eval(file, classifier, errors)
 
 
 def _eval_safety_guarded(model: str | None, adapter: Path | None, file: Path | None, classifier: bool, errors: bool,
-                         max_items: int | None, max_new_tokens: int | None, output: Path | None, guard: bool = True) -> None:
+                         max_items: int | None, max_new_tokens: int | None, output: Path | None, guard: bool = True,
+                         backend: str = "transformers") -> None:
     from medtune.eval.guarded import print_guarded, run_guarded
 
     default_tokens = 16 if guard else 48  # unguarded, the model must write the opener itself
-    result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or default_tokens, classifier, guard)
+    result, rows = run_guarded(model, file, adapter, output, max_items, max_new_tokens or default_tokens, classifier, guard,
+                               backend)
     print_guarded(result, rows, errors, output)
 
 

@@ -77,6 +77,8 @@ def test_end_to_end_options_need_a_model():
     assert res.exit_code == 2 and "need --model" in res.output
     res = CliRunner().invoke(app, ["eval", "safety", "--no-guard"])
     assert res.exit_code == 2 and "need --model" in res.output
+    res = CliRunner().invoke(app, ["eval", "safety", "--backend", "llamacpp"])
+    assert res.exit_code == 2 and "need --model" in res.output
 
 
 def test_unguarded_opener_needs_the_number_or_the_emergency_services_in_the_message_language():
@@ -104,6 +106,27 @@ def test_cli_no_guard_scores_the_model_alone(tmp_path, qwen_dir):
         assert row["urgent"] == opens_with_urgent_care(row["answer"], row["lang"], SafetyConfig())
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["task"] == "model_safety" and results["guard"] is False and results["n"] == 6
+
+
+@pytest.mark.slow
+def test_cli_no_guard_runs_a_gguf_with_llamacpp_and_gives_its_greedy_answers(tmp_path, tiny_gguf):
+    """`--backend llamacpp`: the exported file as Ollama would run it; each answer is llama.cpp's own greedy text."""
+    from medtune.config import GenerationSettings
+    from medtune.generation import stream_chat
+    from medtune.models import load_chat_model
+    data = write_jsonl(tmp_path / "set.jsonl", RECORDS[:2] + RECORDS[3:5])
+    res = CliRunner().invoke(app, ["eval", "safety", "--model", str(tiny_gguf), "--backend", "llamacpp", "--file", str(data),
+                                   "--no-guard", "--max-new-tokens", "6", "--output", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["backend"] == "llamacpp" and results["n"] == 4
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    model, tokenizer = load_chat_model(str(tiny_gguf), backend="llamacpp")
+    settings = GenerationSettings(max_new_tokens=6, temperature=0.0)
+    for row, rec in zip(rows, RECORDS[:2] + RECORDS[3:5]):
+        assert row["answer"] == "".join(stream_chat(model, tokenizer, [{"role": "user", "content": rec["text"]}], settings))
+    bad = CliRunner().invoke(app, ["eval", "safety", "--model", str(tiny_gguf), "--backend", "vllm", "--no-guard"])
+    assert bad.exit_code == 2 and "transformers or llamacpp" in bad.output
 
 
 def test_read_urgent_accepts_only_a_whole_urgent_message():

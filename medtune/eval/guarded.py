@@ -93,7 +93,7 @@ def labelled_records(file: Path | None) -> tuple[str, list[dict]]:
 
 def run_guarded(model: str | None, file: Path | None = None, adapter: Path | None = None, out: Path | None = None,
                 max_items: int | None = None, max_new_tokens: int = 16, classifier: bool = True,
-                guard: bool = True) -> tuple[dict, list[dict]]:
+                guard: bool = True, backend: str = "transformers") -> tuple[dict, list[dict]]:
     """Answer each labelled message through the chat path, and score the answers.
 
     With ``guard`` (default) the safety layer is on and an answer is urgent when it begins with the
@@ -111,6 +111,8 @@ def run_guarded(model: str | None, file: Path | None = None, adapter: Path | Non
         max_new_tokens: tokens the model generates after the guard's prefix (greedy decoding).
         classifier: run the learned classifier beside the rules (the default policy does).
         guard: False to measure the model without the safety layer.
+        backend: ``transformers``, or ``llamacpp`` for a ``.gguf`` file run by llama.cpp (the engine of
+            Ollama / LM Studio: quantized weights as exported, :func:`medtune.models.load_chat_model`).
 
     Returns:
         ``(results, predictions)``: results holds ``task``, ``model``, ``data``, ``n``, ``seconds`` (wall
@@ -125,7 +127,7 @@ def run_guarded(model: str | None, file: Path | None = None, adapter: Path | Non
     records = pick_per_language(records, max_items)
     cfg = SafetyConfig(classifier=classifier)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)  # set: not the model's sampling default
-    lm, tokenizer = load_chat_model(model, adapter)
+    lm, tokenizer = load_chat_model(model, adapter, backend=backend)
     start, rows = time.perf_counter(), []
     for rec in records:
         if guard:
@@ -138,7 +140,7 @@ def run_guarded(model: str | None, file: Path | None = None, adapter: Path | Non
         rows.append({"id": rec["id"], "lang": rec["lang"], "expected": rec["expected"], "urgent": urgent,
                      "categories": cats or [], "answer": answer})
     result = {"task": "guarded_safety" if guard else "model_safety", "model": model or str(adapter),
-              "adapter": str(adapter) if adapter else None, "guard": guard,
+              "adapter": str(adapter) if adapter else None, "guard": guard, "backend": backend,
               "data": data, "n": len(rows), "classifier": classifier if guard else None, "max_new_tokens": max_new_tokens,
               "max_items": max_items, "seconds": round(time.perf_counter() - start, 1), **score(rows)}
     if out is not None:
