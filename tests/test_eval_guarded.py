@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.config import SafetyConfig
-from medtune.eval.guarded import opens_with_urgent_care, pick_per_language, read_urgent
+from medtune.eval.guarded import read_urgent
+from medtune.eval.urgent import opens_with_urgent_care, pick_per_language
 from medtune.safety import detect_red_flags, urgent_message
 
 HEAD = "⚠️ URGENT:"

@@ -743,7 +743,7 @@ async def translate(records: list[Record], target: str, teacher: LLMClient, prom
 
 # ---------------------------------------------------------------- safety-pairs (no LLM)
 CALM_ANSWER = {  # what a clinician would say to a message with no red flag: no alarm, a next step. Worded without
-    # the urgent-care cues of medtune.eval.guarded.URGENT_CUES ("emergency", 응급, 急诊 ...): a calm answer that says
+    # the urgent-care cues of medtune.eval.urgent.URGENT_CUES ("emergency", 응급, 急诊 ...): a calm answer that says
     # "not an emergency" would otherwise read as an alarm to the guard-off measure.
     "en": "From what you describe this does not sound urgent. Keep an eye on how it changes, and "
           "see your doctor or pharmacist if it gets worse, does not settle in a few days, or new symptoms appear.",

@@ -31,8 +31,7 @@ from rich.table import Table
 
 from medtune.config import GenerationSettings, SafetyConfig
 from medtune.errors import EvalError
-from medtune.eval.urgent import (URGENT_CUES, WINDOW, opens_with_urgent_care, pick_per_language,  # noqa: F401 (re-exported)
-                                 score, urgent_shares, write_results)
+from medtune.eval.urgent import opens_with_urgent_care, pick_per_language, score, write_results
 from medtune.generation import stream_chat
 from medtune.models import load_chat_model
 from medtune.safety.guard import CATEGORY_NAMES, URGENT, emergency_number, guarded_stream, urgent_message
