@@ -143,6 +143,7 @@ class TrainConfig(Section):
     max_examples: int | None = Field(None, ge=1, description="Use only the first N valid examples of each file (smoke runs).")
     beta: float | None = Field(None, ge=0.0, description="dpo/kto/orpo/grpo: strength of the pull towards the reference model (dpo, kto; grpo's KL coefficient) or of the odds-ratio term (orpo); null: trl's default (0.1; grpo 0.0).")
     dpo_loss_type: str = Field("sigmoid", description="dpo: trl loss_type (sigmoid = DPO; ipo, hinge, robust, ...).")
+    rpo_alpha: float = Field(0.0, ge=0.0, description="dpo: weight of a negative log-likelihood (SFT) term on the chosen answer, added to the preference loss: loss = dpo + rpo_alpha x mean NLL per chosen token (RPO: Pang et al. 2024, 'Iterative Reasoning Preference Optimization', arXiv:2404.19733; trl loss_type [dpo_loss_type, 'sft'] with loss_weights [1, rpo_alpha]). Keeps the chosen answers likely while the margin grows; 0: plain DPO.")
     desirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the loss on desirable (label true) completions.")
     undesirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the loss on undesirable (label false) completions.")
     num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group whose rewards are compared).")

@@ -48,6 +48,29 @@ def test_dpo_loss_falls_margin_grows_only_adapter_changes(qwen_dir, pair_file, t
 
 
 @pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
+def test_rpo_alpha_adds_the_chosen_nll_to_the_dpo_loss(qwen_dir, pair_file, tmp_path, tokenizer):
+    """rpo_alpha=0.5: step-0 loss = log 2 (policy == reference) + 0.5 x mean NLL per chosen token."""
+    trainer, _, cb = build_preference_trainer(cfg(qwen_dir, pair_file, tmp_path / "o", objective="dpo",
+                                                  rpo_alpha=0.5, max_steps=6))
+    assert trainer.args.loss_type == ["sigmoid", "sft"] and trainer.args.loss_weights == [1.0, 0.5]
+    model = trainer.model.eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False,
+                                           add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[0]},
+                                          {"role": "assistant", "content": CHOSEN}], tokenize=False)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    ids = torch.tensor([tokenizer(full, add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+    nll = -logps[n_prompt - 1:].mean().item()  # chosen tokens (same answer for every pair)
+    train_and_check_adapter_only(trainer)
+    losses = [h["loss"] for h in cb.history if "loss" in h]
+    assert nll > 5.0  # random weights: near log(vocabulary)
+    assert losses[0] == pytest.approx(0.6931 + 0.5 * nll, rel=0.03)
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+@pytest.mark.slow  # quick tier: > 30 s on the shared 2-core machine
 @pytest.mark.parametrize("objective", ["kto", "orpo"])
 def test_kto_and_orpo_train_and_the_loss_falls(objective, qwen_dir, pair_file, tmp_path):
     trainer, stats, cb = build_preference_trainer(cfg(qwen_dir, pair_file, tmp_path / "o", objective=objective))

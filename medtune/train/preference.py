@@ -72,13 +72,17 @@ def load_preference_data(cfg: TrainConfig, tokenizer, output_dir: Path):
 
 def method_config(cfg: TrainConfig, has_eval: bool):
     """trl's config for ``cfg.objective``: the shared training arguments plus the method's own
-    (``beta``, ``loss_type``, ``desirable_weight`` ..., named as in trl)."""
+    (``beta``, ``loss_type``, ``desirable_weight`` ..., named as in trl; ``rpo_alpha`` > 0 adds trl's
+    ``"sft"`` loss on the chosen answer with that weight)."""
     common = harness.common_args(cfg, has_eval)
     beta = {} if cfg.beta is None else {"beta": cfg.beta}
     if cfg.objective == "dpo":
         from trl import DPOConfig
 
-        return DPOConfig(**common, **beta, max_length=cfg.max_seq_length, loss_type=[cfg.dpo_loss_type])
+        losses = {"loss_type": [cfg.dpo_loss_type]}
+        if cfg.rpo_alpha > 0:
+            losses = {"loss_type": [cfg.dpo_loss_type, "sft"], "loss_weights": [1.0, cfg.rpo_alpha]}
+        return DPOConfig(**common, **beta, max_length=cfg.max_seq_length, **losses)
     if cfg.objective == "kto":
         from trl import KTOConfig
 
