@@ -164,3 +164,31 @@ def item_hit(answer_norm: str, names: list[str]) -> bool:
         if re.search(pattern, answer_norm):
             return True
     return False
+
+
+_SUPPORT_UNIT = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+|[a-z0-9]+(?:[.,][0-9]+)*")
+
+
+def support_units(text: str) -> set[str]:
+    """Content units of ``text`` for a lexical support check: character bigrams inside each run of
+    CJK / Hangul characters (a lone character is too common to count), and lower-cased Latin words and
+    numbers ("7.0", "135") elsewhere. NFKC first, so full-width digits match ASCII ones."""
+    units: set[str] = set()
+    for m in _SUPPORT_UNIT.finditer(unicodedata.normalize("NFKC", text).lower()):
+        run = m.group()
+        if run[0].isascii():
+            units.add(run)
+        else:
+            units.update(run[i:i + 2] for i in range(len(run) - 1))
+    return units
+
+
+def answer_support(answer: str, source: str) -> float:
+    """Share of the answer's content units (:func:`support_units`) that occur in ``source``, in [0, 1].
+
+    An extractive grounding check: an answer written from the source reuses its words and numbers,
+    an invented one does not ("提高免疫力" for a passage that never says it), and an answer with no
+    content unit at all ("是", "Yes") scores 0. Linear in the two lengths. Cheap and offline; a judge
+    (``data.judge``) checks meaning, this checks wording."""
+    units = support_units(answer)
+    return len(units & support_units(source)) / len(units) if units else 0.0

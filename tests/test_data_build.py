@@ -442,3 +442,25 @@ def test_filter_rejects_name_the_field_and_show_the_record(tmp_path):
     assert top["reason"] == "answer longer than 15 chars"
     assert all("[answer]: Q: " in e and not e.endswith(": ") for e in top["examples"])
     assert_one_count_table(res.output, out)
+
+
+def test_min_answer_support_drops_teacher_answers_the_passage_does_not_support(tmp_path):
+    def reply(req: dict) -> str:
+        c = req["messages"][-1]["content"]
+        if "What should a patient do?" in c:
+            return "Yes."  # no word of the passage: unsupported
+        return teacher_reply(req)  # questions, or an answer quoting the passage
+
+    recipe = write_recipe(tmp_path, "http://unused", sources=[
+        {"path": str(SOURCES / "guidelines"), "type": "guideline", "questions_per_item": 2}])
+    with FakeOpenAI(reply=reply) as srv:
+        res = CliRunner().invoke(app, ["data", "build", str(recipe), "--set", f"data.teacher.base_url={srv.base_url}",
+                                       "--set", "data.min_answer_support=0.5"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "data"
+    kept = lines(out / "train.jsonl") + lines(out / "validation.jsonl")
+    step = json.loads((out / "stats.json").read_text())["steps"]["generate:guideline-qa"]
+    assert step["kept"] == len(kept) > 0 and all(r["messages"][-1]["content"] != "Yes." for r in kept)
+    assert step["dropped"] == {"answer wording not in the source (support < 0.5)": len(kept)}  # one of each two
+    rejects = lines(out / "rejects.jsonl")
+    assert sum("not in the source" in r["reason"] for r in rejects) == len(kept)

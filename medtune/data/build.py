@@ -150,7 +150,8 @@ async def _generate(cfg: DataConfig, sources: list[tuple[SourceConfig, list[Reco
         else:
             kind = "guideline" if gen == "guideline-qa" else "report"
             jobs += [(sink, G.grounded_qa(r, teacher, kind, src.questions_per_item, cfg.judge, cfg.prompts_dir, tally,
-                                          multi_turn=src.multi_turn and sink is out))
+                                          multi_turn=src.multi_turn and sink is out,
+                                          min_support=cfg.min_answer_support))
                      for r in records]
     for sink, batch in zip([s for s, _ in jobs], await asyncio.gather(*(job for _, job in jobs))):
         sink.extend(batch)

@@ -130,6 +130,7 @@ class DataConfig(_Section):
     rag_passages: int = Field(3, ge=1, le=20, description="rag-qa: passages in each prompt, numbered [1]..[k] (use the top_k of chat/serve/web).")
     rag_not_covered: float = Field(0.2, ge=0.0, le=1.0, description="rag-qa: share of examples whose gold passage is removed; their answer says the guideline does not cover the question.")
     judge: bool = Field(False, description="guideline-qa / report-qa: ask the teacher whether each answer is supported; drop unsupported.")
+    min_answer_support: float = Field(0.0, ge=0.0, le=1.0, description="guideline-qa / report-qa: drop a teacher answer when less than this share of its content units (words and numbers; CJK/Hangul character bigrams) occurs in its passage or report (medtune.text.answer_support: an offline wording check; 'Yes' or an invented claim scores low). 0: off. A small local teacher writes many unsupported answers: 0.5 keeps those written from the text.")
     dialogue: DialogueConfig | None = Field(None, description="Self-instruct scenario dialogues (absent: not generated).")
     pairwise_judge: PairwiseJudgeConfig = Field(default_factory=PairwiseJudgeConfig, description="Sampler and judge of the pairwise-judge generator (used only by sources with generator: pairwise-judge).")
     translate_to: str | None = Field(None, description="Also translate generated pairs into this language (zh, ko, en) with the teacher.")

@@ -44,7 +44,7 @@ from medtune.retrieval import (
 )
 from medtune.safety.guard import CATEGORY_NAMES, emergency_number, urgent_message
 from medtune.safety.rules import detect_red_flags
-from medtune.text import dangling_reference, detect_language
+from medtune.text import answer_support, dangling_reference, detect_language
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATES = Path(__file__).parent / "kb_templates.yaml"
@@ -420,13 +420,15 @@ CONTEXT_LABELS = {"report": {"en": "Radiology report", "ko": "판독문", "zh": 
 
 
 async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: bool, prompts_dir: Path | None,
-                      tally: Tally, multi_turn: bool = False) -> list[Record]:
+                      tally: Tally, multi_turn: bool = False, min_support: float = 0.0) -> list[Record]:
     """Grounded QA from one passage (``kind="guideline"``) or radiology report (``kind="report"``).
 
     1. the teacher writes ``n`` questions about the text (``<kind>_questions`` prompt);
     2. each question is answered with the text in the prompt, using only what it supports
        (``<kind>_answer`` prompt);
-    3. with ``judge``, a ``judge`` call must reply YES or the pair is dropped as unsupported.
+    3. with ``judge``, a ``judge`` call must reply YES or the pair is dropped as unsupported;
+    4. with ``min_support`` > 0, an answer whose wording the text does not support
+       (:func:`medtune.text.answer_support` below it) is dropped.
 
     Reads ``text`` (reports: findings and impression only) and ``meta``; writes ``messages`` and
     ``meta`` with ``generator``, ``teacher_model``, ``prompt_template_hash`` and the source span.
@@ -465,6 +467,9 @@ async def grounded_qa(r: Record, teacher: LLMClient, kind: str, n: int, judge: b
             tally.drop(f"teacher call failed ({verdict})", r.meta.get("source_file"), f"{r.id} q{k}")
         elif verdict == "unsupported":
             tally.drop("judge: answer not supported by the source", r.meta.get("source_file"), f"{r.id} q{k}", answer[:200])
+        elif min_support and answer_support(answer.removeprefix(CUT_MARK), text) < min_support:
+            tally.drop(f"answer wording not in the source (support < {min_support:g})", r.meta.get("source_file"),
+                       f"{r.id} q{k}", answer[:200])
         else:
             tally.keep()
             cut = answer.startswith(CUT_MARK)
