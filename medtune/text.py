@@ -172,7 +172,9 @@ _SUPPORT_UNIT = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]+|[a-z0-9]
 def support_units(text: str) -> set[str]:
     """Content units of ``text`` for a lexical support check: character bigrams inside each run of
     CJK / Hangul characters (a lone character is too common to count), and lower-cased Latin words and
-    numbers ("7.0", "135") elsewhere. NFKC first, so full-width digits match ASCII ones."""
+    numbers ("7.0", "135") elsewhere. NFKC first, so full-width digits match ASCII ones. Unlike the
+    index's ``ngram`` terms (:func:`medtune.retrieval.tokenize`) a lone character is no unit, so "是" has
+    no support, and decimals stay whole."""
     units: set[str] = set()
     for m in _SUPPORT_UNIT.finditer(unicodedata.normalize("NFKC", text).lower()):
         run = m.group()
