@@ -262,9 +262,29 @@ def test_screening_work_is_linear_in_length_and_the_encoder_reads_a_bounded_amou
             work[n] = dict(read)
         bound = classifier.ENCODED_WINDOWS * classifier.window_chars(lang)
         assert 0 < work[4000]["encoder"] <= bound and 0 < work[16000]["encoder"] <= bound, work
-        for key in ("ngram", "rules"):
-            assert 3.5 < work[16000][key] / work[4000][key] < 4.5, (lang, key, work)
-            assert work[16000][key] <= 2 * 16000 + (classifier.ENCODED_WINDOWS + 2) * classifier.window_chars(lang)
+        assert 3.5 < work[16000]["ngram"] / work[4000]["ngram"] < 4.5, (lang, work)
+        for key in ("ngram", "rules"):  # the rules read only the windows that could still be chosen (best_windows)
+            assert 0 < work[16000][key] <= 2 * 16000 + (classifier.ENCODED_WINDOWS + 2) * classifier.window_chars(lang)
+
+
+@pytest.mark.parametrize("lang", ["zh", "ko", "en"])
+def test_pruned_window_choice_equals_scoring_every_window_with_the_rules(lang):
+    """best_windows skips the rules on windows that cannot be chosen; the choice and the verdicts must be
+    those of the exhaustive ranking (every window scored with the rules), for every k."""
+    clf = classifier.load()
+    for n, seed in ((1500, 0), (4000, 1)):
+        text = _distinct(lang, n)
+        cut = len(text) // (2 + seed)
+        flag = BURIED_FLAG[lang] + (" Now he can't breathe." if lang == "en" else "")  # the rules miss "crushing"
+        text = text[:cut] + flag + text[cut:] + flag
+        wins = list(dict.fromkeys(classifier.message_windows(text, lang)))
+        hits = np.array([float(bool(classifier.detect_red_flags(w, lang))) for w in wins])
+        assert hits.sum() >= 1
+        full = clf.stack[1] * clf.ngram_logit(wins) + clf.stack[2] * hits
+        for k in (1, 2, 4, 9):
+            want = sorted(np.argsort(-full, kind="stable")[:k].tolist())
+            best, got = classifier.best_windows(clf, wins, lang, k)
+            assert best == want and got.tolist() == hits[want].tolist(), (k, best, want)
 
 
 @encoder
