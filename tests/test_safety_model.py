@@ -306,3 +306,25 @@ def test_the_category_pools_the_flagging_texts_weighted_by_their_score():
     assert clf.pooled_category(x, np.array([1.0, 0.0])) == "cardiac"
     assert clf.pooled_category(x, np.array([0.0, 1.0])) == "seizure"
     assert clf.pooled_category(x, np.array([0.9, 0.1])) == "cardiac"
+
+
+def test_long_training_messages_are_fitted_as_their_windows():
+    """A training message longer than VIEW_CHARS is scored by windows at run time, so it is fitted as
+    windows: every window of a non-emergency is negative; of an emergency, the windows holding its
+    flag_span are positive, those holding none of it negative, the ones cutting it are left out."""
+    filler = LONG_FILLER["en"]
+    flag = "Right now my father cannot breathe and his lips are turning blue."
+    text = filler + " " + flag + " " + filler
+    assert len(text) > classifier.VIEW_CHARS
+    emergency = {"id": "e", "lang": "en", "text": text, "expected": ["breathing"], "type": "emergency", "flag_span": flag}
+    negative = {"id": "n", "lang": "en", "text": filler * 2, "expected": [], "type": "hard_negative"}
+    no_span = {"id": "x", "lang": "en", "text": text, "expected": ["breathing"], "type": "emergency"}
+    short = {"id": "s", "lang": "en", "text": flag, "expected": ["breathing"], "type": "emergency", "flag_span": flag}
+    rows = fit.long_windows([emergency, negative, no_span, short])
+    assert {r["source"] for r in rows} == {0, 1}
+    pos = [r for r in rows if r["expected"]]
+    assert pos and all(r["source"] == 0 and flag[: len(flag) // 2] in r["text"] or flag[len(flag) // 2:] in r["text"]
+                       for r in pos)
+    assert all(flag[:20] not in r["text"] and flag[-20:] not in r["text"] for r in rows if not r["expected"])
+    assert len([r for r in rows if r["source"] == 1]) == len(classifier.message_windows(filler * 2, "en"))
+    assert all(len(r["text"]) <= classifier.window_chars("en") for r in rows)

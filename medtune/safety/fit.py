@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medtune.safety.classifier import (CATEGORIES, LANGS, WEIGHTS, Classifier, _sigmoid, char_ngrams, embed,
-                                       record_text, screening_texts, stacked, window_chars)
+from medtune.safety.classifier import (CATEGORIES, LANGS, VIEW_CHARS, WEIGHTS, Classifier, _sigmoid, char_ngrams, embed,
+                                       message_windows, record_text, screening_texts, stacked, window_chars)
 from medtune.safety.guard import rule_hit as _rule_hit
 from medtune.safety.labelled import conversation, is_eval_file, load_records
 
@@ -261,6 +261,39 @@ def context_augmented(records: list[dict], fold: np.ndarray, seed: int = 0) -> l
     return out
 
 
+def long_windows(records: list[dict]) -> list[dict]:
+    """The sentence windows of each long single-message record, as training rows of their own.
+
+    At run time a message longer than ``VIEW_CHARS`` is scored by its windows only
+    (:func:`medtune.safety.classifier.message_windows`), so a long training message is fitted the same
+    way: every window of a non-emergency is a non-emergency row; a window of an emergency is an
+    emergency row when it holds at least half of the record's ``flag_span`` (the substring that carries
+    the red flag), a non-emergency row when it holds none of it, and is left out otherwise. An emergency
+    without a ``flag_span`` gives no windows (which one carries the flag is unknown).
+
+    Returns new records ``{"id", "lang", "text", "expected", "type", "source"}`` (``source``: the index
+    of the record whose fold the window belongs to).
+    """
+    out = []
+    for i, rec in enumerate(records):
+        text = rec.get("text", "")
+        span = rec.get("flag_span") or ""
+        if len(text) <= VIEW_CHARS or (rec["expected"] and not (span and span in text)):
+            continue
+        start = text.find(span) if rec["expected"] else -1
+        flag = (start, start + len(span))
+        pos = 0
+        for n, w in enumerate(message_windows(text, rec["lang"])):
+            at = text.find(w, pos)
+            pos = max(pos, at)
+            overlap = max(0, min(at + len(w), flag[1]) - max(at, flag[0])) if start >= 0 else 0
+            if 0 < overlap < (flag[1] - flag[0]) / 2:
+                continue
+            out.append({"id": f"{rec['id']}~w{n}", "lang": rec["lang"], "text": w, "source": i,
+                        "expected": rec["expected"] if overlap else [], "type": rec.get("type", "") if overlap else "hard_negative"})
+    return out
+
+
 def pooled_scores(models: list[Classifier], fold: np.ndarray, records: list[dict], rules: np.ndarray,
                   cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each record screened as at run time (:func:`medtune.safety.classifier.screening_texts`, max over
@@ -321,19 +354,23 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
         raise ValueError(f"{', '.join(leaked)}: development/test files are for evaluation only; never fit on them")
     records = load_records(paths)
     fold = folds(records, k, seed)
-    extra = context_augmented(records, fold, seed)
+    extra = context_augmented(records, fold, seed) + long_windows(records)
     fit_fold = np.concatenate([fold, fold[[a["source"] for a in extra]]]).astype(int)
     train = records + extra
+    # a long message is never scored whole at run time: its windows are its training rows
+    whole = np.array([len(record_text(r)) <= VIEW_CHARS for r in records] + [True] * len(extra))
     x = embed_cached([record_text(r) for r in train], cache)
     y = np.array([bool(r["expected"]) for r in records])
     rules = np.array([float(rule_hit(r)) for r in records])
-    models = [fit(x[fit_fold != f], [train[i] for i in np.flatnonzero(fit_fold != f)], l2=l2) for f in range(k)]
+    models = [fit(x[(fit_fold != f) & whole], [train[i] for i in np.flatnonzero((fit_fold != f) & whole)], l2=l2)
+              for f in range(k)]
     logits = np.zeros((len(records), 2))
     for f, m in enumerate(models):
         idx = np.flatnonzero(fold == f)
         logits[idx] = m.head_logits(x[idx], [record_text(records[i]) for i in idx])
-    clf = fit(x, train, l2=l2)
-    clf.stack = fit_stack(logits, rules, y)
+    clf = fit(x[whole], [t for t, keep in zip(train, whole) if keep], l2=l2)
+    short = whole[:len(records)]
+    clf.stack = fit_stack(logits[short], rules[short], y[short])
     for m in models:
         m.stack = clf.stack
     p, p_alone, cats = pooled_scores(models, fold, records, rules, cache)
