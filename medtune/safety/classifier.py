@@ -66,8 +66,8 @@ unresolved user turn (:func:`unresolved_turns`: from the last turn that reports 
 score is the maximum (max pooling; a multiple-instance view of a message: one emergency sentence makes
 an emergency). A cascade keeps it linear and bounded: the n-gram head scores every window (about
 twice the text), the rules the windows that could still be chosen (:func:`best_windows`), the encoder
-only the ``ENCODED_WINDOWS`` windows they score highest. Each window enters the stacking layer with the rules' verdict on the window itself, so a
-rule hit in one sentence does not lift an unrelated window. Training adds each message beside an
+only the ``ENCODED_WINDOWS`` windows they score highest. Each window enters the stacking layer with
+the rules' verdict on the window itself, so a rule hit in one sentence does not lift an unrelated window. Training adds each message beside an
 unrelated ordinary one (:func:`medtune.safety.fit.context_augmented`) and picks the thresholds on the
 pooled out-of-fold scores (:func:`medtune.safety.fit.pooled_scores`).
 Weights live in ``medtune/safety/data/classifier.npz`` with the cross-validation scores
