@@ -79,6 +79,7 @@ def merge_adapter(cfg: MergeConfig) -> dict:
                "max_abs_logit_diff": diff, "tolerance": cfg.tolerance, "seconds": round(time.time() - t0, 1)}
     (out / "medtune_merge.json").write_text(json.dumps(summary, indent=2))
     write_model_card(out)
-    console.print(f"[green]merged[/] {adapter} into {base} -> {out}; parity: max |dlogit| = {diff:.2e} "
-                  f"(tolerance {cfg.tolerance}) in {summary['seconds']} s")
+    console.print(f"[green]merged[/] {adapter} into {base} -> {out}")
+    # its own line, so a narrow console never wraps the figure that scripts and tests read
+    console.print(f"parity: max |dlogit| = {diff:.2e} (tolerance {cfg.tolerance}) in {summary['seconds']} s")
     return summary

@@ -258,7 +258,7 @@ def test_fact_warns_when_most_answers_hit_the_token_limit_and_the_advice_runs(tm
     stops = json.loads((tmp_path / "a" / "results.json").read_text())["quality"]["stops"]
     assert stops["n"] == 3 and stops["k"] == 0
     assert "3 of 3 answers hit the token limit (max_new_tokens 4)" in r.output
-    advice = re.search(r"rerun with (--max-new-tokens \d+)", r.output).group(1).split()
+    advice = re.search(r"rerun with (--max-new-tokens \d+)", " ".join(r.output.split())).group(1).split()
     r = CliRunner().invoke(app, [*base, *advice, "--max-items", "1", "--output-dir", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b" / "results.json").read_text())["decoding"]["max_new_tokens"] == int(advice[1])

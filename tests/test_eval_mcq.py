@@ -337,7 +337,7 @@ def test_collapse_warning_suggests_an_option_the_cli_accepts(tmp_path, qwen_dir,
     r = CliRunner().invoke(app, [*base, "--output-dir", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     assert "letter collapse: B" in r.output
-    suggested = re.search(r"rerun with (--[a-z-]+)", r.output).group(1)
+    suggested = re.search(r"rerun with (--[a-z-]+)", " ".join(r.output.split())).group(1)
     r = CliRunner().invoke(app, [*base, suggested, "--output-dir", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert "calibrated (content-free" in r.output and "rerun with" not in r.output
