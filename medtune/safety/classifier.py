@@ -439,10 +439,11 @@ def best_windows(clf: Classifier, wins: list[str], lang: str, k: int) -> tuple[l
     part = clf.stack[1] * clf.ngram_logit(wins)
     reach = abs(clf.stack[2])
     floor = np.sort(part)[-k] - reach
+    may = part + reach >= floor
     hits = np.zeros(len(wins))
-    for i in np.flatnonzero(part + reach >= floor):
+    for i in np.flatnonzero(may):
         hits[i] = float(bool(detect_red_flags(wins[i], lang)))
-    score = np.where(part + reach >= floor, part + clf.stack[2] * hits, -np.inf)
+    score = np.where(may, part + clf.stack[2] * hits, -np.inf)
     best = sorted(np.argsort(-score, kind="stable")[:k].tolist())
     return best, hits[best]
 
