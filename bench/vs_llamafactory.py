@@ -223,7 +223,7 @@ def medtune_arm(spec: dict) -> dict:
     from medtune.config import TrainConfig
     from medtune.train.sft import build_trainer
 
-    hp = HPARAMS
+    hp = {**HPARAMS, "seed": spec.get("seed", HPARAMS["seed"])}
     cfg = TrainConfig(model=spec["model"], train_file=Path(spec["train"]), validation_file=Path(spec["validation"]),
                       output_dir=Path(spec["out"]), max_steps=spec["steps"], method="lora", lora_r=hp["lora_r"],
                       lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"], target_modules="all-linear",
@@ -238,6 +238,8 @@ def medtune_arm(spec: dict) -> dict:
         examples += split_examples(row["input_ids"], row["labels"], pos, [True] * len(pos))
     result, _ = timed_train(trainer, StepMeter(), spec.get("profile"))
     result["eval_loss"] = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(Path(spec["out"]) / "adapter"))
+    result["adapter"] = str(Path(spec["out"]) / "adapter")
     return {**result, "rows": len(rows), "data": dataset_digest(examples), "speed": trainer.medtune_speed}
 
 
@@ -263,7 +265,7 @@ def lf_arm(spec: dict) -> dict:
     from llamafactory.train.sft import trainer as lf_trainer
     from llamafactory.train.tuner import run_exp
 
-    hp, box = HPARAMS, {}
+    hp, box = {**HPARAMS, "seed": spec.get("seed", HPARAMS["seed"])}, {}
     cls = lf_trainer.CustomSeq2SeqTrainer
     train, evaluate = cls.train, cls.evaluate
 
@@ -294,7 +296,48 @@ def lf_arm(spec: dict) -> dict:
         warmup_ratio=hp["warmup_ratio"], max_steps=spec["steps"], bf16=True, seed=hp["seed"], logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=True, disable_gradient_checkpointing=True, flash_attn="sdpa", plot_loss=False,
     ))
+    box["adapter"] = str(Path(spec["out"]) / "lf_out")  # run_exp saves the adapter there after training
     return box
+
+
+def heldout_loss(model: str, adapter: str | None, validation: Path) -> dict:
+    """One held-out measure for both arms: the base in fp32 plus the arm's saved LoRA adapter, each
+    validation conversation unpacked (batch 1, the model's own chat template), cross-entropy summed over
+    the last assistant turn's tokens (its end-of-turn tokens included) and divided by their count.
+
+    Each tool's own ``evaluate()`` packs the validation set its own way and averages per packed row, so
+    the two ``eval_loss`` figures weigh tokens differently; this one weighs every answer token once.
+
+    Returns:
+        ``{"loss": token-weighted mean (nats), "example_mean": mean of per-conversation means,
+        "examples", "tokens"}``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter)
+    net.eval()
+    total, count, per = 0.0, 0, []
+    for line in validation.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        messages = json.loads(line)["messages"]
+        prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(messages, tokenize=False)
+        p_ids, ids = tok(prompt)["input_ids"], tok(full)["input_ids"]
+        if ids[:len(p_ids)] != p_ids:
+            raise ValueError(f"{validation}: the prompt's tokens are not a prefix of the conversation's")
+        with torch.no_grad():
+            logits = net(torch.tensor([ids])).logits[0, len(p_ids) - 1:-1]
+        ce = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[len(p_ids):]), reduction="sum").item()
+        total, count = total + ce, count + len(ids) - len(p_ids)
+        per.append(ce / (len(ids) - len(p_ids)))
+    return {"loss": total / count, "example_mean": sum(per) / len(per), "examples": len(per), "tokens": count}
 
 
 def arm_main(kind: str, spec_path: Path) -> None:
@@ -314,6 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=3, help="interleaved (medtune, LLaMA-Factory) pairs")
     p.add_argument("--steps", type=int, default=36, help="optimizer steps per arm (batch 1: packed rows)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
+                   help="seed of pair i: seeds[i %% len(seeds)] (LoRA init and row order; the same for both arms of a pair)")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="offline pack name or model directory")
     p.add_argument("--train", type=Path, default=ROOT / "runs" / "quickstart" / "data" / "train.jsonl")
     p.add_argument("--validation", type=Path, default=ROOT / "runs" / "quickstart" / "data" / "validation.jsonl")
@@ -383,7 +428,8 @@ def summarize(runs: list[dict]) -> dict:
         arms[kind] = {k: _median([r.get(k) for r in rs]) for k in
                       ("tokens_per_s", "loop_wall_s", "loop_cpu_s", "process_cpu_s", "process_sys_s",
                        "minor_page_faults", "peak_rss_gib", "tokens",
-                       "label_tokens", "eval_loss")}
+                       "label_tokens", "eval_loss", "heldout_loss")}
+        arms[kind]["heldout_loss_per_seed"] = {r["seed"]: round(r["heldout_loss"], 4) for r in rs}
         arms[kind]["first_loss"] = _median([r["losses"][0] for r in rs if r["losses"]])
         arms[kind]["final_loss"] = _median([r["losses"][-1] for r in rs if r["losses"]])
         arms[kind]["rows"], arms[kind]["data"] = rs[0]["rows"], rs[0]["data"]
@@ -393,7 +439,8 @@ def summarize(runs: list[dict]) -> dict:
     cpu = [by[p, "medtune"]["loop_cpu_s"] / by[p, "medtune"]["tokens"]
            / (by[p, "llamafactory"]["loop_cpu_s"] / by[p, "llamafactory"]["tokens"]) for p in pairs]
     same = arms["medtune"]["data"] == arms["llamafactory"]["data"]
-    return {"arms": arms, "tokens_per_s_ratio": ratios, "tokens_per_s_ratio_median": _median(ratios),
+    gap = arms["medtune"]["heldout_loss"] - arms["llamafactory"]["heldout_loss"]
+    return {"arms": arms, "heldout_loss_gap": gap, "tokens_per_s_ratio": ratios, "tokens_per_s_ratio_median": _median(ratios),
             "cpu_s_per_token_ratio": cpu, "same_training_examples": same}
 
 
@@ -403,7 +450,8 @@ def print_table(summary: dict) -> None:
             ("of which sys s", "process_sys_s", "{:.1f}"), ("minor faults", "minor_page_faults", "{:.0f}"),
             ("peak RSS GiB", "peak_rss_gib", "{:.2f}"), ("tokens", "tokens", "{:.0f}"),
             ("answer tokens", "label_tokens", "{:.0f}"), ("first loss", "first_loss", "{:.4f}"),
-            ("final loss", "final_loss", "{:.4f}"), ("held-out loss", "eval_loss", "{:.4f}")]
+            ("final loss", "final_loss", "{:.4f}"), ("own eval loss", "eval_loss", "{:.4f}"),
+            ("held-out loss", "heldout_loss", "{:.4f}")]
     print("| arm (median) | " + " | ".join(c[0] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for kind, a in summary["arms"].items():
@@ -415,6 +463,9 @@ def print_table(summary: dict) -> None:
     for kind, a in summary["arms"].items():
         print(f"{kind}: {a['rows']} packed rows; examples {a['data']}")
     print("same training examples (input_ids and labels):", summary["same_training_examples"])
+    for kind, a in summary["arms"].items():
+        print(f"{kind}: held-out loss per seed {a['heldout_loss_per_seed']}")
+    print(f"held-out loss, median medtune - median LLaMA-Factory: {summary['heldout_loss_gap']:+.4f}")
 
 
 def main(argv=None) -> dict:
@@ -453,11 +504,15 @@ def run_pairs(args: argparse.Namespace, model: str, lf_python: Path, workdir: Pa
             out = workdir / f"pair{pair}-{kind}"
             spec = {"model": model, "train": str(args.train.resolve()), "validation": str(args.validation.resolve()),
                     "steps": args.steps, "out": str(out), "result": str(out) + ".result.json",
+                    "seed": args.seeds[pair % len(args.seeds)],
                     "profile": {"steps": args.profile_steps, "out": str(out) + ".profile.txt"}}
             r = run_arm(kind, lf_python if kind == "llamafactory" else Path(sys.executable), spec, workdir)
-            runs.append({**r, "pair": pair})
+            r["heldout"] = heldout_loss(model, r["adapter"], args.validation)
+            r["heldout_loss"] = r["heldout"]["loss"]
+            runs.append({**r, "pair": pair, "seed": spec["seed"]})
             print(f"pair {pair} {kind}: {r['tokens_per_s']:.1f} tokens/s, loop CPU {r['loop_cpu_s']:.0f} s, "
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['threads']} threads, load average {r['loadavg_start']}, "
+                  f"seed {spec['seed']}, held-out loss {r['heldout_loss']:.4f} (own evaluate {r['eval_loss']:.4f}), "
                   f"losses {[round(x, 4) for x in r['losses']]}", flush=True)
     return runs
 

@@ -86,3 +86,40 @@ def test_decode_bench_runs_each_arm_and_compares_greedy_tokens(qwen_dir, tmp_pat
     # a static KV cache changes where the keys live, not the greedy tokens
     assert rows["hf-fp32-static"]["same_leading_tokens_as_fp32"] == 6
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
+
+
+def test_vs_llamafactory_heldout_loss_weighs_answer_tokens_and_reads_the_adapter(qwen_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import vs_llamafactory
+
+    rows = [{"messages": [{"role": "user", "content": "What is aspirin for?"},
+                          {"role": "assistant", "content": "Pain, fever and, at low dose, clot prevention."}]},
+            {"messages": [{"role": "user", "content": "Dose?"}, {"role": "assistant", "content": "Ask your pharmacist."}]}]
+    val = tmp_path / "validation.jsonl"
+    val.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    base = vs_llamafactory.heldout_loss(str(qwen_dir), None, val)
+    # by hand: sum of the answer tokens' cross-entropy over both conversations / their count
+    tok, net = AutoTokenizer.from_pretrained(qwen_dir), AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32)
+    total, count = 0.0, 0
+    for r in rows:
+        k = len(tok.apply_chat_template(r["messages"][:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        ids = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]
+        logp = torch.log_softmax(net(torch.tensor([ids])).logits[0].float(), -1)
+        total -= sum(logp[i - 1, ids[i]].item() for i in range(k, len(ids)))
+        count += len(ids) - k
+    assert base["examples"] == 2 and base["tokens"] == count
+    assert base["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert base["loss"] != pytest.approx(base["example_mean"], rel=1e-6)  # token- vs conversation-weighted
+    # a fresh LoRA adapter (B = 0) changes nothing; one with non-zero B changes the loss
+    peft = get_peft_model(net, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft.save_pretrained(tmp_path / "fresh")
+    assert vs_llamafactory.heldout_loss(str(qwen_dir), str(tmp_path / "fresh"), val)["loss"] == pytest.approx(base["loss"], rel=1e-6)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(tmp_path / "trained")
+    assert abs(vs_llamafactory.heldout_loss(str(qwen_dir), str(tmp_path / "trained"), val)["loss"] - base["loss"]) > 1e-3
