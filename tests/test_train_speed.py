@@ -260,3 +260,60 @@ def test_bf16_frozen_base_leaves_a_tied_lm_head_and_its_embedding_in_fp32(tokeni
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     linear = sum(p.numel() for n, p in model.named_parameters() if "layers." in n and "proj" in n)
     assert saved == 2 * linear
+
+
+def test_dropped_positions_draw_an_iid_bernoulli_mask():
+    from medtune.train.speed import dropped_positions
+
+    gen = torch.Generator().manual_seed(0)
+    n, p, draws = 40, 0.2, 5000
+    counts, pairs, sizes = torch.zeros(n), 0, []
+    for _ in range(draws):
+        pos = dropped_positions(n, p, gen)
+        assert torch.all(pos[1:] > pos[:-1]) and (len(pos) == 0 or (pos[0] >= 0 and pos[-1] < n))
+        mask = torch.zeros(n)
+        mask[pos] = 1
+        counts += mask
+        pairs += int((mask[:-1] * mask[1:]).sum())  # neighbours both dropped: p^2 each if independent
+        sizes.append(len(pos))
+    sigma = (p * (1 - p) / draws) ** 0.5
+    assert torch.all((counts / draws - p).abs() < 5 * sigma)  # every position dropped with probability p
+    assert abs(pairs / (draws * (n - 1)) - p * p) < 5 * (p * p / (draws * (n - 1))) ** 0.5
+    mean, var = sum(sizes) / draws, sum((s - sum(sizes) / draws) ** 2 for s in sizes) / draws
+    assert abs(mean - n * p) < 0.1 and abs(var / (n * p * (1 - p)) - 1) < 0.1  # Binomial(n, p) count
+    big = dropped_positions(512 * 4864, 0.05, gen)  # a long mask: one draw is normally enough, and it ends at n
+    assert abs(len(big) / (512 * 4864) - 0.05) < 0.002 and int(big[-1]) < 512 * 4864
+    assert len(dropped_positions(10, 0.0)) == 0 and len(dropped_positions(0, 0.5)) == 0
+
+
+def test_sparse_dropout_scales_kept_elements_and_passes_their_gradient():
+    from medtune.train.speed import SparseDropout
+
+    torch.manual_seed(0)
+    drop, x = SparseDropout(0.3), torch.randn(64, 48, requires_grad=True)
+    out = drop.train()(x)
+    kept = out != 0
+    assert 0.6 < kept.float().mean() < 0.8
+    assert torch.allclose(out[kept], x[kept] / 0.7)
+    out.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.7)
+    assert drop.eval()(x) is x
+
+
+def test_cpu_lora_dropout_is_sparse_by_default_with_the_native_first_loss(tiny_model_dir, sft_file, tmp_path):
+    from medtune.train.speed import SparseDropout, sparse_lora_dropout_on
+
+    assert sparse_lora_dropout_on(TrainConfig(), cuda=False) and not sparse_lora_dropout_on(TrainConfig(), cuda=True)
+    assert not sparse_lora_dropout_on(TrainConfig(lora_dropout=0.0), cuda=False)
+    assert not sparse_lora_dropout_on(TrainConfig(method="full"), cuda=False)
+    native, t_native = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "a", lora_dropout=0.1, sparse_lora_dropout=False))
+    sparse, t_sparse = first_losses(cfg(tiny_model_dir, sft_file, tmp_path / "b", lora_dropout=0.1))
+    drops = [m for m in t_sparse.model.modules() if isinstance(m, SparseDropout)]
+    assert drops and t_sparse.medtune_speed["sparse_lora_dropout"] == len(drops)
+    assert all(m.p == 0.1 for m in drops)
+    assert t_native.medtune_speed["sparse_lora_dropout"] == 0
+    assert not any(isinstance(m, SparseDropout) for m in t_native.model.modules())
+    # step 1: LoRA B is zero, so the dropout mask cannot change the loss; later steps differ by the mask only
+    assert sparse[0] == pytest.approx(native[0], rel=1e-6)
+    assert sparse[1:] == pytest.approx(native[1:], rel=2e-2)
+    assert sparse[2] < sparse[0]

@@ -36,7 +36,7 @@ from medtune.errors import ConfigError, TrainError
 from medtune.models import base_fingerprint, load_model, load_tokenizer
 from medtune.train.checkpoints import (PreemptionCallback, atomic_checkpoints, last_checkpoint, preempted,
                                        stop_before_training, whole_run_loss)
-from medtune.train.speed import prepare_model
+from medtune.train.speed import prepare_model, sparse_lora_dropout_on, use_sparse_lora_dropout
 from medtune.threads import use_free_cores
 
 console = Console(stderr=True)
@@ -284,6 +284,7 @@ def make_trainer(cfg: TrainConfig, net, tokenizer, trainer_cls: type, args, trai
                           peft_config=lora_config(cfg), callbacks=[callback, stop], **trainer_kwargs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    speed["sparse_lora_dropout"] = use_sparse_lora_dropout(trainer.model) if sparse_lora_dropout_on(cfg) else 0
     check_distributed(trainer)
     atomic_checkpoints(trainer)
     trainer.medtune_speed, trainer.medtune_preemption = speed, stop

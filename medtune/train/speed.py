@@ -42,6 +42,14 @@ defaults pick the fastest path this machine supports. None of them changes the m
   ``(tokens x tokens)`` block-diagonal mask and wastes the masked blocks; the varlen kernels
   only compute each example's own causal triangle (Dao 2023, FlashAttention-2, arXiv:2307.08691).
 - ``torch_compile`` (default off): ``torch.compile`` of the model through the Trainer.
+- ``sparse_lora_dropout`` (default on on CPU with ``lora_dropout > 0``): peft's LoRA dropout is a
+  ``torch.nn.Dropout`` per adapted linear, and torch's CPU dropout draws one Mersenne-Twister number per
+  element of the ``(tokens, in_features)`` input (seven masks per decoder layer): on the 0.5B pack with
+  ``lora_dropout: 0.05`` the step ran 1.36x faster with no dropout at all. :class:`SparseDropout` draws only
+  the positions of the dropped elements (geometric gaps, :func:`dropped_positions`: ~``p`` as many random
+  numbers) and zeroes those: the same i.i.d. Bernoulli mask distribution from another random stream, so the
+  first loss is equal (LoRA B starts at zero) and later ones equal in distribution. Measured 1.14x tokens/s
+  and 0.46 GiB less peak RSS on that step (docs/benchmarks.md). CUDA's fused dropout is left alone.
 - ``bf16_frozen_base`` (default on with bf16 + LoRA on CPU, objectives sft and pt): the frozen base's ``nn.Linear`` weights and
   biases are stored in bfloat16 once. Under bf16 autocast every ``linear`` casts its fp32 weight to bf16
   in every forward (autocast's cast cache keeps only casts of weights that require a gradient, and frozen
@@ -55,6 +63,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
@@ -245,6 +254,84 @@ def cast_frozen_linears(model, dtype) -> int:
                 param.data = param.data.to(dtype)
                 saved += before - param.numel() * param.element_size()
     return saved
+
+
+def sparse_lora_dropout_on(cfg: TrainConfig, cuda: bool | None = None) -> bool:
+    """``cfg.sparse_lora_dropout`` when set, else on exactly for LoRA with ``lora_dropout > 0`` on CPU."""
+    if cfg.sparse_lora_dropout is not None:
+        return cfg.sparse_lora_dropout
+    return cfg.method in ("lora", "qlora") and cfg.lora_dropout > 0 and not (_cuda() if cuda is None else cuda)
+
+
+def dropped_positions(n: int, p: float, generator=None):
+    """Positions of the dropped elements of an i.i.d. Bernoulli(``p``) dropout mask over ``n`` elements.
+
+    The gaps between successive dropped positions of an i.i.d. mask are geometric, P(gap = k) = (1-p)^(k-1) p,
+    so the positions are the cumulative sums of geometric draws, each ``floor(log U / log(1 - p)) + 1`` for U
+    uniform on (0, 1] (inverse transform sampling; Devroye 1986, "Non-Uniform Random Variate Generation",
+    ch. X.2). That takes about ``p * n`` uniform draws where ``torch.bernoulli_`` takes ``n``.
+
+    Returns:
+        ``(k,)`` int64, increasing, each in ``[0, n)``; ``k`` is Binomial(n, p) distributed.
+    """
+    import math
+
+    import torch
+
+    if n <= 0 or p <= 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if p >= 1:
+        return torch.arange(n)
+    log_q, expected = math.log1p(-p), n * p
+    draw = int(expected + 8 * math.sqrt(expected) + 16)  # rarely short: then draw again from the last position
+    found, last = [], -1
+    while True:
+        u = 1.0 - torch.rand(draw, dtype=torch.float64, generator=generator)  # (0, 1]
+        pos = last + torch.cumsum(torch.floor(torch.log(u) / log_q).long() + 1, 0)
+        found.append(pos[pos < n])
+        if int(pos[-1]) >= n:
+            return torch.cat(found)
+        last = int(pos[-1])
+
+
+class SparseDropout(torch.nn.Module):
+    """Inverted dropout (Srivastava et al. 2014, JMLR 15) whose mask comes from :func:`dropped_positions`.
+
+    Forward in training: ``x / (1 - p)`` with the dropped elements set to 0, as ``torch.nn.Dropout`` (same
+    mask distribution, another random stream); in evaluation the input unchanged. Shapes: any; output
+    like ``x``.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        out = x * (1.0 / (1.0 - self.p))
+        out.view(-1).index_fill_(0, dropped_positions(out.numel(), self.p).to(out.device), 0)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_sparse_lora_dropout(model) -> int:
+    """Replace every ``torch.nn.Dropout`` in the LoRA layers' ``lora_dropout`` of the peft ``model`` by a
+    :class:`SparseDropout` of the same ``p``. Returns the number replaced."""
+    import torch
+
+    swapped = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, torch.nn.ModuleDict):
+            continue
+        for name, drop in list(drops.items()):
+            if type(drop) is torch.nn.Dropout and drop.p > 0:
+                drops[name] = SparseDropout(drop.p)
+                swapped += 1
+    return swapped
 
 
 def pad_multiple(cfg: TrainConfig, cuda: bool | None = None) -> int | None:
