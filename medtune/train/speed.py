@@ -294,6 +294,25 @@ def dropped_positions(n: int, p: float, generator=None):
         last = int(pos[-1])
 
 
+class _DropAt(torch.autograd.Function):
+    """``x * scale`` with the flat positions ``pos`` zeroed; the gradient likewise (one pass each way)."""
+
+    @staticmethod
+    def forward(ctx, x, pos, scale):
+        out = (x * scale).contiguous()
+        out.view(-1).index_fill_(0, pos, 0)
+        ctx.save_for_backward(pos)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pos,) = ctx.saved_tensors
+        out = (grad * ctx.scale).contiguous()
+        out.view(-1).index_fill_(0, pos, 0)
+        return out, None, None
+
+
 class SparseDropout(torch.nn.Module):
     """Inverted dropout (Srivastava et al. 2014, JMLR 15) whose mask comes from :func:`dropped_positions`.
 
@@ -309,9 +328,7 @@ class SparseDropout(torch.nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        out = x * (1.0 / (1.0 - self.p))
-        out.view(-1).index_fill_(0, dropped_positions(out.numel(), self.p).to(out.device), 0)
-        return out
+        return _DropAt.apply(x, dropped_positions(x.numel(), self.p).to(x.device), 1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
