@@ -38,6 +38,9 @@ def test_shipped_set_meets_targets_per_language():
     ("What are the warning signs of a stroke?", []),
     ("My 6-week-old has a fever of 38.4.", ["infant_fever"]),
     ("My 3-year-old has a fever of 38.4.", []),
+    ("My chest has been crushing for twenty minutes, I'm sweating and my left arm is numb.", ["cardiac"]),
+    ("His chest kept squeezing and he felt faint.", ["cardiac"]),
+    ("The weight on my chest was crushing when I lifted the box; a pulled muscle, the doctor said.", []),
 ])
 def test_tricky_cases(text, expected):
     assert detect_red_flags(text) == expected

@@ -28,7 +28,8 @@ def _c(pattern: str) -> re.Pattern:
 # Phrase groups. A rule fires when every group in it matches somewhere in the message, unnegated.
 _EN = {
     "chest": r"chest (pain|pressure|tightness|discomfort|hurts|feels (tight|heavy))|pain in (my|his|her|the) chest"
-             r"|(crushing|squeezing|heavy) (feeling|pressure|pain|weight) (in|on) (my|his|her|the) chest",
+             r"|(crushing|squeezing|heavy) (feeling|pressure|pain|weight) (in|on) (my|his|her|the) chest"
+             r"|chest (is|was|has been|had been|keeps|kept|started|feels like it'?s) (crushing|squeezing|being crushed|being squeezed)",
     "cardiac_sign": r"sweat|clammy|short(ness)? of breath|breathless|out of breath|can'?t (catch (my|his|her) )?breath"
                     r"|(trouble|difficulty|hard time) breathing|(left )?arm|jaw|nause|faint|dizz|light-?headed",
     "fever": r"fever|temperature (of |is )?(3[89]|10[0-4])|\b3[89](\.\d)? ?°? ?c\b|\b10[0-4](\.\d)? ?°? ?f\b|burning up|feels? (very )?hot",
