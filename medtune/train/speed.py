@@ -276,8 +276,6 @@ def dropped_positions(n: int, p: float, generator=None):
     """
     import math
 
-    import torch
-
     if n <= 0 or p <= 0:
         return torch.zeros(0, dtype=torch.int64)
     if p >= 1:
@@ -337,8 +335,6 @@ class SparseDropout(torch.nn.Module):
 def use_sparse_lora_dropout(model) -> int:
     """Replace every ``torch.nn.Dropout`` in the LoRA layers' ``lora_dropout`` of the peft ``model`` by a
     :class:`SparseDropout` of the same ``p``. Returns the number replaced."""
-    import torch
-
     swapped = 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
