@@ -16,8 +16,11 @@ off, SDPA attention, a fixed number of optimizer steps.
 Arms run as separate processes, interleaved (pair i runs medtune first when i is even, LLaMA-Factory
 first when odd). Per arm: non-padding trained tokens and answer tokens in the fixed steps, loop wall
 seconds and tokens/s, loop CPU seconds (``time.process_time`` around ``train()``), whole-process CPU
-seconds and peak RSS (``os.wait4`` rusage of the arm's process), first/final training loss,
-held-out loss. Same-tokens check: each arm's packed training set is cut back into its examples
+seconds and peak RSS (``os.wait4`` rusage of the arm's process), first/final training loss, each tool's
+own ``evaluate()`` loss, and the held-out loss both arms are compared on: :func:`heldout_loss` of the
+arm's saved adapter (one code path for both; the tools' own figures pack and weigh the validation set
+differently). Pair i trains both arms with seed ``--seeds[i]`` (42, 43, 44), so three pairs are three seeds
+and the per-arm medians compare the tools, not one seed's luck. Same-tokens check: each arm's packed training set is cut back into its examples
 (at position-id restarts) and the multisets of ``(input_ids, labels)`` are compared by digest.
 
 Run (machine otherwise idle; see docs/benchmarks.md for the figures):
