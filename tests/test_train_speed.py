@@ -317,3 +317,20 @@ def test_cpu_lora_dropout_is_sparse_by_default_with_the_native_first_loss(tiny_m
     assert sparse[0] == pytest.approx(native[0], rel=1e-6)
     assert sparse[1:] == pytest.approx(native[1:], rel=2e-2)
     assert sparse[2] < sparse[0]
+
+
+def test_train_cli_reports_sparse_lora_dropout_and_set_false_turns_it_off(qwen_dir, sft_file, tmp_path):
+    # As a user types it; docs/training.md says `false` gives torch's dropout.
+    import re
+
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    base = ["train", "--model", str(qwen_dir), "--train-file", str(sft_file), "--max-steps", "1", "--save-steps", "10"]
+    on = CliRunner().invoke(app, [*base, "--output-dir", str(tmp_path / "on")])
+    off = CliRunner().invoke(app, [*base, "--output-dir", str(tmp_path / "off"), "--set", "train.sparse_lora_dropout=false"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    n_on = int(re.search(r"sparse_lora_dropout=(\d+)", " ".join(on.output.split())).group(1))
+    n_off = int(re.search(r"sparse_lora_dropout=(\d+)", " ".join(off.output.split())).group(1))
+    assert n_on > 0 and n_off == 0
