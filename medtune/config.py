@@ -80,6 +80,7 @@ class RagSettings(Section):
     top_k: int = Field(3, ge=1, le=20, description="Passages put into the prompt, numbered [1]..[k].")
     mode: Literal["hybrid", "lexical", "dense"] = Field("hybrid", description="hybrid (reciprocal rank fusion of BM25 and e5), lexical (BM25) or dense (e5).")
     min_score: float | None = Field(None, description="Best-hit relevance (e5 cosine; BM25 in lexical mode) below which the reply says the guideline does not cover the question; default: the index's calibrated value.")
+    min_answer_support: float | None = Field(None, ge=0.0, le=1.0, description="Check each answer against the passages shown: when less than this share of its content words / numbers / CJK-Hangul bigrams occur in them (and it does not already say the guideline does not cover the question), a note after the answer says the indexed guidelines do not cover it. Wording, not meaning; none: no check (docs/rag.md).")
 
 
 class TrainConfig(Section):

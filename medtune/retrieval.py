@@ -45,7 +45,7 @@ import numpy as np
 
 from medtune.documents import provenance_label
 from medtune.errors import ConfigError
-from medtune.text import detect_language
+from medtune.text import answer_support, detect_language
 
 RRF_K = 60
 POOL = 100  # passages each ranker contributes to the fusion
@@ -333,6 +333,15 @@ NOT_COVERED = {
 }
 
 
+# The note after an answer that the passages shown do not support (``RagSettings.min_answer_support``);
+# worded so that :func:`says_not_covered` recognises it.
+NOT_SUPPORTED = {
+    "en": "Note: the indexed guidelines do not cover this answer; treat it as general information without a source.",
+    "zh": "注意：已索引的指南未涉及这个回答的内容，请把它当作没有出处的一般信息。",
+    "ko": "참고: 색인된 지침에는 이 답변에 대한 내용이 없습니다. 출처 없는 일반 정보로 받아들이세요.",
+}
+
+
 # How a reply says the sources do not cover a question: the trained sentence (NOT_IN_GUIDELINES) and the
 # usual ways of saying it, per language; :func:`says_not_covered` looks for any of them.
 _ABSTAIN = re.compile(
@@ -346,6 +355,28 @@ def says_not_covered(reply: str) -> bool:
     """True when ``reply`` says the sources do not cover the question (:data:`NOT_IN_GUIDELINES` or
     a usual wording of it in en / zh / ko)."""
     return bool(_ABSTAIN.search(reply))
+
+
+def unsupported_note(answer: str, citations: list[dict] | None, min_support: float | None, lang: str) -> str:
+    """``"\n\n" + NOT_SUPPORTED[lang]`` when an answer goes beyond the passages it was shown, else ``""``.
+
+    A post-hoc attribution check (cf. Gao et al. 2023, "RARR: Researching and Revising What Language
+    Models Say", which verifies generated text against retrieved evidence): the answer is unsupported
+    when less than ``min_support`` of its content units (:func:`medtune.text.answer_support`: Latin
+    words, numbers, CJK / Hangul bigrams) occur in the shown passages. It checks wording, not meaning.
+
+    Args:
+        answer: the model's text (without prefix or suffix).
+        citations: the passages shown (``text`` each); None or empty: nothing was shown, no check (a
+            question the index does not cover already gets :data:`NOT_COVERED` before the answer).
+        min_support: share in [0, 1]; None: no check.
+        lang: language of the note (``zh`` / ``ko`` / ``en``; others get English).
+    """
+    if min_support is None or not citations or says_not_covered(answer):
+        return ""
+    if answer_support(answer, "\n".join(c.get("text") or "" for c in citations)) >= min_support:
+        return ""
+    return "\n\n" + NOT_SUPPORTED.get(lang, NOT_SUPPORTED["en"])
 
 
 @dataclass

@@ -163,7 +163,8 @@ async def _complete(request, job: Job, g: Turn, events: asyncio.Queue, meta: dic
             raise APIError(500, "generation failed", type_="server_error")
         break
     metrics.completion_tokens += len(job.tokens)
-    text = "".join(pieces) + g.suffix
+    text = "".join(pieces)
+    text += g.closing(text.removeprefix(g.prefix))
     message = {"role": "assistant", "content": text}
     if g.citations is not None:
         message["citations"] = g.citations  # extra field: clients that do not know it ignore it
@@ -181,9 +182,11 @@ async def _sse(job: Job, g: Turn, events: asyncio.Queue, meta: dict, include_usa
         yield chunk(meta, first)
         if g.prefix:
             yield chunk(meta, {"content": g.prefix})
+        answer = []
         while True:
             event = await events.get()
             if event[0] == "text":
+                answer.append(event[1])
                 yield chunk(meta, {"content": event[1]})
                 continue
             _, reason, error = event
@@ -191,8 +194,8 @@ async def _sse(job: Job, g: Turn, events: asyncio.Queue, meta: dict, include_usa
                 log.error("generation failed: %r", error)
                 yield APIError(500, "generation failed", type_="server_error").event()
                 break
-            if g.suffix:
-                yield chunk(meta, {"content": g.suffix})
+            if closing := g.closing("".join(answer)):
+                yield chunk(meta, {"content": closing})
             yield chunk(meta, {}, finish=reason)
             if include_usage:
                 yield chunk(meta, {}, usage=_usage(job))

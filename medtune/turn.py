@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
 from medtune.config import RagSettings, SafetyConfig
-from medtune.retrieval import ground, open_index
+from medtune.retrieval import ground, open_index, unsupported_note
 from medtune.safety import guard
 
 
@@ -37,6 +37,7 @@ class Turn:
         prefix: text that must come before any model text (urgent-care message, retrieval note).
         suffix: disclaimer after the model text ("" per policy).
         citations: retrieved passages ``[{marker, source_file, passage_id, ...}]``; None without an index.
+        min_answer_support: ``RagSettings.min_answer_support`` (None: answers are not checked against the passages).
     """
 
     messages: list[dict]
@@ -47,6 +48,12 @@ class Turn:
     prefix: str
     suffix: str
     citations: list[dict] | None = None
+    min_answer_support: float | None = None
+
+    def closing(self, answer: str) -> str:
+        """What follows the model's ``answer``: the note that the passages shown do not support it
+        (:func:`medtune.retrieval.unsupported_note`, with ``min_answer_support``), then the suffix."""
+        return unsupported_note(answer, self.citations, self.min_answer_support, self.lang) + self.suffix
 
 
 def prepare_turn(messages: list[dict], safety: SafetyConfig, locale: str | None = None,
@@ -73,12 +80,13 @@ def prepare_turn(messages: list[dict], safety: SafetyConfig, locale: str | None 
     if rag is not None and rag.index is not None:
         found = ground(turn.messages, open_index(rag.index), rag.top_k, rag.mode, rag.min_score, g.lang)
         turn.messages, turn.citations = found.messages, found.citations
+        turn.min_answer_support = rag.min_answer_support
         turn.prefix += found.note + "\n\n" if found.note else ""
     return turn
 
 
 def stream_turn(turn: Turn, generate: Callable[[list[dict]], Iterator[str]]) -> Iterator[str]:
-    """Stream an answer: the turn's prefix first, then the model's pieces, then the suffix.
+    """Stream an answer: the turn's prefix first, then the model's pieces, then :meth:`Turn.closing`.
 
     Args:
         turn: from :func:`prepare_turn`.
@@ -90,9 +98,12 @@ def stream_turn(turn: Turn, generate: Callable[[list[dict]], Iterator[str]]) -> 
     """
     if turn.prefix:
         yield turn.prefix
-    yield from generate(turn.messages)
-    if turn.suffix:
-        yield turn.suffix
+    answer = []
+    for piece in generate(turn.messages):
+        answer.append(piece)
+        yield piece
+    if closing := turn.closing("".join(answer)):
+        yield closing
 
 
 async def astream_turn(turn: Turn, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -103,14 +114,16 @@ async def astream_turn(turn: Turn, pieces: AsyncIterator[str]) -> AsyncIterator[
         pieces: the model's text pieces for ``turn.messages``.
 
     Yields:
-        Text pieces: the prefix, the model's pieces, the suffix.
+        Text pieces: the prefix, the model's pieces, the closing (:meth:`Turn.closing`).
     """
     if turn.prefix:
         yield turn.prefix
+    answer = []
     async for piece in pieces:
+        answer.append(piece)
         yield piece
-    if turn.suffix:
-        yield turn.suffix
+    if closing := turn.closing("".join(answer)):
+        yield closing
 
 
 class Unrepeat:

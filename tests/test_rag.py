@@ -15,7 +15,7 @@ pytest.importorskip("bm25s")
 
 import medtune.embed  # noqa: E402
 from medtune import retrieval  # noqa: E402
-from medtune.retrieval import Index, ground, rrf, tokenize  # noqa: E402
+from medtune.retrieval import NOT_IN_GUIDELINES, NOT_SUPPORTED, Index, ground, rrf, says_not_covered, tokenize, unsupported_note  # noqa: E402
 from tests.fake_openai import FakeOpenAI
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sources"
@@ -186,9 +186,10 @@ def short_index(tmp_path, fake_encoder):
     return tmp_path / "index"
 
 
-@pytest.mark.parametrize("message,min_score", [("What blood pressure should adults keep?", 0.0),
-                                               ("How do I fix a bicycle tyre?", 0.99)])
-def test_chat_serve_web_and_gateway_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score):
+@pytest.mark.parametrize("message,min_score,support", [("What blood pressure should adults keep?", 0.0, None),
+                                                       ("How do I fix a bicycle tyre?", 0.99, None),
+                                                       ("What blood pressure should adults keep?", 0.0, 1.0)])
+def test_chat_serve_web_and_gateway_give_the_same_answer_and_citations(qwen_dir, short_index, message, min_score, support):
     pytest.importorskip("gradio")
     pytest.importorskip("fastapi")
     import io
@@ -201,7 +202,7 @@ def test_chat_serve_web_and_gateway_give_the_same_answer_and_citations(qwen_dir,
     from servekit import running_gateway, running_server
 
     greedy = GenerationSettings(temperature=0.0, max_new_tokens=16)
-    rag = RagSettings(index=short_index, top_k=2, min_score=min_score)
+    rag = RagSettings(index=short_index, top_k=2, min_score=min_score, min_answer_support=support)
     common = dict(model=str(qwen_dir), generation=greedy, rag=rag, safety=SafetyConfig(system_prompt=None))  # tiny model: 512 positions
     turn = chat(ChatConfig(**common), prompt=message,
                 out=Console(file=io.StringIO(), width=10_000))[-1]
@@ -211,6 +212,8 @@ def test_chat_serve_web_and_gateway_give_the_same_answer_and_citations(qwen_dir,
         assert said.startswith("The indexed guidelines do not cover this question")
     else:
         assert cited[0]["source_file"].endswith("bp_en.md") and cited[0]["char_span"] == [0, len(SHORT["bp_en.md"])]
+    # the random tiny model's words are not the passages': with the support check every path adds the note (before the disclaimer)
+    assert (NOT_SUPPORTED["en"] in said) is (support is not None)
     with running_server(ServeConfig(**common)) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         ask = dict(model=str(qwen_dir), messages=[{"role": "user", "content": message}], temperature=0, max_tokens=16)
@@ -575,6 +578,31 @@ def test_fact_rag_citation_support_and_unanswerable_questions_through_the_cli(tm
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "f" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
     assert [rows[i]["citation_supported"] for i in ("met", "sal", "aml")] == [True, False, False]
     assert "citation support 0.33" in " ".join(res.output.split()) and "unanswerable said so 0.50" in " ".join(res.output.split())
+    assert out["unanswerable"]["declined"]["k"] == 1  # no support check: the model's own words (and retrieval's note, none here)
+    # with the answer-support check (what chat / serve show): the off-topic "It treats asthma." gets the note
+    with FakeOpenAI(reply=reply) as srv:
+        res = CliRunner().invoke(app, ["eval", "fact", str(facts), "--model", f"api={srv.base_url}#m", "--index", str(tmp_path / "idx"),
+                                       "--rag-min-answer-support", "0.5", "--set", f"fact.unanswerable={off}",
+                                       "--output-dir", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "g" / "results.json").read_text(encoding="utf-8"))
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "g" / "predictions.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert out["unanswerable"]["abstained"]["k"] == 1 and out["unanswerable"]["declined"]["k"] == 2
+    assert [rows[i]["unsupported"] for i in ("met", "sal", "aml")] == [False] * 3 and out["declined_when_answerable"]["k"] == 0
+    assert out["hit_any"]["k"] == 3  # the check adds a note; it never removes the model's answer
+    assert "unanswerable said so 0.50 (the reply with medtune's notes 1.00)" in " ".join(res.output.split())
+
+
+def test_unsupported_note_checks_the_answer_against_the_shown_passages():
+    shown = [{"text": "Adults should keep blood pressure below 140/90 mmHg; 130/80 for people with diabetes."}]
+    assert unsupported_note("Keep it below 140/90 mmHg [1].", shown, 0.5, "en") == ""
+    assert unsupported_note("Drink green tea and avoid cold weather.", shown, 0.5, "en") == "\n\n" + NOT_SUPPORTED["en"]
+    assert unsupported_note("多喝绿茶。", shown, 0.5, "zh").endswith(NOT_SUPPORTED["zh"])
+    assert unsupported_note("녹차를 드세요.", shown, 0.5, "ko").endswith(NOT_SUPPORTED["ko"])
+    assert unsupported_note("Drink green tea.", shown, None, "en") == ""            # no check asked
+    assert unsupported_note("Drink green tea.", [], 0.5, "en") == ""                # nothing shown: retrieval's note says so
+    assert unsupported_note(NOT_IN_GUIDELINES["en"], shown, 0.5, "en") == ""       # already says so
+    assert all(says_not_covered(note) for note in NOT_SUPPORTED.values())
 
 
 def test_index_source_without_usable_passages_says_how_it_was_read_and_the_advice_works(tmp_path, fake_encoder):

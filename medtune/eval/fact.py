@@ -39,7 +39,7 @@ from medtune.eval.results import append_rows, elapsed, finish, load_done, run_ke
 from medtune.eval.stats import proportion
 from medtune.io import NAME_FIELDS, RecordError, Reject, read_rows, write_rejects
 from medtune.manifest import tree_digests
-from medtune.retrieval import ground, open_index, says_not_covered
+from medtune.retrieval import ground, open_index, says_not_covered, unsupported_note
 from medtune.text import detect_language, item_hit, match_form
 
 console = Console(stderr=True)
@@ -226,14 +226,22 @@ def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[d
     return g.messages, {"citations": cited, "covered": g.covered}
 
 
-def _row(it: dict, reply, grounding: dict, foreign: list[str], key: str) -> dict:
-    """One prediction row: the answer, its hits, bleed, abstention, quality and (RAG) citation support."""
+def _row(it: dict, reply, grounding: dict, foreign: list[str], key: str, min_support: float | None = None) -> dict:
+    """One prediction row: the answer, its hits, bleed, abstention, quality and (RAG) citation support.
+
+    With retrieval the row also says what a user of chat / serve sees besides the model's text:
+    ``unsupported`` (the note after an answer the shown passages do not support, ``min_support``) and
+    ``declined`` (the reply says the sources do not cover the question: the model itself, the note
+    before the answer when retrieval found nothing relevant, or the note after it)."""
     row = {"id": it["id"], "question": it["question"], "expected": it["expected"], "answerable": it["answerable"],
            "answer": reply.text, **score_answer(reply.text, it["expected"], it["synonyms"]),
            "bleed_items": (b := bleed_items(reply.text, foreign)), "bleed": bool(b), "abstained": says_not_covered(reply.text),
            **answer_quality(it["question"], reply.text, reply.stopped), **grounding, "run_key": key}
     if "citations" in grounding:
         row["citation_supported"] = citation_support(reply.text, row["hits"], it["synonyms"], grounding["citations"])
+        lang = detect_language(it["question"], default="en")
+        row["unsupported"] = bool(unsupported_note(reply.text, grounding["citations"], min_support, lang))
+        row["declined"] = row["abstained"] or not grounding["covered"] or row["unsupported"]
     return row
 
 
@@ -250,6 +258,9 @@ def _summary(rows: list[dict]) -> dict:
         out["unanswerable"] = {"n": len(off), "abstained": proportion(sum(bool(r.get("abstained")) for r in off), len(off)),
                                "bleed": proportion(sum(bool(r.get("bleed")) for r in off), len(off))}
         out["abstained_when_answerable"] = proportion(sum(bool(r.get("abstained")) for r in ans), n)
+        if any("declined" in r for r in rows):  # with retrieval: the reply as chat / serve show it
+            out["unanswerable"]["declined"] = proportion(sum(bool(r.get("declined")) for r in off), len(off))
+            out["declined_when_answerable"] = proportion(sum(bool(r.get("declined")) for r in ans), n)
     judged = [r["citation_supported"] for r in ans if r.get("citation_supported") is not None]
     if any("citations" in r for r in ans):
         out["citation_support"] = proportion(sum(judged), len(judged))
@@ -284,7 +295,11 @@ def _extras(results: dict) -> str:
     """``, citation support 0.90, unanswerable said so 0.80`` when the results have them."""
     parts = [f"citation support {results['citation_support']['rate']:.2f}"] if "citation_support" in results else []
     if "unanswerable" in results:
-        parts.append(f"unanswerable said so {results['unanswerable']['abstained']['rate']:.2f} (n={results['unanswerable']['n']})")
+        u = results["unanswerable"]
+        said = f"unanswerable said so {u['abstained']['rate']:.2f}"
+        if "declined" in u:
+            said += f" (the reply with medtune's notes {u['declined']['rate']:.2f})"
+        parts.append(f"{said} (n={u['n']})")
     return "".join(", " + p for p in parts)
 
 
@@ -326,7 +341,8 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
             batch = todo[i:i + cfg.batch_size]
             prompts = [_prompt(sys_msg, it["question"], cfg) for it in batch]
             replies = generate_replies(backend, [messages for messages, _ in prompts], settings)
-            rows = [_row(it, reply, grounding, foreign[it["id"]], key) for it, reply, (_, grounding) in zip(batch, replies, prompts)]
+            rows = [_row(it, reply, grounding, foreign[it["id"]], key, cfg.rag.min_answer_support)
+                    for it, reply, (_, grounding) in zip(batch, replies, prompts)]
             append_rows(out / "predictions.jsonl", rows)
             done.update({r["id"]: r for r in rows})
             bar.advance(task, len(rows))

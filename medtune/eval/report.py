@@ -226,10 +226,13 @@ def fact_section(results: list[dict], base: Path) -> tuple[str, str]:
     rows = [[html.escape(r["model"]), html.escape(Path(r["data"]).name), str(r["n"]), *(_ci(r[c]) for c in crit),
              f"{r['mean_hit_rate']:.3f}", _ci(r["bleed"]) if r.get("bleed") else "-", _languages(r),
              _ci(r["citation_support"]) if r.get("citation_support") else "-",
-             _ci(r["unanswerable"]["abstained"]) if r.get("unanswerable") else "-", _link(r, base)] for r in results]
+             _ci(r["unanswerable"]["abstained"]) if r.get("unanswerable") else "-",
+             _ci(r["unanswerable"]["declined"]) if (r.get("unanswerable") or {}).get("declined") else "-", _link(r, base)]
+            for r in results]
     h, md = _table(["model", "questions", "n", ">=1 hit", ">=1/2 hit", ">=2/3 hit", "mean hit rate",
                     "bleed (names another entry's item)", ">=1 hit / bleed per language",
-                    "citation support (cited passage holds the items)", "unanswerable: says not covered", "per-item"], rows)
+                    "citation support (cited passage holds the items)", "unanswerable: the model says not covered",
+                    "unanswerable: the reply says so (with medtune's retrieval notes)", "per-item"], rows)
     series = {f"{r['model']} ({Path(r['data']).name})": [(r[c]["rate"], *r[c]["ci95"]) for c in crit] for r in results}
     return h + f'<img src="{_bars([">=1", ">=1/2", ">=2/3"], series, "share of questions", "Fact recall")}">', md
 

@@ -71,7 +71,8 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
         summary["fact_quality"] = {k: v["rate"] for k, v in r["quality"].items()}
     if cfg.fact_file and cfg.rag_index:
         r = run_fact(_fact_config(cfg, name, seed, out / "fact" / f"{name}+rag",
-                                  rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k)),
+                                  rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k,
+                                                  min_answer_support=cfg.rag_min_answer_support)),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
         summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
         summary["fact_rag"].update(_rag_extras(r))
@@ -114,6 +115,9 @@ def _rag_extras(r: dict) -> dict:
     if "unanswerable" in r:
         out.update(unanswerable_said_so=r["unanswerable"]["abstained"]["rate"],
                    answerable_said_not_covered=r["abstained_when_answerable"]["rate"])
+    if "declined" in r.get("unanswerable", {}):  # with retrieval: the reply as chat / serve show it
+        out.update(unanswerable_reply_declined=r["unanswerable"]["declined"]["rate"],
+                   answerable_reply_declined=r["declined_when_answerable"]["rate"])
     return out
 
 
