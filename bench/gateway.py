@@ -122,7 +122,8 @@ def pipeline_latency(index: Path | None, screen: bool, gap_s: float = 0.0) -> fl
     for i, p in enumerate(PROMPTS * 3):
         time.sleep(gap_s)
         start = time.perf_counter()
-        prepare_turn([{"role": "user", "content": f"{p} (x{gap_s}-{i})"}], safety, rag=rag)
+        # new text per row (index or not, screen or not): the screen remembers recent messages
+        prepare_turn([{"role": "user", "content": f"{p} (x{gap_s}-{i}-{bool(index)}-{screen})"}], safety, rag=rag)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
