@@ -76,6 +76,13 @@ class TorchE5:
         head = _Reader(buf, 8)
         self.dim, n_layers, self.heads, ffn, vocab, self.max_pos, _ = head.ints(7)
         self.eps, _ = head.f32(), head.ints(1)
+        self._read_vocabulary(head)
+        tensors = head.directory()
+        self._word = tensors["emb.word"].reshape(vocab, self.dim // 32, 18)   # stays 4-bit: rows dequantised on lookup
+        self._read_weights(tensors, n_layers, ffn)
+
+    def _read_vocabulary(self, head: "_Reader") -> None:
+        """The unigram pieces and scores, the unknown-token penalty and the normalisation map."""
         n_pieces, self.bos, self.eos, _pad, unk = head.ints(5)
         blob_len = head.u64()
         offs = head.array(np.uint32, n_pieces + 1)
@@ -86,14 +93,20 @@ class TorchE5:
                         for i in range(n_pieces) if i != unk and offs[i + 1] > offs[i]}
         self._longest = max(map(len, self._pieces))
         self._norm = str.maketrans(head.norm_map())
-        tensors = head.directory()
-        self._word = tensors["emb.word"].reshape(vocab, self.dim // 32, 18)   # stays 4-bit: rows dequantised on lookup
-        f32 = lambda name, *shape: torch.from_numpy(tensors[name].view(np.float32).reshape(*shape).copy())  # noqa: E731
-        bf16 = lambda name, *shape: torch.from_numpy(_dequantize_q4_0(tensors[name].reshape(-1, 18)).reshape(*shape)).to(torch.bfloat16)  # noqa: E731
-        self._pos = f32("emb.pos", self.max_pos, self.dim)
-        self._type = f32("emb.type", -1, self.dim)[0]
-        self._ln = (f32("emb.ln.w", self.dim), f32("emb.ln.b", self.dim))
-        H = self.dim
+
+    def _read_weights(self, tensors: dict[str, np.ndarray], n_layers: int, ffn: int) -> None:
+        """Embedding tables and layer norms in float32; linear weights dequantised to bf16 (QKV fused)."""
+        torch, H = self._torch, self.dim
+
+        def f32(name, *shape):
+            return torch.from_numpy(tensors[name].view(np.float32).reshape(*shape).copy())
+
+        def bf16(name, *shape):
+            return torch.from_numpy(_dequantize_q4_0(tensors[name].reshape(-1, 18)).reshape(*shape)).to(torch.bfloat16)
+
+        self._pos = f32("emb.pos", self.max_pos, H)
+        self._type = f32("emb.type", -1, H)[0]
+        self._ln = (f32("emb.ln.w", H), f32("emb.ln.b", H))
         self._layers = []
         for i in range(n_layers):
             p = f"l{i}."
