@@ -15,7 +15,6 @@ e.g. to try another type for the tensors whose rows do not fit a k-quant block.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import glob
 import json
 from pathlib import Path
@@ -32,22 +31,11 @@ def texts() -> list[str]:
 
 
 def quantize_variant(f16: Path, name: str, spec: str) -> Path:
-    """q4_k_m of ``f16`` with ``PATTERN:TYPE`` overrides (regex on tensor names, a ggml type name)."""
-    import llama_cpp as llama
+    """q4_k_m of ``f16`` with ``PATTERN:TYPE,...`` overrides (regex on tensor names, a ggml type name)."""
+    from medtune.llamacpp import quantize
 
-    pairs = [item.rsplit(":", 1) for item in spec.split(",")]
-    arr = (llama.llama_model_tensor_override * (len(pairs) + 1))()
-    keep = [p.encode() for p, _ in pairs]
-    for i, ((_, typ), pat) in enumerate(zip(pairs, keep)):
-        arr[i].pattern, arr[i].type = pat, getattr(llama, "GGML_TYPE_" + typ.upper())
-    arr[len(pairs)].pattern = None
-    params = llama.llama_model_quantize_default_params()
-    params.ftype = llama.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama.llama_model_tensor_override))
-    out = f16.with_name(f"{f16.stem}-{name}.gguf")
-    if llama.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params)) != 0:
-        raise SystemExit(f"llama.cpp could not quantize {f16} with {spec}")
-    return out
+    overrides = dict(item.rsplit(":", 1) for item in spec.split(","))
+    return quantize(f16, f16.with_name(f"{f16.stem}-{name}.gguf"), "q4_k_m", tensor_types=overrides)
 
 
 def log_probs(llm, tokens: list[int]) -> np.ndarray:

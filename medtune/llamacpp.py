@@ -166,7 +166,7 @@ def load_gguf_chat(path: Path | str, n_ctx: int = 4096) -> tuple[LlamaCppModel, 
     return LlamaCppModel(llm, Path(path)), GGUFTokenizer(llm)
 
 
-def quantize(src: Path, dst: Path, level: str) -> Path:
+def quantize(src: Path, dst: Path, level: str, tensor_types: dict[str, str] | None = None) -> Path:
     """Quantize a GGUF file with llama.cpp's own quantizer (``llama_model_quantize``).
 
     Args:
@@ -174,6 +174,8 @@ def quantize(src: Path, dst: Path, level: str) -> Path:
         dst: output file.
         level: ``q8_0`` or ``q4_k_m`` (tensors whose rows do not fit a k-quant block fall back to
             llama.cpp's own choice).
+        tensor_types: per-tensor type overrides, ``{regex on tensor names: ggml type name}`` (e.g.
+            ``{"ffn_up\\.weight": "iq4_nl"}``; llama-quantize's ``--tensor-type``); None: llama.cpp's mixture.
 
     Raises:
         ModelError: llama-cpp-python missing, or llama.cpp reports a failure.
@@ -184,6 +186,12 @@ def quantize(src: Path, dst: Path, level: str) -> Path:
     params = llama.llama_model_quantize_default_params()
     params.ftype = getattr(llama, QUANT_FTYPES[level])
     params.nthread = os.cpu_count() or 1
+    if tensor_types:
+        overrides = (llama.llama_model_tensor_override * (len(tensor_types) + 1))()  # the last stays NULL: the end
+        patterns = [pattern.encode() for pattern in tensor_types]  # kept alive until the call returns
+        for entry, pattern, typ in zip(overrides, patterns, tensor_types.values()):
+            entry.pattern, entry.type = pattern, getattr(llama, "GGML_TYPE_" + typ.upper())
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama.llama_model_tensor_override))
     with tempfile.TemporaryFile() as log:  # llama.cpp logs every tensor to stderr; shown only on failure
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)

@@ -354,3 +354,16 @@ def test_parity_reference_is_plain_greedy_whatever_the_models_sampling_defaults(
             assert model(ids).logits[0, -1].argmax().item() == t
             ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
     assert render_prompt(tok, [{"role": "user", "content": "What is gout?"}])[0].tolist() == ref["prompt_ids"]
+
+
+def test_quantize_applies_tensor_type_overrides(exported, tmp_path):
+    """``tensor_types`` reaches llama.cpp's quantizer: the named tensors get the asked type, the rest its mixture."""
+    from gguf import GGUFReader
+
+    from medtune.llamacpp import quantize
+
+    f16 = Path(json.loads((exported / "medtune_export.json").read_text())["files"]["f16"])
+    out = quantize(f16, tmp_path / "over.gguf", "q8_0", tensor_types={r"ffn_up\.weight": "f16"})
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    assert {v for k, v in types.items() if k.endswith("ffn_up.weight")} == {"F16"}
+    assert {v for k, v in types.items() if k.endswith("ffn_down.weight")} == {"Q8_0"}
