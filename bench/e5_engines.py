@@ -25,21 +25,12 @@ import numpy as np
 
 
 def records() -> tuple[list[dict], list[dict]]:
-    """Development sets A+B (single messages and conversations) and their buried copies."""
-    from bench.safety_long import bury
-    from medtune.config import SafetyConfig
-    from medtune.safety import conversation, screen
+    """Development sets A+B (single messages and conversations) and 40 + 40 buried copies per language."""
+    from bench.safety_long import buried_set
     from medtune.safety.labelled import dev_files, load_records
 
     recs = load_records(dev_files() + dev_files("devb"))
-    rng, buried = random.Random(0), []
-    for lang in ("zh", "ko", "en"):
-        mine = [r for r in recs if r["lang"] == lang and "text" in r]
-        filler = [r["text"] for r in mine if r.get("type") == "benign" and not screen(conversation(r), lang, SafetyConfig()).flags]
-        for want in (True, False):
-            pool = [r for r in mine if bool(r["expected"]) == want and r.get("type") != "benign"]
-            buried += [bury(r, [f for f in filler if f != r["text"]], 1000, rng) for r in rng.sample(pool, min(40, len(pool)))]
-    return recs, buried
+    return recs, buried_set(recs, 40, 1000, random.Random(0))[1]
 
 
 def errors() -> dict:

@@ -36,25 +36,32 @@ def bury(rec: dict, filler: list[str], before: int, rng: random.Random) -> dict:
     return dict(rec, id=rec["id"] + "-buried", text=run(before) + rec["text"].strip() + " " + run(300))
 
 
+def buried_set(records: list[dict], n: int, before: int, rng: random.Random, spread: bool = False) -> tuple[list[dict], list[dict]]:
+    """``(originals, buried copies)``: per language up to ``n`` red-flag and ``n`` other (non-benign)
+    single messages of ``records``, each also buried by :func:`bury` in the language's benign messages
+    that raise no flag alone (after ``before`` characters, or a random amount up to twice that with ``spread``)."""
+    originals, buried = [], []
+    for lang in ("zh", "ko", "en"):
+        mine = [r for r in records if r["lang"] == lang and "text" in r]
+        filler = [r["text"] for r in mine if r.get("type") == "benign"
+                  and not screen(conversation(r), lang, SafetyConfig()).flags]  # only what raises no flag alone
+        for want in (True, False):
+            pool = [r for r in mine if bool(r["expected"]) == want and r.get("type") != "benign"]
+            for rec in rng.sample(pool, min(n, len(pool))):
+                originals.append(rec)
+                gap = rng.randint(before, 2 * before) if spread else before
+                buried.append(bury(rec, [f for f in filler if f != rec["text"]], gap, rng))
+    return originals, buried
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40, help="red-flag and other messages per language")
     ap.add_argument("--before", type=int, default=1000, help="characters of unrelated text before the message")
     ap.add_argument("--spread", action="store_true", help="place it after a random amount, before..2*before")
     args = ap.parse_args()
-    rng = random.Random(0)
     records = [r for r in load_records(dev_files() + dev_files("devb")) if "text" in r]
-    originals, buried = [], []
-    for lang in ("zh", "ko", "en"):
-        mine = [r for r in records if r["lang"] == lang]
-        filler = [r["text"] for r in mine if r.get("type") == "benign"
-                  and not screen(conversation(r), lang, SafetyConfig()).flags]  # only what raises no flag alone
-        for want in (True, False):
-            pool = [r for r in mine if bool(r["expected"]) == want and r.get("type") != "benign"]
-            for rec in rng.sample(pool, min(args.n, len(pool))):
-                originals.append(rec)
-                before = rng.randint(args.before, 2 * args.before) if args.spread else args.before
-                buried.append(bury(rec, [f for f in filler if f != rec["text"]], before, rng))
+    originals, buried = buried_set(records, args.n, args.before, random.Random(0), args.spread)
     read = []
     embed = learned._embed_memo
     learned_embed = learned.embed
