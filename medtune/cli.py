@@ -55,6 +55,7 @@ from rich.table import Table
 
 from medtune.config import ChatConfig, ExportConfig, MergeConfig, ServeConfig, TrainConfig, WebConfig
 from medtune.data.config import DataConfig, FilterConfig, SourceConfig
+from medtune.embed import engine as encoder_engine
 from medtune.errors import EXIT_PREEMPTED, ConfigError, MedtuneError, TrainingPreempted
 from medtune.eval.config import AnswersConfig, FactConfig, JudgeConfig, LmEvalConfig, McqConfig, RagEvalConfig, RubricConfig
 from medtune.llm import LLMConfig
@@ -89,6 +90,7 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         code = 2
         try:
+            encoder_engine()  # a typo in MEDTUNE_E5_ENGINE fails here, not at a server's first request
             return fn(*args, **kwargs)
         except TrainingPreempted as e:
             if os.environ.get("RANK", "0") != "0":  # one message per run: rank 0's (the launcher adds the command)

