@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from medtune.errors import TrainingPreempted
+from medtune.errors import ConfigError, TrainingPreempted
 from medtune.recipe import STAGE_DIRS, Recipe, resolve
 from medtune.manifest import fingerprint, is_up_to_date, tree_digests, write_manifest
 from medtune.models import model_identity
@@ -257,9 +257,17 @@ def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = Non
 
     Returns:
         ``{stage: {"status": "ran"|"skipped", "dir", "wall_s", "summary"}}``.
+
+    Raises:
+        ConfigError: a name in ``only`` that is not a stage, or a stage the recipe does not have.
     """
     results, t_all = {}, time.time()
     recipe = resolve(recipe)
+    for name in only or ():
+        if name not in STAGES or getattr(recipe, name) is None:
+            have = [n for n in STAGES if getattr(recipe, n) is not None]
+            why = "is not a stage" if name not in STAGES else "is not in this recipe"
+            raise ConfigError(f"--only {name}: {why}; this recipe's stages: {', '.join(have)}")
     for name, build in STAGES.items():
         if getattr(recipe, name) is None or (only and name not in only):
             continue

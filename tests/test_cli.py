@@ -119,3 +119,13 @@ def test_models_list_fits_80_columns_in_a_pipe():
     out = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"}).output
     assert max(len(line) for line in out.splitlines()) <= 80
     assert all(name in out for name in PACKS)
+
+
+def test_run_only_names_a_stage_the_recipe_has(tmp_path, qwen_dir, sft_file):
+    """`--only index` (the directory's name, not the stage's) used to run nothing and say nothing."""
+    p = recipe_file(tmp_path, qwen_dir, sft_file)
+    r = medtune("run", p, "--only", "index")
+    assert r.returncode == 2 and "--only index: is not a stage" in r.stderr and "train, merge, samples" in r.stderr
+    r = medtune("run", p, "--only", "rag")
+    assert r.returncode == 2 and "--only rag: is not in this recipe" in r.stderr
+    assert not (tmp_path / "run").exists()
