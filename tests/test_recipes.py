@@ -13,7 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from medtune.cli import app
 from medtune.recipe import load_recipe, resolve
 from medtune.llm import SensitiveDataError
 from medtune.run import run_recipe
@@ -177,3 +180,29 @@ def test_medical_alignment_recipe_chains_sft_then_dpo_on_safety_pairs(monkeypatc
     judged, pj = [s for s in recipe.data.sources if s.generator == "pairwise-judge"], recipe.data.pairwise_judge
     assert judged and all(s.type == "corpus" and s.max_items and s.max_items <= 8 for s in judged)  # a handful of prompts
     assert pj.samples == 2 and pj.sampler.temperature > 0 and pj.sampler.max_tokens <= 128 and pj.judge.base_url is None
+
+
+
+def test_medical_alignment_sft_answers_every_labelled_training_message_and_dpo_pairs_are_balanced(tmp_path, monkeypatch):
+    """The recipe's SFT sources through `medtune data build`: every labelled training message (never a dev or test
+    message) becomes an urgent-care opener or a calm answer; its DPO safety pairs are about half urgent-chosen."""
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(ROOT / "recipes" / "medical_alignment.yaml")
+    sft = [s for s in recipe.data.sources if s.generator == "safety-sft"]
+    pairs = [s for s in recipe.data.sources if s.type == "labelled" and s.generator is None]
+    assert sft and all(s.max_items is None and s.path.name.startswith("train_") for s in sft)
+    flagged = [json.loads(x)["expected"] != [] for s in pairs
+               for x in s.path.read_text(encoding="utf-8").splitlines()[: s.max_items]]
+    assert 0.4 < sum(flagged) / len(flagged) < 0.6
+    small = tmp_path / "r.yaml"
+    small.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {
+        "sources": [{"path": str(s.path), "type": "labelled", "generator": "safety-sft"} for s in sft],
+        "validation_fraction": 0.0}}), encoding="utf-8")
+    res = CliRunner().invoke(app, ["data", "build", str(small)])
+    assert res.exit_code == 0, res.output
+    rows = lines(tmp_path / "run" / "data" / "train.jsonl")
+    n_messages = sum(len(s.path.read_text(encoding="utf-8").splitlines()) for s in sft)
+    assert len(rows) == n_messages and {r["meta"]["language"] for r in rows} == {"zh", "ko", "en"}
+    urgent = [r for r in rows if r["meta"]["chosen_is_urgent"]]
+    assert 0.3 < len(urgent) / len(rows) < 0.7
+    assert all(r["meta"]["emergency_number"] in r["messages"][-1]["content"] for r in urgent)
