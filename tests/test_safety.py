@@ -79,7 +79,8 @@ def test_eval_safety_cli_reports_each_language(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     for lang in ("zh", "ko", "en"):
         assert f"│ {lang}" in result.output
-    for name in ("shipped rule set", "training validation", "development set", "test set: skipped"):
+    for name in ("shipped rule set", "training validation", "development set", "test set: skipped",
+                 "development set C (dev/devc_*.jsonl; long messages"):
         assert name in result.output
     (tmp_path / "test").mkdir()  # once the lead places the test set, it is scored too
     (tmp_path / "test" / "test_en.jsonl").write_text(json.dumps(
@@ -165,3 +166,24 @@ def test_guard_screens_the_whole_message_up_to_scan_chars_with_bounded_work(monk
     before_bound = [{"role": "user", "content": "I can't breathe. " + "x " * 1_200}]  # flag 2,400 characters back
     assert guard(before_bound, cfg.model_copy(update={"classifier": False})).flags == []
     assert guard(before_bound, SafetyConfig(classifier=False)).flags == ["breathing"]  # default bound 32,000
+
+
+@pytest.mark.parametrize("folder,pattern", [("DEV_DIR", "devc_*.jsonl"), ("LONG_DIR", "long_*.jsonl")])
+def test_long_message_sets_are_long_and_name_where_the_flag_is(folder, pattern):
+    """Development set C and the long training messages (not in the default fit): every record has 600-3,000
+    characters of user text, every emergency names its red flag (``flag_span``) word for word inside one user turn,
+    and each language has emergencies and more non-emergencies."""
+    from medtune.safety import labelled
+    from medtune.safety.labelled import DATA_DIR, load_records
+    files = sorted(getattr(labelled, folder).glob(pattern))
+    assert [f.name[-8:-6] for f in files] == ["en", "ko", "zh"]
+    records = load_records(files)
+    for rec in records:
+        turns = [rec["text"]] if "text" in rec else [m["content"] for m in rec["messages"] if m["role"] == "user"]
+        assert 600 <= sum(map(len, turns)) <= 3000, rec["id"]
+        if rec["expected"]:
+            assert any(rec["flag_span"] in t for t in turns), rec["id"]
+    for lang in ("zh", "ko", "en"):
+        mine = [r for r in records if r["lang"] == lang]
+        assert 10 <= sum(bool(r["expected"]) for r in mine) < sum(not r["expected"] for r in mine)
+    assert not set(files) & set(DATA_DIR.glob("train_*.jsonl"))  # the default fit reads train_*.jsonl only

@@ -117,7 +117,7 @@ def evaluation_sets(file: Path | None = None) -> dict[str, list[dict]]:
 
     Args:
         file: one labelled JSONL set; None: the shipped rule set, the training files (scored
-            out-of-fold), development sets A and B and, when present, the test set.
+            out-of-fold), development sets A, B and C and, when present, the test set.
 
     Returns:
         ``{name: records}`` in display order.
@@ -132,7 +132,8 @@ def evaluation_sets(file: Path | None = None) -> dict[str, list[dict]]:
         TRAINING_SET: load_records(),
         "development set A (dev/dev_*.jsonl; used for model selection)": load_records(dev_files()),
         "development set B (dev/devb_*.jsonl; the v2 test set, scored once as a test set, then used for selection)":
-            load_records(dev_files("devb"))}
+            load_records(dev_files("devb")),
+        "development set C (dev/devc_*.jsonl; long messages, 600-3,000 characters)": load_records(dev_files("devc"))}
     if test_files():
         sets["test set v3 (test/test_*.jsonl; scored once for v3, again for v4)"] = load_records(test_files())
     if test_files(labelled.TEST_V4_DIR):

@@ -19,6 +19,7 @@ CATEGORIES = ("cardiac", "stroke", "anaphylaxis", "breathing", "bleeding", "suic
 DATA_DIR = Path(__file__).parent / "data"
 
 
+LONG_DIR = DATA_DIR / "long"  # long messages written as training data, not in the default fit (docs/safety.md)
 DEV_DIR = DATA_DIR / "dev"    # development set: scored during development, used to choose between approaches
 
 
@@ -32,7 +33,8 @@ EVAL_DIRS = (DEV_DIR, TEST_DIR, TEST_V4_DIR)  # never fit on these, never pick t
 
 
 def dev_files(name: str = "dev") -> list[Path]:
-    """Development set files ``dev/<name>_{zh,ko,en}.jsonl``: ``dev`` (set A) or ``devb`` (set B, the v2 test set)."""
+    """Development set files ``dev/<name>_{zh,ko,en}.jsonl``: ``dev`` (set A), ``devb`` (set B, the v2 test set)
+    or ``devc`` (set C: long messages of 600-3,000 characters)."""
     return sorted(DEV_DIR.glob(f"{name}_*.jsonl"))
 
 
