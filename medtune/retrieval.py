@@ -240,18 +240,17 @@ class Index:
         """
         out = sims.copy()
         overall = float(np.median(sims))
-        for rows in self.language_rows().values():
+        for rows in self.language_rows.values():
             out[rows] -= float(np.median(sims[rows])) if len(rows) >= MIN_LANGUAGE_PASSAGES else overall
         return out
 
+    @functools.cached_property
     def language_rows(self) -> dict[str, np.ndarray]:
         """Row indices of the passages of each language (``language`` field, else detected), computed once."""
-        if not hasattr(self, "_language_rows"):
-            groups: dict[str, list[int]] = {}
-            for i, p in enumerate(self.passages):
-                groups.setdefault(p.get("language") or detect_language(p["text"], default="en"), []).append(i)
-            self._language_rows = {k: np.array(v) for k, v in groups.items()}
-        return self._language_rows
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(self.passages):
+            groups.setdefault(p.get("language") or detect_language(p["text"], default="en"), []).append(i)
+        return {k: np.array(v) for k, v in groups.items()}
 
     def search(self, query: str, k: int = 3, mode: str = "hybrid", query_vector: np.ndarray | None = None) -> list[Hit]:
         """The ``k`` best passages for ``query``.
