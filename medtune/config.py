@@ -81,6 +81,7 @@ class RagSettings(Section):
     mode: Literal["hybrid", "lexical", "dense"] = Field("hybrid", description="hybrid (reciprocal rank fusion of BM25 and e5), lexical (BM25) or dense (e5).")
     min_score: float | None = Field(None, description="Best-hit relevance (e5 cosine; BM25 in lexical mode) below which the reply says the guideline does not cover the question; default: the index's calibrated value.")
     min_answer_support: float | None = Field(None, ge=0.0, le=1.0, description="Check each answer against the passages shown: when less than this share of its content words / numbers / CJK-Hangul bigrams occur in them (and it does not already say the guideline does not cover the question), a note after the answer says the indexed guidelines do not cover it. Wording, not meaning; none: no check (docs/rag.md).")
+    candidates: int = Field(1, ge=1, le=16, description="Answers generated per question; the one best supported by the passages shown is kept (the share of its content words / numbers / CJK-Hangul bigrams beyond the question's own that occur in them; an abstention when most candidates abstain). 1: the answer as decoded. N costs N generations and the reply comes whole, not token by token; needs sampling (temperature > 0: chat and web take the model's own, evaluation samples candidates 2..N at temperature 0.8). Not in serve (docs/rag.md).")
 
 
 class TrainConfig(Section):
@@ -221,6 +222,14 @@ class ServeConfig(Section):
     upstream_read_timeout_s: float = Field(60.0, gt=0, description="Gateway mode: longest silence from the upstream (before the first token or between two) in seconds; then 504 or an error event.")
     upstream_retries: int = Field(2, ge=0, le=10, description="Gateway mode: retries of failures where the upstream began no answer (connection refused, 429/502/503, a stream closed before its first token); never after a token was sent.")
     log_message_text: bool = Field(False, description="Gateway mode: also log the last user message (PHI: off by default).")
+
+    @field_validator("rag")
+    @classmethod
+    def _one_candidate(cls, v):
+        if v.candidates > 1:
+            raise ValueError("rag.candidates > 1 is not supported by serve (each request decodes one answer); "
+                             "use chat, web or eval fact for best-of-N answers, or set serve.rag.candidates=1")
+        return v
 
 
 class WebConfig(Section):

@@ -47,7 +47,7 @@ import numpy as np
 
 from medtune.documents import provenance_label
 from medtune.errors import ConfigError
-from medtune.text import answer_support, detect_language
+from medtune.text import answer_support, detect_language, support_units
 
 RRF_K = 60
 MIN_LANGUAGE_PASSAGES = 2  # a language with fewer passages is calibrated with the median over all passages
@@ -407,6 +407,41 @@ def unsupported_note(answer: str, citations: list[dict] | None, min_support: flo
     if answer_support(answer, "\n".join(c.get("text") or "" for c in citations)) >= min_support:
         return ""
     return "\n\n" + NOT_SUPPORTED.get(lang, NOT_SUPPORTED["en"])
+
+
+def best_supported(answers: list[str], question: str, citations: list[dict]) -> int:
+    """Index of the candidate answer best supported by the passages shown (``rag.candidates``).
+
+    Best-of-N selection with an attribution check as the verifier (the check of :func:`unsupported_note`,
+    cf. Gao et al. 2023, RARR): each answer's content units (:func:`medtune.text.support_units`) that are
+    not the question's own words are compared with the passages; the answer with the largest share of
+    them found in the passages wins, ties broken by how many are found, then by order (the first
+    candidate, e.g. the greedy one, wins a full tie). An answer that restates the question, or fills an
+    answer frame from memory, has little such support; one read from the passage has much. When at
+    least half of the answers say the sources do not cover the question, the first of those is
+    kept (a majority vote, as in self-consistency, Wang et al. 2023). Linear in the texts' lengths.
+
+    Args:
+        answers: the candidates, at least one.
+        question: the user's question the answers reply to.
+        citations: the passages shown (``text`` each).
+
+    Raises:
+        ValueError: ``answers`` is empty.
+    """
+    if not answers:
+        raise ValueError("best_supported: no candidate answers")
+    declined = [i for i, a in enumerate(answers) if says_not_covered(a)]
+    if 2 * len(declined) >= len(answers):
+        return declined[0]
+    source, asked = support_units("\n".join(c.get("text") or "" for c in citations)), support_units(question)
+
+    def support(i: int) -> tuple[float, int, int]:
+        units = support_units(answers[i]) - asked
+        found = len(units & source)
+        return (found / len(units) if units else 0.0, found, -i)
+
+    return max((i for i in range(len(answers)) if i not in declined), key=support)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
 from medtune.config import RagSettings, SafetyConfig
-from medtune.retrieval import ground, open_index, unsupported_note
+from medtune.retrieval import best_supported, ground, open_index, unsupported_note
 from medtune.safety import guard
 
 
@@ -38,6 +38,8 @@ class Turn:
         suffix: disclaimer after the model text ("" per policy).
         citations: retrieved passages ``[{marker, source_file, passage_id, ...}]``; None without an index.
         min_answer_support: ``RagSettings.min_answer_support`` (None: answers are not checked against the passages).
+        candidates: ``RagSettings.candidates``: answers generated when passages are shown, the best supported
+            kept (:func:`medtune.retrieval.best_supported`); 1: the answer as it streams.
     """
 
     messages: list[dict]
@@ -49,6 +51,7 @@ class Turn:
     suffix: str
     citations: list[dict] | None = None
     min_answer_support: float | None = None
+    candidates: int = 1
 
     def closing(self, answer: str) -> str:
         """What follows the model's ``answer``: the note that the passages shown do not support it
@@ -80,7 +83,7 @@ def prepare_turn(messages: list[dict], safety: SafetyConfig, locale: str | None 
     if rag is not None and rag.index is not None:
         found = ground(turn.messages, open_index(rag.index), rag.top_k, rag.mode, rag.min_score, g.lang)
         turn.messages, turn.citations = found.messages, found.citations
-        turn.min_answer_support = rag.min_answer_support
+        turn.min_answer_support, turn.candidates = rag.min_answer_support, rag.candidates
         turn.prefix += found.note + "\n\n" if found.note else ""
     return turn
 
@@ -94,14 +97,22 @@ def stream_turn(turn: Turn, generate: Callable[[list[dict]], Iterator[str]]) -> 
             :func:`medtune.generation.stream_chat`, or an endpoint's stream).
 
     Yields:
-        Text pieces; the first is the urgent-care message when a red flag was found.
+        Text pieces; the first is the urgent-care message when a red flag was found. With passages shown
+        and ``turn.candidates`` > 1, ``generate`` is called that many times (it should sample) and the
+        best-supported answer comes as one piece.
     """
     if turn.prefix:
         yield turn.prefix
-    answer = []
-    for piece in generate(turn.messages):
-        answer.append(piece)
-        yield piece
+    if turn.candidates > 1 and turn.citations:
+        question = next((m.get("content") or "" for m in reversed(turn.messages) if m.get("role") == "user"), "")
+        answers = ["".join(generate(turn.messages)) for _ in range(turn.candidates)]
+        answer = [answers[best_supported(answers, question, turn.citations)]]
+        yield answer[0]
+    else:
+        answer = []
+        for piece in generate(turn.messages):
+            answer.append(piece)
+            yield piece
     if closing := turn.closing("".join(answer)):
         yield closing
 

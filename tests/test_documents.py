@@ -253,3 +253,26 @@ def test_chat_with_index_cites_the_row_and_its_page(dosing_index, qwen_dir):
     # the PDF's row and the Word file's copy of the same table tie; both are cited at their page
     assert _said(sources, "Antibiotic dosing guide › 2 Dosing › 2.1 Adult doses › p. 2 (") and _said(sources, "dosing.pdf, dosing.pdf#p")
     assert _said(sources, "Antibiotic guide › 2 Treatment › 2.1 Adult doses › p. 2 (")
+
+
+def test_chat_with_rag_candidates_samples_that_many_answers_and_prints_one(dosing_index, qwen_dir, monkeypatch):
+    """`chat --set chat.rag.candidates=3`: three sampled answers (the model's own sampling), one printed."""
+    import medtune.chat
+    from medtune.generation import stream_chat
+
+    index, res = dosing_index
+    assert res.exit_code == 0, res.output
+    answers = []
+
+    def counted(*args, **kwargs):
+        text = "".join(stream_chat(*args, **kwargs))
+        answers.append(text)
+        yield text
+
+    monkeypatch.setattr(medtune.chat, "stream_chat", counted)
+    res = CliRunner().invoke(app, ["chat", "--model", str(qwen_dir), "--index", str(index), "--prompt",
+                                   "What is the max daily dose of clarithromycin?", "--set", "chat.generation.max_new_tokens=6",
+                                   "--set", "chat.generation.temperature=1.0", "--set", "chat.rag.candidates=3"])
+    assert res.exit_code == 0, res.output
+    assert len(answers) == 3 and "Sources:" in res.output
+    assert any(a.strip() and a in res.output for a in answers)

@@ -617,6 +617,86 @@ def test_fact_rag_citation_support_and_unanswerable_questions_through_the_cli(tm
     assert "unanswerable said so 0.50 (the reply with medtune's notes 1.00)" in " ".join(res.output.split())
 
 
+def test_best_supported_keeps_the_answer_read_from_the_passages():
+    from medtune.retrieval import best_supported
+
+    shown = [{"text": "Metformin\nindications: type 2 diabetes when diet and exercise are not enough\n"
+                      "contraindications: severe kidney impairment; metabolic acidosis"}]
+    question = "In which patients must metformin not be used?"
+    echo = "Metformin must not be used in patients [1]."                       # the question's own words
+    frame = "Indications of metformin: type 2 diabetes [1]."                   # the wrong field of the passage
+    read = "Severe kidney impairment; metabolic acidosis [1]."                 # the right field
+    memory = "It must not be used with grapefruit juice or in children."       # not in the passage
+    assert best_supported([echo, memory, read, frame], question, shown) == 2
+    # the limit: wording, not meaning -- a wrong field in the passage's own words beats a paraphrase of the right one
+    assert best_supported(["People with kidney failure or acidosis [1].", "Type 2 diabetes [1]."], question, shown) == 1
+    assert best_supported([echo, memory], question, shown) == 0                # both unsupported: the first
+    assert best_supported([frame, frame], question, shown) == 0                # a full tie: the first
+    decline = NOT_IN_GUIDELINES["en"]
+    assert best_supported([read, decline, decline], question, shown) == 1      # most candidates decline
+    assert best_supported([decline, read, memory], question, shown) == 1       # a minority decline: the best answer
+    assert best_supported(["二甲双胍禁用于严重肾功能不全 [1]。", "二甲双胍的适应症：高血压 [1]。"], "哪些人不能用二甲双胍？",
+                          [{"text": "二甲双胍 禁忌证：严重肾功能不全、代谢性酸中毒"}]) == 0
+    with pytest.raises(ValueError, match="no candidate"):
+        best_supported([], question, shown)
+
+
+def test_fact_rag_candidates_keep_the_best_supported_answer_through_the_cli(tmp_path, fake_encoder):
+    """`eval fact --rag-candidates 3`: the answer as decoded plus two sampled ones (seeds 43, 44), the one
+    the passages support kept; each row lists the candidates and which was chosen."""
+    from typer.testing import CliRunner
+
+    from medtune.cli import app
+
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"name": "Metformin", "indications": ["type 2 diabetes"]}, {"name": "Salbutamol", "indications": ["asthma"]}]),
+        encoding="utf-8")
+    _build(["--source", f"kb:{kb}", "--index-dir", str(tmp_path / "idx"), "--set", "rag.min_score=-1"])
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "met", "question": "What is Metformin for?", "expected": ["type 2 diabetes"]},
+        {"id": "sal", "question": "What is Salbutamol for?", "expected": ["asthma"]}]), encoding="utf-8")
+    seeds = []
+
+    def reply(req):
+        seeds.append(req.get("seed"))
+        drug = "Metformin" if "Metformin" in req["messages"][-1]["content"] else "Salbutamol"
+        if req.get("seed") == 44:  # one sampled answer reads the passage
+            return f"{drug} is for {'type 2 diabetes' if drug == 'Metformin' else 'asthma'} [1]."
+        return f"{drug} is for {drug} [1]." if req.get("seed") is None else "It lowers cholesterol."
+
+    args = ["eval", "fact", str(facts), "--index", str(tmp_path / "idx")]
+    with FakeOpenAI(reply=reply) as srv:
+        one = CliRunner().invoke(app, [*args, "--model", f"api={srv.base_url}#m", "--output-dir", str(tmp_path / "one")])
+        three = CliRunner().invoke(app, [*args, "--model", f"api={srv.base_url}#m", "--rag-candidates", "3",
+                                         "--output-dir", str(tmp_path / "three")])
+    assert one.exit_code == 0 and three.exit_code == 0, one.output + three.output
+    assert sorted(seeds, key=str) == sorted([None, None, None, None, 43, 43, 44, 44], key=str)
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["hit_any"]["k"] == 0
+    out = json.loads((tmp_path / "three" / "results.json").read_text())
+    assert out["hit_any"]["k"] == 2 and out["citation_support"]["k"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "three" / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["candidates"]) == 3 and r["chosen"] == 2 and r["answer"] == r["candidates"][2] for r in rows)
+
+
+def test_stream_turn_with_candidates_streams_the_best_supported_answer_and_serve_refuses_them():
+    from pydantic import ValidationError
+
+    from medtune.config import ServeConfig
+    from medtune.turn import Turn, stream_turn
+
+    answers = iter(["Asthma is a disease [1].", "Salbutamol relieves asthma attacks quickly [1].", "Take vitamin C."])
+    turn = Turn(messages=[{"role": "user", "content": "What is Salbutamol for?"}], lang="en", flags=[], layer="",
+                score=None, prefix="", suffix="", citations=[{"text": "Salbutamol: relieves asthma attacks quickly"}],
+                candidates=3)
+    assert list(stream_turn(turn, lambda m: iter([next(answers)]))) == ["Salbutamol relieves asthma attacks quickly [1]."]
+    turn.citations = []  # nothing shown: one answer, streamed as it comes
+    assert list(stream_turn(turn, lambda m: iter(["a", "b"]))) == ["a", "b"]
+    with pytest.raises(ValidationError, match="not supported by serve"):
+        ServeConfig(rag={"candidates": 2})
+
+
 def test_unsupported_note_checks_the_answer_against_the_shown_passages():
     shown = [{"text": "Adults should keep blood pressure below 140/90 mmHg; 130/80 for people with diabetes."}]
     assert unsupported_note("Keep it below 140/90 mmHg [1].", shown, 0.5, "en") == ""

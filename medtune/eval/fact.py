@@ -39,11 +39,12 @@ from medtune.eval.results import append_rows, elapsed, finish, load_done, run_ke
 from medtune.eval.stats import proportion
 from medtune.io import NAME_FIELDS, RecordError, Reject, read_rows, write_rejects
 from medtune.manifest import tree_digests
-from medtune.retrieval import ground, open_index, says_not_covered, unsupported_note
+from medtune.retrieval import best_supported, ground, open_index, says_not_covered, unsupported_note
 from medtune.text import detect_language, item_hit, match_form
 
 console = Console(stderr=True)
 CRITERIA = {"hit_any": 0.0, "hit_half": 1 / 2, "hit_two_thirds": 2 / 3}
+CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # candidates 2..N of ``rag.candidates`` (the first: as decoded)
 
 
 def score_answer(answer: str, expected: list[str], synonyms: dict[str, list[str]]) -> dict:
@@ -226,6 +227,25 @@ def _prompt(sys_msg: list[dict], question: str, cfg: FactConfig) -> tuple[list[d
     return g.messages, {"citations": cited, "covered": g.covered}
 
 
+def _best_of(backend: Backend, batch: list[dict], prompts: list[tuple[list[dict], dict]], replies: list, settings,
+             cfg: FactConfig) -> list:
+    """``rag.candidates`` per grounded question: ``replies`` (as decoded) plus N-1 sampled ones
+    (:data:`CANDIDATE_SAMPLING`, seed ``cfg.seed + j`` for the j-th), the best supported kept
+    (:func:`medtune.retrieval.best_supported`); each kept reply records the ``candidates`` and which was ``chosen``."""
+    shown = [i for i, (_, g) in enumerate(prompts) if g.get("citations")]
+    pools = {i: [replies[i]] for i in shown}
+    for j in range(1, cfg.rag.candidates):
+        sample = settings.model_copy(update={**CANDIDATE_SAMPLING, "seed": cfg.seed + j})
+        for i, reply in zip(shown, generate_replies(backend, [prompts[i][0] for i in shown], sample) if shown else []):
+            pools[i].append(reply)
+    out = list(replies)
+    for i, pool in pools.items():
+        k = best_supported([r.text for r in pool], batch[i]["question"], prompts[i][1]["citations"])
+        prompts[i][1].update(candidates=[r.text for r in pool], chosen=k)
+        out[i] = pool[k]
+    return out
+
+
 def _row(it: dict, reply, grounding: dict, foreign: list[str], key: str, min_support: float | None = None) -> dict:
     """One prediction row: the answer, its hits, bleed, abstention, quality and (RAG) citation support.
 
@@ -341,6 +361,8 @@ def run_fact(cfg: FactConfig, backend: Backend | None = None) -> dict:
             batch = todo[i:i + cfg.batch_size]
             prompts = [_prompt(sys_msg, it["question"], cfg) for it in batch]
             replies = generate_replies(backend, [messages for messages, _ in prompts], settings)
+            if cfg.rag.candidates > 1:
+                replies = _best_of(backend, batch, prompts, replies, settings, cfg)
             rows = [_row(it, reply, grounding, foreign[it["id"]], key, cfg.rag.min_answer_support)
                     for it, reply, (_, grounding) in zip(batch, replies, prompts)]
             append_rows(out / "predictions.jsonl", rows)

@@ -72,7 +72,8 @@ def evaluate_model(name: str, spec: str, cfg: EvalConfig, train: TrainConfig | N
     if cfg.fact_file and cfg.rag_index:
         r = run_fact(_fact_config(cfg, name, seed, out / "fact" / f"{name}+rag",
                                   rag=RagSettings(index=cfg.rag_index, top_k=cfg.rag_top_k,
-                                                  min_answer_support=cfg.rag_min_answer_support)),
+                                                  min_answer_support=cfg.rag_min_answer_support,
+                                                  candidates=cfg.rag_candidates)),
                      backend=dataclasses.replace(backend, name=f"{name}+rag"))
         summary["fact_rag"] = {c: r[c]["rate"] for c in ("hit_any", "hit_half", "hit_two_thirds", "bleed")}
         summary["fact_rag"].update(_rag_extras(r))
