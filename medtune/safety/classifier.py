@@ -238,9 +238,25 @@ def unresolved_turns(messages: list[dict], lang: str, scan_chars: int = SCREEN_C
 
 
 def screening_windows(messages: list[dict], lang: str, scan_chars: int = SCREEN_CHARS) -> list[str]:
-    """Windows over the unresolved user turns (joined, newest ``scan_chars`` characters): linear in length."""
-    text = "\n".join(unresolved_turns(messages, lang, scan_chars))[-scan_chars:]
+    """Windows over the unresolved user turns (joined, newest ``scan_chars`` characters): linear in length.
+
+    When the joined view (:func:`conversation_views`) holds every unresolved turn whole, the earlier turns
+    are left to it and only the last turn is cut into windows: the joined view reads a scare together with
+    the later turn that explains it ("it was the dentist's anaesthetic"), a window of the scare alone would
+    not. Chosen on development sets A+B (false alarms on their 42 multi-turn non-emergencies 14 -> 9, no
+    emergency lost; sets C, the long training messages and the buried copies unchanged).
+    """
+    turns = unresolved_turns(messages, lang, scan_chars)
+    if 1 < len(turns) <= RECENT_USER_TURNS and len(_joined_view(messages)) <= VIEW_CHARS:
+        turns = turns[-1:]
+    text = "\n".join(turns)[-scan_chars:]
     return message_windows(text, lang) if len(text) > window_chars(lang) else []
+
+
+def _joined_view(messages: list[dict]) -> str:
+    """The last ``RECENT_USER_TURNS`` non-empty user turns joined by newlines, uncut."""
+    users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
+    return "\n".join([u for u in users if u.strip()][-RECENT_USER_TURNS:])
 
 
 def window_chars(lang: str) -> int:
