@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
-from medtune.safety.rules import detect_red_flags
+from medtune.safety.rules import PARACETAMOL_ALERT_MG, detect_red_flags, paracetamol_ingested_mg
 from medtune.text import detect_language
 
 if TYPE_CHECKING:
@@ -145,10 +145,25 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
             if str(e) not in _warned:
                 _warned.add(str(e))
                 warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
-            return found
+            return with_dose_rule(found, last_user[-cfg.scan_chars:], lang)
         found.score = verdict.prob
         found.classifier = [verdict.category] if verdict.flag_alone else []
         found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
+    return with_dose_rule(found, last_user[-cfg.scan_chars:], lang)
+
+
+def with_dose_rule(found: Screening, last_user: str, lang: str) -> Screening:
+    """``found`` with ``poisoning`` added (to the rules' flags and the decision) when the last user turn reports
+    taking at least ``PARACETAMOL_ALERT_MG`` of paracetamol (:func:`medtune.safety.rules.paracetamol_ingested_mg`).
+
+    A dose is a clinical criterion, not a wording, so it decides on its own, whatever the learned heads say:
+    early paracetamol poisoning has no symptoms, and the heads learned from hard negatives that "I feel fine"
+    means no emergency. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
+    """
+    if paracetamol_ingested_mg(last_user, lang) >= PARACETAMOL_ALERT_MG:
+        found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
+        if found.combined is not None:
+            found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))
     return found
 
 

@@ -229,6 +229,88 @@ def detect_red_flags(text: str, lang: str | None = None) -> list[str]:
     return found
 
 
+PARACETAMOL_ALERT_MG = 6000  # reported ingestion (one sentence, at once or per day) that needs assessment now
+
+
+PARACETAMOL = {
+    "en": r"paracetamol|acetaminophen|tylenol|panadol|calpol|co-?codamol|excedrin",
+    "zh": r"对乙酰氨基酚|對乙醯胺基酚|扑热息痛|撲熱息痛|泰诺|泰諾|必理痛|百服宁|百服寧|普拿疼",
+    "ko": r"타이레놀|아세트아미노펜|펜잘|게보린|써스펜",
+}
+_NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                              "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"a dozen": 12, "dozen": 12, "thirty": 30, "forty": 40, "fifty": 50})
+_KO_NUMBERS = {"열": 10, "열한": 11, "열두": 12, "열세": 13, "열네": 14, "열다섯": 15, "열여섯": 16, "열일곱": 17, "열여덟": 18,
+               "열아홉": 19, "스무": 20, "스물": 20, "서른": 30, "마흔": 40, "쉰": 50}
+_NUMBER_WORDS.update(_KO_NUMBERS)
+_ZH_DIGITS = {"一": 1, "二": 2, "两": 2, "兩": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_DOSE = {
+    "count": {
+        "en": _c(r"\b(?P<n>\d{1,3}|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b(\s*(or so|ish|odd))?\s*(x\s*)?"
+                 r"(\d{3,4}\s*mg\s*)?((of\s+)?(my|the|his|her|those|these)\s+)?(extra[- ]strength\s+)?"
+                 r"(" + PARACETAMOL["en"] + r"|tablets?|pills?|caplets?|tabs?)"),
+        "zh": _c(r"(?P<n>\d{1,3}|[一二两兩三四五六七八九十]{1,3})\s*(片|粒|颗|顆)"),
+        "ko": _c(r"(?P<n>\d{1,3}|" + "|".join(sorted(_KO_NUMBERS, key=len, reverse=True)) + r")\s*(알|정|개|캡슐)"),
+    },
+    "ingested": {
+        "en": _c(r"\b(took|take|takes|taken|taking|ate|eaten|swallowed|had|downed|popped|necked|overdosed)\b"),
+        "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|吃"),
+        "ko": _c(r"먹었|먹어\s*버렸|삼켰|복용했|먹고|먹은|털어\s*넣"),
+    },
+    "not_now": {  # hypothetical, exam or textbook case, long past
+        "en": _c(r"\b(if|what if|can i|could i|should i|how many|is it (ok|safe)|maximum|max|case|scenario|vignette|exam|patient"
+                 r"|years? ago|when i was|back in|(19|20)\d\d)\b"),
+        "zh": _c(r"如果|要是|万一|假如|能不能|可不可以|可以吃|能吃|最多|上限|病例|考题|考试|题目|患者|年前|那年|那时|当年|以前|(19|20)\d\d年"),
+        "ko": _c(r"만약|먹어도|먹으면|최대|사례|시험|문제|환자가|년\s*전|예전에|옛날|그때|대학\s*때|(19|20)\d\d년"),
+    },
+}
+_STRENGTH = _c(r"(?P<mg>\d{3,4})\s*(mg|毫克|밀리)")
+_GRAMS = _c(r"(?P<g>\d{1,2}(\.\d+)?)\s*(g|grams?|克|그램)(?![a-z])")
+
+
+def _count(word: str) -> int:
+    """A tablet count written as digits, English words or Chinese numerals ("十四" -> 14)."""
+    w = word.lower()
+    if w.isdigit():
+        return int(w)
+    if w in _NUMBER_WORDS:
+        return _NUMBER_WORDS[w]
+    tens, _, ones = w.partition("十")
+    if "十" in w:
+        return (_ZH_DIGITS.get(tens, 0) if tens else 1) * 10 + _ZH_DIGITS.get(ones, 0)
+    return _ZH_DIGITS.get(w, 0)
+
+
+def paracetamol_ingested_mg(text: str, lang: str) -> int:
+    """The largest paracetamol (acetaminophen) amount a sentence of ``text`` reports as taken, in mg; 0 when none.
+
+    A sentence counts when it names paracetamol (generic or a brand: Tylenol, Panadol, 泰诺, 타이레놀 ...) and an
+    ingestion verb, and has no cue of a hypothetical, an exam case or a long-past event. The amount is the
+    largest tablet count times the stated strength (500 mg when none is stated), or a stated weight in grams.
+    Linear in the text.
+
+    Why a quantitative rule: early paracetamol poisoning causes no symptoms for a day or more while the
+    liver injury is being set (Rumack-Matthew nomogram; Chiew et al. 2020, "Updated guidelines for the
+    management of paracetamol poisoning in Australia and New Zealand", Med J Aust 212:175), so "I feel
+    fine" is expected and is no reassurance. Those guidelines assess an acute ingestion from 10 g or 200 mg/kg
+    and repeated ingestions from 6 g or 150 mg/kg a day; the UK's from 75 mg/kg (MHRA 2012). The guard flags
+    from ``PARACETAMOL_ALERT_MG`` (6 g, about 12 tablets of 500 mg: 100 mg/kg at 60 kg), at once or per day.
+    """
+    if lang not in PARACETAMOL:
+        return 0
+    best = 0
+    for s in SENTENCE.findall(text):
+        if not (re.search(PARACETAMOL[lang], s, re.IGNORECASE) and _DOSE["ingested"][lang].search(s)) \
+                or _DOSE["not_now"][lang].search(s):
+            continue
+        strengths = [int(m.group("mg")) for m in _STRENGTH.finditer(s)]
+        per_tablet = max(strengths) if strengths else 500
+        amounts = [_count(m.group("n")) * per_tablet for m in _DOSE["count"][lang].finditer(s)]
+        amounts += [int(float(m.group("g")) * 1000) for m in _GRAMS.finditer(s) if 1 <= float(m.group("g")) <= 60]
+        best = max([best, *amounts])
+    return best
+
+
 def _resolved(sentences: list[str], i: int, lang: str) -> bool:
     """Whether sentence ``i`` describes something that has passed (resolution cue here or in the next sentence)."""
     scope = sentences[i] + (sentences[i + 1] if i + 1 < len(sentences) else "")
