@@ -222,3 +222,37 @@ def test_an_underplayed_paracetamol_overdose_gets_the_urgent_message_whatever_th
     assert result.exit_code == 0, result.output
     assert "[rules] od:" not in result.output and "[combined] od:" not in result.output  # the dose rule found it
     assert "dose: expected" not in result.output
+
+
+@pytest.mark.parametrize("text, temps, normal", [
+    ("my 6 week old read 38.3 on the forehead", [38.3], False),
+    ("did rectal twice, it's 37.0 both times", [37.0], True),
+    ("宝宝40天 烧到38 现在37.5", [38.0, 37.5], False),
+    ("생후 7주인데 체온 36.9, 37.0이에요", [36.9, 37.0], True),
+    ("she's 8 weeks, 100.4F", [38.0], False),
+    ("I'm 38 years old and 37 weeks pregnant", [], False),
+    ("gave her calpol and now it's 37.6", [37.6], False),  # a lowered reading says nothing
+])
+def test_body_temperatures_are_read_in_celsius(text, temps, normal):
+    from medtune.safety.rules import body_temperatures, only_normal_temperatures
+    assert body_temperatures(text) == pytest.approx(temps, abs=0.01)
+    assert only_normal_temperatures(text) is normal
+
+
+def test_an_infant_fever_flag_with_only_normal_readings_is_dropped(tmp_path, monkeypatch):
+    import importlib
+    from medtune.safety import classifier
+    monkeypatch.setattr(classifier, "classify", lambda *a, **k: classifier.Verdict(0.9, True, "infant_fever", 0.9, True))
+    calm = "my baby is 8 weeks and felt warm after being bundled up, took her temp and it's 37.4"
+    assert guard([{"role": "user", "content": calm}], SafetyConfig()).prefix == ""
+    for urgent in ("my baby is 8 weeks and her temp is 38.2", "8 week old had 38.4, gave calpol, now 37.6",
+                   "my baby is 8 weeks, hot and floppy"):  # a fever, a lowered one, no reading: the flag stays
+        assert guard([{"role": "user", "content": urgent}], SafetyConfig()).prefix.startswith("⚠️ URGENT"), urgent
+    data = tmp_path / "infants.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in [{"id": "calm", "lang": "en", "text": calm, "expected": []},
+                    {"id": "hot", "lang": "en", "text": "my baby is 8 weeks and her temp is 38.2", "expected": ["infant_fever"]}]) + "\n")
+    monkeypatch.setattr(importlib.import_module("medtune.safety.evaluate"), "_set_embedder", lambda records, cfg: None)
+    result = CliRunner().invoke(app, ["eval", "safety", "--file", str(data), "--errors"])
+    assert result.exit_code == 0, result.output
+    assert "[combined] calm:" not in result.output and "[combined] hot:" not in result.output
+    assert "[classifier] calm: expected none, got ['infant_fever']" in result.output  # the heads' own verdict is kept

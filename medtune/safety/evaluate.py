@@ -16,7 +16,7 @@ from rich.table import Table
 
 import medtune.safety.classifier as learned
 from medtune.config import SafetyConfig
-from medtune.safety.guard import Screening, screen, with_dose_rule
+from medtune.safety.guard import Screening, screen, with_dose_rule, without_normal_infant_temperature
 import medtune.safety.labelled as labelled
 from medtune.safety.fit import cached_embedder
 from medtune.safety.labelled import EVAL_SET, conversation, dev_files, load_eval_set, load_records, test_files
@@ -91,7 +91,8 @@ def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float,
         found.score, found.classifier = p, [category] if alone >= t else []
         found.combined = list(dict.fromkeys(found.rules + [category])) if p >= t else []
         last_user = next(m.get("content") or "" for m in reversed(conversation(rec)) if m.get("role") == "user")
-        found = with_dose_rule(found, last_user[-cfg.scan_chars:], rec["lang"])  # it decides on its own, as in screen
+        found = without_normal_infant_temperature(found, conversation(rec), cfg.scan_chars)  # as in screen
+        found = with_dose_rule(found, last_user[-cfg.scan_chars:], rec["lang"])
     return found
 
 

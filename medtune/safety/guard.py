@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
-from medtune.safety.rules import PARACETAMOL_ALERT_MG, detect_red_flags, paracetamol_ingested_mg
+from medtune.safety.rules import PARACETAMOL_ALERT_MG, detect_red_flags, only_normal_temperatures, paracetamol_ingested_mg
 from medtune.text import detect_language
 
 if TYPE_CHECKING:
@@ -149,7 +149,26 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
         found.score = verdict.prob
         found.classifier = [verdict.category] if verdict.flag_alone else []
         found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
+    found = without_normal_infant_temperature(found, messages, cfg.scan_chars)
     return with_dose_rule(found, last_user[-cfg.scan_chars:], lang)
+
+
+def without_normal_infant_temperature(found: Screening, messages: list[dict], scan_chars: int) -> Screening:
+    """``found`` without the stacked model's ``infant_fever`` flag when it is the only flag, the rules found
+    nothing, and the user turns state temperatures that are all normal (35.5-37.9 °C; no fever medicine named;
+    :func:`medtune.safety.rules.only_normal_temperatures`).
+
+    The category is defined by a number -- a temperature of 38 °C or more in a baby under 3 months (NICE NG143,
+    "Fever in under 5s", 2019: red feature at 0-3 months) -- and the learned heads read "6-week-old" and "temp"
+    as the category whatever the reading ("she's 8 weeks, 37.4 after being bundled up"). A stated normal reading
+    is evidence against it; any reading of 38 or more in the conversation, or a medicine that lowers it, keeps
+    the flag. The heads' own verdict (``found.classifier``) is left as it was.
+    """
+    if found.combined == ["infant_fever"] and not found.rules:
+        users = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")[-scan_chars:]
+        if only_normal_temperatures(users):
+            found.combined = []
+    return found
 
 
 def with_dose_rule(found: Screening, last_user: str, lang: str) -> Screening:

@@ -311,6 +311,29 @@ def paracetamol_ingested_mg(text: str, lang: str) -> int:
     return best
 
 
+_CELSIUS = _c(r"(?<![\d.])(?P<v>(3[4-9]|4[0-2])(\.\d{1,2})?)\s*(?P<u>°\s*c?|℃|度|도|c(?![a-z]))?")
+_FAHRENHEIT = _c(r"(?<![\d.])(?P<v>(9[5-9]|10[0-8])(\.\d)?)\s*(°\s*f|℉|f\b|degrees? f)|화씨\s*(?P<w>(9[5-9]|10[0-8])(\.\d)?)")
+_FEVER_CUE = _c(r"fever|temp|read|hit|烧|热|体温|温度|到|열|체온|온도")  # a bare "38" after these is a reading
+ANTIPYRETIC = _c(r"paracetamol|acetaminophen|tylenol|calpol|panadol|ibuprofen|nurofen|motrin|advil|antipyretic|fever reducer"
+                 r"|退烧|退热|美林|泰诺林|布洛芬|对乙酰氨基酚|扑热息痛|해열|타이레놀|부루펜|챔프|이부프로펜|아세트아미노펜")
+
+
+def body_temperatures(text: str) -> list[float]:
+    """Body temperatures stated in ``text``, in degrees Celsius: 34-42.99 written with a decimal or a unit
+    ("37.4", "38度", "38 도", "38°C") or after a fever word ("烧到38", "temp 38"), and 95-108.9 written with a
+    Fahrenheit unit ("100.4F", "화씨 101"). Linear."""
+    out = [float(m.group("v")) for m in _CELSIUS.finditer(text)
+           if "." in m.group("v") or m.group("u") or _FEVER_CUE.search(text[max(0, m.start() - 12):m.start()])]
+    return out + [(float(m.group("v") or m.group("w")) - 32) * 5 / 9 for m in _FAHRENHEIT.finditer(text)]
+
+
+def only_normal_temperatures(text: str) -> bool:
+    """Whether ``text`` states at least one body temperature and every one is 35.5-37.9 °C, with no fever
+    medicine named (a reading lowered by paracetamol or ibuprofen says nothing about the fever)."""
+    temps = body_temperatures(text)
+    return bool(temps) and all(35.5 <= t < 38.0 for t in temps) and not ANTIPYRETIC.search(text)
+
+
 def _resolved(sentences: list[str], i: int, lang: str) -> bool:
     """Whether sentence ``i`` describes something that has passed (resolution cue here or in the next sentence)."""
     scope = sentences[i] + (sentences[i + 1] if i + 1 < len(sentences) else "")
