@@ -256,3 +256,10 @@ def test_an_infant_fever_flag_with_only_normal_readings_is_dropped(tmp_path, mon
     assert result.exit_code == 0, result.output
     assert "[combined] calm:" not in result.output and "[combined] hot:" not in result.output
     assert "[classifier] calm: expected none, got ['infant_fever']" in result.output  # the heads' own verdict is kept
+
+
+def test_a_paracetamol_overdose_reported_in_an_earlier_turn_still_counts():
+    msgs = [{"role": "user", "content": "took about 30 of my paracetamol earlier on purpose but i feel fine now"},
+            {"role": "assistant", "content": "Thank you for telling me. How long ago was that?"},
+            {"role": "user", "content": "is it normal for my stomach to feel a bit off after pizza"}]
+    assert "poisoning" in guard(msgs, SafetyConfig(classifier=False)).flags

@@ -90,9 +90,8 @@ def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float,
             learned.load().threshold(rec["lang"])
         found.score, found.classifier = p, [category] if alone >= t else []
         found.combined = list(dict.fromkeys(found.rules + [category])) if p >= t else []
-        last_user = next(m.get("content") or "" for m in reversed(conversation(rec)) if m.get("role") == "user")
         found = without_normal_infant_temperature(found, conversation(rec), cfg.scan_chars)  # as in screen
-        found = with_dose_rule(found, last_user[-cfg.scan_chars:], rec["lang"])
+        found = with_dose_rule(found, conversation(rec), rec["lang"], cfg.scan_chars)
     return found
 
 

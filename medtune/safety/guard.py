@@ -145,12 +145,12 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
             if str(e) not in _warned:
                 _warned.add(str(e))
                 warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
-            return with_dose_rule(found, last_user[-cfg.scan_chars:], lang)
+            return with_dose_rule(found, messages, lang, cfg.scan_chars)
         found.score = verdict.prob
         found.classifier = [verdict.category] if verdict.flag_alone else []
         found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
     found = without_normal_infant_temperature(found, messages, cfg.scan_chars)
-    return with_dose_rule(found, last_user[-cfg.scan_chars:], lang)
+    return with_dose_rule(found, messages, lang, cfg.scan_chars)
 
 
 def without_normal_infant_temperature(found: Screening, messages: list[dict], scan_chars: int) -> Screening:
@@ -171,15 +171,18 @@ def without_normal_infant_temperature(found: Screening, messages: list[dict], sc
     return found
 
 
-def with_dose_rule(found: Screening, last_user: str, lang: str) -> Screening:
-    """``found`` with ``poisoning`` added (to the rules' flags and the decision) when the last user turn reports
-    taking at least ``PARACETAMOL_ALERT_MG`` of paracetamol (:func:`medtune.safety.rules.paracetamol_ingested_mg`).
+def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
+    """``found`` with ``poisoning`` added (to the rules' flags and the decision) when the user turns (their newest
+    ``scan_chars`` characters) report taking at least ``PARACETAMOL_ALERT_MG`` of paracetamol
+    (:func:`medtune.safety.rules.paracetamol_ingested_mg`).
 
     A dose is a clinical criterion, not a wording, so it decides on its own, whatever the learned heads say:
     early paracetamol poisoning has no symptoms, and the heads learned from hard negatives that "I feel fine"
-    means no emergency. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
+    means no emergency. For the same reason a dose reported in an earlier turn counts: feeling fine later does
+    not undo it. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
     """
-    if paracetamol_ingested_mg(last_user, lang) >= PARACETAMOL_ALERT_MG:
+    users = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")[-scan_chars:]
+    if paracetamol_ingested_mg(users, lang) >= PARACETAMOL_ALERT_MG:
         found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
         if found.combined is not None:
             found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))
