@@ -181,7 +181,7 @@ class EvalConfig(Section):
     rag_index: Path | None = Field(None, description="Also score fact recall with each question grounded in this index (closed-book vs RAG, both models); default: the recipe's rag index when it has a rag section.")
     rag_top_k: int = Field(3, ge=1, le=20, description="Passages per question in the RAG fact run.")
     rag_min_answer_support: float | None = Field(None, ge=0.0, le=1.0, description="RAG fact run: the answer-support check of chat / serve (RagSettings.min_answer_support); the reply's verdict, with medtune's notes, is reported beside the model's own.")
-    rag_candidates: int = Field(1, ge=1, le=16, description="RAG fact run: answers per question, the one best supported by the passages kept (RagSettings.candidates, docs/rag.md); 1: as decoded.")
+    rag_candidates: int = Field(1, ge=1, le=16, description="RAG fact run: answers per question, the one best supported by the passages kept (RagSettings.candidates, docs/rag.md); 1: as decoded. Raise rag_min_answer_support with it.")
     rag_judge: str | None = Field(None, description="Judge of citation precision of the RAG fact answers (URL#MODEL endpoint or a local model spec); None skips it.")
 
 
