@@ -264,5 +264,8 @@ def guarded_stream(messages: list[dict], cfg: SafetyConfig,
 
 
 def rule_hit(rec: dict) -> bool:
-    """Whether the rules flag a labelled record, exactly as :func:`screen` runs them (default policy)."""
-    return bool(screen(conversation(rec), rec["lang"], SafetyConfig(classifier=False)).rules)
+    """Whether the phrase rules flag a labelled record: the verdict :func:`screen` gives the classifier as its
+    input (the last user turn, default policy; the dose rule, which decides after the classifier, is not part of it)."""
+    messages = conversation(rec)
+    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return bool(detect_red_flags(last_user[-SafetyConfig().scan_chars:], rec["lang"]))
