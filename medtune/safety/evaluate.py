@@ -16,7 +16,7 @@ from rich.table import Table
 
 import medtune.safety.classifier as learned
 from medtune.config import SafetyConfig
-from medtune.safety.guard import Screening, screen, with_dose_rule, without_normal_infant_temperature
+from medtune.safety.guard import Screening, after_classifier, screen
 import medtune.safety.labelled as labelled
 from medtune.safety.fit import cached_embedder
 from medtune.safety.labelled import EVAL_SET, conversation, dev_files, load_eval_set, load_records, test_files
@@ -90,8 +90,7 @@ def _screen_oof(rec: dict, cfg: SafetyConfig, oof: dict[str, tuple[float, float,
             learned.load().threshold(rec["lang"])
         found.score, found.classifier = p, [category] if alone >= t else []
         found.combined = list(dict.fromkeys(found.rules + [category])) if p >= t else []
-        found = without_normal_infant_temperature(found, conversation(rec), cfg.scan_chars)  # as in screen
-        found = with_dose_rule(found, conversation(rec), rec["lang"], cfg.scan_chars)
+        found = after_classifier(found, conversation(rec), rec["lang"], cfg.scan_chars)  # as in screen
     return found
 
 

@@ -145,12 +145,23 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
             if str(e) not in _warned:
                 _warned.add(str(e))
                 warnings.warn(f"{e}; the red-flag rules run alone", RuntimeWarning, stacklevel=2)
-            return with_dose_rule(found, messages, lang, cfg.scan_chars)
+            return after_classifier(found, messages, lang, cfg.scan_chars)
         found.score = verdict.prob
         found.classifier = [verdict.category] if verdict.flag_alone else []
         found.combined = list(dict.fromkeys(found.rules + [verdict.category])) if verdict.flag else []
-    found = without_normal_infant_temperature(found, messages, cfg.scan_chars)
-    return with_dose_rule(found, messages, lang, cfg.scan_chars)
+    return after_classifier(found, messages, lang, cfg.scan_chars)
+
+
+def after_classifier(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
+    """The numeric criteria that decide after the classifier, in order: the infant-fever reading check
+    (:func:`without_normal_infant_temperature`), then the paracetamol dose rule (:func:`with_dose_rule`)."""
+    found = without_normal_infant_temperature(found, messages, scan_chars)
+    return with_dose_rule(found, messages, lang, scan_chars)
+
+
+def _user_text(messages: list[dict], scan_chars: int) -> str:
+    """The user turns joined by newlines, newest ``scan_chars`` characters."""
+    return "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")[-scan_chars:]
 
 
 def without_normal_infant_temperature(found: Screening, messages: list[dict], scan_chars: int) -> Screening:
@@ -165,8 +176,7 @@ def without_normal_infant_temperature(found: Screening, messages: list[dict], sc
     the flag. The heads' own verdict (``found.classifier``) is left as it was.
     """
     if found.combined == ["infant_fever"] and not found.rules:
-        users = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")[-scan_chars:]
-        if only_normal_temperatures(users):
+        if only_normal_temperatures(_user_text(messages, scan_chars)):
             found.combined = []
     return found
 
@@ -181,8 +191,7 @@ def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars
     means no emergency. For the same reason a dose reported in an earlier turn counts: feeling fine later does
     not undo it. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
     """
-    users = "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")[-scan_chars:]
-    if paracetamol_ingested_mg(users, lang) >= PARACETAMOL_ALERT_MG:
+    if paracetamol_ingested_mg(_user_text(messages, scan_chars), lang) >= PARACETAMOL_ALERT_MG:
         found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
         if found.combined is not None:
             found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))
