@@ -208,6 +208,30 @@ def test_reported_paracetamol_ingestion_is_read_in_mg(text, lang, mg):
     assert paracetamol_ingested_mg(text, lang) == mg
 
 
+@pytest.mark.parametrize("text, lang, n", [
+    ("I could not sleep so I took 12 of my amitriptyline 25mg around 9pm. I am feeling fine", "en", 12),
+    ("she swallowed fifteen of her sleeping pills an hour ago but she's chatting normally", "en", 15),
+    ("I take 10 tablets every morning for my pancreas, is that a lot?", "en", 0),  # a regimen
+    ("I took 10 of the kids to the park and now my knee hurts", "en", 0),
+    ("if someone took 20 pills what would happen?", "en", 0),
+    ("他一口气吃了二十片安眠药，现在看着还好", "zh", 20),
+    ("孩子吃了10颗草莓，会不会拉肚子", "zh", 0),  # 颗 counts berries: no medicine word
+    ("졸피뎀 10mg 잠이 안 와서 한 시간 동안 12알 먹었어요. 기분은 괜찮아요", "ko", 12),
+    ("10개월 아기가 해열제 먹었어요", "ko", 0),  # months, not tablets
+])
+def test_tablets_swallowed_at_once_are_counted(text, lang, n):
+    from medtune.safety.rules import tablets_swallowed
+    assert tablets_swallowed(text, lang) == n
+
+
+def test_a_calm_overdose_of_another_medicine_gets_the_urgent_message(tmp_path):
+    text = "Good evening doctor, I could not sleep so I took 14 of my zopiclone 7.5mg tablets at 10pm. I feel okay, please can you renew it"
+    g = guard([{"role": "user", "content": text}], SafetyConfig(classifier_threshold=0.999))
+    assert g.prefix.startswith("⚠️ URGENT") and "poisoning" in g.flags and "rules" in g.layer
+    regimen = guard([{"role": "user", "content": "I take 10 tablets a day for my pancreas, fine?"}], SafetyConfig(classifier=False))
+    assert regimen.prefix == ""
+
+
 def test_an_underplayed_paracetamol_overdose_gets_the_urgent_message_whatever_the_classifier_says(tmp_path):
     text = "had a bad toothache so I took about 16 paracetamol 500mg since this morning. honestly I feel totally fine, just checking"
     g = guard([{"role": "user", "content": text}], SafetyConfig(classifier_threshold=0.999))  # the heads cannot flag it

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
-from medtune.safety.rules import PARACETAMOL_ALERT_MG, detect_red_flags, only_normal_temperatures, paracetamol_ingested_mg
+from medtune.safety.rules import (PARACETAMOL_ALERT_MG, TABLETS_ALERT, detect_red_flags, only_normal_temperatures,
+                                  paracetamol_ingested_mg, tablets_swallowed)
 from medtune.text import detect_language
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
 
 def after_classifier(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
     """The numeric criteria that decide after the classifier, in order: the infant-fever reading check
-    (:func:`without_normal_infant_temperature`), then the paracetamol dose rule (:func:`with_dose_rule`)."""
+    (:func:`without_normal_infant_temperature`), then the dose rules (paracetamol mg, tablet counts; :func:`with_dose_rule`)."""
     found = without_normal_infant_temperature(found, messages, scan_chars)
     return with_dose_rule(found, messages, lang, scan_chars)
 
@@ -184,14 +185,16 @@ def without_normal_infant_temperature(found: Screening, messages: list[dict], sc
 def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
     """``found`` with ``poisoning`` added (to the rules' flags and the decision) when the user turns (their newest
     ``scan_chars`` characters) report taking at least ``PARACETAMOL_ALERT_MG`` of paracetamol
-    (:func:`medtune.safety.rules.paracetamol_ingested_mg`).
+    (:func:`medtune.safety.rules.paracetamol_ingested_mg`) or swallowing at least ``TABLETS_ALERT`` tablets of
+    a medicine at once (:func:`medtune.safety.rules.tablets_swallowed`).
 
     A dose is a clinical criterion, not a wording, so it decides on its own, whatever the learned heads say:
     early paracetamol poisoning has no symptoms, and the heads learned from hard negatives that "I feel fine"
     means no emergency. For the same reason a dose reported in an earlier turn counts: feeling fine later does
     not undo it. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
     """
-    if paracetamol_ingested_mg(_user_text(messages, scan_chars), lang) >= PARACETAMOL_ALERT_MG:
+    text = _user_text(messages, scan_chars)
+    if paracetamol_ingested_mg(text, lang) >= PARACETAMOL_ALERT_MG or tablets_swallowed(text, lang) >= TABLETS_ALERT:
         found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
         if found.combined is not None:
             found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))

@@ -250,7 +250,7 @@ _DOSE = {
                  r"(\d{3,4}\s*mg\s*)?((of\s+)?(my|the|his|her|those|these)\s+)?(extra[- ]strength\s+)?"
                  r"(" + PARACETAMOL["en"] + r"|tablets?|pills?|caplets?|tabs?)"),
         "zh": _c(r"(?P<n>\d{1,3}|[一二两兩三四五六七八九十]{1,3})\s*(片|粒|颗|顆)"),
-        "ko": _c(r"(?P<n>\d{1,3}|" + "|".join(sorted(_KO_NUMBERS, key=len, reverse=True)) + r")\s*(알|정|개|캡슐)"),
+        "ko": _c(r"(?P<n>\d{1,3}|" + "|".join(sorted(_KO_NUMBERS, key=len, reverse=True)) + r")\s*(알|정|개(?!월)|캡슐)"),
     },
     "ingested": {
         "en": _c(r"\b(took|take|takes|taken|taking|ate|eaten|swallowed|had|downed|popped|necked|overdosed)\b"),
@@ -308,6 +308,52 @@ def paracetamol_ingested_mg(text: str, lang: str) -> int:
         amounts = [_count(m.group("n")) * per_tablet for m in _DOSE["count"][lang].finditer(s)]
         amounts += [int(float(m.group("g")) * 1000) for m in _GRAMS.finditer(s) if 1 <= float(m.group("g")) <= 60]
         best = max([best, *amounts])
+    return best
+
+
+TABLETS_ALERT = 10  # tablets of one medicine reported swallowed at once: a possible overdose to assess now
+
+
+_TABLETS = {  # a count of tablets of any medicine (the paracetamol pattern's units, and "12 of my amitriptyline 25mg")
+    "en": _c(r"\b(?P<n>\d{1,3}|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b(\s*(or so|ish|odd))?\s*"
+             r"(x\s*)?(\d{1,4}(\.\d+)?\s*(mg|mcg)\s*)?(of\s+(my|the|his|her|their|those|these|mum's|dad's)\s+)?"
+             r"(extra[- ]strength\s+|sleeping\s+|blood[- ]pressure\s+|heart\s+|water\s+|diabetes\s+|[a-z-]+\s*\d{1,4}(\.\d+)?\s*(mg|mcg)\s+)?"
+             r"(" + PARACETAMOL["en"] + r"|tablets?|pills?|caplets?|tabs?|capsules?|caps|painkillers?|sleepers|antidepressants?"
+             r"|[a-z-]+\s*\d{1,4}(\.\d+)?\s*(mg|mcg)\b)"),
+    "zh": _DOSE["count"]["zh"],
+    "ko": _DOSE["count"]["ko"],
+}
+_SWALLOWED = {  # past or perfect only: "I take 10 tablets every morning" is a regimen
+    "en": _c(r"\b(took|taken|ate|eaten|swallowed|downed|popped|necked|overdosed)\b"),
+    "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|一口气吃"),
+    "ko": _c(r"먹었|먹어\s*버렸|먹어\s*부렀|삼켰|삼켜\s*버렸|복용했|털어\s*넣"),
+}
+_MEDICINE = {"zh": _c(r"药|藥|片|胶囊|膠囊|mg|毫克"), "ko": _c(r"약|mg|밀리|정|캡슐"), "en": None}  # 粒 / 颗 / 알 / 개 count anything
+_PER_DAY = {"en": _c(r"\b(a|per|each|every) day\b|\bdaily\b|times a day"), "zh": _c(r"一天|每天|每日|一日|日服"),
+            "ko": _c(r"하루|매일|1일|일일")}
+
+
+def tablets_swallowed(text: str, lang: str) -> int:
+    """The largest count of tablets (capsules, pills) of a medicine that a sentence of ``text`` reports as
+    swallowed, at once or within hours; 0 when none.
+
+    A sentence counts when it has a past ingestion verb ("took", "吃了", "먹었"), a tablet count, a medicine
+    word where the count unit is generic (粒 / 颗 / 알 / 개 count berries and sweets too), and no cue of a
+    hypothetical, exam case, long-past event or daily regimen ("a day", "每天", "하루"). Linear in the text.
+
+    Used beside :func:`paracetamol_ingested_mg` for the medicines whose toxic dose the rules do not know:
+    ten tablets of one prescription medicine is over a day's maximum for nearly all of them (zolpidem 10 mg:
+    100 mg; amitriptyline 25 mg: 250 mg, toxic from ~10 mg/kg), and poisons-information services ask for
+    assessment of any such ingestion, symptoms or not (TCAs and sedatives act within hours).
+    """
+    if lang not in _TABLETS:
+        return 0
+    best = 0
+    for s in SENTENCE.findall(text):
+        if not _SWALLOWED[lang].search(s) or _DOSE["not_now"][lang].search(s) or _PER_DAY[lang].search(s) \
+                or (_MEDICINE[lang] is not None and not _MEDICINE[lang].search(s)):
+            continue
+        best = max([best, *(_count(m.group("n")) for m in _TABLETS[lang].finditer(s))])
     return best
 
 
