@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -165,38 +164,6 @@ def test_unresolved_flag_in_an_earlier_turn_still_raises_the_urgent_message():
     assert g.prefix.startswith("⚠️ URGENT") and "classifier" in g.layer
 
 
-SETTLED = {  # (first turn: a scare; last turn settling it in the writer's own words; last turn leaving it open)
-    "en": ("my husband suddenly can't lift his right arm and his words are slurred",
-           "false alarm - he'd been sleeping on that arm and had just woken from a nap with a dry mouth, he's talking "
-           "normally and his arm is fine now. sorry!", "ok, should I drive him myself or wait?"),
-    "zh": ("我妈突然说话不清楚，右手拿不住筷子", "虚惊一场，她是假牙没戴好，手是刚才压麻了，现在说话和拿东西都正常了",
-           "那我现在要不要先给她吃片阿司匹林？"),
-    "ko": ("아빠가 갑자기 가슴이 조이고 식은땀을 흘려요", "알고 보니 체한 거였어요. 소화제 드시고 트림하시더니 지금은 멀쩡하게 티비 보세요",
-           "구급차 불렀는데 오는 동안 뭘 해야 해요?"),
-}
-
-
-@encoder
-@pytest.mark.parametrize("lang", ["zh", "ko", "en"])
-def test_a_last_turn_that_settles_the_scare_drops_the_joined_views_alarm(lang, monkeypatch, tmp_path):
-    from typer.testing import CliRunner
-    from medtune.cli import app
-    scare, settled, still_open = SETTLED[lang]
-    convo = lambda last: [{"role": "user", "content": scare}, {"role": "assistant", "content": "Tell me more."},
-                          {"role": "user", "content": last}]
-    assert classifier.classify(convo(still_open), lang).flag
-    assert not classifier.classify(convo(settled), lang).flag
-    data = tmp_path / "settled.jsonl"
-    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
-        {"id": "settled", "lang": lang, "messages": convo(settled), "expected": []},
-        {"id": "open", "lang": lang, "messages": convo(still_open), "expected": ["stroke" if lang != "ko" else "cardiac"]}]) + "\n")
-    result = CliRunner().invoke(app, ["eval", "safety", "--file", str(data), "--errors"])
-    assert result.exit_code == 0, result.output
-    assert "[combined] settled:" not in result.output and "[combined] open:" not in result.output
-    monkeypatch.setattr(classifier.load(), "settle_t", float("inf"))  # the settle head off: the joined view flags
-    assert classifier.classify(convo(settled), lang).flag
-
-
 @encoder
 def test_classifier_is_deterministic_and_thread_safe():
     from concurrent.futures import ThreadPoolExecutor
@@ -224,9 +191,9 @@ def test_refit_reproduces_the_shipped_weights(tmp_path, monkeypatch):
     assert (refit["ng_vocab"] == shipped["ng_vocab"]).all() and (refit["oof_ids"] == shipped["oof_ids"]).all()
     for key in ("ng_w", "ng_b", "mean", "std"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=1e-4, err_msg=key)
-    for key in ("w", "b", "cat_w", "cat_b", "thresholds", "stack", "settle_w", "settle_b"):
+    for key in ("w", "b", "cat_w", "cat_b", "thresholds", "stack"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=2e-2, err_msg=key)
-    for key in ("oof_p", "oof_p_alone", "settle_t"):
+    for key in ("oof_p", "oof_p_alone"):
         np.testing.assert_allclose(refit[key], shipped[key], atol=5e-2, err_msg=key)
     assert all(v["recall"] >= 0.95 for v in report["val"].values())
 

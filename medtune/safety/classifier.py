@@ -70,14 +70,6 @@ only the ``ENCODED_WINDOWS`` windows they score highest. Each window enters the 
 the rules' verdict on the window itself, so a rule hit in one sentence does not lift an unrelated window. Training adds each message beside an
 unrelated ordinary one (:func:`medtune.safety.fit.context_augmented`) and picks the thresholds on the
 pooled out-of-fold scores (:func:`medtune.safety.fit.pooled_scores`).
-Settled scares (v4, 2026-12-08). A conversation whose last user turn settles an earlier scare in the writer's
-own words ("false alarm, he'd slept on that arm, talking normally now") was still flagged by the joined view,
-which reads scare and explanation as one text. A **settle head** (:meth:`Classifier.settles`, fitted by
-:func:`medtune.safety.fit.fit_settle`: L2 logistic regression on the last turn's e5 embedding, trained on the
-conversations that the cross-validated model flags through the joined view only) drops the joined view's alarm
-when the last turn alone (its view and windows) raises none and the head says the scare is settled; its
-threshold keeps every such emergency of the training files (out of fold). An earlier emergency left open
-("ok, should I drive him?") keeps the flag.
 Weights live in ``medtune/safety/data/classifier.npz`` with the cross-validation scores
 (written by :func:`train_classifier`, ``medtune safety train``). Nothing here imports torch.
 """
@@ -310,8 +302,7 @@ class Classifier:
     """Fitted heads.
 
     Shapes: ``mean, std: (384,)``, ``w: (384,)`` (embedding head), ``cat_w: (384, 11)``, ``cat_b: (11,)``,
-    ``ng_w: (V,)`` (character n-gram head over ``ng_vocab``, V n-grams), ``settle_w: (384,)`` (settle head on
-    the last user turn; ``settle_t`` its logit threshold, ``inf``: off, as in weights written before it).
+    ``ng_w: (V,)`` (character n-gram head over ``ng_vocab``, V n-grams).
     """
 
     mean: np.ndarray
@@ -325,9 +316,6 @@ class Classifier:
     ng_w: np.ndarray
     ng_b: float
     stack: np.ndarray = field(default_factory=STACK_SUM.copy)
-    settle_w: np.ndarray = field(default_factory=lambda: np.zeros(384))
-    settle_b: float = 0.0
-    settle_t: float = float("inf")
 
     def _z(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -367,11 +355,6 @@ class Classifier:
 
     def threshold(self, lang: str) -> float:
         return self.thresholds.get(lang, min(self.thresholds.values()))
-
-    def settles(self, x_last: np.ndarray) -> bool:
-        """Whether the last user turn, embedded as ``x_last: (384,)``, settles the scare of the earlier turns
-        (the settle head's logit ``>= settle_t``; :func:`medtune.safety.fit.fit_settle`)."""
-        return bool(self._z(x_last) @ self.settle_w + self.settle_b >= self.settle_t)
 
 
 def char_ngrams(text: str, lo: int = NGRAM_RANGE[0], hi: int = NGRAM_RANGE[1]) -> set[str]:
@@ -414,17 +397,7 @@ def load(path: Path = WEIGHTS) -> Classifier:
                 {str(lang): float(t) for lang, t in zip(f["langs"], f["thresholds"])},
                 {str(g): i for i, g in enumerate(f["ng_vocab"])}, f["ng_w"].astype(np.float64), float(f["ng_b"]),
                 f["stack"].astype(np.float64) if "stack" in f else STACK_SUM)
-            if "settle_w" in f:
-                c = _classifier[path]
-                c.settle_w, c.settle_b, c.settle_t = f["settle_w"].astype(np.float64), float(f["settle_b"]), float(f["settle_t"])
     return _classifier[path]
-
-
-def _joined_alone(p: np.ndarray, alone: np.ndarray, t: float) -> bool:
-    """Whether, of a conversation's screening texts (last turn, joined view, windows of the last turn), the
-    joined view ``[1]`` alone reaches the threshold ``t`` (with or without the rules' input)."""
-    rest = np.arange(len(p)) != 1
-    return max(p[1], alone[1]) >= t and max(p[rest].max(initial=0.0), alone[rest].max(initial=0.0)) < t
 
 
 @dataclass
@@ -518,10 +491,8 @@ def classify(messages: list[dict], lang: str, threshold: float | None = None, pa
     x = (embedder or _embed_memo)(texts)
     logits = clf.head_logits(x, texts)
     p, alone = stacked(clf.stack, logits, rules), stacked(clf.stack, logits, 0.0)
-    t = clf.threshold(lang) if threshold is None else threshold
-    if len(_whole_views(messages)) == 2 and _joined_alone(p, alone, t) and clf.settles(x[0]):
-        p[1] = alone[1] = 0.0  # the last turn settles the scare that only the joined view (texts[1]) flags
     i = int(np.argmax(p))
+    t = clf.threshold(lang) if threshold is None else threshold
     flag, flag_alone = bool(p[i] >= t), bool(alone.max() >= t)
     flagged = np.where((p >= t) | (alone >= t), p, 0.0)  # texts that flag, weighted by P(emergency)
     category = clf.pooled_category(x, flagged) if flag or flag_alone else None

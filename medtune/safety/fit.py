@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import medtune.embed as encoder
-from medtune.safety.classifier import (CATEGORIES, LANGS, VIEW_CHARS, WEIGHTS, Classifier, _sigmoid, _whole_views,
-                                       char_ngrams, embed,
+from medtune.safety.classifier import (CATEGORIES, LANGS, VIEW_CHARS, WEIGHTS, Classifier, _sigmoid, char_ngrams, embed,
                                        message_windows, record_text, screening_texts, stacked, window_chars)
 from medtune.safety.guard import rule_hit as _rule_hit
 from medtune.safety.labelled import conversation, is_eval_file, load_records
@@ -301,66 +300,24 @@ def long_windows(records: list[dict]) -> list[dict]:
 
 
 def pooled_scores(models: list[Classifier], fold: np.ndarray, records: list[dict], rules: np.ndarray,
-                  cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+                  cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each record screened as at run time (:func:`medtune.safety.classifier.screening_texts`, max over
-    whole views and windows) by the model of its fold: ``(P, P without the rules' input, category, P and P
-    without the rules' input with the joined view left out)`` (the last two equal the first two for a record
-    with one whole view; :func:`fit_settle` uses them).
+    whole views and windows) by the model of its fold: ``(P, P without the rules' input, category)``.
 
     ``models[f]`` must not have seen fold ``f``; its ``stack`` is the one being shipped.
     """
     plans = [screening_texts(conversation(r), r["lang"], models[f], rules_fired=bool(h))
              for r, f, h in zip(records, fold, rules)]
     embedder = cached_embedder([t for texts, _ in plans for t in texts], cache)
-    n = len(records)
-    p, alone, p_wo, alone_wo, cats = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), []
+    p, alone, cats = np.zeros(len(records)), np.zeros(len(records)), []
     for i, ((texts, hits), f) in enumerate(zip(plans, fold)):
         x = embedder(texts)
         logits = models[f].head_logits(x, texts)
         pw, aw = stacked(models[f].stack, logits, hits), stacked(models[f].stack, logits, 0.0)
         best = int(np.argmax(pw))
         p[i], alone[i] = pw[best], aw.max()
-        keep = np.arange(len(texts)) != (1 if len(_whole_views(conversation(records[i]))) == 2 else -1)
-        p_wo[i], alone_wo[i] = pw[keep].max(initial=0.0), aw[keep].max(initial=0.0)
         cats.append(models[f].category(x[best:best + 1])[0])
-    return p, alone, cats, p_wo, alone_wo
-
-
-SETTLE_L2 = 100.0  # settle head penalty: 3-30 dropped one open emergency of the development sets' conversations, 100 none (300: fewer settled)
-
-
-def fit_settle(clf: Classifier, records: list[dict], fold: np.ndarray, p: np.ndarray, p_wo: np.ndarray,
-               cache: Path | None = None) -> np.ndarray:
-    """Fit the settle head: does the last user turn settle the earlier turns' scare? Sets ``clf.settle_*``.
-
-    Its rows are the conversations the cross-validated model flags only through the joined view (``p >=``
-    the language's threshold, ``p_wo`` below it: the last turn alone, view and windows, raises no flag);
-    label 1 when the conversation is not an emergency ("the scan said it was a migraine, she's asleep now"),
-    0 when the earlier emergency is still open ("ok, what should I bring?"). Features: the standardised e5
-    embedding of the last user turn; L2 logistic regression (:func:`fit_logistic`, ``SETTLE_L2``). Its
-    threshold is just above the highest out-of-fold logit of an open emergency, so on the training files it
-    drops no emergency (out of fold, by the records' folds).
-
-    Returns:
-        ``(len(records),)`` bool: the records whose joined-view alarm the out-of-fold settle head drops.
-    """
-    t = np.array([clf.threshold(r["lang"]) for r in records])
-    rows = np.flatnonzero((p >= t) & (p_wo < t))
-    settled = np.zeros(len(records), bool)
-    if len(rows) < 2 * len(set(fold.tolist())):
-        return settled
-    last = [next(m["content"] for m in reversed(conversation(records[i])) if m["role"] == "user") for i in rows]
-    x = clf._z(embed_cached(last, cache))
-    y = np.array([not records[i]["expected"] for i in rows], float)
-    logit = np.zeros(len(rows))
-    for f in set(fold[rows].tolist()):
-        out = fold[rows] == f
-        w, b = fit_logistic(x[~out], y[~out], l2=SETTLE_L2)
-        logit[out] = x[out] @ w + b
-    clf.settle_w, clf.settle_b = fit_logistic(x, y, l2=SETTLE_L2)
-    clf.settle_t = float(logit[y == 0].max() + 1e-6) if (y == 0).any() else float(logit.min())
-    settled[rows] = logit >= clf.settle_t
-    return settled
+    return p, alone, cats
 
 
 def fit_stack(logits: np.ndarray, rules: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -422,7 +379,7 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
     clf.stack = fit_stack(logits[short], rules[short], y[short])
     for m in models:
         m.stack = clf.stack
-    p, p_alone, cats, p_wo, alone_wo = pooled_scores(models, fold, records, rules, cache)
+    p, p_alone, cats = pooled_scores(models, fold, records, rules, cache)
     report = {"n_train": len(records), "n_context": len(extra), "folds": k, "stack": [round(float(v), 4) for v in clf.stack],
               "thresholds": {}, "val": {}}
     for lang in LANGS:
@@ -432,9 +389,6 @@ def train_classifier(paths: list[Path] | None = None, out: Path | None = WEIGHTS
         tp = int((hit & y[mine]).sum())
         report["thresholds"][lang] = round(t, 4)
         report["val"][lang] = {"recall": tp / max(int(y[mine].sum()), 1), "precision": tp / max(int(hit.sum()), 1)}
-    settled = fit_settle(clf, records, fold, p, p_wo, cache)  # the thresholds rest on emergencies: unchanged by it
-    p, p_alone = np.where(settled, p_wo, p), np.where(settled, alone_wo, p_alone)
-    report["settled"] = int(settled.sum())
     if out is not None:
         save(clf, out, oof=([r["id"] for r in records], p, p_alone, cats))
         report["path"] = str(out)
@@ -452,7 +406,5 @@ def save(clf: Classifier, path: Path, oof: tuple[list[str], np.ndarray, np.ndarr
                         thresholds=np.array([clf.thresholds[lang] for lang in LANGS], np.float32),
                         categories=np.array(CATEGORIES), ng_vocab=np.array(sorted(clf.ng_vocab, key=clf.ng_vocab.get)),
                         ng_w=clf.ng_w.astype(np.float32), ng_b=np.float32(clf.ng_b), stack=clf.stack.astype(np.float32),
-                        settle_w=clf.settle_w.astype(np.float32), settle_b=np.float32(clf.settle_b),
-                        settle_t=np.float32(clf.settle_t),
                         **({} if oof is None else {"oof_ids": np.array(oof[0]), "oof_p": oof[1].astype(np.float32),
                                                    "oof_p_alone": oof[2].astype(np.float32), "oof_cat": np.array(oof[3])}))
