@@ -189,6 +189,24 @@ def test_long_message_sets_are_long_and_name_where_the_flag_is(folder, pattern):
     assert not set(files) & set(DATA_DIR.glob("train_*.jsonl"))  # the default fit reads train_*.jsonl only
 
 
+def test_dialect_training_messages_are_balanced_and_outside_the_default_fit():
+    """The dialect messages (not in the default fit, docs/safety.md): per language 210 records, 60 emergencies
+    covering all 11 categories, the rest non-emergencies, every user text at most 580 characters (a whole view)."""
+    from medtune.safety.classifier import CATEGORIES
+    from medtune.safety.labelled import DATA_DIR, load_records
+    files = sorted((DATA_DIR / "dialect").glob("dialect_*.jsonl"))
+    assert [f.name[-8:-6] for f in files] == ["en", "ko", "zh"]
+    records = load_records(files)
+    for lang in ("zh", "ko", "en"):
+        mine = [r for r in records if r["lang"] == lang]
+        assert len(mine) == 210 and sum(bool(r["expected"]) for r in mine) == 60
+        assert {c for r in mine for c in r["expected"]} == set(CATEGORIES)
+    for rec in records:
+        turns = [rec["text"]] if "text" in rec else [m["content"] for m in rec["messages"] if m["role"] == "user"]
+        assert sum(map(len, turns)) <= 580, rec["id"]
+    assert not set(files) & set(DATA_DIR.glob("train_*.jsonl"))
+
+
 @pytest.mark.parametrize("text, lang, mg", [
     ("took like 20 tylenol about an hour ago, feel ok but idk", "en", 10000),
     ("My friend take like 15 Tylenol 500, he say he feel fine, need go ER?", "en", 7500),
