@@ -220,6 +220,7 @@ def test_dialect_training_messages_are_balanced_and_outside_the_default_fit():
     ("2013年我一次吃下了大概二十片对乙酰氨基酚", "zh", 0),
     ("아세트아미노펜 500mg을 스무 알 정도 먹었는데 지금은 멀쩡해요", "ko", 10000),
     ("타이레놀 두 알 먹어도 되나요?", "ko", 0),
+    ("尋晚食咗成十六粒必理痛（500mg），而家冇咩事", "zh", 8000),  # Cantonese
 ])
 def test_reported_paracetamol_ingestion_is_read_in_mg(text, lang, mg):
     from medtune.safety.rules import paracetamol_ingested_mg
@@ -236,6 +237,8 @@ def test_reported_paracetamol_ingestion_is_read_in_mg(text, lang, mg):
     ("孩子吃了10颗草莓，会不会拉肚子", "zh", 0),  # 颗 counts berries: no medicine word
     ("졸피뎀 10mg 잠이 안 와서 한 시간 동안 12알 먹었어요. 기분은 괜찮아요", "ko", 12),
     ("10개월 아기가 해열제 먹었어요", "ko", 0),  # months, not tablets
+    ("생리통 때문에 이부프로펜 200짜리 18개 먹음 지금은 괜찮음", "ko", 18),  # informal ending, a named medicine
+    ("佢頭先食咗十二粒安眠藥，而家好似冇事", "zh", 12),  # Cantonese 食咗
 ])
 def test_tablets_swallowed_at_once_are_counted(text, lang, n):
     from medtune.safety.rules import tablets_swallowed

@@ -254,8 +254,8 @@ _DOSE = {
     },
     "ingested": {
         "en": _c(r"\b(took|take|takes|taken|taking|ate|eaten|swallowed|had|downed|popped|necked|overdosed)\b"),
-        "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|吃"),
-        "ko": _c(r"먹었|먹어\s*버렸|삼켰|복용했|먹고|먹은|털어\s*넣"),
+        "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|吃|食咗|食左|食了|吞咗|服咗"),
+        "ko": _c(r"먹었|먹엇|먹음|먹어\s*버렸|삼켰|삼킴|복용했|먹고|먹은|털어\s*넣"),
     },
     "not_now": {  # hypothetical, exam or textbook case, long past
         "en": _c(r"\b(if|what if|can i|could i|should i|how many|is it (ok|safe)|maximum|max|case|scenario|vignette|exam|patient"
@@ -325,10 +325,12 @@ _TABLETS = {  # a count of tablets of any medicine (the paracetamol pattern's un
 }
 _SWALLOWED = {  # past or perfect only: "I take 10 tablets every morning" is a regimen
     "en": _c(r"\b(took|taken|ate|eaten|swallowed|downed|popped|necked|overdosed)\b"),
-    "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|一口气吃"),
-    "ko": _c(r"먹었|먹어\s*버렸|먹어\s*부렀|삼켰|삼켜\s*버렸|복용했|털어\s*넣"),
+    "zh": _c(r"吃了|吃下|吃掉|服了|服下|服用了|吞了|吞下|一共吃|总共吃|一口气吃|食咗|食左|食了|吞咗|服咗"),  # Cantonese 食咗
+    "ko": _c(r"먹었|먹엇|먹음|먹어\s*버렸|먹어\s*부렀|삼켰|삼킴|삼켜\s*버렸|복용했|털어\s*넣"),  # informal 먹음
 }
-_MEDICINE = {"zh": _c(r"药|藥|片|胶囊|膠囊|mg|毫克"), "ko": _c(r"약|mg|밀리|정|캡슐"), "en": None}  # 粒 / 颗 / 알 / 개 count anything
+_MEDICINE = {"zh": _c(r"药|藥|片|胶囊|膠囊|mg|毫克|" + PARACETAMOL["zh"]),
+             "ko": _c(r"약|mg|밀리|정|캡슐|수면제|진통제|해열제|소염제|안정제|이부프로펜|부루펜|졸피뎀|트라마돌|" + PARACETAMOL["ko"]),
+             "en": None}  # 粒 / 颗 / 알 / 개 count anything
 _PER_DAY = {"en": _c(r"\b(a|per|each|every) day\b|\bdaily\b|times a day"), "zh": _c(r"一天|每天|每日|一日|日服"),
             "ko": _c(r"하루|매일|1일|일일")}
 
