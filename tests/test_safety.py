@@ -245,6 +245,27 @@ def test_tablets_swallowed_at_once_are_counted(text, lang, n):
     assert tablets_swallowed(text, lang) == n
 
 
+@pytest.mark.parametrize("text, lang, swallowed", [
+    ("my 18 month old just swallowed a button battery from the car key, he's smiling and fine", "en", True),
+    ("she swallowed one of those flat round batteries out of the TV remote about 10 min ago", "en", True),
+    ("I thought he swallowed the coin battery but found it under the sofa, all good", "en", False),
+    ("why are button batteries so dangerous if a toddler swallows one?", "en", False),
+    ("两岁女儿刚把电子秤里的纽扣电池吞下去了，现在还在玩", "zh", True),
+    ("看到新闻说有小孩吞了纽扣电池，家里要怎么收", "zh", False),
+    ("손자가 리모컨 건전지를 삼켜부렀어요. 지금은 멀쩡해요", "ko", True),
+    ("애가 동전형 건전지를 입에 넣었다가 바로 뱉었어요", "ko", False),
+])
+def test_a_swallowed_button_battery_is_read_whatever_the_child_looks_like(text, lang, swallowed):
+    from medtune.safety.rules import battery_swallowed
+    assert battery_swallowed(text, lang) is swallowed
+    if swallowed:  # it decides on its own, in an earlier turn too
+        later = {"en": "ok. is the walk-in centre open on monday?", "zh": "好的。周一门诊开门吗？", "ko": "네. 월요일에 소아과 문 열어요?"}
+        msgs = [{"role": "user", "content": text}, {"role": "assistant", "content": "Please go to the emergency department now."},
+                {"role": "user", "content": later[lang]}]
+        g = guard(msgs, SafetyConfig(classifier_threshold=0.999))
+        assert g.prefix.startswith("⚠️") and "poisoning" in g.flags
+
+
 def test_a_calm_overdose_of_another_medicine_gets_the_urgent_message(tmp_path):
     text = "Good evening doctor, I could not sleep so I took 14 of my zopiclone 7.5mg tablets at 10pm. I feel okay, please can you renew it"
     g = guard([{"role": "user", "content": text}], SafetyConfig(classifier_threshold=0.999))

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
-from medtune.safety.rules import (PARACETAMOL_ALERT_MG, TABLETS_ALERT, detect_red_flags, only_normal_temperatures,
-                                  paracetamol_ingested_mg, tablets_swallowed)
+from medtune.safety.rules import (PARACETAMOL_ALERT_MG, TABLETS_ALERT, battery_swallowed, detect_red_flags,
+                                  only_normal_temperatures, paracetamol_ingested_mg, tablets_swallowed)
 from medtune.text import detect_language
 
 if TYPE_CHECKING:
@@ -185,8 +185,9 @@ def without_normal_infant_temperature(found: Screening, messages: list[dict], sc
 def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
     """``found`` with ``poisoning`` added (to the rules' flags and the decision) when the user turns (their newest
     ``scan_chars`` characters) report taking at least ``PARACETAMOL_ALERT_MG`` of paracetamol
-    (:func:`medtune.safety.rules.paracetamol_ingested_mg`) or swallowing at least ``TABLETS_ALERT`` tablets of
-    a medicine at once (:func:`medtune.safety.rules.tablets_swallowed`).
+    (:func:`medtune.safety.rules.paracetamol_ingested_mg`), swallowing at least ``TABLETS_ALERT`` tablets of
+    a medicine at once (:func:`medtune.safety.rules.tablets_swallowed`), or a swallowed button battery
+    (:func:`medtune.safety.rules.battery_swallowed`).
 
     A dose is a clinical criterion, not a wording, so it decides on its own, whatever the learned heads say:
     early paracetamol poisoning has no symptoms, and the heads learned from hard negatives that "I feel fine"
@@ -194,7 +195,8 @@ def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars
     not undo it. It runs after the classifier, whose input (the phrase rules' verdict) is unchanged.
     """
     text = _user_text(messages, scan_chars)
-    if paracetamol_ingested_mg(text, lang) >= PARACETAMOL_ALERT_MG or tablets_swallowed(text, lang) >= TABLETS_ALERT:
+    if paracetamol_ingested_mg(text, lang) >= PARACETAMOL_ALERT_MG or tablets_swallowed(text, lang) >= TABLETS_ALERT \
+            or battery_swallowed(text, lang):
         found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
         if found.combined is not None:
             found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))

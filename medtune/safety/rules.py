@@ -359,6 +359,39 @@ def tablets_swallowed(text: str, lang: str) -> int:
     return best
 
 
+_BATTERY = {  # a button (coin) cell, by name or by the device it came from
+    "en": _c(r"(button|coin|disc|watch|lithium|flat,? round|round,? flat|little round|small round)[- ](cell |type )?batter(y|ies)"
+             r"|batter(y|ies) (from|out of) (the|a|his|her|my) (tv )?(remote|key ?fob|car key|scales?|watch|toy|calculator|hearing aid|thermometer)"),
+    "zh": _c(r"(纽扣|钮扣|鈕扣|紐扣|扣式|圆形|扁圆|圆扁|小圆)(的)?(锂)?(电池|電池)|(遥控器|遙控器|电子秤|電子秤|手表|玩具|体温计|體溫計)(里|裡)?(的)?(电池|電池)"),
+    "ko": _c(r"(단추형|동전형|코인|버튼|수은|리튬|동그랗고\s*납작한|납작한)\s*(형\s*)?(건전지|전지|배터리)"
+             r"|(리모컨|체중계|저울|시계|장난감|체온계)\s*(의\s*)?(건전지|전지|배터리)"),
+}
+_SWALLOWED_OBJECT = {"en": _c(r"\b(swallowed|swallow(ed)? it|ate|eaten|gulped)\b"), "zh": _c(r"吞|吃(了|下|进)|咽(了|下)|食咗"),
+                     "ko": _c(r"삼켰|삼킨|삼킴|삼켜|먹었|먹어\s*버렸|먹은")}
+_NOT_SWALLOWED = {  # found, spat out, counted; or a question about the risk, the news, a hypothetical
+    "en": _c(r"found (it|the battery|them|both)|spat|spit|didn'?t swallow|not swallowed|all (there|accounted)|false alarm|turned out"
+             r"|how (common|dangerous)|why (is|are)|what (happens|should)|\bif (a|my|your|someone)\b|news|article|read about|story"),
+    "zh": _c(r"找到了|吐出来|嘴(里|巴)(里)?抠出来|没(有)?(吞|咽)|都在|对得上|虚惊|看错|为什么|怎么防|如果|新闻|报道"),
+    "ko": _c(r"찾았|뱉|안\s*삼켰|다\s*있|그대로|착각|왜|어떻게\s*(예방|보관)|만약|뉴스|기사"),
+}
+
+
+def battery_swallowed(text: str, lang: str) -> bool:
+    """Whether ``text`` reports a button (coin) battery swallowed: a sentence names one (or a battery from a remote,
+    scales, a watch ...) with a swallowing verb and no hypothetical or exam cue, and the text has no cue that it
+    was found, spat out or not swallowed, or that it is a question about the risk or the news. Linear.
+
+    A swallowed button battery burns through the oesophagus within two hours while the child looks well
+    (US National Capital Poison Center, "Button Battery Ingestion Triage and Treatment Guideline", 2018:
+    every ingestion goes to an emergency department for an X-ray at once), so "she's playing fine" is no
+    reassurance: like a dose, it decides whatever the learned heads say.
+    """
+    if lang not in _BATTERY or _NOT_SWALLOWED[lang].search(text):
+        return False
+    return any(_BATTERY[lang].search(s) and _SWALLOWED_OBJECT[lang].search(s) and not _DOSE["not_now"][lang].search(s)
+               for s in SENTENCE.findall(text))
+
+
 _CELSIUS = _c(r"(?<![\d.])(?P<v>(3[4-9]|4[0-2])(\.\d{1,2})?)\s*(?P<u>°\s*c?|℃|度|도|c(?![a-z]))?")
 _FAHRENHEIT = _c(r"(?<![\d.])(?P<v>(9[5-9]|10[0-8])(\.\d)?)\s*(°\s*f|℉|f\b|degrees? f)|화씨\s*(?P<w>(9[5-9]|10[0-8])(\.\d)?)")
 _FEVER_CUE = _c(r"fever|temp|read|hit|烧|热|体温|温度|到|열|체온|온도")  # a bare "38" after these is a reading
