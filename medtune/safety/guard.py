@@ -24,7 +24,8 @@ import medtune.safety.classifier as learned
 from medtune.config import DEFAULT_LOCALE, EMERGENCY_NUMBERS, SafetyConfig
 from medtune.safety.labelled import conversation
 from medtune.safety.rules import (PARACETAMOL_ALERT_MG, TABLETS_ALERT, battery_swallowed, detect_red_flags,
-                                  only_normal_temperatures, paracetamol_ingested_mg, tablets_swallowed)
+                                  only_normal_temperatures, paracetamol_ingested_mg, suicide_preparation,
+                                  tablets_swallowed)
 from medtune.text import detect_language
 
 if TYPE_CHECKING:
@@ -155,9 +156,11 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
 
 def after_classifier(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
     """The numeric criteria that decide after the classifier, in order: the infant-fever reading check
-    (:func:`without_normal_infant_temperature`), then the dose rules (paracetamol mg, tablet counts; :func:`with_dose_rule`)."""
+    (:func:`without_normal_infant_temperature`), the ingestion rules (paracetamol mg, tablet counts, button batteries;
+    :func:`with_dose_rule`), then suicide preparation (:func:`with_preparation_rule`)."""
     found = without_normal_infant_temperature(found, messages, scan_chars)
-    return with_dose_rule(found, messages, lang, scan_chars)
+    found = with_dose_rule(found, messages, lang, scan_chars)
+    return with_preparation_rule(found, messages, lang, scan_chars)
 
 
 def _user_text(messages: list[dict], scan_chars: int) -> str:
@@ -200,6 +203,17 @@ def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars
         found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
         if found.combined is not None:
             found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))
+    return found
+
+
+def with_preparation_rule(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
+    """``found`` with ``suicide`` added (to the rules' flags and the decision) when the user turns report a suicide
+    method being set up now (:func:`medtune.safety.rules.suicide_preparation`: hanging, sealed charcoal burning, a
+    rope bought beside a cue of intent). Like the dose rules it decides whatever the learned heads say."""
+    if suicide_preparation(_user_text(messages, scan_chars), lang):
+        found.rules = list(dict.fromkeys([*found.rules, "suicide"]))
+        if found.combined is not None:
+            found.combined = list(dict.fromkeys([*found.combined, "suicide"]))
     return found
 
 

@@ -392,6 +392,36 @@ def battery_swallowed(text: str, lang: str) -> bool:
                for s in SENTENCE.findall(text))
 
 
+_PREPARATION = {  # a method set up now: hanging, sealed charcoal burning (strong on their own)
+    "en": _c(r"\bhang(ing)? myself\b|\bnoose\b|charcoal.{0,40}\b(sealed|taped|tape)\b|\b(sealed|taped) .{0,40}charcoal"),
+    "zh": _c(r"上吊|挂好.{0,4}(绳|繩)|(绳子|繩子).{0,6}(挂好|掛好|系好|綁好|绑好)|(炭).{0,20}(胶带|膠帶|门缝|門縫).{0,10}(封|贴|貼)"),
+    "ko": _c(r"목\s*(을\s*)?(맬|매려|매면|매달).{0,15}(줄|끈|밧줄)|(줄|끈|밧줄).{0,15}목\s*(을\s*)?(맬|매|매달)"
+             r"|(줄|끈|밧줄)(을|를)?\s*(걸어\s*(놓|놨|뒀|두)|매달아\s*(놓|놨|뒀|두))|번개탄.{0,20}(테이프|문틈|막아)"),
+}
+_ROPE = {"en": _c(r"\brope\b.{0,30}\b(tied|ready|over the|up in|in the garage|bought)\b"), "zh": _c(r"(买|買)(了|好).{0,4}(绳子|繩子)"),
+         "ko": _c(r"(줄|끈|밧줄)(을|를)?\s*(사\s*왔|샀)")}  # a rope bought or ready: only with an intent cue beside it
+_INTENT = {"en": _c(r"better off|end it|\bdie\b|kill|i'?m done|can'?t go on|tonight|goodbye|no point"),
+           "zh": _c(r"死|结束|結束|最后|最後|不想活|今晚|就差|解脱|解脫"),
+           "ko": _c(r"하려고|끝내|죽|마지막|오늘\s*밤|안\s*무섭")}
+_NOT_MINE = {"en": _c(r"news|article|drama|film|movie|novel|story|years? ago|\bif\b|prevent|tourniquet"),
+             "zh": _c(r"新闻|新聞|报道|報導|电视剧|電視劇|小说|小說|电影|電影|年前|如果|预防|預防"),
+             "ko": _c(r"뉴스|기사|드라마|영화|소설|예전에|년\s*전|만약|예방")}
+
+
+def suicide_preparation(text: str, lang: str) -> bool:
+    """Whether ``text`` reports a suicide method being set up now: hanging ("I'll hang myself", a noose, a cord tied
+    up, 上吊, 목 맬 끈), charcoal burning with the room sealed, or a rope bought or ready beside a cue of intent
+    ("better off without me", "오늘 하려고요"), with no cue of news, fiction, a long-past event or a hypothetical.
+
+    Preparatory acts (acquiring or setting up a method) are the highest rung of the Columbia Suicide Severity Rating
+    Scale's behaviour items (Posner et al. 2011, Am J Psychiatry 168:1266), so they decide on their own, whatever
+    the learned heads make of a casual frame ("just curious", a question about the next appointment). Linear.
+    """
+    if lang not in _PREPARATION or _NOT_MINE[lang].search(text):
+        return False
+    return bool(_PREPARATION[lang].search(text) or (_ROPE[lang].search(text) and _INTENT[lang].search(text)))
+
+
 _CELSIUS = _c(r"(?<![\d.])(?P<v>(3[4-9]|4[0-2])(\.\d{1,2})?)\s*(?P<u>°\s*c?|℃|度|도|c(?![a-z]))?")
 _FAHRENHEIT = _c(r"(?<![\d.])(?P<v>(9[5-9]|10[0-8])(\.\d)?)\s*(°\s*f|℉|f\b|degrees? f)|화씨\s*(?P<w>(9[5-9]|10[0-8])(\.\d)?)")
 _FEVER_CUE = _c(r"fever|temp|read|hit|烧|热|体温|温度|到|열|체온|온도")  # a bare "38" after these is a reading
