@@ -155,7 +155,7 @@ def screen(messages: list[dict], lang: str, cfg: SafetyConfig,
 
 
 def after_classifier(found: Screening, messages: list[dict], lang: str, scan_chars: int) -> Screening:
-    """The numeric criteria that decide after the classifier, in order: the infant-fever reading check
+    """The clinical criteria that decide after the classifier, in order: the infant-fever reading check
     (:func:`without_normal_infant_temperature`), the ingestion rules (paracetamol mg, tablet counts, button batteries;
     :func:`with_dose_rule`), then suicide preparation (:func:`with_preparation_rule`)."""
     found = without_normal_infant_temperature(found, messages, scan_chars)
@@ -200,9 +200,7 @@ def with_dose_rule(found: Screening, messages: list[dict], lang: str, scan_chars
     text = _user_text(messages, scan_chars)
     if paracetamol_ingested_mg(text, lang) >= PARACETAMOL_ALERT_MG or tablets_swallowed(text, lang) >= TABLETS_ALERT \
             or battery_swallowed(text, lang):
-        found.rules = list(dict.fromkeys([*found.rules, "poisoning"]))
-        if found.combined is not None:
-            found.combined = list(dict.fromkeys([*found.combined, "poisoning"]))
+        return _with_flag(found, "poisoning")
     return found
 
 
@@ -210,10 +208,14 @@ def with_preparation_rule(found: Screening, messages: list[dict], lang: str, sca
     """``found`` with ``suicide`` added (to the rules' flags and the decision) when the user turns report a suicide
     method being set up now (:func:`medtune.safety.rules.suicide_preparation`: hanging, sealed charcoal burning, a
     rope bought beside a cue of intent). Like the dose rules it decides whatever the learned heads say."""
-    if suicide_preparation(_user_text(messages, scan_chars), lang):
-        found.rules = list(dict.fromkeys([*found.rules, "suicide"]))
-        if found.combined is not None:
-            found.combined = list(dict.fromkeys([*found.combined, "suicide"]))
+    return _with_flag(found, "suicide") if suicide_preparation(_user_text(messages, scan_chars), lang) else found
+
+
+def _with_flag(found: Screening, category: str) -> Screening:
+    """``found`` with ``category`` added to the rules' flags and to the decision (a criterion that decides alone)."""
+    found.rules = list(dict.fromkeys([*found.rules, category]))
+    if found.combined is not None:
+        found.combined = list(dict.fromkeys([*found.combined, category]))
     return found
 
 
